@@ -1,0 +1,31 @@
+//! The view-event model shared by every Tally service.
+//!
+//! A view event says "video X was watched at time T"; this crate owns everything
+//! that must agree between the gateway that accepts events and the services
+//! that count them.
+//!
+//! # Layout
+//!
+//! - [`video_id`]: the validated video identifier.
+//! - [`event`]: [`ViewEvent`], the validated event, and its identifier [`EventId`].
+//! - [`timestamp`]: event-time parsing (RFC 3339 or epoch milliseconds) and minute buckets.
+//! - [`parse`]: request bodies (one object, an array, NDJSON) to events, all-or-nothing,
+//!   with per-index errors.
+//! - [`wire`]: the versioned binary record format of the `tally.views` topic.
+//! - [`salt`]: partition keys with hot-key time salting.
+//! - [`hot`]: the heavy-hitter detector that decides at run time which videos are hot.
+//! - [`hash`]: the stable hash every process must agree on.
+
+pub mod event;
+pub mod hash;
+pub mod hot;
+pub mod parse;
+pub mod salt;
+pub mod timestamp;
+pub mod video_id;
+pub mod wire;
+
+pub use event::{EventId, ViewEvent};
+pub use parse::{parse_events, BodyFormat, EventError, Limits, ParseFailure};
+pub use salt::{PartitionKey, Salt, SaltPolicy, SaltingConfig};
+pub use video_id::VideoId;
