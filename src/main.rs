@@ -1,1 +1,36 @@
-fn main() {}
+//! `tally`: thin entry point; everything lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tally::cli::Cli;
+use tally::config::TallyConfig;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config: TallyConfig = match tally_config::load(cli.config.as_deref(), &cli.overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tally: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tally_service::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tally: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(tally::run::run(cli.command, config)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tally: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

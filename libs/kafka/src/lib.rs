@@ -1,0 +1,40 @@
+//! Kafka client helpers shared by every Tally service.
+//!
+//! Works with any Kafka-protocol broker: nothing here needs transactions.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`KafkaConfig`] and [`TopicsConfig`], the `[kafka]` section.
+//! - [`clients`]: building producers (idempotent, `acks=all`) and consumers
+//!   (manual offset commits) from the configuration.
+//! - [`topics`]: creating Tally's topics with explicit settings.
+
+pub mod clients;
+pub mod config;
+pub mod topics;
+
+pub use config::{KafkaConfig, TopicsConfig};
+
+/// Errors from the Kafka helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// librdkafka rejected a client configuration.
+    #[error("cannot create Kafka {what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// Creating a topic failed for a reason other than "already exists".
+    #[error("cannot create topic {topic}: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker did not answer a metadata request.
+    #[error("broker metadata unavailable: {0}")]
+    Metadata(rdkafka::error::KafkaError),
+}

@@ -85,9 +85,15 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_foreign_characters() {
         assert_eq!(VideoId::parse(""), Err(VideoIdError::Empty));
-        assert_eq!(VideoId::parse(&"a".repeat(129)), Err(VideoIdError::TooLong(129)));
+        assert_eq!(
+            VideoId::parse(&"a".repeat(129)),
+            Err(VideoIdError::TooLong(129))
+        );
         assert_eq!(VideoId::parse("ab c"), Err(VideoIdError::BadChar(' ', 2)));
         assert_eq!(VideoId::parse("a~1"), Err(VideoIdError::BadChar('~', 1)));
-        assert!(matches!(VideoId::parse("vidé"), Err(VideoIdError::BadChar('é', 3))));
+        assert!(matches!(
+            VideoId::parse("vidé"),
+            Err(VideoIdError::BadChar('é', 3))
+        ));
     }
 }

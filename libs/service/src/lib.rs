@@ -1,0 +1,24 @@
+//! What every Tally service shares.
+//!
+//! # Layout
+//!
+//! - [`supervisor`]: named tasks under one [`CancellationToken`](tokio_util::sync::CancellationToken);
+//!   any failure cancels the rest; bounded drain.
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`), on its own port.
+//! - [`readiness`]: named dependency checks behind `/readyz`.
+//! - [`http_metrics`]: request count and latency per matched route and status.
+//! - [`problem`]: RFC 9457 problem responses.
+//! - [`logging`]: `tracing` set-up (text or JSON).
+//! - [`serve`]: running an axum router on a listener until shutdown, with drain.
+
+pub mod admin;
+pub mod http_metrics;
+pub mod logging;
+pub mod problem;
+pub mod readiness;
+pub mod serve;
+pub mod supervisor;
+
+pub use problem::Problem;
+pub use readiness::Readiness;
+pub use supervisor::{Supervisor, SupervisorError, TaskError};

@@ -1,0 +1,61 @@
+//! Test harness: starts REAL dependencies on free loopback ports and stops
+//! them when dropped.
+//!
+//! - [`Broker`]: the tansu Kafka-protocol broker, SQLite engine (data and
+//!   group offsets survive kill -9), in a temporary directory.
+//! - [`RedisServer`]: Debian's `redis-server`.
+//! - [`unique`] and [`kafka_config`]: random topic and group names per test.
+//! - [`bounded`]: the outer time bound every integration test runs under.
+//!
+//! A missing binary fails the test with the command that installs it
+//! (`scripts/setup`); nothing here skips silently.
+//!
+//! # Layout
+//!
+//! - [`broker`], [`redis`]: the two servers.
+//! - [`process`]: locating binaries, free ports, waiting for a port.
+//! - [`topic`]: reading a topic back, counting its records.
+
+pub mod broker;
+pub mod process;
+pub mod redis;
+pub mod topic;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use broker::Broker;
+pub use redis::RedisServer;
+use tally_kafka::KafkaConfig;
+
+/// A name no other test uses: `prefix-<random>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// A Kafka configuration for `broker` with topic names unique to this test.
+pub fn kafka_config(broker: &Broker) -> KafkaConfig {
+    let run = unique("t");
+    // tansu 0.6 crashes on an idempotent producer's epoch bump (see KafkaConfig::idempotence).
+    let mut config = KafkaConfig {
+        brokers: broker.bootstrap(),
+        idempotence: false,
+        ..KafkaConfig::default()
+    };
+    config.topics.views = format!("{run}.views");
+    config.topics.counts = format!("{run}.counts");
+    config.topics.views_dlq = format!("{run}.views.dlq");
+    config.topics.counts_dlq = format!("{run}.counts.dlq");
+    config.topics.views_partitions = 4;
+    config.topics.counts_partitions = 4;
+    config
+}
+
+/// Runs `test` under an outer time bound, failing loudly when it is exceeded
+/// (rdkafka can hang in `rd_kafka_destroy`; a test must not hang with it).
+pub async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
+    match tokio::time::timeout(limit, test).await {
+        Ok(output) => output,
+        Err(_) => panic!("test exceeded its time bound of {limit:?}"),
+    }
+}

@@ -1,0 +1,80 @@
+//! Client construction. Every client gets the bootstrap servers and the
+//! operator's extra properties; producers are idempotent with `acks=all`,
+//! because the gateway promises "acknowledged means durable".
+
+use std::time::Duration;
+
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientContext;
+
+use crate::{KafkaConfig, KafkaSetupError};
+
+/// The base configuration of any client.
+pub fn base_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    client.set("client.id", client_id);
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Producer settings that make "acknowledged" mean "durable".
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// How long librdkafka keeps retrying one record before failing it.
+    pub delivery_timeout: Duration,
+    /// How long records wait to be batched.
+    pub linger: Duration,
+    /// Most records librdkafka may hold; callers admit fewer than this.
+    pub queue_capacity: usize,
+}
+
+/// A producer with `acks=all`, idempotent unless the configuration turns it
+/// off, using the Java client's murmur2 partitioner, so keys land on the same
+/// partitions as with Kafka Streams or any JVM producer.
+pub fn idempotent_producer(
+    config: &KafkaConfig,
+    client_id: &str,
+    settings: &ProducerSettings,
+) -> Result<FutureProducer, KafkaSetupError> {
+    idempotent_producer_with_context(config, client_id, settings, DefaultClientContext)
+}
+
+/// [`idempotent_producer`] with a custom client context (statistics, logging).
+pub fn idempotent_producer_with_context<C: ClientContext + 'static>(
+    config: &KafkaConfig,
+    client_id: &str,
+    settings: &ProducerSettings,
+    context: C,
+) -> Result<FutureProducer<C>, KafkaSetupError> {
+    let mut client = base_config(config, client_id);
+    client
+        .set("enable.idempotence", config.idempotence.to_string())
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", millis(settings.delivery_timeout))
+        .set("linger.ms", millis(settings.linger))
+        .set(
+            "queue.buffering.max.messages",
+            settings.queue_capacity.to_string(),
+        );
+    // The operator's properties win over the defaults above.
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+        .create_with_context(context)
+        .map_err(|source| KafkaSetupError::Client {
+            what: "producer",
+            source,
+        })
+}
+
+/// Milliseconds as librdkafka wants them (at least 1).
+pub fn millis(duration: Duration) -> String {
+    duration.as_millis().max(1).to_string()
+}

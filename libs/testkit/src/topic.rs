@@ -1,0 +1,90 @@
+//! Reading a topic back in tests: every record, and record counts from watermarks.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tally_kafka::clients::base_config;
+use tally_kafka::KafkaConfig;
+
+/// A record as read back.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// Partition it was on.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Vec<u8>,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+fn reader(config: &KafkaConfig) -> BaseConsumer {
+    base_config(config, "tally-test-reader")
+        .set("group.id", crate::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("create test reader")
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default()
+}
+
+/// Reads `topic` from the beginning until `expected` records arrived or
+/// `limit` passed; returns what it read (sorted by partition and offset).
+pub fn read_records(
+    config: &KafkaConfig,
+    topic: &str,
+    expected: usize,
+    limit: Duration,
+) -> Vec<ReadRecord> {
+    let consumer = reader(config);
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions(&consumer, topic) {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + limit;
+    let mut records = Vec::new();
+    while records.len() < expected && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => records.push(ReadRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().unwrap_or_default().to_vec(),
+                payload: message.payload().unwrap_or_default().to_vec(),
+            }),
+            Some(Err(e)) => eprintln!("test reader: {e}"),
+            None => {}
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// Records in `topic` according to the high watermarks of all partitions.
+pub fn record_count(config: &KafkaConfig, topic: &str) -> i64 {
+    let consumer = reader(config);
+    partitions(&consumer, topic)
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}

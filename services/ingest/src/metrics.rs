@@ -1,0 +1,67 @@
+//! The gateway's own metrics (HTTP request metrics come from `tally-service`).
+//! Counted per request, never per event in a loop.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Gateway metrics.
+#[derive(Clone, Debug)]
+pub struct IngestMetrics {
+    /// Events acknowledged by the broker and answered 202.
+    pub events_accepted: IntCounter,
+    /// Events refused, by reason.
+    pub events_rejected: IntCounterVec,
+    /// Events admitted and not yet acknowledged (the producer queue depth).
+    pub in_flight_events: IntGauge,
+    /// Time from enqueueing a request's records to the last acknowledgement.
+    pub produce_duration: Histogram,
+    /// Events sent with a salted key.
+    pub events_salted: IntCounter,
+    /// Videos currently salted by the run-time detector.
+    pub hot_videos: IntGauge,
+}
+
+impl IngestMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            events_accepted: IntCounter::new(
+                "tally_ingest_events_accepted_total",
+                "Events acknowledged by the broker and accepted (202)",
+            )?,
+            events_rejected: IntCounterVec::new(
+                Opts::new("tally_ingest_events_rejected_total", "Events refused, by reason"),
+                &["reason"],
+            )?,
+            in_flight_events: IntGauge::new(
+                "tally_ingest_in_flight_events",
+                "Events handed to the producer and not yet acknowledged",
+            )?,
+            produce_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tally_ingest_produce_duration_seconds",
+                    "Time from enqueueing a request's events to the broker acknowledging all of them",
+                )
+                .buckets(tally_service::http_metrics::LATENCY_BUCKETS.to_vec()),
+            )?,
+            events_salted: IntCounter::new(
+                "tally_ingest_events_salted_total",
+                "Events sent with a time-salted partition key (hot videos)",
+            )?,
+            hot_videos: IntGauge::new("tally_ingest_hot_videos", "Videos the run-time detector currently salts")?,
+        };
+        registry.register(Box::new(metrics.events_accepted.clone()))?;
+        registry.register(Box::new(metrics.events_rejected.clone()))?;
+        registry.register(Box::new(metrics.in_flight_events.clone()))?;
+        registry.register(Box::new(metrics.produce_duration.clone()))?;
+        registry.register(Box::new(metrics.events_salted.clone()))?;
+        registry.register(Box::new(metrics.hot_videos.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Counts `events` refused for `reason`.
+    pub fn reject(&self, reason: &str, events: usize) {
+        self.events_rejected
+            .with_label_values(&[reason])
+            .inc_by(events.max(1) as u64);
+    }
+}

@@ -1,0 +1,30 @@
+//! Command-line interface: global flags and one subcommand per service.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Tally counts video views at internet scale.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about)]
+pub struct Cli {
+    /// TOML configuration file (layered over the built-in defaults, under
+    /// `TALLY_*` environment variables and `--set` flags).
+    #[arg(long, short, global = true, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set ingest.listen=0.0.0.0:8080`; repeatable.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The services and tools.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The HTTP ingest gateway: POST /v1/events onto the views topic.
+    Ingest,
+    /// Print the effective configuration after all layers, then exit.
+    Config,
+}
