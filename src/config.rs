@@ -34,9 +34,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self {
-            drain_timeout: Duration::from_secs(30),
-        }
+        Self { drain_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -89,9 +87,7 @@ sub-shards = 8
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tally.toml");
         std::fs::write(&path, "[ingest.salting]\nsub-shard = 8\n").unwrap();
-        let err = tally_config::load::<TallyConfig>(Some(&path), &[])
-            .unwrap_err()
-            .to_string();
+        let err = tally_config::load::<TallyConfig>(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("sub-shard"), "{err}");
     }
 }

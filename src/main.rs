@@ -16,10 +16,7 @@ fn main() -> ExitCode {
         }
     };
     tally_service::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tally: cannot start the async runtime: {e}");

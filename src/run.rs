@@ -25,17 +25,11 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
                 .await
                 .context("Failed to start the ingest gateway")?;
             let admin = serve::bind(config.ingest.admin_listen, "admin").await?;
-            println!(
-                "tally ingest: public API http://{}/v1/events",
-                ingest.local_addr()
-            );
+            println!("tally ingest: public API http://{}/v1/events", ingest.local_addr());
             println!("tally ingest: admin http://{}/metrics", admin.local_addr()?);
             let t = token.clone();
             supervisor.spawn("ingest", ingest.run(t));
-            supervisor.spawn(
-                "admin",
-                serve::serve(admin, admin::router(registry, readiness), token.clone()),
-            );
+            supervisor.spawn("admin", serve::serve(admin, admin::router(registry, readiness), token.clone()));
         }
     }
     tokio::spawn(shutdown_on_signal(token));
@@ -53,16 +47,15 @@ async fn shutdown_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                token.cancel();
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

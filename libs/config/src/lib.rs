@@ -46,10 +46,7 @@ pub const ENV_PREFIX: &str = "TALLY_";
 
 /// Loads `T` from its defaults (`T`'s `#[serde(default)]`), the optional
 /// `file`, the process environment and the `overrides` (`key.path=value`).
-pub fn load<T: DeserializeOwned>(
-    file: Option<&Path>,
-    overrides: &[String],
-) -> Result<T, ConfigError> {
+pub fn load<T: DeserializeOwned>(file: Option<&Path>, overrides: &[String]) -> Result<T, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = file {
         if !path.exists() {
@@ -62,15 +59,11 @@ pub fn load<T: DeserializeOwned>(
         .map(|key| key.as_str().replace("__", ".").replace('_', "-").into());
     figment = figment.merge(env);
     for item in overrides {
-        let (key, raw) = item
-            .split_once('=')
-            .ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
+        let (key, raw) = item.split_once('=').ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
         let value: Value = raw.parse().unwrap_or_else(|never| match never {});
         figment = figment.merge(Serialized::default(key.trim(), value));
     }
-    figment
-        .extract()
-        .map_err(|e| ConfigError::Invalid(Box::new(e)))
+    figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
 }
 
 #[cfg(test)]
@@ -93,10 +86,7 @@ mod tests {
 
     impl Default for Section {
         fn default() -> Self {
-            Self {
-                ack_timeout: Duration::from_secs(5),
-                max_events: 10,
-            }
+            Self { ack_timeout: Duration::from_secs(5), max_events: 10 }
         }
     }
 
@@ -118,25 +108,13 @@ mod tests {
     #[test]
     fn file_then_env_then_flags_override_in_order() {
         Jail::expect_with(|jail| {
-            jail.create_file(
-                "tally.toml",
-                "[ingest]\nack-timeout = \"250ms\"\nmax-events = 1\n",
-            )?;
+            jail.create_file("tally.toml", "[ingest]\nack-timeout = \"250ms\"\nmax-events = 1\n")?;
             jail.set_env("TALLY_INGEST__MAX_EVENTS", "2");
             jail.set_env("TALLY_SCYLLA_URI", "not configuration");
             let root: Root = load(Some(Path::new("tally.toml")), &[]).map_err(|e| e.to_string())?;
-            assert_eq!(
-                root.ingest,
-                Section {
-                    ack_timeout: Duration::from_millis(250),
-                    max_events: 2
-                }
-            );
-            let flagged: Root = load(
-                Some(Path::new("tally.toml")),
-                &["ingest.max-events=3".into()],
-            )
-            .map_err(|e| e.to_string())?;
+            assert_eq!(root.ingest, Section { ack_timeout: Duration::from_millis(250), max_events: 2 });
+            let flagged: Root =
+                load(Some(Path::new("tally.toml")), &["ingest.max-events=3".into()]).map_err(|e| e.to_string())?;
             assert_eq!(flagged.ingest.max_events, 3);
             Ok(())
         });
@@ -146,16 +124,12 @@ mod tests {
     fn unknown_keys_are_rejected_with_their_origin() {
         Jail::expect_with(|jail| {
             jail.create_file("tally.toml", "[ingest]\nack-timeuot = \"1s\"\n")?;
-            let err = load::<Root>(Some(Path::new("tally.toml")), &[])
-                .unwrap_err()
-                .to_string();
+            let err = load::<Root>(Some(Path::new("tally.toml")), &[]).unwrap_err().to_string();
             assert!(err.contains("ack-timeuot"), "{err}");
             jail.clear_env();
             jail.create_file("empty.toml", "")?;
             jail.set_env("TALLY_INGEST__COLOUR", "red");
-            let err = load::<Root>(Some(Path::new("empty.toml")), &[])
-                .unwrap_err()
-                .to_string();
+            let err = load::<Root>(Some(Path::new("empty.toml")), &[]).unwrap_err().to_string();
             assert!(err.contains("colour"), "{err}");
             Ok(())
         });
@@ -164,18 +138,10 @@ mod tests {
     #[test]
     fn bad_values_and_missing_files_are_errors() {
         Jail::expect_with(|_| {
-            let err = load::<Root>(None, &["ingest.ack-timeout=soon".into()])
-                .unwrap_err()
-                .to_string();
+            let err = load::<Root>(None, &["ingest.ack-timeout=soon".into()]).unwrap_err().to_string();
             assert!(err.contains("ack-timeout"), "{err}");
-            assert!(matches!(
-                load::<Root>(None, &["novalue".into()]),
-                Err(ConfigError::BadOverride(_))
-            ));
-            assert!(matches!(
-                load::<Root>(Some(Path::new("nope.toml")), &[]),
-                Err(ConfigError::MissingFile(_))
-            ));
+            assert!(matches!(load::<Root>(None, &["novalue".into()]), Err(ConfigError::BadOverride(_))));
+            assert!(matches!(load::<Root>(Some(Path::new("nope.toml")), &[]), Err(ConfigError::MissingFile(_))));
             Ok(())
         });
     }

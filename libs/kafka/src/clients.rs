@@ -58,20 +58,12 @@ pub fn idempotent_producer_with_context<C: ClientContext + 'static>(
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", millis(settings.delivery_timeout))
         .set("linger.ms", millis(settings.linger))
-        .set(
-            "queue.buffering.max.messages",
-            settings.queue_capacity.to_string(),
-        );
+        .set("queue.buffering.max.messages", settings.queue_capacity.to_string());
     // The operator's properties win over the defaults above.
     for (key, value) in &config.properties {
         client.set(key, value);
     }
-    client
-        .create_with_context(context)
-        .map_err(|source| KafkaSetupError::Client {
-            what: "producer",
-            source,
-        })
+    client.create_with_context(context).map_err(|source| KafkaSetupError::Client { what: "producer", source })
 }
 
 /// Milliseconds as librdkafka wants them (at least 1).

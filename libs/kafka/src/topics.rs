@@ -25,67 +25,37 @@ pub struct TopicSpec {
 pub fn tally_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
     let t = &config.topics;
     vec![
-        TopicSpec {
-            name: t.views.clone(),
-            partitions: t.views_partitions,
-        },
-        TopicSpec {
-            name: t.counts.clone(),
-            partitions: t.counts_partitions,
-        },
-        TopicSpec {
-            name: t.views_dlq.clone(),
-            partitions: 1,
-        },
-        TopicSpec {
-            name: t.counts_dlq.clone(),
-            partitions: 1,
-        },
+        TopicSpec { name: t.views.clone(), partitions: t.views_partitions },
+        TopicSpec { name: t.counts.clone(), partitions: t.counts_partitions },
+        TopicSpec { name: t.views_dlq.clone(), partitions: 1 },
+        TopicSpec { name: t.counts_dlq.clone(), partitions: 1 },
     ]
 }
 
 /// Creates the `topics` that do not exist yet; existing ones are left as they are.
-pub async fn ensure_topics(
-    config: &KafkaConfig,
-    topics: &[TopicSpec],
-) -> Result<(), KafkaSetupError> {
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = base_config(config, "tally-admin")
         .create()
-        .map_err(|source| KafkaSetupError::Client {
-            what: "admin client",
-            source,
-        })?;
+        .map_err(|source| KafkaSetupError::Client { what: "admin client", source })?;
     let retention = config.topics.retention.as_millis().to_string();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(
-                &t.name,
-                t.partitions,
-                TopicReplication::Fixed(config.topics.replication),
-            )
-            .set("retention.ms", &retention)
-            .set("cleanup.policy", "delete")
+            NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(config.topics.replication))
+                .set("retention.ms", &retention)
+                .set("cleanup.policy", "delete")
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&new_topics, &options)
         .await
-        .map_err(|e| KafkaSetupError::CreateTopic {
-            topic: "*".into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| KafkaSetupError::CreateTopic { topic: "*".into(), reason: e.to_string() })?;
     for result in results {
         match result {
             Ok(name) => tracing::info!(topic = %name, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(KafkaSetupError::CreateTopic {
-                    topic,
-                    reason: code.to_string(),
-                })
-            }
+            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, reason: code.to_string() }),
         }
     }
     Ok(())
@@ -93,23 +63,10 @@ pub async fn ensure_topics(
 
 /// Partition count of `topic`, from broker metadata (blocking; call from
 /// `spawn_blocking`).
-pub fn partition_count(
-    config: &KafkaConfig,
-    topic: &str,
-    timeout: Duration,
-) -> Result<usize, KafkaSetupError> {
-    let consumer: BaseConsumer =
-        base_config(config, "tally-metadata")
-            .create()
-            .map_err(|source| KafkaSetupError::Client {
-                what: "metadata client",
-                source,
-            })?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(KafkaSetupError::Metadata)?;
-    Ok(metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len()))
+pub fn partition_count(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<usize, KafkaSetupError> {
+    let consumer: BaseConsumer = base_config(config, "tally-metadata")
+        .create()
+        .map_err(|source| KafkaSetupError::Client { what: "metadata client", source })?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(KafkaSetupError::Metadata)?;
+    Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
 }

@@ -101,10 +101,7 @@ mod tests {
     fn event_ids_are_validated() {
         assert!(EventId::parse("0b7c1a9e-1f2d-4c3b-9a8e-7d6c5b4a3f21").is_ok());
         assert_eq!(EventId::parse(""), Err(EventIdError::Empty));
-        assert_eq!(
-            EventId::parse(&"x".repeat(65)),
-            Err(EventIdError::TooLong(65))
-        );
+        assert_eq!(EventId::parse(&"x".repeat(65)), Err(EventIdError::TooLong(65)));
         assert_eq!(EventId::parse("has space"), Err(EventIdError::BadChar));
         assert_eq!(EventId::parse("tab\t"), Err(EventIdError::BadChar));
     }

@@ -9,9 +9,7 @@ const PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// FNV-1a over `bytes`; the same input gives the same value forever.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME))
 }
 
 #[cfg(test)]

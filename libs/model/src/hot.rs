@@ -47,8 +47,7 @@ impl HotKeyDetector {
         if let Some(count) = self.counts.get_mut(video_id) {
             *count += 1;
             if *count >= self.threshold {
-                self.hot_until_ms
-                    .insert(video_id.to_owned(), now_ms + self.hold_ms);
+                self.hot_until_ms.insert(video_id.to_owned(), now_ms + self.hold_ms);
             }
         } else if self.counts.len() < self.capacity {
             self.counts.insert(video_id.to_owned(), 1);
@@ -64,17 +63,12 @@ impl HotKeyDetector {
 
     /// Whether `video_id` is hot at `now_ms`, without counting an event.
     pub fn is_hot(&self, video_id: &str, now_ms: i64) -> bool {
-        self.hot_until_ms
-            .get(video_id)
-            .is_some_and(|until| *until > now_ms)
+        self.hot_until_ms.get(video_id).is_some_and(|until| *until > now_ms)
     }
 
     /// Videos hot at `now_ms`.
     pub fn hot_count(&self, now_ms: i64) -> usize {
-        self.hot_until_ms
-            .values()
-            .filter(|until| **until > now_ms)
-            .count()
+        self.hot_until_ms.values().filter(|until| **until > now_ms).count()
     }
 
     fn roll_window(&mut self, now_ms: i64) {
@@ -101,10 +95,7 @@ mod tests {
         assert!(detector.is_hot("viral", t0 + 200));
         assert!(!detector.is_hot("cold-1", t0 + 200));
         assert!(detector.is_hot("viral", t0 + 9_000), "held after the burst");
-        assert!(
-            !detector.observe("viral", t0 + 20_000),
-            "cooled once the hold passed"
-        );
+        assert!(!detector.observe("viral", t0 + 20_000), "cooled once the hold passed");
     }
 
     #[test]

@@ -40,11 +40,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_events: 10_000,
-            max_future_skew_ms: 300_000,
-            max_attributes_bytes: 1024,
-        }
+        Self { max_events: 10_000, max_future_skew_ms: 300_000, max_attributes_bytes: 1024 }
     }
 }
 
@@ -125,21 +121,13 @@ pub fn parse_events(
             Err(problem) => {
                 total += 1;
                 if errors.len() < MAX_REPORTED_ERRORS {
-                    errors.push(EventError {
-                        index,
-                        field: problem.0,
-                        message: problem.1,
-                    });
+                    errors.push(EventError { index, field: problem.0, message: problem.1 });
                 }
             }
         }
     }
     if total > 0 {
-        return Err(ParseFailure::Invalid {
-            errors,
-            total,
-            events: events_in_body,
-        });
+        return Err(ParseFailure::Invalid { errors, total, events: events_in_body });
     }
     Ok(events)
 }
@@ -163,23 +151,17 @@ fn split_items<'a>(
                 return Err(ParseFailure::Empty);
             }
             check_count(items.len(), limits)?;
-            Ok(items
-                .into_iter()
-                .map(|raw| decode_object(raw.get().as_bytes()))
-                .collect())
+            Ok(items.into_iter().map(|raw| decode_object(raw.get().as_bytes())).collect())
         }
         BodyFormat::Json => {
             // A single object must be syntactically valid as a whole: there is no
             // second event to report beside it.
-            serde_json::from_slice::<&RawValue>(body)
-                .map_err(|e| ParseFailure::Malformed(e.to_string()))?;
+            serde_json::from_slice::<&RawValue>(body).map_err(|e| ParseFailure::Malformed(e.to_string()))?;
             Ok(vec![decode_object(body)])
         }
         BodyFormat::Ndjson => {
-            let lines: Vec<&[u8]> = body
-                .split(|&b| b == b'\n')
-                .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-                .collect();
+            let lines: Vec<&[u8]> =
+                body.split(|&b| b == b'\n').filter(|line| line.iter().any(|b| !b.is_ascii_whitespace())).collect();
             check_count(lines.len(), limits)?;
             Ok(lines.into_iter().map(decode_object).collect())
         }
@@ -188,10 +170,7 @@ fn split_items<'a>(
 
 fn check_count(got: usize, limits: &Limits) -> Result<(), ParseFailure> {
     if got > limits.max_events {
-        return Err(ParseFailure::TooManyEvents {
-            got,
-            max: limits.max_events,
-        });
+        return Err(ParseFailure::TooManyEvents { got, max: limits.max_events });
     }
     Ok(())
 }
@@ -234,16 +213,10 @@ fn validate(raw: RawEvent<'_>, limits: &Limits, now_ms: i64) -> Result<ViewEvent
         Some(v) => {
             let text = string_field(v, "viewer_id")?;
             if text.is_empty() || text.len() > MAX_VIEWER_ID_LEN {
-                return Err((
-                    Some("viewer_id"),
-                    format!("must be 1 to {MAX_VIEWER_ID_LEN} bytes"),
-                ));
+                return Err((Some("viewer_id"), format!("must be 1 to {MAX_VIEWER_ID_LEN} bytes")));
             }
             if text.chars().any(char::is_control) {
-                return Err((
-                    Some("viewer_id"),
-                    "must not contain control characters".into(),
-                ));
+                return Err((Some("viewer_id"), "must not contain control characters".into()));
             }
             Some(Arc::from(text.as_ref()))
         }
@@ -252,19 +225,11 @@ fn validate(raw: RawEvent<'_>, limits: &Limits, now_ms: i64) -> Result<ViewEvent
         None => None,
         Some(v) => Some(parse_attributes(v, limits).map_err(|m| (Some("attributes"), m))?),
     };
-    Ok(ViewEvent {
-        video_id,
-        ts_ms,
-        event_id,
-        viewer_id,
-        attributes,
-        received_ms: now_ms,
-    })
+    Ok(ViewEvent { video_id, ts_ms, event_id, viewer_id, attributes, received_ms: now_ms })
 }
 
 fn string_field<'a>(raw: &'a RawValue, field: &'static str) -> Result<Cow<'a, str>, Problem> {
-    serde_json::from_str::<Cow<'a, str>>(raw.get())
-        .map_err(|_| (Some(field), "must be a string".into()))
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| (Some(field), "must be a string".into()))
 }
 
 fn parse_ts(raw: &RawValue, limits: &Limits, now_ms: i64) -> Result<i64, String> {
@@ -273,9 +238,8 @@ fn parse_ts(raw: &RawValue, limits: &Limits, now_ms: i64) -> Result<i64, String>
         let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| e.to_string())?;
         parse_rfc3339_ms(&s).map_err(|e| e.to_string())?
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        serde_json::from_str::<i64>(text).map_err(|_| {
-            "must be integer epoch milliseconds (no fraction, no exponent)".to_owned()
-        })?
+        serde_json::from_str::<i64>(text)
+            .map_err(|_| "must be integer epoch milliseconds (no fraction, no exponent)".to_owned())?
     } else {
         return Err("must be an RFC 3339 string or integer epoch milliseconds".into());
     };
@@ -318,21 +282,12 @@ mod tests {
 
     #[test]
     fn one_object_array_and_ndjson_parse_to_the_same_events() {
-        let one = parse(
-            r#"{"video_id":"v1","ts":1795341500000,"event_id":"e1"}"#,
-            BodyFormat::Json,
-        )
-        .unwrap();
-        let array = parse(
-            r#"[{"video_id":"v1","ts":"2026-11-22T09:58:20Z","event_id":"e1"}]"#,
-            BodyFormat::Json,
-        )
-        .unwrap();
-        let ndjson = parse(
-            "\n{\"video_id\":\"v1\",\"ts\":1795341500000,\"event_id\":\"e1\"}\r\n\n",
-            BodyFormat::Ndjson,
-        )
-        .unwrap();
+        let one = parse(r#"{"video_id":"v1","ts":1795341500000,"event_id":"e1"}"#, BodyFormat::Json).unwrap();
+        let array =
+            parse(r#"[{"video_id":"v1","ts":"2026-11-22T09:58:20Z","event_id":"e1"}]"#, BodyFormat::Json).unwrap();
+        let ndjson =
+            parse("\n{\"video_id\":\"v1\",\"ts\":1795341500000,\"event_id\":\"e1\"}\r\n\n", BodyFormat::Ndjson)
+                .unwrap();
         assert_eq!(one, array);
         assert_eq!(one, ndjson);
         assert_eq!(one[0].ts_ms, 1_795_341_500_000);
@@ -343,68 +298,35 @@ mod tests {
     fn missing_ts_and_event_id_get_defaults() {
         let events = parse(r#"[{"video_id":"v1"},{"video_id":"v1"}]"#, BodyFormat::Json).unwrap();
         assert_eq!(events[0].ts_ms, NOW);
-        assert_ne!(
-            events[0].event_id, events[1].event_id,
-            "assigned ids are unique"
-        );
+        assert_ne!(events[0].event_id, events[1].event_id, "assigned ids are unique");
     }
 
     #[test]
     fn every_invalid_event_is_reported_with_its_index_and_field() {
-        let body = r#"[{"video_id":"ok"},{"video_id":""},{"video_id":"v","ts":1.5},{"ts":1},{"video_id":"v","colour":"red"}]"#;
+        let body =
+            r#"[{"video_id":"ok"},{"video_id":""},{"video_id":"v","ts":1.5},{"ts":1},{"video_id":"v","colour":"red"}]"#;
         let errors = errors(body, BodyFormat::Json);
         let found: Vec<(usize, Option<&str>)> = errors.iter().map(|e| (e.index, e.field)).collect();
-        assert_eq!(
-            found,
-            vec![
-                (1, Some("video_id")),
-                (2, Some("ts")),
-                (3, Some("video_id")),
-                (4, None)
-            ]
-        );
-        assert!(
-            errors[3].message.contains("unknown field `colour`"),
-            "{}",
-            errors[3].message
-        );
+        assert_eq!(found, vec![(1, Some("video_id")), (2, Some("ts")), (3, Some("video_id")), (4, None)]);
+        assert!(errors[3].message.contains("unknown field `colour`"), "{}", errors[3].message);
     }
 
     #[test]
     fn attributes_must_be_a_small_object_and_are_stored_compact() {
-        let events = parse(
-            r#"{"video_id":"v","attributes": { "a" : 1 }}"#,
-            BodyFormat::Json,
-        )
-        .unwrap();
+        let events = parse(r#"{"video_id":"v","attributes": { "a" : 1 }}"#, BodyFormat::Json).unwrap();
         assert_eq!(events[0].attributes.as_deref(), Some(r#"{"a":1}"#));
-        let big = format!(
-            r#"{{"video_id":"v","attributes":{{"a":"{}"}}}}"#,
-            "x".repeat(2000)
-        );
+        let big = format!(r#"{{"video_id":"v","attributes":{{"a":"{}"}}}}"#, "x".repeat(2000));
         assert_eq!(errors(&big, BodyFormat::Json)[0].field, Some("attributes"));
-        assert_eq!(
-            errors(r#"{"video_id":"v","attributes":[1]}"#, BodyFormat::Json)[0].field,
-            Some("attributes")
-        );
+        assert_eq!(errors(r#"{"video_id":"v","attributes":[1]}"#, BodyFormat::Json)[0].field, Some("attributes"));
     }
 
     #[test]
     fn whole_body_failures_are_distinguished() {
         assert_eq!(parse("  ", BodyFormat::Json), Err(ParseFailure::Empty));
         assert_eq!(parse("[]", BodyFormat::Json), Err(ParseFailure::Empty));
-        assert!(matches!(
-            parse("[{]", BodyFormat::Json),
-            Err(ParseFailure::Malformed(_))
-        ));
-        assert!(matches!(
-            parse(r#"{"video_id":"v"} trailing"#, BodyFormat::Json),
-            Err(ParseFailure::Malformed(_))
-        ));
-        let limits = Limits {
-            max_events: 2,
-            ..Limits::default()
-        };
+        assert!(matches!(parse("[{]", BodyFormat::Json), Err(ParseFailure::Malformed(_))));
+        assert!(matches!(parse(r#"{"video_id":"v"} trailing"#, BodyFormat::Json), Err(ParseFailure::Malformed(_))));
+        let limits = Limits { max_events: 2, ..Limits::default() };
         let three = r#"[{"video_id":"a"},{"video_id":"b"},{"video_id":"c"}]"#;
         assert_eq!(
             parse_events(three.as_bytes(), BodyFormat::Json, &limits, NOW),
@@ -414,26 +336,15 @@ mod tests {
 
     #[test]
     fn a_broken_ndjson_line_is_reported_by_index() {
-        let errors = errors(
-            "{\"video_id\":\"a\"}\n{\"video_id\":\n{\"video_id\":\"c\"}\n",
-            BodyFormat::Ndjson,
-        );
+        let errors = errors("{\"video_id\":\"a\"}\n{\"video_id\":\n{\"video_id\":\"c\"}\n", BodyFormat::Ndjson);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].index, 1);
-        assert!(
-            errors[0].message.starts_with("not valid JSON"),
-            "{}",
-            errors[0].message
-        );
+        assert!(errors[0].message.starts_with("not valid JSON"), "{}", errors[0].message);
     }
 
     #[test]
     fn escaped_strings_are_decoded_before_validation() {
-        let events = parse(
-            r#"{"video_id":"v\u0031","event_id":"e\u002d1"}"#,
-            BodyFormat::Json,
-        )
-        .unwrap();
+        let events = parse(r#"{"video_id":"v\u0031","event_id":"e\u002d1"}"#, BodyFormat::Json).unwrap();
         assert_eq!(events[0].video_id.as_str(), "v1");
         assert_eq!(events[0].event_id.as_str(), "e-1");
     }

@@ -113,8 +113,7 @@ impl SaltPolicy {
             return Err(SaltingConfigError::TooManySalts);
         }
         for id in &config.hot_videos {
-            crate::video_id::validate(id)
-                .map_err(|_| SaltingConfigError::BadVideoId(id.clone()))?;
+            crate::video_id::validate(id).map_err(|_| SaltingConfigError::BadVideoId(id.clone()))?;
         }
         Ok(Self {
             always_hot: config.hot_videos.iter().cloned().collect(),
@@ -217,17 +216,11 @@ mod tests {
     #[test]
     fn hot_events_spread_over_sub_shards_and_slots() {
         let p = policy();
-        let same_minute: HashSet<Salt> = (0..200)
-            .map(|i| p.salt_for(&event(&format!("e{i}"), 1_795_341_600_000), true))
-            .collect();
-        assert_eq!(
-            same_minute.len(),
-            4,
-            "one slot spreads over every sub-shard"
-        );
-        let over_slots: HashSet<Salt> = (0..16)
-            .map(|m| p.salt_for(&event("e", 1_795_341_600_000 + m * 60_000), true))
-            .collect();
+        let same_minute: HashSet<Salt> =
+            (0..200).map(|i| p.salt_for(&event(&format!("e{i}"), 1_795_341_600_000), true)).collect();
+        assert_eq!(same_minute.len(), 4, "one slot spreads over every sub-shard");
+        let over_slots: HashSet<Salt> =
+            (0..16).map(|m| p.salt_for(&event("e", 1_795_341_600_000 + m * 60_000), true)).collect();
         assert_eq!(over_slots.len(), 16, "every slot gives another salt");
         assert!(over_slots.iter().all(|s| s.0 >= 1 && s.0 <= 64));
     }
@@ -243,30 +236,11 @@ mod tests {
 
     #[test]
     fn invalid_configurations_are_refused() {
-        let zero = SaltingConfig {
-            sub_shards: 0,
-            ..SaltingConfig::default()
-        };
-        assert_eq!(
-            SaltPolicy::new(&zero).unwrap_err(),
-            SaltingConfigError::Zero
-        );
-        let wide = SaltingConfig {
-            slots: 1000,
-            sub_shards: 100,
-            ..SaltingConfig::default()
-        };
-        assert_eq!(
-            SaltPolicy::new(&wide).unwrap_err(),
-            SaltingConfigError::TooManySalts
-        );
-        let bad = SaltingConfig {
-            hot_videos: vec!["a b".into()],
-            ..SaltingConfig::default()
-        };
-        assert!(matches!(
-            SaltPolicy::new(&bad),
-            Err(SaltingConfigError::BadVideoId(_))
-        ));
+        let zero = SaltingConfig { sub_shards: 0, ..SaltingConfig::default() };
+        assert_eq!(SaltPolicy::new(&zero).unwrap_err(), SaltingConfigError::Zero);
+        let wide = SaltingConfig { slots: 1000, sub_shards: 100, ..SaltingConfig::default() };
+        assert_eq!(SaltPolicy::new(&wide).unwrap_err(), SaltingConfigError::TooManySalts);
+        let bad = SaltingConfig { hot_videos: vec!["a b".into()], ..SaltingConfig::default() };
+        assert!(matches!(SaltPolicy::new(&bad), Err(SaltingConfigError::BadVideoId(_))));
     }
 }

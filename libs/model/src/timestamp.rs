@@ -34,27 +34,19 @@ pub enum TimestampError {
 
 /// Parses an RFC 3339 date-time to epoch milliseconds.
 pub fn parse_rfc3339_ms(raw: &str) -> Result<i64, TimestampError> {
-    let parsed = OffsetDateTime::parse(raw, &Rfc3339)
-        .map_err(|e| TimestampError::NotRfc3339(e.to_string()))?;
+    let parsed = OffsetDateTime::parse(raw, &Rfc3339).map_err(|e| TimestampError::NotRfc3339(e.to_string()))?;
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
         .map_err(|_| TimestampError::NotRfc3339("out of range".into()))
 }
 
 /// Checks an event time against the accepted range around `now_ms`.
-pub fn check_range(
-    ts_ms: i64,
-    now_ms: i64,
-    max_future_skew_ms: i64,
-) -> Result<i64, TimestampError> {
+pub fn check_range(ts_ms: i64, now_ms: i64, max_future_skew_ms: i64) -> Result<i64, TimestampError> {
     if ts_ms < EARLIEST_TS_MS {
         return Err(TimestampError::TooEarly(ts_ms));
     }
     let ahead_ms = ts_ms.saturating_sub(now_ms);
     if ahead_ms > max_future_skew_ms {
-        return Err(TimestampError::InFuture {
-            ahead_ms,
-            max_ms: max_future_skew_ms,
-        });
+        return Err(TimestampError::InFuture { ahead_ms, max_ms: max_future_skew_ms });
     }
     Ok(ts_ms)
 }
@@ -84,52 +76,28 @@ mod tests {
 
     #[test]
     fn parses_rfc3339_with_offsets_and_fractions() {
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-22T10:00:00Z"),
-            Ok(1_795_341_600_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-22T11:00:00.250+01:00"),
-            Ok(1_795_341_600_250)
-        );
-        assert!(matches!(
-            parse_rfc3339_ms("2026-11-22 10:00"),
-            Err(TimestampError::NotRfc3339(_))
-        ));
-        assert!(matches!(
-            parse_rfc3339_ms("yesterday"),
-            Err(TimestampError::NotRfc3339(_))
-        ));
+        assert_eq!(parse_rfc3339_ms("2026-11-22T10:00:00Z"), Ok(1_795_341_600_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-22T11:00:00.250+01:00"), Ok(1_795_341_600_250));
+        assert!(matches!(parse_rfc3339_ms("2026-11-22 10:00"), Err(TimestampError::NotRfc3339(_))));
+        assert!(matches!(parse_rfc3339_ms("yesterday"), Err(TimestampError::NotRfc3339(_))));
     }
 
     #[test]
     fn range_check_rejects_ancient_and_future_times() {
         let now = 1_795_341_600_000;
         assert_eq!(check_range(now + 1_000, now, 5_000), Ok(now + 1_000));
-        assert_eq!(
-            check_range(now - 86_400_000, now, 5_000),
-            Ok(now - 86_400_000)
-        );
+        assert_eq!(check_range(now - 86_400_000, now, 5_000), Ok(now - 86_400_000));
         assert_eq!(
             check_range(now + 6_000, now, 5_000),
-            Err(TimestampError::InFuture {
-                ahead_ms: 6_000,
-                max_ms: 5_000
-            })
+            Err(TimestampError::InFuture { ahead_ms: 6_000, max_ms: 5_000 })
         );
-        assert_eq!(
-            check_range(1_795_341_600, now, 5_000),
-            Err(TimestampError::TooEarly(1_795_341_600))
-        );
+        assert_eq!(check_range(1_795_341_600, now, 5_000), Err(TimestampError::TooEarly(1_795_341_600)));
     }
 
     #[test]
     fn minute_buckets_floor_to_the_minute() {
         assert_eq!(minute_bucket(1_795_341_659_999), 1_795_341_600_000);
         assert_eq!(minute_bucket(1_795_341_660_000), 1_795_341_660_000);
-        assert_eq!(
-            format_rfc3339_ms(1_795_341_600_250),
-            "2026-11-22T10:00:00.25Z"
-        );
+        assert_eq!(format_rfc3339_ms(1_795_341_600_250), "2026-11-22T10:00:00.25Z");
     }
 }

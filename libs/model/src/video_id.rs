@@ -45,10 +45,7 @@ pub fn validate(raw: &str) -> Result<(), VideoIdError> {
     if raw.len() > MAX_VIDEO_ID_LEN {
         return Err(VideoIdError::TooLong(raw.chars().count()));
     }
-    match raw
-        .char_indices()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-    {
+    match raw.char_indices().find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
         Some((position, c)) => Err(VideoIdError::BadChar(c, position)),
         None => Ok(()),
     }
@@ -85,15 +82,9 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_foreign_characters() {
         assert_eq!(VideoId::parse(""), Err(VideoIdError::Empty));
-        assert_eq!(
-            VideoId::parse(&"a".repeat(129)),
-            Err(VideoIdError::TooLong(129))
-        );
+        assert_eq!(VideoId::parse(&"a".repeat(129)), Err(VideoIdError::TooLong(129)));
         assert_eq!(VideoId::parse("ab c"), Err(VideoIdError::BadChar(' ', 2)));
         assert_eq!(VideoId::parse("a~1"), Err(VideoIdError::BadChar('~', 1)));
-        assert!(matches!(
-            VideoId::parse("vidé"),
-            Err(VideoIdError::BadChar('é', 3))
-        ));
+        assert!(matches!(VideoId::parse("vidé"), Err(VideoIdError::BadChar('é', 3))));
     }
 }

@@ -73,12 +73,7 @@ pub struct WireView<'a> {
 pub fn encode(event: &ViewEvent, salt: Salt, out: &mut Vec<u8>) {
     let viewer = event.viewer_id.as_deref().unwrap_or("");
     let attributes = event.attributes.as_deref().unwrap_or("");
-    out.reserve(
-        24 + event.video_id.as_str().len()
-            + event.event_id.as_str().len()
-            + viewer.len()
-            + attributes.len(),
-    );
+    out.reserve(24 + event.video_id.as_str().len() + event.event_id.as_str().len() + viewer.len() + attributes.len());
     out.push(WIRE_VERSION);
     out.extend_from_slice(&salt.0.to_be_bytes());
     out.extend_from_slice(&event.ts_ms.to_be_bytes());
@@ -111,17 +106,11 @@ pub fn decode(bytes: &[u8]) -> Result<WireView<'_>, WireError> {
     let received_ms = i64::from_be_bytes(cursor.array("received_ms")?);
     let video_id = cursor.short_str("video_id")?;
     if crate::video_id::validate(video_id).is_err() {
-        return Err(WireError::InvalidField {
-            field: "video_id",
-            reason: "not a valid video id",
-        });
+        return Err(WireError::InvalidField { field: "video_id", reason: "not a valid video id" });
     }
     let event_id = cursor.short_str("event_id")?;
     if event_id.is_empty() {
-        return Err(WireError::InvalidField {
-            field: "event_id",
-            reason: "empty",
-        });
+        return Err(WireError::InvalidField { field: "event_id", reason: "empty" });
     }
     let viewer_id = Some(cursor.short_str("viewer_id")?).filter(|v| !v.is_empty());
     let attributes_len = usize::from(u16::from_be_bytes(cursor.array("attributes")?));
@@ -129,15 +118,7 @@ pub fn decode(bytes: &[u8]) -> Result<WireView<'_>, WireError> {
     if cursor.pos != bytes.len() {
         return Err(WireError::TrailingBytes(bytes.len() - cursor.pos));
     }
-    Ok(WireView {
-        salt,
-        ts_ms,
-        received_ms,
-        video_id,
-        event_id,
-        viewer_id,
-        attributes,
-    })
+    Ok(WireView { salt, ts_ms, received_ms, video_id, event_id, viewer_id, attributes })
 }
 
 struct Cursor<'a> {
@@ -147,10 +128,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, len: usize, field: &'static str) -> Result<&'a [u8], WireError> {
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|end| *end <= self.bytes.len());
+        let end = self.pos.checked_add(len).filter(|end| *end <= self.bytes.len());
         let end = end.ok_or(WireError::Truncated(field))?;
         let slice = &self.bytes[self.pos..end];
         self.pos = end;
@@ -171,10 +149,7 @@ impl<'a> Cursor<'a> {
 
     fn str_of(&mut self, len: usize, field: &'static str) -> Result<&'a str, WireError> {
         let slice = self.take(len, field)?;
-        std::str::from_utf8(slice).map_err(|_| WireError::InvalidField {
-            field,
-            reason: "not UTF-8",
-        })
+        std::str::from_utf8(slice).map_err(|_| WireError::InvalidField { field, reason: "not UTF-8" })
     }
 }
 
@@ -212,11 +187,7 @@ mod tests {
 
     #[test]
     fn optional_fields_round_trip_as_absent() {
-        let event = ViewEvent {
-            viewer_id: None,
-            attributes: None,
-            ..sample()
-        };
+        let event = ViewEvent { viewer_id: None, attributes: None, ..sample() };
         let mut buf = Vec::new();
         encode(&event, Salt(0), &mut buf);
         let view = decode(&buf).unwrap();
@@ -229,25 +200,13 @@ mod tests {
         encode(&sample(), Salt(0), &mut buf);
         assert_eq!(decode(&[]), Err(WireError::Empty));
         assert_eq!(decode(&[9, 0, 0]), Err(WireError::UnsupportedVersion(9)));
-        assert!(matches!(
-            decode(&buf[..buf.len() - 1]),
-            Err(WireError::Truncated("attributes"))
-        ));
+        assert!(matches!(decode(&buf[..buf.len() - 1]), Err(WireError::Truncated("attributes"))));
         let mut trailing = buf.clone();
         trailing.push(0);
         assert_eq!(decode(&trailing), Err(WireError::TrailingBytes(1)));
         let mut bad_id = buf.clone();
         bad_id[20] = b' ';
-        assert!(matches!(
-            decode(&bad_id),
-            Err(WireError::InvalidField {
-                field: "video_id",
-                ..
-            })
-        ));
-        assert!(
-            decode(b"{\"video_id\":\"v\"}").is_err(),
-            "JSON is not a v1 record"
-        );
+        assert!(matches!(decode(&bad_id), Err(WireError::InvalidField { field: "video_id", .. })));
+        assert!(decode(b"{\"video_id\":\"v\"}").is_err(), "JSON is not a v1 record");
     }
 }

@@ -24,10 +24,7 @@ pub fn router(registry: Registry, readiness: Readiness) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AdminState {
-            registry,
-            readiness,
-        })
+        .with_state(AdminState { registry, readiness })
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -40,16 +37,8 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 async fn ready(State(state): State<AdminState>) -> Response {
     let (ready, checks) = state.readiness.report();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(serde_json::json!({ "ready": ready, "checks": checks })),
-    )
-        .into_response()
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
 #[cfg(test)]
@@ -61,10 +50,7 @@ mod tests {
     use super::*;
 
     async fn get_status(app: Router, path: &str) -> StatusCode {
-        app.oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap()
-            .status()
+        app.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap().status()
     }
 
     #[tokio::test]
@@ -72,10 +58,7 @@ mod tests {
         let readiness = Readiness::default();
         readiness.register("kafka");
         let app = router(Registry::new(), readiness.clone());
-        assert_eq!(
-            get_status(app.clone(), "/readyz").await,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(get_status(app.clone(), "/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(get_status(app.clone(), "/healthz").await, StatusCode::OK);
         readiness.set("kafka", Ok(()));
         assert_eq!(get_status(app.clone(), "/readyz").await, StatusCode::OK);

@@ -29,20 +29,8 @@ pub struct Problem {
 
 impl Problem {
     /// A problem with no extensions and no retry hint.
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            kind,
-            title,
-            detail: detail.into(),
-            retry_after_secs: None,
-            extensions: Map::new(),
-        }
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, kind, title, detail: detail.into(), retry_after_secs: None, extensions: Map::new() }
     }
 
     /// Adds a `Retry-After` hint (at least one second).
@@ -60,10 +48,7 @@ impl Problem {
     /// The JSON body.
     pub fn body(&self) -> Value {
         let mut body = Map::new();
-        body.insert(
-            "type".into(),
-            Value::String(format!("urn:tally:problem:{}", self.kind)),
-        );
+        body.insert("type".into(), Value::String(format!("urn:tally:problem:{}", self.kind)));
         body.insert("title".into(), Value::String(self.title.into()));
         body.insert("status".into(), Value::from(self.status.as_u16()));
         body.insert("detail".into(), Value::String(self.detail.clone()));
@@ -93,14 +78,9 @@ mod tests {
 
     #[test]
     fn problem_bodies_follow_rfc9457_and_carry_retry_after() {
-        let problem = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Try later",
-            "broker slow",
-        )
-        .retry_after(0)
-        .with("queued", Value::from(3));
+        let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Try later", "broker slow")
+            .retry_after(0)
+            .with("queued", Value::from(3));
         let body = problem.body();
         assert_eq!(body["type"], "urn:tally:problem:unavailable");
         assert_eq!(body["status"], 503);

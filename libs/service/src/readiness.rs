@@ -13,8 +13,7 @@ pub struct Readiness {
 impl Readiness {
     /// Registers `name` as not ready yet.
     pub fn register(&self, name: &str) {
-        self.lock()
-            .insert(name.to_owned(), Err("starting".to_owned()));
+        self.lock().insert(name.to_owned(), Err("starting".to_owned()));
     }
 
     /// Records the latest outcome of check `name`.
@@ -28,25 +27,14 @@ impl Readiness {
         let ready = checks.values().all(Result::is_ok);
         let states = checks
             .iter()
-            .map(|(name, outcome)| {
-                (
-                    name.clone(),
-                    outcome
-                        .as_ref()
-                        .err()
-                        .cloned()
-                        .unwrap_or_else(|| "ok".into()),
-                )
-            })
+            .map(|(name, outcome)| (name.clone(), outcome.as_ref().err().cloned().unwrap_or_else(|| "ok".into())))
             .collect();
         (ready, states)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Result<(), String>>> {
         // A panic while holding this lock cannot leave the map inconsistent.
-        self.checks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -66,11 +66,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor whose tasks stop when `token` is cancelled.
     pub fn new(token: CancellationToken) -> Self {
-        Self {
-            token,
-            tasks: JoinSet::new(),
-            names: HashMap::new(),
-        }
+        Self { token, tasks: JoinSet::new(), names: HashMap::new() }
     }
 
     /// The token every task should watch.
@@ -84,9 +80,7 @@ impl Supervisor {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<TaskError> + 'static,
     {
-        let handle = self
-            .tasks
-            .spawn(async move { (name, task.await.map_err(Into::into)) });
+        let handle = self.tasks.spawn(async move { (name, task.await.map_err(Into::into)) });
         self.names.insert(handle.id(), name);
     }
 
@@ -120,12 +114,7 @@ impl Supervisor {
                 }
                 Err(_) => {
                     self.tasks.abort_all();
-                    let pending = self
-                        .names
-                        .values()
-                        .copied()
-                        .filter(|n| !finished.contains(n))
-                        .collect();
+                    let pending = self.names.values().copied().filter(|n| !finished.contains(n)).collect();
                     return Err(first_error.unwrap_or(SupervisorError::DrainTimedOut { pending }));
                 }
             }
@@ -165,10 +154,7 @@ mod tests {
             Ok::<(), TaskError>(())
         });
         let err = supervisor.run(Duration::from_secs(1)).await.unwrap_err();
-        assert!(
-            matches!(err, SupervisorError::TaskPanicked { name: "flusher" }),
-            "{err}"
-        );
+        assert!(matches!(err, SupervisorError::TaskPanicked { name: "flusher" }), "{err}");
     }
 
     #[tokio::test]
@@ -194,20 +180,9 @@ mod tests {
             t.cancelled().await;
             Ok::<(), TaskError>(())
         });
-        supervisor.spawn("consumer", async {
-            Err::<(), TaskError>("broker gone".into())
-        });
+        supervisor.spawn("consumer", async { Err::<(), TaskError>("broker gone".into()) });
         let err = supervisor.run(Duration::from_secs(1)).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                SupervisorError::TaskFailed {
-                    name: "consumer",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, SupervisorError::TaskFailed { name: "consumer", .. }), "{err}");
         assert_eq!(err.exit_code(), 2);
     }
 

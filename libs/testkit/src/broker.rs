@@ -23,22 +23,12 @@ impl Broker {
     /// until it answers metadata requests.
     pub fn start() -> Self {
         for attempt in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("tally-broker-")
-                .tempdir()
-                .expect("create broker data dir");
-            let mut broker = Self {
-                child: None,
-                port: free_port(),
-                dir,
-            };
+            let dir = tempfile::Builder::new().prefix("tally-broker-").tempdir().expect("create broker data dir");
+            let mut broker = Self { child: None, port: free_port(), dir };
             if broker.spawn_and_wait() {
                 return broker;
             }
-            eprintln!(
-                "broker did not come up on port {} (attempt {attempt}); retrying",
-                broker.port
-            );
+            eprintln!("broker did not come up on port {} (attempt {attempt}); retrying", broker.port);
         }
         panic!("tansu broker did not start after 3 attempts");
     }
@@ -61,18 +51,12 @@ impl Broker {
     /// Starts the broker again on the same port with the same data.
     pub fn restart(&mut self) {
         self.kill();
-        assert!(
-            self.spawn_and_wait(),
-            "tansu broker did not restart on port {}",
-            self.port
-        );
+        assert!(self.spawn_and_wait(), "tansu broker did not restart on port {}", self.port);
     }
 
     /// Whether the broker process is running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn spawn_and_wait(&mut self) -> bool {
@@ -84,19 +68,8 @@ impl Broker {
             .expect("open broker log");
         let child = Command::new(find_binary("tansu", "TALLY_TANSU_BIN"))
             .current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                "sqlite://tansu.db",
-                "--cluster-id",
-                "tally-test",
-            ])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db", "--cluster-id", "tally-test"])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -105,24 +78,18 @@ impl Broker {
             .expect("spawn tansu broker");
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_for_port(addr, Duration::from_secs(20))
-            && self.wait_for_metadata(Duration::from_secs(20))
+        wait_for_port(addr, Duration::from_secs(20)) && self.wait_for_metadata(Duration::from_secs(20))
     }
 
     fn wait_for_metadata(&mut self, limit: Duration) -> bool {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .create()
-            .expect("metadata client");
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", self.bootstrap()).create().expect("metadata client");
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if !self.is_running() {
                 return false;
             }
-            if consumer
-                .fetch_metadata(None, Duration::from_secs(1))
-                .is_ok()
-            {
+            if consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
                 return true;
             }
         }

@@ -37,11 +37,7 @@ pub fn unique(prefix: &str) -> String {
 pub fn kafka_config(broker: &Broker) -> KafkaConfig {
     let run = unique("t");
     // tansu 0.6 crashes on an idempotent producer's epoch bump (see KafkaConfig::idempotence).
-    let mut config = KafkaConfig {
-        brokers: broker.bootstrap(),
-        idempotence: false,
-        ..KafkaConfig::default()
-    };
+    let mut config = KafkaConfig { brokers: broker.bootstrap(), idempotence: false, ..KafkaConfig::default() };
     config.topics.views = format!("{run}.views");
     config.topics.counts = format!("{run}.counts");
     config.topics.views_dlq = format!("{run}.views.dlq");

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 /// A free TCP port on 127.0.0.1 (bound, then released for the child).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
-    listener
-        .local_addr()
-        .expect("local address of an ephemeral listener")
-        .port()
+    listener.local_addr().expect("local address of an ephemeral listener").port()
 }
 
 /// Finds `name`: the `env_var` override, then `PATH`, then Tally's tool cache
@@ -19,11 +16,7 @@ pub fn find_binary(name: &str, env_var: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env_var) {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("HOME").map(|home| {
-        PathBuf::from(home)
-            .join(".cache/tally/tools/bin")
-            .join(name)
-    });
+    let cache = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tally/tools/bin").join(name));
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())

@@ -18,15 +18,8 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts Redis on a free port and waits until it accepts connections.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("tally-redis-")
-            .tempdir()
-            .expect("create redis dir");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            dir,
-        };
+        let dir = tempfile::Builder::new().prefix("tally-redis-").tempdir().expect("create redis dir");
+        let mut server = Self { child: None, port: free_port(), dir };
         server.spawn_and_wait();
         server
     }
@@ -53,16 +46,7 @@ impl RedisServer {
     fn spawn_and_wait(&mut self) {
         let child = Command::new(find_binary("redis-server", "TALLY_REDIS_BIN"))
             .current_dir(self.dir.path())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -71,11 +55,7 @@ impl RedisServer {
             .expect("spawn redis-server");
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        assert!(
-            wait_for_port(addr, Duration::from_secs(10)),
-            "redis-server did not start on port {}",
-            self.port
-        );
+        assert!(wait_for_port(addr, Duration::from_secs(10)), "redis-server did not start on port {}", self.port);
     }
 }
 

@@ -31,30 +31,17 @@ fn reader(config: &KafkaConfig) -> BaseConsumer {
 }
 
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("topic metadata");
-    metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default()
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+    metadata.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default()
 }
 
 /// Reads `topic` from the beginning until `expected` records arrived or
 /// `limit` passed; returns what it read (sorted by partition and offset).
-pub fn read_records(
-    config: &KafkaConfig,
-    topic: &str,
-    expected: usize,
-    limit: Duration,
-) -> Vec<ReadRecord> {
+pub fn read_records(config: &KafkaConfig, topic: &str, expected: usize, limit: Duration) -> Vec<ReadRecord> {
     let consumer = reader(config);
     let mut assignment = TopicPartitionList::new();
     for partition in partitions(&consumer, topic) {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assign partition");
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assign partition");
     }
     consumer.assign(&assignment).expect("assign");
     let deadline = Instant::now() + limit;
@@ -81,9 +68,7 @@ pub fn record_count(config: &KafkaConfig, topic: &str) -> i64 {
     partitions(&consumer, topic)
         .into_iter()
         .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks");
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
             high - low
         })
         .sum()

@@ -25,12 +25,7 @@ pub enum Caller {
 impl ApiKeys {
     /// Keys from configuration.
     pub fn new(config: &[ApiKeyConfig]) -> Self {
-        Self {
-            keys: config
-                .iter()
-                .map(|k| (k.name.clone(), k.key.expose().as_bytes().to_vec()))
-                .collect(),
-        }
+        Self { keys: config.iter().map(|k| (k.name.clone(), k.key.expose().as_bytes().to_vec())).collect() }
     }
 
     /// Identifies the caller; `None` when keys are configured and the request
@@ -88,34 +83,16 @@ mod tests {
     #[test]
     fn bearer_and_x_api_key_identify_the_key_by_name() {
         let expected = Some(Caller::Key("mobile".into()));
-        assert_eq!(
-            keys().authenticate(&headers("authorization", "Bearer s3cret")),
-            expected
-        );
-        assert_eq!(
-            keys().authenticate(&headers("authorization", "bearer s3cret")),
-            expected
-        );
-        assert_eq!(
-            keys().authenticate(&headers("x-api-key", "s3cret")),
-            expected
-        );
+        assert_eq!(keys().authenticate(&headers("authorization", "Bearer s3cret")), expected);
+        assert_eq!(keys().authenticate(&headers("authorization", "bearer s3cret")), expected);
+        assert_eq!(keys().authenticate(&headers("x-api-key", "s3cret")), expected);
     }
 
     #[test]
     fn missing_or_wrong_keys_are_refused_and_no_keys_means_open() {
         assert_eq!(keys().authenticate(&HeaderMap::new()), None);
-        assert_eq!(
-            keys().authenticate(&headers("authorization", "Bearer s3cre")),
-            None
-        );
-        assert_eq!(
-            keys().authenticate(&headers("authorization", "Basic s3cret")),
-            None
-        );
-        assert_eq!(
-            ApiKeys::default().authenticate(&HeaderMap::new()),
-            Some(Caller::Anonymous)
-        );
+        assert_eq!(keys().authenticate(&headers("authorization", "Bearer s3cre")), None);
+        assert_eq!(keys().authenticate(&headers("authorization", "Basic s3cret")), None);
+        assert_eq!(ApiKeys::default().authenticate(&HeaderMap::new()), Some(Caller::Anonymous));
     }
 }

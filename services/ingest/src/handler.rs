@@ -83,16 +83,11 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
     let now_ms = tally_model::timestamp::now_ms();
     let events = parse_events(&bytes, format, &state.limits, now_ms).map_err(|failure| {
         let events = match &failure {
-            ParseFailure::Invalid { events, .. }
-            | ParseFailure::TooManyEvents { got: events, .. } => *events,
+            ParseFailure::Invalid { events, .. } | ParseFailure::TooManyEvents { got: events, .. } => *events,
             _ => 0,
         };
         (
-            if matches!(failure, ParseFailure::TooManyEvents { .. }) {
-                "too_large"
-            } else {
-                "invalid"
-            },
+            if matches!(failure, ParseFailure::TooManyEvents { .. }) { "too_large" } else { "invalid" },
             events,
             parse_problem(failure),
         )
@@ -118,18 +113,13 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
     state.publisher.publish(records).await.map_err(|e| {
         tracing::warn!(error = %e, events = count, "answering 503");
         let (reason, detail) = match &e {
-            PublishError::Overloaded => (
-                "overloaded",
-                "too many events are awaiting broker acknowledgement".to_owned(),
-            ),
-            PublishError::Timeout(t) => (
-                "broker_timeout",
-                format!("the broker did not acknowledge within {} ms", t.as_millis()),
-            ),
-            PublishError::Broker(_) => (
-                "broker_error",
-                "the broker did not accept the events".to_owned(),
-            ),
+            PublishError::Overloaded => {
+                ("overloaded", "too many events are awaiting broker acknowledgement".to_owned())
+            }
+            PublishError::Timeout(t) => {
+                ("broker_timeout", format!("the broker did not acknowledge within {} ms", t.as_millis()))
+            }
+            PublishError::Broker(_) => ("broker_error", "the broker did not accept the events".to_owned()),
         };
         (
             reason,
@@ -147,10 +137,7 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
 }
 
 fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> Vec<Record> {
-    let mut detector = state
-        .detector
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut detector = state.detector.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut salted = 0u64;
     let records = events
         .iter()
@@ -165,49 +152,33 @@ fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> V
             (PartitionKey::new(video, salt).as_bytes().to_vec(), payload)
         })
         .collect();
-    state
-        .metrics
-        .hot_videos
-        .set(detector.hot_count(now_ms) as i64);
+    state.metrics.hot_videos.set(detector.hot_count(now_ms) as i64);
     drop(detector);
     state.metrics.events_salted.inc_by(salted);
     records
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
-    let raw = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = raw
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match media.as_str() {
         "application/json" => Ok(BodyFormat::Json),
         "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::Ndjson),
-        _ => Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type",
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
             "Unsupported media type",
-            format!("content type {raw:?} is not supported; use application/json or application/x-ndjson"))),
+            format!("content type {raw:?} is not supported; use application/json or application/x-ndjson"),
+        )),
     }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 async fn read_body(body: axum::body::Body, state: &AppState) -> Result<bytes::Bytes, Rejection> {
-    let read = tokio::time::timeout(
-        state.body_read_timeout,
-        axum::body::to_bytes(body, state.max_body_bytes),
-    );
+    let read = tokio::time::timeout(state.body_read_timeout, axum::body::to_bytes(body, state.max_body_bytes));
     match read.await {
         Err(_) => Err((
             "timeout",
@@ -216,24 +187,14 @@ async fn read_body(body: axum::body::Body, state: &AppState) -> Result<bytes::By
                 StatusCode::REQUEST_TIMEOUT,
                 "body-timeout",
                 "Request body too slow",
-                format!(
-                    "the body was not received within {} ms",
-                    state.body_read_timeout.as_millis()
-                ),
+                format!("the body was not received within {} ms", state.body_read_timeout.as_millis()),
             ),
         )),
-        Ok(Err(e)) if is_length_limit(&e) => {
-            Err(("too_large", 0, too_large_body(state.max_body_bytes)))
-        }
+        Ok(Err(e)) if is_length_limit(&e) => Err(("too_large", 0, too_large_body(state.max_body_bytes))),
         Ok(Err(e)) => Err((
             "unreadable",
             0,
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "body-unreadable",
-                "Request body could not be read",
-                e.to_string(),
-            ),
+            Problem::new(StatusCode::BAD_REQUEST, "body-unreadable", "Request body could not be read", e.to_string()),
         )),
         Ok(Ok(bytes)) => Ok(bytes),
     }
@@ -262,52 +223,26 @@ fn too_large_body(max: usize) -> Problem {
 fn parse_problem(failure: ParseFailure) -> Problem {
     let detail = failure.to_string();
     match failure {
-        ParseFailure::Empty => {
-            Problem::new(StatusCode::BAD_REQUEST, "empty-body", "No events", detail)
+        ParseFailure::Empty => Problem::new(StatusCode::BAD_REQUEST, "empty-body", "No events", detail),
+        ParseFailure::Malformed(_) => Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", detail),
+        ParseFailure::TooManyEvents { max, .. } => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-many-events", "Too many events", detail)
+                .with("max_events", Value::from(max))
         }
-        ParseFailure::Malformed(_) => Problem::new(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "Malformed JSON",
-            detail,
-        ),
-        ParseFailure::TooManyEvents { max, .. } => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-many-events",
-            "Too many events",
-            detail,
-        )
-        .with("max_events", Value::from(max)),
-        ParseFailure::Invalid { errors, total, .. } => Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-events",
-            "Invalid events",
-            detail,
-        )
-        .with("error_count", Value::from(total))
-        .with(
-            "errors",
-            serde_json::to_value(errors).unwrap_or(Value::Null),
-        ),
+        ParseFailure::Invalid { errors, total, .. } => {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid-events", "Invalid events", detail)
+                .with("error_count", Value::from(total))
+                .with("errors", serde_json::to_value(errors).unwrap_or(Value::Null))
+        }
     }
 }
 
 /// 404 for every unknown path, as a problem.
 pub async fn not_found() -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        "no such route; see /openapi.json",
-    )
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such route; see /openapi.json")
 }
 
 /// 405 for a known path with the wrong method, as a problem.
 pub async fn method_not_allowed() -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        "see /openapi.json",
-    )
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "see /openapi.json")
 }

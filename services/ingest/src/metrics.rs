@@ -60,8 +60,6 @@ impl IngestMetrics {
 
     /// Counts `events` refused for `reason`.
     pub fn reject(&self, reason: &str, events: usize) {
-        self.events_rejected
-            .with_label_values(&[reason])
-            .inc_by(events.max(1) as u64);
+        self.events_rejected.with_label_values(&[reason]).inc_by(events.max(1) as u64);
     }
 }

@@ -83,9 +83,7 @@ impl Publisher {
         let mut deliveries = FuturesUnordered::new();
         let mut enqueue_error = None;
         for (key, payload) in &records {
-            let record = FutureRecord::to(&self.topic)
-                .key(key.as_slice())
-                .payload(payload.as_slice());
+            let record = FutureRecord::to(&self.topic).key(key.as_slice()).payload(payload.as_slice());
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((e, _)) => {
@@ -117,24 +115,18 @@ impl Publisher {
         });
         if let Some(e) = enqueue_error {
             return Err(match e {
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                    PublishError::Overloaded
-                }
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => PublishError::Overloaded,
                 other => PublishError::Broker(other),
             });
         }
         match tokio::time::timeout(self.ack_timeout, waiter).await {
             Err(_elapsed) => Err(PublishError::Timeout(self.ack_timeout)),
-            Ok(Err(join_error)) => {
-                Err(PublishError::Broker(KafkaError::Canceled)).inspect_err(|_| {
-                    tracing::error!(error = %join_error, "delivery waiter failed");
-                })
-            }
+            Ok(Err(join_error)) => Err(PublishError::Broker(KafkaError::Canceled)).inspect_err(|_| {
+                tracing::error!(error = %join_error, "delivery waiter failed");
+            }),
             Ok(Ok(Some(e))) => Err(PublishError::Broker(e)),
             Ok(Ok(None)) => {
-                self.metrics
-                    .produce_duration
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
                 Ok(())
             }
         }

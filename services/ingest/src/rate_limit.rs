@@ -22,12 +22,7 @@ impl TokenBucket {
     /// A full bucket refilling at `rate` per second up to `burst`.
     pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
         let burst = burst.max(1.0);
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            updated: now,
-        }
+        Self { rate, burst, tokens: burst, updated: now }
     }
 
     /// Takes `cost` tokens, or says how long until they would be there.
@@ -60,10 +55,7 @@ impl RateLimiter {
     pub fn add(&mut self, name: &str, rate: f64, burst: f64) {
         if rate > 0.0 {
             let burst = if burst > 0.0 { burst } else { rate };
-            self.buckets.insert(
-                name.to_owned(),
-                Mutex::new(TokenBucket::new(rate, burst, Instant::now())),
-            );
+            self.buckets.insert(name.to_owned(), Mutex::new(TokenBucket::new(rate, burst, Instant::now())));
         }
     }
 
@@ -72,9 +64,7 @@ impl RateLimiter {
         let Some(bucket) = self.buckets.get(name) else {
             return Ok(());
         };
-        let mut bucket = bucket
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bucket = bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         bucket.try_take(events as f64, Instant::now())
     }
 }
@@ -92,12 +82,8 @@ mod tests {
         }
         let wait = bucket.try_take(1.0, t0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(100));
-        assert!(bucket
-            .try_take(1.0, t0 + Duration::from_millis(100))
-            .is_ok());
-        assert!(bucket
-            .try_take(1.0, t0 + Duration::from_millis(100))
-            .is_err());
+        assert!(bucket.try_take(1.0, t0 + Duration::from_millis(100)).is_ok());
+        assert!(bucket.try_take(1.0, t0 + Duration::from_millis(100)).is_err());
     }
 
     #[test]
@@ -113,10 +99,7 @@ mod tests {
     fn a_batch_larger_than_the_burst_passes_once_and_leaves_debt() {
         let t0 = Instant::now();
         let mut bucket = TokenBucket::new(10.0, 5.0, t0);
-        assert!(
-            bucket.try_take(25.0, t0).is_ok(),
-            "a full bucket admits an oversized batch"
-        );
+        assert!(bucket.try_take(25.0, t0).is_ok(), "a full bucket admits an oversized batch");
         // 20 tokens of debt plus one token needed: 2.1 s at 10/s.
         let wait = bucket.try_take(1.0, t0).unwrap_err();
         assert_eq!(wait.as_millis(), 2100);

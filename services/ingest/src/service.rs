@@ -74,12 +74,9 @@ impl IngestService {
         readiness: &Readiness,
     ) -> Result<Self, IngestError> {
         if config.delivery_timeout < config.ack_timeout {
-            return Err(IngestError::Config(
-                "delivery-timeout must be at least ack-timeout".into(),
-            ));
+            return Err(IngestError::Config("delivery-timeout must be at least ack-timeout".into()));
         }
-        let salt_policy =
-            SaltPolicy::new(&config.salting).map_err(|e| IngestError::Config(e.to_string()))?;
+        let salt_policy = SaltPolicy::new(&config.salting).map_err(|e| IngestError::Config(e.to_string()))?;
         if kafka.create_topics {
             ensure_topics(kafka, &tally_topics(kafka)).await?;
         }
@@ -115,8 +112,7 @@ impl IngestService {
             limiter,
             limits: Limits {
                 max_events: config.max_events,
-                max_future_skew_ms: i64::try_from(config.max_future_skew.as_millis())
-                    .unwrap_or(i64::MAX),
+                max_future_skew_ms: i64::try_from(config.max_future_skew.as_millis()).unwrap_or(i64::MAX),
                 max_attributes_bytes: config.max_attributes_bytes,
             },
             max_body_bytes: config.max_body_bytes,
@@ -128,17 +124,12 @@ impl IngestService {
         });
         let router = Router::new()
             .route("/v1/events", post(handler::post_events))
-            .route(
-                "/openapi.json",
-                get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
-            )
+            .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
             .fallback(handler::not_found)
             .method_not_allowed_fallback(handler::method_not_allowed)
             .with_state(state)
             .layer(middleware::from_fn_with_state(http, http_metrics::track));
-        let listener = tally_service::serve::bind(config.listen, "ingest")
-            .await
-            .map_err(IngestError::Bind)?;
+        let listener = tally_service::serve::bind(config.listen, "ingest").await.map_err(IngestError::Bind)?;
         readiness.register(KAFKA_CHECK);
         Ok(Self {
             listener,
@@ -152,9 +143,7 @@ impl IngestService {
 
     /// The bound public address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Serves until `shutdown`, then stops accepting, lets in-flight requests
@@ -170,9 +159,7 @@ impl IngestService {
         probe.abort();
         let producer = self.publisher.producer().clone();
         let flush_timeout = self.flush_timeout;
-        let flushed =
-            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(flush_timeout)))
-                .await;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(flush_timeout))).await;
         if let Ok(Err(e)) = flushed {
             tracing::warn!(error = %e, "producer flush at shutdown incomplete");
         }
@@ -181,12 +168,7 @@ impl IngestService {
 }
 
 /// Marks the gateway ready while broker metadata for the views topic answers.
-async fn probe_broker(
-    publisher: Publisher,
-    topic: String,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
+async fn probe_broker(publisher: Publisher, topic: String, readiness: Readiness, shutdown: CancellationToken) {
     loop {
         let producer = publisher.producer().clone();
         let topic_name = topic.clone();

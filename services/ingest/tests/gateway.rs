@@ -46,7 +46,15 @@ async fn posted_events_land_in_the_views_topic_once_with_keys_and_payloads() {
             let view = wire::decode(&record.payload).expect("valid v1 record");
             assert_eq!(view.salt, Salt::NONE, "cold videos are not salted");
             assert_eq!(record.key, view.video_id.as_bytes(), "key is the video id");
-            by_id.insert(view.event_id.to_owned(), (view.video_id.to_owned(), view.ts_ms, view.viewer_id.map(str::to_owned), view.attributes.map(str::to_owned)));
+            by_id.insert(
+                view.event_id.to_owned(),
+                (
+                    view.video_id.to_owned(),
+                    view.ts_ms,
+                    view.viewer_id.map(str::to_owned),
+                    view.attributes.map(str::to_owned),
+                ),
+            );
         }
         assert_eq!(by_id["a-1"], ("alpha".into(), ts, Some("u1".into()), None));
         assert_eq!(by_id["b-1"].1, ts, "RFC 3339 and epoch ms give the same time");
@@ -54,16 +62,18 @@ async fn posted_events_land_in_the_views_topic_once_with_keys_and_payloads() {
         assert!(by_id.contains_key("g-1") && by_id.contains_key("g-2"));
         let assigned: Vec<_> = by_id.keys().filter(|id| id.len() == 26).collect();
         assert_eq!(assigned.len(), 1, "the event without an id got a ULID");
-        let alpha_partitions: BTreeSet<i32> = records
-            .iter()
-            .filter(|r| r.key == b"alpha")
-            .map(|r| r.partition)
-            .collect();
+        let alpha_partitions: BTreeSet<i32> =
+            records.iter().filter(|r| r.key == b"alpha").map(|r| r.partition).collect();
         assert_eq!(alpha_partitions.len(), 1, "one cold video, one partition");
 
         let metrics = gateway.metrics().await;
         assert!(metrics.contains("tally_ingest_events_accepted_total 6"), "{metrics}");
-        assert!(metrics.contains("tally_http_requests_total{method=\"POST\",route=\"/v1/events\",service=\"ingest\",status=\"202\"} 3"), "{metrics}");
+        assert!(
+            metrics.contains(
+                "tally_http_requests_total{method=\"POST\",route=\"/v1/events\",service=\"ingest\",status=\"202\"} 3"
+            ),
+            "{metrics}"
+        );
         gateway.stop().await;
     })
     .await;
@@ -84,13 +94,7 @@ fn case(
     status: u16,
     kind: &'static str,
 ) -> Case {
-    Case {
-        name,
-        content_type,
-        body: body.into(),
-        status,
-        kind,
-    }
+    Case { name, content_type, body: body.into(), status, kind }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,97 +108,23 @@ async fn malformed_requests_get_4xx_problems_and_produce_nothing() {
         .await;
         let json = "application/json";
         let future = now_ms() + 3_600_000;
-        let too_many = json!((0..6)
-            .map(|i| json!({"video_id": format!("v{i}")}))
-            .collect::<Vec<_>>());
+        let too_many = json!((0..6).map(|i| json!({"video_id": format!("v{i}")})).collect::<Vec<_>>());
         let cases = vec![
             case("not JSON", json, "hello", 400, "malformed-json"),
-            case(
-                "truncated JSON",
-                json,
-                r#"{"video_id":"v""#,
-                400,
-                "malformed-json",
-            ),
+            case("truncated JSON", json, r#"{"video_id":"v""#, 400, "malformed-json"),
             case("empty body", json, "", 400, "empty-body"),
             case("empty array", json, "[]", 400, "empty-body"),
-            case(
-                "blank NDJSON",
-                "application/x-ndjson",
-                "\n\n",
-                400,
-                "empty-body",
-            ),
-            case(
-                "scalar instead of object",
-                json,
-                "[42]",
-                400,
-                "invalid-events",
-            ),
-            case(
-                "missing video_id",
-                json,
-                r#"{"ts":1795341600000}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "empty video_id",
-                json,
-                r#"{"video_id":""}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "oversized video_id",
-                json,
-                format!(r#"{{"video_id":"{}"}}"#, "v".repeat(129)),
-                400,
-                "invalid-events",
-            ),
-            case(
-                "video_id with a space",
-                json,
-                r#"{"video_id":"a b"}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "video_id as a number",
-                json,
-                r#"{"video_id":7}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "ts not a date",
-                json,
-                r#"{"video_id":"v","ts":"yesterday"}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "ts as a float",
-                json,
-                r#"{"video_id":"v","ts":1795341600000.5}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "ts in seconds",
-                json,
-                r#"{"video_id":"v","ts":1795341600}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "ts far in the future",
-                json,
-                format!(r#"{{"video_id":"v","ts":{future}}}"#),
-                400,
-                "invalid-events",
-            ),
+            case("blank NDJSON", "application/x-ndjson", "\n\n", 400, "empty-body"),
+            case("scalar instead of object", json, "[42]", 400, "invalid-events"),
+            case("missing video_id", json, r#"{"ts":1795341600000}"#, 400, "invalid-events"),
+            case("empty video_id", json, r#"{"video_id":""}"#, 400, "invalid-events"),
+            case("oversized video_id", json, format!(r#"{{"video_id":"{}"}}"#, "v".repeat(129)), 400, "invalid-events"),
+            case("video_id with a space", json, r#"{"video_id":"a b"}"#, 400, "invalid-events"),
+            case("video_id as a number", json, r#"{"video_id":7}"#, 400, "invalid-events"),
+            case("ts not a date", json, r#"{"video_id":"v","ts":"yesterday"}"#, 400, "invalid-events"),
+            case("ts as a float", json, r#"{"video_id":"v","ts":1795341600000.5}"#, 400, "invalid-events"),
+            case("ts in seconds", json, r#"{"video_id":"v","ts":1795341600}"#, 400, "invalid-events"),
+            case("ts far in the future", json, format!(r#"{{"video_id":"v","ts":{future}}}"#), 400, "invalid-events"),
             case(
                 "oversized event_id",
                 json,
@@ -202,20 +132,8 @@ async fn malformed_requests_get_4xx_problems_and_produce_nothing() {
                 400,
                 "invalid-events",
             ),
-            case(
-                "unknown field",
-                json,
-                r#"{"video_id":"v","vidoe":"x"}"#,
-                400,
-                "invalid-events",
-            ),
-            case(
-                "attributes not an object",
-                json,
-                r#"{"video_id":"v","attributes":"x"}"#,
-                400,
-                "invalid-events",
-            ),
+            case("unknown field", json, r#"{"video_id":"v","vidoe":"x"}"#, 400, "invalid-events"),
+            case("attributes not an object", json, r#"{"video_id":"v","attributes":"x"}"#, 400, "invalid-events"),
             case(
                 "one bad event spoils the batch",
                 json,
@@ -223,68 +141,28 @@ async fn malformed_requests_get_4xx_problems_and_produce_nothing() {
                 400,
                 "invalid-events",
             ),
-            case(
-                "too many events",
-                json,
-                too_many.to_string(),
-                413,
-                "too-many-events",
-            ),
+            case("too many events", json, too_many.to_string(), 413, "too-many-events"),
             case(
                 "body too large",
                 json,
-                format!(
-                    r#"{{"video_id":"v","attributes":{{"x":"{}"}}}}"#,
-                    "x".repeat(70_000)
-                ),
+                format!(r#"{{"video_id":"v","attributes":{{"x":"{}"}}}}"#, "x".repeat(70_000)),
                 413,
                 "too-large",
             ),
-            case(
-                "wrong content type",
-                "text/plain",
-                r#"{"video_id":"v"}"#,
-                415,
-                "unsupported-media-type",
-            ),
-            case(
-                "form content type",
-                "application/x-www-form-urlencoded",
-                "video_id=v",
-                415,
-                "unsupported-media-type",
-            ),
+            case("wrong content type", "text/plain", r#"{"video_id":"v"}"#, 415, "unsupported-media-type"),
+            case("form content type", "application/x-www-form-urlencoded", "video_id=v", 415, "unsupported-media-type"),
         ];
         assert!(cases.len() >= 15);
         for case in &cases {
             let response = gateway.post(case.content_type, case.body.clone()).await;
             assert_eq!(response.status().as_u16(), case.status, "{}", case.name);
-            assert_eq!(
-                response.headers()["content-type"],
-                "application/problem+json",
-                "{}",
-                case.name
-            );
+            assert_eq!(response.headers()["content-type"], "application/problem+json", "{}", case.name);
             let problem: Value = response.json().await.unwrap();
-            assert_eq!(
-                problem["type"],
-                format!("urn:tally:problem:{}", case.kind),
-                "{}: {problem}",
-                case.name
-            );
+            assert_eq!(problem["type"], format!("urn:tally:problem:{}", case.kind), "{}: {problem}", case.name);
             assert_eq!(problem["status"], case.status, "{}", case.name);
-            assert!(
-                problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
-                "{}",
-                case.name
-            );
+            assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{}", case.name);
         }
-        let response = gateway
-            .post(
-                json,
-                r#"[{"video_id":"ok"},{"video_id":""},{"video_id":"v","ts":"x"}]"#,
-            )
-            .await;
+        let response = gateway.post(json, r#"[{"video_id":"ok"},{"video_id":""},{"video_id":"v","ts":"x"}]"#).await;
         let problem: Value = response.json().await.unwrap();
         let indexes: Vec<(u64, &str)> = problem["errors"]
             .as_array()
@@ -295,16 +173,8 @@ async fn malformed_requests_get_4xx_problems_and_produce_nothing() {
         assert_eq!(indexes, vec![(1, "video_id"), (2, "ts")], "{problem}");
 
         // Nothing above may have produced a record; a valid post afterwards is the only one.
-        assert_eq!(
-            gateway.post(json, r#"{"video_id":"after"}"#).await.status(),
-            202
-        );
-        let records = read_records(
-            &gateway.kafka,
-            &gateway.kafka.topics.views,
-            2,
-            Duration::from_secs(5),
-        );
+        assert_eq!(gateway.post(json, r#"{"video_id":"after"}"#).await.status(), 202);
+        let records = read_records(&gateway.kafka, &gateway.kafka.topics.views, 2, Duration::from_secs(5));
         assert_eq!(records.len(), 1, "rejected requests produced records");
         assert_eq!(record_count(&gateway.kafka, &gateway.kafka.topics.views), 1);
         gateway.stop().await;
@@ -321,65 +191,34 @@ async fn a_stopped_broker_gets_503_with_retry_after_never_2xx() {
             c.delivery_timeout = Duration::from_secs(3);
         })
         .await;
-        assert_eq!(
-            gateway
-                .post("application/json", r#"{"video_id":"before"}"#)
-                .await
-                .status(),
-            202
-        );
+        assert_eq!(gateway.post("application/json", r#"{"video_id":"before"}"#).await.status(), 202);
         broker.stop();
         for attempt in 0..3 {
             let started = Instant::now();
-            let response = gateway
-                .post(
-                    "application/json",
-                    format!(r#"{{"video_id":"during","event_id":"d-{attempt}"}}"#),
-                )
-                .await;
+            let response =
+                gateway.post("application/json", format!(r#"{{"video_id":"during","event_id":"d-{attempt}"}}"#)).await;
             let waited = started.elapsed();
             assert_eq!(response.status(), 503, "attempt {attempt}");
             assert!(response.headers().contains_key("retry-after"));
-            assert!(
-                waited < Duration::from_secs(3),
-                "answered within the ack bound, took {waited:?}"
-            );
+            assert!(waited < Duration::from_secs(3), "answered within the ack bound, took {waited:?}");
         }
         broker.restart();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let status = gateway
-                .post(
-                    "application/json",
-                    r#"{"video_id":"after","event_id":"after-1"}"#,
-                )
-                .await
-                .status();
+            let status =
+                gateway.post("application/json", r#"{"video_id":"after","event_id":"after-1"}"#).await.status();
             if status == 202 {
                 break;
             }
             assert_eq!(status, 503, "only 503 while reconnecting");
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not recover after the broker restarted"
-            );
+            assert!(Instant::now() < deadline, "gateway did not recover after the broker restarted");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let metrics = gateway.metrics().await;
-        assert!(
-            metrics.contains("tally_ingest_events_rejected_total{reason=\"broker_timeout\"}"),
-            "{metrics}"
-        );
-        let records = read_records(
-            &gateway.kafka,
-            &gateway.kafka.topics.views,
-            2,
-            Duration::from_secs(20),
-        );
-        let videos: BTreeSet<String> = records
-            .iter()
-            .map(|r| wire::decode(&r.payload).unwrap().video_id.to_owned())
-            .collect();
+        assert!(metrics.contains("tally_ingest_events_rejected_total{reason=\"broker_timeout\"}"), "{metrics}");
+        let records = read_records(&gateway.kafka, &gateway.kafka.topics.views, 2, Duration::from_secs(20));
+        let videos: BTreeSet<String> =
+            records.iter().map(|r| wire::decode(&r.payload).unwrap().video_id.to_owned()).collect();
         assert!(
             videos.contains("before") && videos.contains("after"),
             "acknowledged events survived the restart: {videos:?}"
@@ -395,18 +234,8 @@ async fn api_keys_are_required_and_a_client_over_its_rate_gets_429() {
         let broker = Broker::start();
         let gateway = Gateway::start(&broker, |c| {
             c.api_keys = vec![
-                ApiKeyConfig {
-                    name: "slow".into(),
-                    key: Secret::new("slow-key"),
-                    events_per_sec: 1.0,
-                    burst: 5.0,
-                },
-                ApiKeyConfig {
-                    name: "fast".into(),
-                    key: Secret::new("fast-key"),
-                    events_per_sec: 0.0,
-                    burst: 0.0,
-                },
+                ApiKeyConfig { name: "slow".into(), key: Secret::new("slow-key"), events_per_sec: 1.0, burst: 5.0 },
+                ApiKeyConfig { name: "fast".into(), key: Secret::new("fast-key"), events_per_sec: 0.0, burst: 0.0 },
             ];
         })
         .await;
@@ -423,44 +252,18 @@ async fn api_keys_are_required_and_a_client_over_its_rate_gets_429() {
         };
         let five = json!((0..5).map(|_| json!({"video_id": "v"})).collect::<Vec<_>>()).to_string();
         assert_eq!(post(None, five.clone()).await.unwrap().status(), 401);
-        assert_eq!(
-            post(Some("wrong"), five.clone()).await.unwrap().status(),
-            401
-        );
-        assert_eq!(
-            post(Some("slow-key"), five.clone()).await.unwrap().status(),
-            202
-        );
-        let limited = post(Some("slow-key"), r#"{"video_id":"v"}"#.into())
-            .await
-            .unwrap();
+        assert_eq!(post(Some("wrong"), five.clone()).await.unwrap().status(), 401);
+        assert_eq!(post(Some("slow-key"), five.clone()).await.unwrap().status(), 202);
+        let limited = post(Some("slow-key"), r#"{"video_id":"v"}"#.into()).await.unwrap();
         assert_eq!(limited.status(), 429);
-        let retry_after: u64 = limited.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
         assert!((1..=2).contains(&retry_after), "retry after {retry_after}");
         let problem: Value = limited.json().await.unwrap();
         assert_eq!(problem["type"], "urn:tally:problem:rate-limited");
-        assert!(
-            !problem.to_string().contains("slow-key"),
-            "the key itself never appears"
-        );
-        assert_eq!(
-            post(Some("fast-key"), five.clone()).await.unwrap().status(),
-            202,
-            "other keys are unaffected"
-        );
+        assert!(!problem.to_string().contains("slow-key"), "the key itself never appears");
+        assert_eq!(post(Some("fast-key"), five.clone()).await.unwrap().status(), 202, "other keys are unaffected");
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(
-            post(Some("slow-key"), r#"{"video_id":"v"}"#.into())
-                .await
-                .unwrap()
-                .status(),
-            202,
-            "refilled"
-        );
+        assert_eq!(post(Some("slow-key"), r#"{"video_id":"v"}"#.into()).await.unwrap().status(), 202, "refilled");
         gateway.stop().await;
     })
     .await;
@@ -480,9 +283,11 @@ async fn a_hot_video_spreads_over_partitions_while_a_retried_event_keeps_its_par
             .map(|i| json!({"video_id": "launch", "event_id": format!("l-{i}"), "ts": ts + (i % 8) * 60_000}))
             .collect();
         assert_eq!(gateway.post("application/json", Value::from(configured).to_string()).await.status(), 202);
-        let trending: Vec<Value> = (0..400).map(|i| json!({"video_id": "trending", "event_id": format!("t-{i}"), "ts": ts})).collect();
+        let trending: Vec<Value> =
+            (0..400).map(|i| json!({"video_id": "trending", "event_id": format!("t-{i}"), "ts": ts})).collect();
         assert_eq!(gateway.post("application/json", Value::from(trending).to_string()).await.status(), 202);
-        let cold: Vec<Value> = (0..50).map(|i| json!({"video_id": "quiet", "event_id": format!("q-{i}"), "ts": ts})).collect();
+        let cold: Vec<Value> =
+            (0..50).map(|i| json!({"video_id": "quiet", "event_id": format!("q-{i}"), "ts": ts})).collect();
         assert_eq!(gateway.post("application/json", Value::from(cold).to_string()).await.status(), 202);
         // A client retry of one event, twice: same id, same ts.
         let retry = json!({"video_id": "launch", "event_id": "l-7", "ts": ts + 7 * 60_000}).to_string();
@@ -531,32 +336,14 @@ async fn the_openapi_document_and_problem_fallbacks_are_served() {
             .unwrap();
         assert_eq!(doc["openapi"], "3.0.3");
         assert!(doc["paths"]["/v1/events"]["post"].is_object());
-        let missing = gateway
-            .http
-            .get(format!("http://{}/v1/nope", gateway.addr))
-            .send()
-            .await
-            .unwrap();
+        let missing = gateway.http.get(format!("http://{}/v1/nope", gateway.addr)).send().await.unwrap();
         assert_eq!(missing.status(), 404);
-        assert_eq!(
-            missing.headers()["content-type"],
-            "application/problem+json"
-        );
-        let wrong_method = gateway
-            .http
-            .get(format!("http://{}/v1/events", gateway.addr))
-            .send()
-            .await
-            .unwrap();
+        assert_eq!(missing.headers()["content-type"], "application/problem+json");
+        let wrong_method = gateway.http.get(format!("http://{}/v1/events", gateway.addr)).send().await.unwrap();
         assert_eq!(wrong_method.status(), 405);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let ready = gateway
-                .http
-                .get(format!("http://{}/readyz", gateway.admin))
-                .send()
-                .await
-                .unwrap();
+            let ready = gateway.http.get(format!("http://{}/readyz", gateway.admin)).send().await.unwrap();
             if ready.status() == 200 {
                 let body: Value = ready.json().await.unwrap();
                 assert_eq!(body["checks"]["ingest.kafka"], "ok");

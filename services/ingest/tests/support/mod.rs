@@ -39,41 +39,19 @@ impl Gateway {
         tweak(&mut config);
         let registry = Registry::new();
         let readiness = Readiness::default();
-        let service = IngestService::build(&config, &kafka, &registry, &readiness)
-            .await
-            .expect("build gateway");
+        let service = IngestService::build(&config, &kafka, &registry, &readiness).await.expect("build gateway");
         let addr = service.local_addr();
         let shutdown = CancellationToken::new();
-        let admin_listener = serve::bind(config.admin_listen, "admin")
-            .await
-            .expect("bind admin");
+        let admin_listener = serve::bind(config.admin_listen, "admin").await.expect("bind admin");
         let admin = admin_listener.local_addr().expect("admin address");
-        tokio::spawn(serve::serve(
-            admin_listener,
-            admin::router(registry, readiness),
-            shutdown.clone(),
-        ));
+        tokio::spawn(serve::serve(admin_listener, admin::router(registry, readiness), shutdown.clone()));
         let task = tokio::spawn(service.run(shutdown.clone()));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client");
-        Self {
-            addr,
-            admin,
-            kafka,
-            shutdown,
-            task,
-            http,
-        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+        Self { addr, admin, kafka, shutdown, task, http }
     }
 
     /// POSTs `body` with `content_type` to `/v1/events`.
-    pub async fn post(
-        &self,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::Response {
+    pub async fn post(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.http
             .post(format!("http://{}/v1/events", self.addr))
             .header("content-type", content_type)
@@ -98,9 +76,6 @@ impl Gateway {
     /// Stops the gateway and waits for its drain.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.task
-            .await
-            .expect("gateway task")
-            .expect("gateway drained cleanly");
+        self.task.await.expect("gateway task").expect("gateway drained cleanly");
     }
 }
