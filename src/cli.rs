@@ -25,6 +25,14 @@ pub struct Cli {
 pub enum Command {
     /// The HTTP ingest gateway: POST /v1/events onto the views topic.
     Ingest,
+    /// The counter: views topic -> deduplicated per-minute deltas on the counts topic.
+    Counter,
+    /// Fold the counts topic as the writer would and print totals per video (JSON).
+    VerifyCounts {
+        /// Print at most this many videos (the largest totals first); 0 = all.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
     /// Print the effective configuration after all layers, then exit.
     Config,
 }

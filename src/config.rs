@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use tally_counter::CounterConfig;
 use tally_ingest::IngestConfig;
 use tally_kafka::KafkaConfig;
 use tally_service::logging::LogConfig;
@@ -20,6 +21,8 @@ pub struct TallyConfig {
     pub kafka: KafkaConfig,
     /// The ingest gateway.
     pub ingest: IngestConfig,
+    /// The counter.
+    pub counter: CounterConfig,
 }
 
 /// How the process stops.

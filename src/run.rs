@@ -1,6 +1,7 @@
 //! Running a subcommand under one shutdown root.
 
 use prometheus::Registry;
+use tally_counter::CounterService;
 use tally_ingest::IngestService;
 use tally_service::{admin, serve, Readiness, Supervisor};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,34 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             println!("{config:#?}");
             return Ok(0);
         }
+        Command::VerifyCounts { top } => {
+            let kafka = config.kafka.clone();
+            let folded = tokio::task::spawn_blocking(move || {
+                tally_counter::verify::fold_counts(&kafka, &kafka.topics.counts, std::time::Duration::from_secs(600))
+            })
+            .await?
+            .context("Failed to fold the counts topic")?;
+            let mut totals: Vec<(&String, &i64)> = folded.totals.iter().collect();
+            totals.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let shown: serde_json::Map<String, serde_json::Value> = totals
+                .into_iter()
+                .take(if top == 0 { usize::MAX } else { top })
+                .map(|(video, total)| (video.clone(), serde_json::Value::from(*total)))
+                .collect();
+            let report = serde_json::json!({
+                "videos": folded.totals.len(),
+                "views": folded.totals.values().sum::<i64>(),
+                "rows": folded.rows,
+                "chunks": folded.chunks,
+                "stale_deltas": folded.stale_deltas,
+                "repeated_flushes": folded.repeated_flushes,
+                "overlaps": folded.overlaps,
+                "undecodable": folded.undecodable,
+                "totals": shown,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(if folded.overlaps.is_empty() { 0 } else { 2 });
+        }
         Command::Ingest => {
             let ingest = IngestService::build(&config.ingest, &config.kafka, &registry, &readiness)
                 .await
@@ -29,6 +58,15 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             println!("tally ingest: admin http://{}/metrics", admin.local_addr()?);
             let t = token.clone();
             supervisor.spawn("ingest", ingest.run(t));
+            supervisor.spawn("admin", serve::serve(admin, admin::router(registry, readiness), token.clone()));
+        }
+        Command::Counter => {
+            let counter = CounterService::build(&config.counter, &config.kafka, &registry, &readiness)
+                .await
+                .context("Failed to start the counter")?;
+            let admin = serve::bind(config.counter.admin_listen, "admin").await?;
+            println!("tally counter: admin http://{}/metrics", admin.local_addr()?);
+            supervisor.spawn("counter", counter.run(token.clone(), config.shutdown.drain_timeout));
             supervisor.spawn("admin", serve::serve(admin, admin::router(registry, readiness), token.clone()));
         }
     }

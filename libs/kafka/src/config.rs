@@ -27,6 +27,9 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties applied to every client (security,
     /// tuning), e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for consumers only (after `properties`),
+    /// e.g. `"session.timeout.ms" = "10000"`.
+    pub consumer_properties: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -37,6 +40,7 @@ impl Default for KafkaConfig {
             topics: TopicsConfig::default(),
             idempotence: true,
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
         }
     }
 }

@@ -93,10 +93,13 @@ impl Supervisor {
         tokio::select! {
             () = self.token.cancelled() => {}
             Some(joined) = self.tasks.join_next() => {
-                let (name, outcome) = classify(joined, false, &self.names);
+                // A task that ends because shutdown was just asked for is not early.
+                let (name, outcome) = classify(joined, self.token.is_cancelled(), &self.names);
                 finished.push(name);
                 first_error = outcome.err();
-                tracing::warn!(task = name, "task ended; shutting down the others");
+                if first_error.is_some() {
+                    tracing::warn!(task = name, "task ended; shutting down the others");
+                }
             }
         }
         self.token.cancel();

@@ -1,0 +1,71 @@
+//! The `[counter]` configuration section.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Counter settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct CounterConfig {
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`) when run on its own.
+    pub admin_listen: SocketAddr,
+    /// Consumer group of all counter instances.
+    pub group_id: String,
+    /// How often each partition's open range is flushed to the counts topic:
+    /// the main term of freshness.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Distinct rows after which a partition flushes early.
+    pub max_rows_per_flush: usize,
+    /// Distinct rows a partition may buffer while its previous flush is still
+    /// unacknowledged; above it the partition is paused (backpressure).
+    pub max_buffered_rows: usize,
+    /// Deltas per record of the counts topic.
+    pub chunk_rows: usize,
+    /// Resends of an event id received within this time are counted once.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Most records one partition's dedup window holds (memory bound,
+    /// about 64 bytes each); at high rates this, not the time, bounds the window.
+    pub dedup_max_entries: usize,
+    /// Events whose time is more than this before their receive time are late:
+    /// dead-lettered for the batch layer instead of counted.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Dead-letter limit: the consumer halts when malformed records exceed
+    /// this share of a flush range (once it holds `dlq-min-records`).
+    pub dlq_max_ratio: f64,
+    /// Records a range must hold before `dlq-max-ratio` applies.
+    pub dlq_min_records: u32,
+    /// Dead-letter limit: the consumer halts after this many malformed records in a row.
+    pub dlq_max_consecutive: u32,
+    /// How long the producer retries one record before the flush is retried.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// How often consumer lag is measured.
+    #[serde(with = "humantime_serde")]
+    pub lag_interval: Duration,
+}
+
+impl Default for CounterConfig {
+    fn default() -> Self {
+        Self {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9081)),
+            group_id: "tally-counter".into(),
+            flush_interval: Duration::from_secs(1),
+            max_rows_per_flush: 100_000,
+            max_buffered_rows: 1_000_000,
+            chunk_rows: 5_000,
+            dedup_window: Duration::from_secs(600),
+            dedup_max_entries: 2_000_000,
+            allowed_lateness: Duration::from_secs(3600),
+            dlq_max_ratio: 0.5,
+            dlq_min_records: 100,
+            dlq_max_consecutive: 1_000,
+            delivery_timeout: Duration::from_secs(30),
+            lag_interval: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Deduplication by event id, as a deterministic function of the log.
+//!
+//! Rule: a record is a duplicate when an earlier record of the same partition
+//! with the same `(video_id, event_id)` is still in the window and was
+//! received by the gateway at most `window` before or after it. Every record
+//! enters the window (duplicates too, so a resend chain keeps matching); the
+//! window is a contiguous run of offsets, trimmed from the front when its
+//! oldest record was received more than `window` before the newest one seen,
+//! or when it holds more than `max_entries` records.
+//!
+//! Because the window is always a contiguous offset range `[horizon, next)`
+//! and everything else follows from its records plus the newest receive
+//! time, a restarted counter rebuilds the identical state by re-reading
+//! `[horizon, next)` and restoring that time: both are written in every flush
+//! record ([`tally_model::counts::FlushHeader`]).
+
+use std::collections::{HashMap, VecDeque};
+
+/// One record in the window.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: i64,
+    received_ms: i64,
+    key: u64,
+}
+
+/// Dedup state of one partition.
+#[derive(Debug)]
+pub struct Dedup {
+    window_ms: i64,
+    max_entries: usize,
+    ring: VecDeque<Entry>,
+    /// Newest entry (offset, received) per key.
+    latest: HashMap<u64, (i64, i64), foldhash::fast::FixedState>,
+    max_received_ms: i64,
+}
+
+/// The dedup key of an event: a stable 64-bit hash of video and event id.
+pub fn dedup_key(video_id: &str, event_id: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(video_id.as_bytes());
+    hasher.update(&[0xff]);
+    hasher.update(event_id.as_bytes());
+    hasher.digest()
+}
+
+/// Approximate bytes per window entry (ring slot plus map slot with overhead).
+pub const BYTES_PER_ENTRY: usize = 24 + 40;
+
+impl Dedup {
+    /// An empty window.
+    pub fn new(window_ms: i64, max_entries: usize) -> Self {
+        Self {
+            window_ms,
+            max_entries: max_entries.max(1),
+            ring: VecDeque::new(),
+            latest: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+            max_received_ms: i64::MIN,
+        }
+    }
+
+    /// Checks the record at `offset` and adds it to the window; `true` when it
+    /// is a duplicate.
+    pub fn check(&mut self, offset: i64, key: u64, received_ms: i64) -> bool {
+        let duplicate = self.latest.get(&key).is_some_and(|(_, seen)| (received_ms - seen).abs() <= self.window_ms);
+        self.ring.push_back(Entry { offset, received_ms, key });
+        self.latest.insert(key, (offset, received_ms));
+        self.max_received_ms = self.max_received_ms.max(received_ms);
+        self.trim();
+        duplicate
+    }
+
+    fn trim(&mut self) {
+        let floor = self.max_received_ms.saturating_sub(self.window_ms);
+        while let Some(front) = self.ring.front().copied() {
+            if front.received_ms >= floor && self.ring.len() <= self.max_entries {
+                break;
+            }
+            self.ring.pop_front();
+            if self.latest.get(&front.key).is_some_and(|(offset, _)| *offset == front.offset) {
+                self.latest.remove(&front.key);
+            }
+        }
+    }
+
+    /// The oldest offset still in the window, or `next_offset` when empty.
+    pub fn horizon(&self, next_offset: i64) -> i64 {
+        self.ring.front().map_or(next_offset, |e| e.offset)
+    }
+
+    /// Newest receive time seen.
+    pub fn max_received_ms(&self) -> i64 {
+        self.max_received_ms
+    }
+
+    /// After replaying `[horizon, next)`, restores the newest receive time the
+    /// previous owner had seen (it may have come from a record before the horizon).
+    pub fn restore_max_received(&mut self, max_received_ms: i64) {
+        self.max_received_ms = self.max_received_ms.max(max_received_ms);
+        self.trim();
+    }
+
+    /// Records in the window.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Whether the window is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn a_resend_inside_the_window_is_a_duplicate_and_outside_is_not() {
+        let mut dedup = Dedup::new(10 * MIN, 1_000);
+        let key = dedup_key("v", "e1");
+        assert!(!dedup.check(0, key, 0));
+        assert!(dedup.check(1, key, 5 * MIN), "resent 5 minutes later");
+        assert!(!dedup.check(2, dedup_key("v", "e2"), 6 * MIN));
+        assert!(!dedup.check(3, dedup_key("w", "e1"), 6 * MIN), "same event id on another video");
+        assert!(!dedup.check(4, key, 30 * MIN), "resent after the window");
+    }
+
+    #[test]
+    fn the_window_is_bounded_by_time_and_by_entries() {
+        let mut dedup = Dedup::new(MIN, 100);
+        for i in 0..1_000 {
+            dedup.check(i, dedup_key("v", &i.to_string()), i * 1_000);
+        }
+        assert!(dedup.len() <= 61, "one minute of one record per second: {}", dedup.len());
+        let mut bounded = Dedup::new(10 * MIN, 100);
+        for i in 0..1_000 {
+            bounded.check(i, dedup_key("v", &i.to_string()), 0);
+        }
+        assert_eq!(bounded.len(), 100);
+        assert_eq!(bounded.horizon(1_000), 900);
+    }
+
+    /// The property recovery relies on: replaying `[horizon, next)` and
+    /// restoring the newest receive time gives the same future decisions.
+    #[test]
+    fn replaying_from_the_horizon_rebuilds_identical_decisions() {
+        let records: Vec<(u64, i64)> = (0..5_000i64)
+            .map(|i| {
+                let id = (i * 7919) % 1_300; // many resends
+                let jitter = (i * 37) % 20_000 - 10_000; // receive times out of order
+                (dedup_key("v", &id.to_string()), i * 500 + jitter)
+            })
+            .collect();
+        let (prefix, rest) = records.split_at(3_000);
+        let mut original = Dedup::new(5 * MIN, 800);
+        for (offset, (key, received)) in prefix.iter().enumerate() {
+            original.check(offset as i64, *key, *received);
+        }
+        let horizon = original.horizon(3_000);
+        let mut rebuilt = Dedup::new(5 * MIN, 800);
+        for offset in horizon..3_000 {
+            let (key, received) = prefix[offset as usize];
+            rebuilt.check(offset, key, received);
+        }
+        rebuilt.restore_max_received(original.max_received_ms());
+        assert_eq!(rebuilt.len(), original.len());
+        for (i, (key, received)) in rest.iter().enumerate() {
+            let offset = 3_000 + i as i64;
+            assert_eq!(
+                original.check(offset, *key, *received),
+                rebuilt.check(offset, *key, *received),
+                "offset {offset}"
+            );
+        }
+    }
+}

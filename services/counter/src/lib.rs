@@ -1,0 +1,43 @@
+//! The counter: `tally.views` → deduplicated per-minute deltas on
+//! `tally.counts`, exactly once, without broker transactions.
+//!
+//! # How exactly-once works here
+//!
+//! Each source partition is counted in contiguous offset ranges
+//! `[start, end)`. A flush emits one delta per `(video_id, salt, minute)` of
+//! the range, versioned `(epoch, end)`, to the counts partition
+//! `source % counts_partitions`, and the input offset `end` is committed only
+//! once every record of the flush is acknowledged. After a crash or
+//! rebalance, the new owner reads the tail of that counts partition: ranges
+//! emitted but not committed are re-emitted exactly (same boundaries, same
+//! deltas, same versions), and the dedup window is rebuilt from the log, so
+//! its state is the same as before. The writer applies a delta to a row only
+//! if its version is newer than the row's, so replays change nothing.
+//!
+//! # Layout
+//!
+//! - [`config`]: the `[counter]` section.
+//! - [`service`]: [`CounterService::build`] and [`CounterService::run`].
+//! - [`worker`]: the consumer thread, rebalance callbacks, commits.
+//! - [`partition`]: one partition's open range; classification of records.
+//! - [`aggregate`], [`dedup`]: pre-aggregation and the deterministic dedup window.
+//! - [`emitter`]: producing flushes and dead letters until acknowledged.
+//! - [`recovery`]: taking over a partition from the log.
+//! - [`dlq`]: dead letters with provenance, and the halt limit.
+//! - [`verify`]: folds the counts topic as the writer would (tests, audits).
+//! - [`metrics`]: the counter's Prometheus metrics.
+
+pub mod aggregate;
+pub mod config;
+pub mod dedup;
+pub mod dlq;
+pub mod emitter;
+pub mod metrics;
+pub mod partition;
+pub mod recovery;
+pub mod service;
+pub mod verify;
+pub mod worker;
+
+pub use config::CounterConfig;
+pub use service::{CounterError, CounterService};

@@ -1,0 +1,129 @@
+//! The counter's metrics. Counted locally and published once per flush or
+//! lag tick, never per record.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Counter metrics.
+#[derive(Clone, Debug)]
+pub struct CounterMetrics {
+    /// Records by outcome: counted, duplicate, late, malformed.
+    pub events: IntCounterVec,
+    /// Dead letters by reason.
+    pub dead_letters: IntCounterVec,
+    /// Flushes acknowledged.
+    pub flushes: IntCounter,
+    /// Delta rows per flush.
+    pub flush_rows: Histogram,
+    /// Time from sealing a flush to its offset commit.
+    pub flush_duration: Histogram,
+    /// Ranges re-emitted exactly after a restart or rebalance.
+    pub reemitted_ranges: IntCounter,
+    /// Time to recover a partition (tail scan and dedup replay).
+    pub recovery_duration: Histogram,
+    /// Lag per partition in records.
+    pub lag_records: IntGaugeVec,
+    /// Lag per partition in seconds (now minus receive time of the last record; 0 when caught up).
+    pub lag_seconds: IntGaugeVec,
+    /// Sum of lag over partitions, in records.
+    pub lag_records_sum: IntGauge,
+    /// Largest lag over partitions, in seconds.
+    pub lag_seconds_max: IntGauge,
+    /// Partitions paused for backpressure.
+    pub paused_partitions: IntGauge,
+    /// Records held by the dedup windows.
+    pub dedup_entries: IntGauge,
+    /// Approximate bytes held by the dedup windows.
+    pub dedup_bytes: IntGauge,
+    /// Distinct rows buffered, not yet flushed.
+    pub buffered_rows: IntGauge,
+    /// Partitions this instance owns.
+    pub owned_partitions: IntGauge,
+}
+
+impl CounterMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let buckets = tally_service::http_metrics::LATENCY_BUCKETS.to_vec();
+        let m = Self {
+            events: IntCounterVec::new(
+                Opts::new("tally_counter_events_total", "Records read from the views topic, by outcome"),
+                &["outcome"],
+            )?,
+            dead_letters: IntCounterVec::new(
+                Opts::new("tally_counter_dead_letters_total", "Records sent to the views dead-letter topic, by reason"),
+                &["reason"],
+            )?,
+            flushes: IntCounter::new("tally_counter_flushes_total", "Flushes acknowledged and committed")?,
+            flush_rows: Histogram::with_opts(
+                HistogramOpts::new("tally_counter_flush_rows", "Delta rows per flush").buckets(vec![
+                    1.0,
+                    10.0,
+                    100.0,
+                    1_000.0,
+                    10_000.0,
+                    100_000.0,
+                    1_000_000.0,
+                ]),
+            )?,
+            flush_duration: Histogram::with_opts(
+                HistogramOpts::new("tally_counter_flush_duration_seconds", "From sealing a flush to its offset commit")
+                    .buckets(buckets.clone()),
+            )?,
+            reemitted_ranges: IntCounter::new(
+                "tally_counter_reemitted_ranges_total",
+                "Offset ranges re-emitted with their original version after a restart or rebalance",
+            )?,
+            recovery_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tally_counter_recovery_duration_seconds",
+                    "Time to take over a partition: tail scan and dedup replay",
+                )
+                .buckets(buckets),
+            )?,
+            lag_records: IntGaugeVec::new(
+                Opts::new("tally_counter_consumer_lag_records", "Records not yet processed, per partition"),
+                &["partition"],
+            )?,
+            lag_seconds: IntGaugeVec::new(
+                Opts::new(
+                    "tally_counter_consumer_lag_seconds",
+                    "Age of the last processed record (gateway receive time) while behind, per partition",
+                ),
+                &["partition"],
+            )?,
+            lag_records_sum: IntGauge::new(
+                "tally_counter_consumer_lag_records_sum",
+                "Records not yet processed, all partitions",
+            )?,
+            lag_seconds_max: IntGauge::new(
+                "tally_counter_consumer_lag_seconds_max",
+                "Largest lag in seconds over partitions",
+            )?,
+            paused_partitions: IntGauge::new("tally_counter_paused_partitions", "Partitions paused for backpressure")?,
+            dedup_entries: IntGauge::new("tally_counter_dedup_entries", "Records held by the dedup windows")?,
+            dedup_bytes: IntGauge::new("tally_counter_dedup_bytes", "Approximate memory held by the dedup windows")?,
+            buffered_rows: IntGauge::new("tally_counter_buffered_rows", "Distinct rows buffered and not yet flushed")?,
+            owned_partitions: IntGauge::new(
+                "tally_counter_owned_partitions",
+                "Partitions of the views topic this instance counts",
+            )?,
+        };
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.flushes.clone()))?;
+        registry.register(Box::new(m.flush_rows.clone()))?;
+        registry.register(Box::new(m.flush_duration.clone()))?;
+        registry.register(Box::new(m.reemitted_ranges.clone()))?;
+        registry.register(Box::new(m.recovery_duration.clone()))?;
+        registry.register(Box::new(m.lag_records.clone()))?;
+        registry.register(Box::new(m.lag_seconds.clone()))?;
+        registry.register(Box::new(m.lag_records_sum.clone()))?;
+        registry.register(Box::new(m.lag_seconds_max.clone()))?;
+        registry.register(Box::new(m.paused_partitions.clone()))?;
+        registry.register(Box::new(m.dedup_entries.clone()))?;
+        registry.register(Box::new(m.dedup_bytes.clone()))?;
+        registry.register(Box::new(m.buffered_rows.clone()))?;
+        registry.register(Box::new(m.owned_partitions.clone()))?;
+        Ok(m)
+    }
+}

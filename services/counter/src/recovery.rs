@@ -1,0 +1,210 @@
+//! Taking over a partition: learn from the counts topic how far earlier
+//! owners emitted, and rebuild the dedup window from the views topic.
+//!
+//! 1. The committed offset `C` of the group is where counting resumes.
+//! 2. The tail of the counts partition holding this source partition is read
+//!    backwards until the newest flush ending at or before `C` (the anchor).
+//!    Flushes ending after `C` were emitted but not committed: their ends
+//!    become forced boundaries, so the same ranges are re-emitted with the
+//!    same versions.
+//! 3. If the newest flush ends beyond the views partition's high watermark,
+//!    the views topic was recreated: a new epoch starts.
+//! 4. The dedup window is rebuilt by replaying `[anchor.dedup_horizon, C)`
+//!    through the same classification as live processing.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tally_kafka::clients::base_config;
+use tally_kafka::KafkaConfig;
+use tally_model::counts::{self, FlushHeader};
+
+use crate::dedup::{dedup_key, Dedup};
+use crate::partition::{classify, PartitionState, Rules, Verdict};
+
+/// Records read per step when scanning a counts partition backwards.
+const SCAN_STEP: i64 = 2_000;
+
+/// Why a partition could not be recovered.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// A broker request failed.
+    #[error("recovering partition {partition}: {source}")]
+    Kafka {
+        /// The source partition.
+        partition: i32,
+        /// The error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// Reading a range did not finish in time.
+    #[error("recovering partition {partition}: reading {topic}[{from}..{to}) timed out")]
+    ReadTimeout {
+        /// The source partition.
+        partition: i32,
+        /// Topic read.
+        topic: String,
+        /// Start offset.
+        from: i64,
+        /// End offset.
+        to: i64,
+    },
+}
+
+/// What recovery needs to know.
+#[derive(Debug, Clone)]
+pub struct RecoveryContext {
+    /// Broker settings.
+    pub kafka: KafkaConfig,
+    /// Source topic.
+    pub views_topic: String,
+    /// Output topic.
+    pub counts_topic: String,
+    /// Output partitions.
+    pub counts_partitions: i32,
+    /// Dedup window, ms.
+    pub dedup_window_ms: i64,
+    /// Dedup bound.
+    pub dedup_max_entries: usize,
+    /// Classification rules.
+    pub rules: Rules,
+    /// Longest time one read may take.
+    pub read_timeout: Duration,
+}
+
+/// The outcome of recovering one partition.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Ready-to-run state.
+    pub state: PartitionState,
+    /// Ranges that will be re-emitted.
+    pub forced: usize,
+    /// Records replayed into the dedup window.
+    pub replayed: i64,
+}
+
+/// Recovers source `partition` whose committed offset is `committed`
+/// (`None` when the group never committed it).
+pub fn recover(ctx: &RecoveryContext, partition: i32, committed: Option<i64>) -> Result<Recovered, RecoveryError> {
+    let reader = reader(&ctx.kafka, partition)?;
+    let kafka_err = |source| RecoveryError::Kafka { partition, source };
+    let (low, high) = reader.fetch_watermarks(&ctx.views_topic, partition, ctx.read_timeout).map_err(kafka_err)?;
+    let mut start = committed.unwrap_or(low).max(low);
+    let counts_partition = partition % ctx.counts_partitions.max(1);
+    let headers = scan_tail(&reader, ctx, partition, counts_partition, start)?;
+    let newest = headers.iter().max_by_key(|h| h.version()).copied();
+    let mut epoch = newest.map_or(0, |h| h.epoch);
+    let mut anchor = headers.iter().filter(|h| h.epoch == epoch && h.end <= start).max_by_key(|h| h.end).copied();
+    let mut forced: Vec<i64> = headers.iter().filter(|h| h.epoch == epoch && h.end > start).map(|h| h.end).collect();
+    if newest.is_some_and(|h| h.end > high) {
+        tracing::warn!(partition, epoch = epoch + 1, "views topic was recreated (counts run ahead of it): new epoch");
+        epoch += 1;
+        anchor = None;
+        forced.clear();
+        if start > high {
+            start = low;
+        }
+    }
+    forced.sort_unstable();
+    forced.dedup();
+    let mut dedup = Dedup::new(ctx.dedup_window_ms, ctx.dedup_max_entries);
+    let mut replayed = 0;
+    if let Some(anchor) = anchor {
+        let from = anchor.dedup_horizon.max(low);
+        read_range(&reader, &ctx.views_topic, partition, from, start, ctx.read_timeout, |offset, _, payload| {
+            if let Verdict::Count(view) = classify(payload, ctx.rules.allowed_lateness_ms) {
+                dedup.check(offset, dedup_key(view.video_id, view.event_id), view.received_ms);
+            }
+            replayed += 1;
+        })?;
+        dedup.restore_max_received(anchor.max_received_ms);
+    }
+    let count = forced.len();
+    Ok(Recovered { state: PartitionState::new(partition, epoch, start, dedup, forced), forced: count, replayed })
+}
+
+fn reader(kafka: &KafkaConfig, partition: i32) -> Result<BaseConsumer, RecoveryError> {
+    // A group id is required by librdkafka even for assign-only reading; nothing is committed.
+    base_config(kafka, "tally-counter-recovery")
+        .set("group.id", format!("tally-counter-recovery-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|source| RecoveryError::Kafka { partition, source })
+}
+
+/// Flush headers of source `partition` in its counts partition: every one
+/// ending after `start`, plus at least one ending at or before it when any exists.
+fn scan_tail(
+    reader: &BaseConsumer,
+    ctx: &RecoveryContext,
+    partition: i32,
+    counts_partition: i32,
+    start: i64,
+) -> Result<Vec<FlushHeader>, RecoveryError> {
+    let (low, high) = reader
+        .fetch_watermarks(&ctx.counts_topic, counts_partition, ctx.read_timeout)
+        .map_err(|source| RecoveryError::Kafka { partition, source })?;
+    let source = u32::try_from(partition).unwrap_or(0);
+    let mut found = Vec::new();
+    let mut to = high;
+    while to > low {
+        let from = (to - SCAN_STEP).max(low);
+        read_range(reader, &ctx.counts_topic, counts_partition, from, to, ctx.read_timeout, |_, _, payload| {
+            if let Ok(header) = counts::decode_header(payload.unwrap_or_default()) {
+                if header.source_partition == source {
+                    found.push(header);
+                }
+            }
+        })?;
+        if found.iter().any(|h| h.end <= start) {
+            break;
+        }
+        to = from;
+    }
+    Ok(found)
+}
+
+/// Reads `[from, to)` of one partition, calling `visit` for each record.
+fn read_range(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    timeout: Duration,
+    mut visit: impl FnMut(i64, Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), RecoveryError> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|source| RecoveryError::Kafka { partition, source })?;
+    reader.assign(&assignment).map_err(|source| RecoveryError::Kafka { partition, source })?;
+    drop(assignment);
+    // An idle bound, not a total one: long replays are fine while records flow.
+    let mut deadline = Instant::now() + timeout;
+    let mut next = from;
+    while next < to {
+        if Instant::now() > deadline {
+            return Err(RecoveryError::ReadTimeout { partition, topic: topic.to_owned(), from, to });
+        }
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let offset = message.offset();
+                deadline = Instant::now() + timeout;
+                if offset >= next && offset < to {
+                    visit(offset, message.key(), message.payload());
+                }
+                next = next.max(offset + 1);
+            }
+            Some(Err(e)) => tracing::warn!(partition, topic, error = %e, "recovery read error; retrying"),
+            None => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Building and running the counter: `CounterService::build(config)` then `run(shutdown)`.
+
+use std::time::Duration;
+
+use prometheus::Registry;
+use rdkafka::producer::FutureProducer;
+use tally_kafka::clients::{base_config, idempotent_producer, millis, ProducerSettings};
+use tally_kafka::topics::{ensure_topics, partition_count, tally_topics};
+use tally_kafka::{KafkaConfig, KafkaSetupError};
+use tally_service::Readiness;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CounterConfig;
+use crate::dlq::DlqLimits;
+use crate::emitter::{self, Destination};
+use crate::metrics::CounterMetrics;
+use crate::partition::Rules;
+use crate::recovery::RecoveryContext;
+use crate::worker::{Worker, WorkerError};
+
+/// Name of the counter's readiness check.
+pub const KAFKA_CHECK: &str = "counter.kafka";
+
+/// Why the counter could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    /// Kafka set-up failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// Metrics could not be registered.
+    #[error("cannot register counter metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The worker stopped with an error.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// The counts topic has no partitions.
+    #[error("topic {0} has no partitions")]
+    NoPartitions(String),
+    /// A task could not be joined.
+    #[error("counter task failed: {0}")]
+    Join(String),
+}
+
+/// A built counter, ready to run.
+pub struct CounterService {
+    config: CounterConfig,
+    kafka: KafkaConfig,
+    metrics: CounterMetrics,
+    producer: FutureProducer,
+    counts_partitions: i32,
+    readiness: Readiness,
+}
+
+impl CounterService {
+    /// Creates topics when configured to, the producer and the metrics.
+    pub async fn build(
+        config: &CounterConfig,
+        kafka: &KafkaConfig,
+        registry: &Registry,
+        readiness: &Readiness,
+    ) -> Result<Self, CounterError> {
+        if kafka.create_topics {
+            ensure_topics(kafka, &tally_topics(kafka)).await?;
+        }
+        let metrics = CounterMetrics::register(registry)?;
+        let settings = ProducerSettings {
+            delivery_timeout: config.delivery_timeout,
+            linger: Duration::from_millis(5),
+            queue_capacity: 100_000,
+        };
+        let producer = idempotent_producer(kafka, "tally-counter", &settings)?;
+        let counts_topic = kafka.topics.counts.clone();
+        let kafka_for_metadata = kafka.clone();
+        let counts_partitions = tokio::task::spawn_blocking(move || {
+            partition_count(&kafka_for_metadata, &counts_topic, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| CounterError::Join(e.to_string()))??;
+        let counts_partitions = i32::try_from(counts_partitions).unwrap_or(0);
+        if counts_partitions == 0 {
+            return Err(CounterError::NoPartitions(kafka.topics.counts.clone()));
+        }
+        readiness.register(KAFKA_CHECK);
+        Ok(Self {
+            config: config.clone(),
+            kafka: kafka.clone(),
+            metrics,
+            producer,
+            counts_partitions,
+            readiness: readiness.clone(),
+        })
+    }
+
+    /// Counts until `shutdown`, then drains for at most `drain`.
+    pub async fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), CounterError> {
+        let c = &self.config;
+        let topics = &self.kafka.topics;
+        let rules = Rules {
+            allowed_lateness_ms: i64::try_from(c.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+            dlq: DlqLimits {
+                max_ratio: c.dlq_max_ratio,
+                min_records: c.dlq_min_records,
+                max_consecutive: c.dlq_max_consecutive,
+            },
+            max_rows_per_flush: c.max_rows_per_flush,
+            max_buffered_rows: c.max_buffered_rows,
+            flush_interval: c.flush_interval,
+        };
+        let recovery = RecoveryContext {
+            kafka: self.kafka.clone(),
+            views_topic: topics.views.clone(),
+            counts_topic: topics.counts.clone(),
+            counts_partitions: self.counts_partitions,
+            dedup_window_ms: i64::try_from(c.dedup_window.as_millis()).unwrap_or(i64::MAX),
+            dedup_max_entries: c.dedup_max_entries,
+            rules,
+            read_timeout: Duration::from_secs(30),
+        };
+        let destination = Destination {
+            views_topic: topics.views.clone(),
+            counts_topic: topics.counts.clone(),
+            counts_partitions: self.counts_partitions,
+            dlq_topic: topics.views_dlq.clone(),
+            chunk_rows: c.chunk_rows,
+        };
+        let mut consumer = base_config(&self.kafka, "tally-counter");
+        consumer
+            .set("group.id", &c.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.queue.backoff.ms", "10")
+            .set("max.poll.interval.ms", millis(Duration::from_secs(300)));
+        for (key, value) in &self.kafka.consumer_properties {
+            consumer.set(key, value);
+        }
+        let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // The emitter outlives the worker's drain; it stops when the job channel closes.
+        let emitter_stop = CancellationToken::new();
+        let emitter = tokio::spawn(emitter::run(self.producer, destination, jobs_rx, done_tx, emitter_stop.clone()));
+        let worker = Worker::new(consumer, recovery, self.metrics, done_rx, jobs_tx, c.lag_interval)?;
+        self.readiness.set(KAFKA_CHECK, Ok(()));
+        let stop = shutdown.clone();
+        let outcome = tokio::task::spawn_blocking(move || worker.run(stop, drain))
+            .await
+            .map_err(|e| CounterError::Join(e.to_string()))?;
+        emitter_stop.cancel();
+        let _ = emitter.await;
+        if outcome.is_err() {
+            // Make sure the rest of the process stops too: a halted counter is an incident.
+            shutdown.cancel();
+        }
+        outcome.map_err(CounterError::from)
+    }
+}

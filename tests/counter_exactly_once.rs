@@ -1,0 +1,143 @@
+//! The counter against a real broker, as real processes: kill -9 at random
+//! moments and rebalances must neither lose nor repeat a view.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{write_config, Load, TallyProcess, ViewsProducer};
+use tally_counter::verify::{fold_counts, Folded};
+use tally_kafka::KafkaConfig;
+use tally_testkit::{bounded, Broker};
+
+const COUNTER: &str = r#"
+[counter]
+admin-listen = "127.0.0.1:0"
+flush-interval = "200ms"
+max-rows-per-flush = 500
+chunk-rows = 50
+"#;
+
+fn seed() -> u64 {
+    let seed = std::env::var("TALLY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand_seed);
+    eprintln!("seed: {seed} (set TALLY_TEST_SEED to replay)");
+    seed
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
+}
+
+async fn setup() -> (Broker, KafkaConfig, tempfile::TempDir) {
+    let broker = Broker::start();
+    let kafka = tally_testkit::kafka_config(&broker);
+    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.expect("topics");
+    (broker, kafka, tempfile::tempdir().expect("tempdir"))
+}
+
+/// Folds the counts topic until it equals `expected` or `limit` passes.
+async fn wait_for_totals(
+    kafka: &KafkaConfig,
+    expected: &std::collections::BTreeMap<String, i64>,
+    limit: Duration,
+) -> Folded {
+    let deadline = Instant::now() + limit;
+    loop {
+        let k = kafka.clone();
+        let folded = tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(60)))
+            .await
+            .expect("fold task")
+            .expect("fold counts");
+        if &folded.totals == expected || Instant::now() > deadline {
+            return folded;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn assert_exact(folded: &Folded, expected: &std::collections::BTreeMap<String, i64>) {
+    assert!(folded.overlaps.is_empty(), "overlapping ranges: {:?}", folded.overlaps);
+    let mut wrong = Vec::new();
+    for (video, want) in expected {
+        let got = folded.totals.get(video).copied().unwrap_or(0);
+        if got != *want {
+            wrong.push(format!("{video}: counted {got}, sent {want}"));
+        }
+    }
+    let extra: Vec<_> = folded.totals.keys().filter(|v| !expected.contains_key(*v)).collect();
+    assert!(wrong.is_empty() && extra.is_empty(), "not exact: {wrong:?} extra: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_killed_at_random_moments_counts_every_view_exactly_once() {
+    bounded(Duration::from_secs(280), async {
+        let (_broker, kafka, dir) = setup().await;
+        let config = write_config(dir.path(), &kafka, COUNTER);
+        let mut load = Load::new(seed());
+        let mut producer = ViewsProducer::new(&kafka, &["video-1"]);
+        let mut kills = 0;
+        let mut counter = TallyProcess::spawn(&config, "counter");
+        let mut rng = Load::new(seed() ^ 0x5eed);
+        while kills < 6 {
+            // Load keeps arriving while the counter lives and dies; each life
+            // is killed at a random moment after it started counting (a group
+            // that never settles only measures the broker's rebalance).
+            producer.send(&load.batch(1_500, tally_model::timestamp::now_ms(), 10)).await;
+            let owns = counter.wait_for_metric("tally_counter_owned_partitions", 1.0, Duration::from_secs(60));
+            assert!(owns, "restarted counter took over partitions");
+            producer.send(&load.batch(500, tally_model::timestamp::now_ms(), 10)).await;
+            let pause = rng.rand() % 1_500;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            counter.kill9();
+            kills += 1;
+            counter = TallyProcess::spawn(&config, "counter");
+        }
+        producer.send(&load.batch(2_000, tally_model::timestamp::now_ms(), 10)).await;
+        let folded = wait_for_totals(&kafka, &producer.expected, Duration::from_secs(90)).await;
+        assert_exact(&folded, &producer.expected);
+        let sent: i64 = producer.expected.values().sum();
+        assert!(sent >= 10_000, "a meaningful load: {sent}");
+        assert!(folded.stats.duplicates > 0, "resends were deduplicated: {:?}", folded.stats);
+        let metrics = counter.metrics();
+        assert!(metrics.contains("tally_counter_flushes_total"), "{metrics}");
+        let status = counter.terminate(Duration::from_secs(30));
+        assert!(status.success(), "graceful stop: {status:?}");
+        eprintln!(
+            "kills: {kills}, views: {sent}, records: {}, repeated flushes: {}",
+            producer.produced, folded.repeated_flushes
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_counters_in_one_group_one_leaving_and_rejoining_lose_and_repeat_nothing() {
+    bounded(Duration::from_secs(280), async {
+        let (_broker, kafka, dir) = setup().await;
+        let config = write_config(dir.path(), &kafka, COUNTER);
+        let mut load = Load::new(seed());
+        let mut producer = ViewsProducer::new(&kafka, &["video-1", "video-2"]);
+        let first = TallyProcess::spawn(&config, "counter");
+        let second = TallyProcess::spawn(&config, "counter");
+        for _ in 0..4 {
+            producer.send(&load.batch(1_000, tally_model::timestamp::now_ms(), 10)).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let status = second.terminate(Duration::from_secs(30));
+        assert!(status.success(), "the leaver drained cleanly: {status:?}");
+        for _ in 0..4 {
+            producer.send(&load.batch(1_000, tally_model::timestamp::now_ms(), 10)).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let second = TallyProcess::spawn(&config, "counter");
+        for _ in 0..4 {
+            producer.send(&load.batch(1_000, tally_model::timestamp::now_ms(), 10)).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let folded = wait_for_totals(&kafka, &producer.expected, Duration::from_secs(90)).await;
+        assert_exact(&folded, &producer.expected);
+        assert!(first.terminate(Duration::from_secs(30)).success());
+        assert!(second.terminate(Duration::from_secs(30)).success());
+    })
+    .await;
+}
