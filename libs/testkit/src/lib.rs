@@ -15,11 +15,13 @@
 //! - [`broker`], [`redis`]: the two servers.
 //! - [`process`]: locating binaries, free ports, waiting for a port.
 //! - [`topic`]: reading a topic back, counting its records.
+//! - [`views`]: producing views records with known expected counts.
 
 pub mod broker;
 pub mod process;
 pub mod redis;
 pub mod topic;
+pub mod views;
 
 use std::future::Future;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::base_config;
 use tally_kafka::KafkaConfig;
@@ -19,6 +19,8 @@ pub struct ReadRecord {
     pub key: Vec<u8>,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// Headers as UTF-8 strings.
+    pub headers: Vec<(String, String)>,
 }
 
 fn reader(config: &KafkaConfig) -> BaseConsumer {
@@ -53,6 +55,17 @@ pub fn read_records(config: &KafkaConfig, topic: &str, expected: usize, limit: D
                 offset: message.offset(),
                 key: message.key().unwrap_or_default().to_vec(),
                 payload: message.payload().unwrap_or_default().to_vec(),
+                headers: message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|header| {
+                                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (header.key.to_owned(), value.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
             Some(Err(e)) => eprintln!("test reader: {e}"),
             None => {}

@@ -1,0 +1,151 @@
+//! The counter in-process against a real broker: dedup rule, poison records
+//! and the dead-letter limit.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use tally_counter::verify::{fold_counts, Folded};
+use tally_counter::{CounterConfig, CounterError, CounterService};
+use tally_kafka::KafkaConfig;
+use tally_service::Readiness;
+use tally_testkit::topic::read_records;
+use tally_testkit::views::ViewsProducer;
+use tally_testkit::{bounded, Broker};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), CounterError>>,
+}
+
+async fn start(kafka: &KafkaConfig, tweak: impl FnOnce(&mut CounterConfig)) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut config = CounterConfig { flush_interval: Duration::from_millis(200), ..CounterConfig::default() };
+    tweak(&mut config);
+    let service =
+        CounterService::build(&config, kafka, &Registry::new(), &Readiness::default()).await.expect("build counter");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(service.run(shutdown.clone(), Duration::from_secs(10)));
+    Running { shutdown, task }
+}
+
+async fn fold_until(kafka: &KafkaConfig, expected: &BTreeMap<String, i64>, limit: Duration) -> Folded {
+    let deadline = Instant::now() + limit;
+    loop {
+        let k = kafka.clone();
+        let folded = tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap();
+        if &folded.totals == expected || Instant::now() > deadline {
+            return folded;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn setup() -> (Broker, KafkaConfig) {
+    let broker = Broker::start();
+    let kafka = tally_testkit::kafka_config(&broker);
+    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+    (broker, kafka)
+}
+
+fn event(video: &str, id: &str, ts: i64, received: i64, new_view: bool) -> (String, String, i64, i64, bool) {
+    (video.to_owned(), id.to_owned(), ts, received, new_view)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_events_are_counted_once_within_the_window_and_again_after_it() {
+    bounded(LIMIT, async {
+        let (_broker, kafka) = setup().await;
+        let counter = start(&kafka, |c| c.dedup_window = Duration::from_secs(60)).await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let t0 = tally_model::timestamp::now_ms() - 600_000;
+        producer
+            .send(&[
+                event("clip", "e1", t0 - 1_000, t0, true),
+                event("clip", "e2", t0 - 1_000, t0, true),
+                event("clip", "e1", t0 - 1_000, t0 + 30_000, false),
+                // Documented rule: a resend received after the window counts again.
+                event("clip", "e1", t0 - 1_000, t0 + 200_000, true),
+                event("other", "e1", t0 - 1_000, t0 + 200_000, true),
+            ])
+            .await;
+        let folded = fold_until(&kafka, &producer.expected, Duration::from_secs(30)).await;
+        assert_eq!(folded.totals, BTreeMap::from([("clip".to_owned(), 3), ("other".to_owned(), 1)]));
+        assert_eq!(folded.stats.duplicates, 1);
+        counter.shutdown.cancel();
+        counter.task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_with_provenance_and_counting_goes_on() {
+    bounded(LIMIT, async {
+        let (_broker, kafka) = setup().await;
+        let counter = start(&kafka, |_| {}).await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let now = tally_model::timestamp::now_ms();
+        let before: Vec<_> = (0..10).map(|i| event("ok", &format!("a{i}"), now, now, true)).collect();
+        producer.send(&before).await;
+        producer.send_raw("ok", b"this is not a view").await;
+        producer.send(&[event("ok", "late-1", now - 3 * 3_600_000, now, false)]).await;
+        let after: Vec<_> = (0..10).map(|i| event("ok", &format!("b{i}"), now, now, true)).collect();
+        producer.send(&after).await;
+        let folded = fold_until(&kafka, &producer.expected, Duration::from_secs(30)).await;
+        assert_eq!(folded.totals.get("ok"), Some(&20), "the valid events around the poison were counted");
+        assert_eq!(folded.stats.dead_lettered, 2);
+
+        let dead = read_records(&kafka, &kafka.topics.views_dlq, 2, Duration::from_secs(20));
+        assert_eq!(dead.len(), 2, "both dead letters arrived");
+        let header = |record: &tally_testkit::topic::ReadRecord, key: &str| {
+            record.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default()
+        };
+        let mut kinds: Vec<String> = dead.iter().map(|r| header(r, "tally.error.kind")).collect();
+        kinds.sort();
+        assert_eq!(kinds, vec!["late", "malformed"]);
+        let poison = dead.iter().find(|r| header(r, "tally.error.kind") == "malformed").unwrap();
+        assert_eq!(poison.payload, b"this is not a view", "the original payload is kept");
+        assert_eq!(poison.key, b"ok");
+        assert_eq!(header(poison, "tally.source.topic"), kafka.topics.views);
+        assert_eq!(header(poison, "tally.source.offset"), "10", "provenance points at the record");
+        assert!(!header(poison, "tally.source.partition").is_empty());
+        assert_eq!(header(poison, "tally.service"), "tally-counter");
+        assert!(header(poison, "tally.error.message").contains("unsupported wire format version"));
+        counter.shutdown.cancel();
+        counter.task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_dlq_limit_the_counter_halts_with_a_clear_error() {
+    bounded(LIMIT, async {
+        let (_broker, kafka) = setup().await;
+        let counter = start(&kafka, |c| c.dlq_max_consecutive = 20).await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        for i in 0..30 {
+            producer.send_raw("same-key", format!("garbage {i}").as_bytes()).await;
+        }
+        let outcome = tokio::time::timeout(Duration::from_secs(60), counter.task).await.expect("the counter halted");
+        let error = outcome.unwrap().expect_err("halting is an error");
+        let text = error.to_string();
+        assert!(text.contains("dead-letter limit exceeded"), "{text}");
+        assert!(text.contains("20 in a row"), "{text}");
+        assert!(counter.shutdown.is_cancelled(), "a halted counter stops the process");
+        let folded = fold_counts(&kafka, &kafka.topics.counts, Duration::from_secs(30)).unwrap();
+        // Earlier ranges may have dead-lettered a few (under the limit); the
+        // range that crossed the limit was neither emitted nor committed.
+        assert!(folded.stats.dead_lettered < 20, "the halting range was not emitted: {:?}", folded.stats);
+    })
+    .await;
+}
