@@ -1,0 +1,65 @@
+//! Count storage: the counter's deltas applied idempotently, with rollups,
+//! and the reads the query service needs.
+//!
+//! Guarantee 3 of the design: replaying the counts topic from any offset
+//! changes no stored count. Every minute row `(video_id, minute, salt,
+//! source_partition)` keeps the version (`epoch`, `end` offset) of the last
+//! delta applied to it; a delta is applied only when its version is newer,
+//! and the hour, day and all-time rollups move by exactly the deltas that
+//! were applied, in the same transaction. No blind `+n` counter columns.
+//!
+//! # Layout
+//!
+//! - [`model`]: what is stored and read ([`Granularity`], [`Total`], [`Point`]).
+//! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
+//! - this file: the [`CountStore`] interface and [`StoreError`].
+
+pub mod model;
+pub mod sqlite;
+
+use std::future::Future;
+
+pub use model::{ApplyOutcome, Granularity, Point, Total};
+pub use sqlite::SqliteStore;
+use tally_model::counts::FlushChunk;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or refused the operation; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong (never retried).
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Whether retrying may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// What every count store offers. Implementations must make [`CountStore::apply`]
+/// idempotent under replay (see the crate documentation).
+pub trait CountStore: Send + Sync + 'static {
+    /// Applies the deltas of `chunks` (in order) in one transaction where the
+    /// store has them; returns how many deltas were applied and how many were stale.
+    fn apply(&self, chunks: Vec<FlushChunk>) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
+
+    /// All-time totals of `videos` (0 for a video nobody watched).
+    fn totals(&self, videos: Vec<String>) -> impl Future<Output = Result<Vec<Total>, StoreError>> + Send;
+
+    /// Views of `video` per `step` bucket in `[from_ms, to_ms)`; buckets without views are omitted.
+    fn series(
+        &self,
+        video: String,
+        from_ms: i64,
+        to_ms: i64,
+        step: Granularity,
+    ) -> impl Future<Output = Result<Vec<Point>, StoreError>> + Send;
+
+    /// Cheap reachability check for `/readyz` and circuit breakers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

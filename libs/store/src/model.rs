@@ -1,0 +1,70 @@
+//! Values stored and read.
+
+use serde::Serialize;
+
+/// Bucket sizes of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Granularity {
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day (UTC).
+    Day,
+}
+
+impl Granularity {
+    /// Bucket length in milliseconds.
+    pub fn millis(self) -> i64 {
+        match self {
+            Self::Minute => 60_000,
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+
+    /// Start of the bucket holding `ts_ms`.
+    pub fn bucket(self, ts_ms: i64) -> i64 {
+        ts_ms.div_euclid(self.millis()) * self.millis()
+    }
+
+    /// Parses `minute`, `hour` or `day`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "minute" => Some(Self::Minute),
+            "hour" => Some(Self::Hour),
+            "day" => Some(Self::Day),
+            _ => None,
+        }
+    }
+}
+
+/// A video's all-time total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Total {
+    /// The video.
+    pub video_id: String,
+    /// Views counted.
+    pub views: i64,
+    /// Everything received by the gateway up to this time (epoch ms) is
+    /// included, as far as the counter has flushed it; 0 when nothing was applied yet.
+    pub as_of_ms: i64,
+}
+
+/// One bucket of a series.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Point {
+    /// Bucket start, epoch ms.
+    pub bucket_ms: i64,
+    /// Views in the bucket.
+    pub views: i64,
+}
+
+/// The effect of one apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyOutcome {
+    /// Deltas applied.
+    pub applied: u64,
+    /// Deltas ignored because their row already had that version or newer.
+    pub stale: u64,
+}

@@ -1,0 +1,216 @@
+//! The embedded store: SQLite through rusqlite (bundled library), WAL mode.
+//! A batch of chunks, its versions and its rollups commit in one transaction.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tally_model::counts::FlushChunk;
+
+use crate::model::{ApplyOutcome, Granularity, Point, Total};
+use crate::{CountStore, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS minute_counts (
+    video_id TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    salt INTEGER NOT NULL,
+    source_partition INTEGER NOT NULL,
+    views INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (video_id, minute, salt, source_partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollups (
+    video_id TEXT NOT NULL,
+    granularity INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    views INTEGER NOT NULL,
+    PRIMARY KEY (video_id, granularity, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS progress (
+    epoch INTEGER NOT NULL,
+    source_partition INTEGER NOT NULL,
+    max_received_ms INTEGER NOT NULL,
+    PRIMARY KEY (epoch, source_partition)
+) WITHOUT ROWID;
+";
+
+/// Rollup granularities as stored; `TOTAL` has one bucket, 0.
+const HOUR: i64 = 1;
+const DAY: i64 = 2;
+const TOTAL: i64 = 3;
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path).map_err(unavailable)?;
+        Self::init(connection)
+    }
+
+    /// A private in-memory database (tests, benchmarks).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(unavailable)?)
+    }
+
+    fn init(connection: Connection) -> Result<Self, StoreError> {
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+            .map_err(unavailable)?;
+        connection.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(Self { connection: Arc::new(Mutex::new(connection)) })
+    }
+
+    async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn apply_chunks(connection: &mut Connection, chunks: &[FlushChunk]) -> Result<ApplyOutcome, StoreError> {
+    let tx = connection.transaction().map_err(unavailable)?;
+    let mut outcome = ApplyOutcome::default();
+    {
+        let mut upsert_minute = tx
+            .prepare_cached(
+                "INSERT INTO minute_counts (video_id, minute, salt, source_partition, views, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (video_id, minute, salt, source_partition) DO UPDATE
+                 SET views = views + excluded.views, version = excluded.version
+                 WHERE minute_counts.version < excluded.version",
+            )
+            .map_err(unavailable)?;
+        let mut upsert_rollup = tx
+            .prepare_cached(
+                "INSERT INTO rollups (video_id, granularity, bucket, views) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (video_id, granularity, bucket) DO UPDATE SET views = views + excluded.views",
+            )
+            .map_err(unavailable)?;
+        let mut progress = tx
+            .prepare_cached(
+                "INSERT INTO progress (epoch, source_partition, max_received_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (epoch, source_partition) DO UPDATE
+                 SET max_received_ms = max(max_received_ms, excluded.max_received_ms)",
+            )
+            .map_err(unavailable)?;
+        for chunk in chunks {
+            let h = chunk.header;
+            let version = h.version();
+            for delta in &chunk.deltas {
+                let changed = upsert_minute
+                    .execute(params![
+                        delta.video_id,
+                        delta.minute,
+                        delta.salt.0,
+                        h.source_partition,
+                        delta.count,
+                        version
+                    ])
+                    .map_err(unavailable)?;
+                if changed == 0 {
+                    outcome.stale += 1;
+                    continue;
+                }
+                outcome.applied += 1;
+                for (granularity, bucket) in [
+                    (HOUR, Granularity::Hour.bucket(delta.minute)),
+                    (DAY, Granularity::Day.bucket(delta.minute)),
+                    (TOTAL, 0),
+                ] {
+                    upsert_rollup.execute(params![delta.video_id, granularity, bucket, delta.count]).map_err(unavailable)?;
+                }
+            }
+            if h.max_received_ms > 0 {
+                progress.execute(params![h.epoch, h.source_partition, h.max_received_ms]).map_err(unavailable)?;
+            }
+        }
+    }
+    tx.commit().map_err(unavailable)?;
+    Ok(outcome)
+}
+
+fn as_of(connection: &Connection) -> Result<i64, StoreError> {
+    // Counts include everything received up to the slowest partition's progress.
+    connection
+        .query_row(
+            "SELECT min(max_received_ms) FROM progress WHERE epoch = (SELECT max(epoch) FROM progress)",
+            [],
+            |row| row.get::<_, Option<i64>>(0),
+        )
+        .map(Option::unwrap_or_default)
+        .map_err(unavailable)
+}
+
+impl CountStore for SqliteStore {
+    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
+        self.with(move |c| apply_chunks(c, &chunks)).await
+    }
+
+    async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
+        self.with(move |c| {
+            let as_of_ms = as_of(c)?;
+            let mut query = c
+                .prepare_cached("SELECT views FROM rollups WHERE video_id = ?1 AND granularity = ?2 AND bucket = 0")
+                .map_err(unavailable)?;
+            videos
+                .into_iter()
+                .map(|video_id| {
+                    let views: Option<i64> =
+                        query.query_row(params![video_id, TOTAL], |row| row.get(0)).optional().map_err(unavailable)?;
+                    Ok(Total { video_id, views: views.unwrap_or(0), as_of_ms })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn series(&self, video: String, from_ms: i64, to_ms: i64, step: Granularity) -> Result<Vec<Point>, StoreError> {
+        if from_ms >= to_ms {
+            return Err(StoreError::Invalid("`from` must be before `to`".into()));
+        }
+        self.with(move |c| {
+            let (sql, granularity) = match step {
+                Granularity::Minute => (
+                    "SELECT minute, sum(views) FROM minute_counts WHERE video_id = ?1 AND minute >= ?2 AND minute < ?3
+                     AND ?4 = ?4 GROUP BY minute ORDER BY minute",
+                    0,
+                ),
+                Granularity::Hour | Granularity::Day => (
+                    "SELECT bucket, views FROM rollups WHERE video_id = ?1 AND bucket >= ?2 AND bucket < ?3
+                     AND granularity = ?4 ORDER BY bucket",
+                    if step == Granularity::Hour { HOUR } else { DAY },
+                ),
+            };
+            let mut query = c.prepare_cached(sql).map_err(unavailable)?;
+            let rows = query
+                .query_map(params![video, step.bucket(from_ms), to_ms, granularity], |row| {
+                    Ok(Point { bucket_ms: row.get(0)?, views: row.get(1)? })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+}

@@ -1,0 +1,125 @@
+//! The store contract: every implementation must pass these. The embedded
+//! store runs here; a ScyllaDB store, once it exists, runs the same suite
+//! against `TALLY_SCYLLA_URI`.
+
+use tally_model::counts::{Delta, FlushChunk, FlushHeader};
+use tally_model::Salt;
+use tally_store::{CountStore, Granularity, SqliteStore};
+
+const MINUTE: i64 = 60_000;
+const T0: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
+
+fn chunk(partition: u32, start: i64, end: i64, index: u32, count: u32, deltas: &[(&str, u16, i64, u32)]) -> FlushChunk {
+    FlushChunk {
+        header: FlushHeader {
+            epoch: 0,
+            source_partition: partition,
+            start,
+            end,
+            chunk_index: index,
+            chunk_count: count,
+            dedup_horizon: 0,
+            max_received_ms: T0 + end,
+            stats: Default::default(),
+        },
+        deltas: deltas
+            .iter()
+            .map(|(video, salt, minute, n)| Delta { video_id: (*video).into(), salt: Salt(*salt), minute: *minute, count: *n })
+            .collect(),
+    }
+}
+
+fn history() -> Vec<FlushChunk> {
+    vec![
+        chunk(0, 0, 10, 0, 1, &[("a", 0, T0, 4), ("b", 0, T0, 1)]),
+        chunk(1, 0, 7, 0, 1, &[("a", 3, T0 + MINUTE, 2)]),
+        chunk(0, 10, 20, 0, 2, &[("a", 0, T0, 1)]),
+        chunk(0, 10, 20, 1, 2, &[("a", 0, T0 + 61 * MINUTE, 5)]),
+        chunk(1, 7, 9, 0, 1, &[("a", 3, T0 + 25 * 60 * MINUTE, 1)]),
+    ]
+}
+
+async fn total(store: &impl CountStore, video: &str) -> i64 {
+    store.totals(vec![video.into()]).await.unwrap()[0].views
+}
+
+async fn replayed_chunks_do_not_change_totals(store: impl CountStore) {
+    let first = store.apply(history()).await.unwrap();
+    assert_eq!(first.applied, 6);
+    assert_eq!((total(&store, "a").await, total(&store, "b").await), (13, 1));
+    // Replay the whole topic, then every chunk twice more, one at a time.
+    let replay = store.apply(history()).await.unwrap();
+    assert_eq!((replay.applied, replay.stale), (0, 6));
+    for chunk in history() {
+        store.apply(vec![chunk.clone(), chunk]).await.unwrap();
+    }
+    assert_eq!((total(&store, "a").await, total(&store, "b").await), (13, 1));
+}
+
+async fn a_partly_applied_flush_completes_when_re_emitted(store: impl CountStore) {
+    let all = history();
+    store.apply(all[..3].to_vec()).await.unwrap(); // chunk 1 of flush [10, 20) lost in a crash
+    assert_eq!(total(&store, "a").await, 7);
+    let again = store.apply(all[2..].to_vec()).await.unwrap(); // the next owner re-emits from [10, 20)
+    assert_eq!((again.applied, again.stale), (2, 1));
+    assert_eq!(total(&store, "a").await, 13);
+}
+
+async fn series_and_rollups_agree_and_salts_are_merged(store: impl CountStore) {
+    store.apply(history()).await.unwrap();
+    let minutes = store.series("a".into(), T0, T0 + 2 * MINUTE, Granularity::Minute).await.unwrap();
+    let minutes: Vec<(i64, i64)> = minutes.iter().map(|p| (p.bucket_ms, p.views)).collect();
+    assert_eq!(minutes, vec![(T0, 5), (T0 + MINUTE, 2)]);
+    let hours = store.series("a".into(), T0, T0 + 48 * 60 * MINUTE, Granularity::Hour).await.unwrap();
+    let hours: Vec<(i64, i64)> = hours.iter().map(|p| (p.bucket_ms, p.views)).collect();
+    assert_eq!(hours, vec![(T0, 7), (T0 + 60 * MINUTE, 5), (T0 + 25 * 60 * MINUTE, 1)]);
+    let days = store.series("a".into(), T0 - 10 * 60 * MINUTE, T0 + 48 * 60 * MINUTE, Granularity::Day).await.unwrap();
+    assert_eq!(days.iter().map(|p| p.views).sum::<i64>(), 13);
+}
+
+async fn a_video_nobody_watched_has_zero_views_and_as_of_trails_the_slowest_partition(store: impl CountStore) {
+    assert_eq!(total(&store, "never").await, 0);
+    store.apply(history()).await.unwrap();
+    let totals = store.totals(vec!["never".into(), "a".into()]).await.unwrap();
+    assert_eq!(totals[0].views, 0);
+    // Partition 0 reached end 20, partition 1 end 9: as_of is partition 1's.
+    assert_eq!(totals[1].as_of_ms, T0 + 9);
+    assert!(store.series("a".into(), T0, T0, Granularity::Minute).await.is_err(), "empty range is invalid");
+    store.ping().await.unwrap();
+}
+
+macro_rules! contract {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn replayed_chunks_do_not_change_totals() {
+                super::replayed_chunks_do_not_change_totals($make).await;
+            }
+
+            #[tokio::test]
+            async fn a_partly_applied_flush_completes_when_re_emitted() {
+                super::a_partly_applied_flush_completes_when_re_emitted($make).await;
+            }
+
+            #[tokio::test]
+            async fn series_and_rollups_agree_and_salts_are_merged() {
+                super::series_and_rollups_agree_and_salts_are_merged($make).await;
+            }
+
+            #[tokio::test]
+            async fn a_video_nobody_watched_has_zero_views_and_as_of_trails_the_slowest_partition() {
+                super::a_video_nobody_watched_has_zero_views_and_as_of_trails_the_slowest_partition($make).await;
+            }
+        }
+    };
+}
+
+contract!(sqlite_in_memory, SqliteStore::in_memory().unwrap());
+contract!(sqlite_on_disk, {
+    let dir = tempfile::tempdir().unwrap();
+    // The directory lives as long as the process; the file is what matters.
+    let path = dir.keep().join("tally.db");
+    SqliteStore::open(&path).unwrap()
+});
