@@ -8,9 +8,11 @@
 //! - [`clients`]: building producers (idempotent, `acks=all`) and consumers
 //!   (manual offset commits) from the configuration.
 //! - [`topics`]: creating Tally's topics with explicit settings.
+//! - [`dlq`]: provenance headers of dead letters.
 
 pub mod clients;
 pub mod config;
+pub mod dlq;
 pub mod topics;
 
 pub use config::{KafkaConfig, TopicsConfig};

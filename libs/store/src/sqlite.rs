@@ -135,7 +135,9 @@ fn apply_chunks(connection: &mut Connection, chunks: &[FlushChunk]) -> Result<Ap
                     (DAY, Granularity::Day.bucket(delta.minute)),
                     (TOTAL, 0),
                 ] {
-                    upsert_rollup.execute(params![delta.video_id, granularity, bucket, delta.count]).map_err(unavailable)?;
+                    upsert_rollup
+                        .execute(params![delta.video_id, granularity, bucket, delta.count])
+                        .map_err(unavailable)?;
                 }
             }
             if h.max_received_ms > 0 {
@@ -182,7 +184,13 @@ impl CountStore for SqliteStore {
         .await
     }
 
-    async fn series(&self, video: String, from_ms: i64, to_ms: i64, step: Granularity) -> Result<Vec<Point>, StoreError> {
+    async fn series(
+        &self,
+        video: String,
+        from_ms: i64,
+        to_ms: i64,
+        step: Granularity,
+    ) -> Result<Vec<Point>, StoreError> {
         if from_ms >= to_ms {
             return Err(StoreError::Invalid("`from` must be before `to`".into()));
         }

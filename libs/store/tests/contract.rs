@@ -24,7 +24,12 @@ fn chunk(partition: u32, start: i64, end: i64, index: u32, count: u32, deltas: &
         },
         deltas: deltas
             .iter()
-            .map(|(video, salt, minute, n)| Delta { video_id: (*video).into(), salt: Salt(*salt), minute: *minute, count: *n })
+            .map(|(video, salt, minute, n)| Delta {
+                video_id: (*video).into(),
+                salt: Salt(*salt),
+                minute: *minute,
+                count: *n,
+            })
             .collect(),
     }
 }

@@ -23,7 +23,9 @@ fn counted(registry: &Registry) -> (f64, f64) {
     let mut owned = 0.0;
     for family in registry.gather() {
         match family.get_name() {
-            "tally_counter_events_total" => events = family.get_metric().iter().map(|m| m.get_counter().get_value()).sum(),
+            "tally_counter_events_total" => {
+                events = family.get_metric().iter().map(|m| m.get_counter().get_value()).sum()
+            }
             "tally_counter_owned_partitions" => owned = family.get_metric()[0].get_gauge().get_value(),
             _ => {}
         }

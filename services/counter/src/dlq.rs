@@ -1,12 +1,9 @@
-//! Dead letters: the original record plus its provenance in headers, and the
-//! limit past which the consumer halts instead of dead-lettering everything.
-//!
-//! Headers (all strings): `tally.error.kind`, `tally.error.message`,
-//! `tally.source.topic`, `tally.source.partition`, `tally.source.offset`,
-//! `tally.service`, `tally.time` (RFC 3339). Dead letters are rare, so headers
-//! are fine here even on brokers where they are slow.
+//! Dead letters: the original record plus its provenance in headers
+//! ([`tally_kafka::dlq`]), and the limit past which the consumer halts
+//! instead of dead-lettering everything.
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
+use tally_kafka::dlq::Provenance;
 
 /// Why a record was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,17 +44,17 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// Provenance headers for this dead letter read from `topic`.
     pub fn headers(&self, topic: &str, service: &str) -> OwnedHeaders {
-        let partition = self.partition.to_string();
-        let offset = self.offset.to_string();
         let now = tally_model::timestamp::format_rfc3339_ms(tally_model::timestamp::now_ms());
-        OwnedHeaders::new()
-            .insert(Header { key: "tally.error.kind", value: Some(self.reason.as_str()) })
-            .insert(Header { key: "tally.error.message", value: Some(self.message.as_str()) })
-            .insert(Header { key: "tally.source.topic", value: Some(topic) })
-            .insert(Header { key: "tally.source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "tally.source.offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "tally.service", value: Some(service) })
-            .insert(Header { key: "tally.time", value: Some(now.as_str()) })
+        Provenance {
+            kind: self.reason.as_str(),
+            message: &self.message,
+            topic,
+            partition: self.partition,
+            offset: self.offset,
+            service,
+            time: &now,
+        }
+        .headers()
     }
 }
 

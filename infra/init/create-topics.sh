@@ -1,0 +1,35 @@
+#!/bin/sh
+# One-shot topic creation for docker-compose.yml's `init` service (the
+# apache/kafka image: kafka-topics.sh and kafka-configs.sh live in
+# /opt/kafka/bin). Idempotent: creates what is missing, then sets retention.ms
+# and cleanup.policy explicitly on every topic so a rerun also repairs them.
+# The services run with TALLY_KAFKA__CREATE_TOPICS=false and rely on this.
+set -eu
+
+BOOTSTRAP="${BOOTSTRAP:-kafka:9092}"
+REPLICATION="${REPLICATION:-1}"
+# Raw events and deltas: 7 days, well over the counter's dedup window (10 min)
+# and its allowed lateness (1 h), so a replay after an outage rebuilds dedup
+# state from the log. Dead letters: 30 days, to leave time for a replay.
+EVENTS_RETENTION_MS="${EVENTS_RETENTION_MS:-604800000}"
+DLQ_RETENTION_MS="${DLQ_RETENTION_MS:-2592000000}"
+BIN=/opt/kafka/bin
+
+topic() { # name partitions retention.ms cleanup.policy
+  echo "init: topic $1 (partitions=$2 retention.ms=$3 cleanup.policy=$4)"
+  "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
+    --topic "$1" --partitions "$2" --replication-factor "$REPLICATION" \
+    --config "retention.ms=$3" --config "cleanup.policy=$4"
+  "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --alter \
+    --entity-type topics --entity-name "$1" \
+    --add-config "retention.ms=$3,cleanup.policy=$4"
+}
+
+topic tally.views      12 "$EVENTS_RETENTION_MS" delete
+topic tally.counts     12 "$EVENTS_RETENTION_MS" delete
+topic tally.views.dlq   1 "$DLQ_RETENTION_MS"    delete
+topic tally.counts.dlq  1 "$DLQ_RETENTION_MS"    delete
+
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe \
+  --topic 'tally\..*'
+echo "init: topics ready"

@@ -1,0 +1,69 @@
+//! The count cache: what the writer writes through after every applied batch
+//! and what the query service reads first.
+//!
+//! An entry is a video's total with the time it was written. Entries live
+//! for a long `retention` so that a query can still answer (marked stale)
+//! while the store is down; freshness is judged by the reader from
+//! `written_ms`.
+//!
+//! # Layout
+//!
+//! - this file: [`Cache`], [`CachedTotal`], [`CacheError`], [`CacheBackend`].
+//! - [`redis_cache`]: Redis (`tally:total:{video}` keys holding JSON).
+//! - [`memory`]: an in-process map for `tally standalone` without Redis.
+
+pub mod memory;
+pub mod redis_cache;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryCache;
+pub use redis_cache::RedisCache;
+
+/// A cached total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedTotal {
+    /// Views.
+    pub views: i64,
+    /// The store's `as_of` when read.
+    pub as_of_ms: i64,
+    /// When the entry was written (epoch ms).
+    pub written_ms: i64,
+}
+
+/// Why a cache operation failed (the caller degrades to the store).
+#[derive(Debug, thiserror::Error)]
+#[error("cache unavailable: {0}")]
+pub struct CacheError(pub String);
+
+/// The cache in use.
+#[derive(Clone)]
+pub enum CacheBackend {
+    /// Redis.
+    Redis(RedisCache),
+    /// In-process.
+    Memory(MemoryCache),
+}
+
+impl CacheBackend {
+    /// Reads `videos`' entries (`None` for a miss).
+    pub async fn get_many(&self, videos: &[String]) -> Result<Vec<Option<CachedTotal>>, CacheError> {
+        match self {
+            Self::Redis(c) => c.get_many(videos).await,
+            Self::Memory(c) => Ok(c.get_many(videos)),
+        }
+    }
+
+    /// Writes entries, each kept for `retention`.
+    pub async fn put_many(&self, entries: &[(String, CachedTotal)], retention: Duration) -> Result<(), CacheError> {
+        match self {
+            Self::Redis(c) => c.put_many(entries, retention).await,
+            Self::Memory(c) => {
+                c.put_many(entries, retention);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The writer's metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Writer metrics.
+#[derive(Clone, Debug)]
+pub struct WriterMetrics {
+    /// Batches committed.
+    pub batches: IntCounter,
+    /// Store transaction latency.
+    pub batch_duration: Histogram,
+    /// Deltas by outcome (applied, stale).
+    pub deltas: IntCounterVec,
+    /// Store retries after retryable errors.
+    pub retries: IntCounter,
+    /// Store circuit: 0 closed, 2 open (retrying with backoff).
+    pub breaker_state: IntGauge,
+    /// Counts records dead-lettered.
+    pub dead_letters: IntCounter,
+    /// Cache write-through failures (the query falls back to the store).
+    pub cache_errors: IntCounter,
+    /// Delay from a flush's newest receive time to its store commit.
+    pub freshness: Histogram,
+}
+
+impl WriterMetrics {
+    /// Registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let buckets = tally_service::http_metrics::LATENCY_BUCKETS.to_vec();
+        let m = Self {
+            batches: IntCounter::new("tally_writer_batches_total", "Batches applied to the store and committed")?,
+            batch_duration: Histogram::with_opts(
+                HistogramOpts::new("tally_writer_batch_duration_seconds", "Store transaction latency per batch")
+                    .buckets(buckets.clone()),
+            )?,
+            deltas: IntCounterVec::new(
+                Opts::new("tally_writer_deltas_total", "Deltas by outcome: applied, or stale (replayed, ignored)"),
+                &["outcome"],
+            )?,
+            retries: IntCounter::new("tally_writer_retries_total", "Store retries after retryable errors")?,
+            breaker_state: IntGauge::new("tally_writer_breaker_state", "Store circuit: 0 closed, 2 open")?,
+            dead_letters: IntCounter::new(
+                "tally_writer_dead_letters_total",
+                "Counts records sent to the counts dead-letter topic",
+            )?,
+            cache_errors: IntCounter::new("tally_writer_cache_errors_total", "Cache write-through failures")?,
+            freshness: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tally_writer_freshness_seconds",
+                    "From the newest gateway receive time of a flush to its store commit",
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            )?,
+        };
+        registry.register(Box::new(m.batches.clone()))?;
+        registry.register(Box::new(m.batch_duration.clone()))?;
+        registry.register(Box::new(m.deltas.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.breaker_state.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.cache_errors.clone()))?;
+        registry.register(Box::new(m.freshness.clone()))?;
+        Ok(m)
+    }
+}

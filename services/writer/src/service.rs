@@ -1,0 +1,238 @@
+//! Building and running the writer.
+//!
+//! Loop: gather a batch of counts records (up to `batch-max-records` or
+//! `batch-max-wait`), dead-letter the ones that do not decode, apply the rest
+//! to the store in one transaction (retrying retryable errors with
+//! exponential backoff, for as long as it takes: lag grows visibly, nothing is
+//! lost), write the new totals of the touched videos through to the cache,
+//! and only then commit the offsets. A crash anywhere re-applies the batch,
+//! which the store's versions make a no-op.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tally_cache::{CacheBackend, CachedTotal};
+use tally_kafka::clients::{base_config, idempotent_producer, ProducerSettings};
+use tally_kafka::dlq::Provenance;
+use tally_kafka::topics::{ensure_topics, tally_topics};
+use tally_kafka::{KafkaConfig, KafkaSetupError};
+use tally_model::counts::{self, FlushChunk};
+use tally_service::Readiness;
+use tally_store::{CountStore, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WriterConfig;
+use crate::metrics::WriterMetrics;
+
+/// Name of the writer's readiness check.
+pub const STORE_CHECK: &str = "writer.store";
+
+/// Why the writer could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    /// Kafka set-up failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// A consumer or producer call failed.
+    #[error("writer kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    /// Metrics could not be registered.
+    #[error("cannot register writer metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The store rejected a batch for a reason retrying cannot fix.
+    #[error("store refused a batch: {0}")]
+    Store(StoreError),
+}
+
+/// A built writer.
+pub struct WriterService<S: CountStore> {
+    config: WriterConfig,
+    kafka: KafkaConfig,
+    store: S,
+    cache: Option<CacheBackend>,
+    metrics: WriterMetrics,
+    readiness: Readiness,
+    dlq: FutureProducer,
+}
+
+impl<S: CountStore> WriterService<S> {
+    /// Creates topics when configured to, the dead-letter producer and metrics.
+    pub async fn build(
+        config: &WriterConfig,
+        kafka: &KafkaConfig,
+        store: S,
+        cache: Option<CacheBackend>,
+        registry: &Registry,
+        readiness: &Readiness,
+    ) -> Result<Self, WriterError> {
+        if kafka.create_topics {
+            ensure_topics(kafka, &tally_topics(kafka)).await?;
+        }
+        let settings = ProducerSettings {
+            delivery_timeout: Duration::from_secs(30),
+            linger: Duration::from_millis(5),
+            queue_capacity: 10_000,
+        };
+        let dlq = idempotent_producer(kafka, "tally-writer-dlq", &settings)?;
+        readiness.register(STORE_CHECK);
+        Ok(Self {
+            config: config.clone(),
+            kafka: kafka.clone(),
+            store,
+            cache,
+            metrics: WriterMetrics::register(registry)?,
+            readiness: readiness.clone(),
+            dlq,
+        })
+    }
+
+    /// Writes until `shutdown`; the batch in hand is finished first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WriterError> {
+        let mut client = base_config(&self.kafka, "tally-writer");
+        client
+            .set("group.id", &self.config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10");
+        for (key, value) in &self.kafka.consumer_properties {
+            client.set(key, value);
+        }
+        let consumer: StreamConsumer = client.create()?;
+        consumer.subscribe(&[&self.kafka.topics.counts])?;
+        self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                message = consumer.recv() => message,
+            };
+            let mut batch = Vec::new();
+            let mut offsets: HashMap<i32, i64> = HashMap::new();
+            self.take(first?, &mut batch, &mut offsets).await?;
+            let deadline = tokio::time::Instant::now() + self.config.batch_max_wait;
+            while batch.len() < self.config.batch_max_records {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(message) => self.take(message?, &mut batch, &mut offsets).await?,
+                    Err(_) => break,
+                }
+            }
+            if !self.apply(batch, &shutdown).await? {
+                break; // shut down while the store was unavailable: nothing committed
+            }
+            let mut list = TopicPartitionList::new();
+            for (partition, offset) in offsets {
+                list.add_partition_offset(&self.kafka.topics.counts, partition, Offset::Offset(offset + 1))?;
+            }
+            if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+                // Re-applying after a lost commit is a no-op; log and go on.
+                tracing::warn!(error = %e, "offset commit failed; the batch will be re-applied harmlessly");
+            }
+            self.metrics.batches.inc();
+        }
+        Ok(())
+    }
+
+    async fn take(
+        &self,
+        message: BorrowedMessage<'_>,
+        batch: &mut Vec<FlushChunk>,
+        offsets: &mut HashMap<i32, i64>,
+    ) -> Result<(), WriterError> {
+        let (partition, offset) = (message.partition(), message.offset());
+        offsets.insert(partition, offset);
+        match counts::decode(message.payload().unwrap_or_default()) {
+            Ok(chunk) => batch.push(chunk),
+            Err(e) => {
+                let now = tally_model::timestamp::format_rfc3339_ms(tally_model::timestamp::now_ms());
+                let reason = e.to_string();
+                let headers = Provenance {
+                    kind: "malformed",
+                    message: &reason,
+                    topic: &self.kafka.topics.counts,
+                    partition,
+                    offset,
+                    service: "tally-writer",
+                    time: &now,
+                }
+                .headers();
+                let record = FutureRecord::to(&self.kafka.topics.counts_dlq)
+                    .key(message.key().unwrap_or_default())
+                    .payload(message.payload().unwrap_or_default())
+                    .headers(headers);
+                // The dead letter must be durable before the offset moves past it.
+                self.dlq.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| WriterError::Client(e))?;
+                self.metrics.dead_letters.inc();
+                tracing::warn!(partition, offset, error = %reason, "counts record dead-lettered");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch, retrying while the store is unavailable. `Ok(false)`
+    /// when shutdown came first.
+    async fn apply(&self, chunks: Vec<FlushChunk>, shutdown: &CancellationToken) -> Result<bool, WriterError> {
+        if chunks.is_empty() {
+            return Ok(true);
+        }
+        let videos: BTreeSet<String> =
+            chunks.iter().flat_map(|c| c.deltas.iter().map(|d| d.video_id.clone())).collect();
+        let newest_received = chunks.iter().map(|c| c.header.max_received_ms).max().unwrap_or(0);
+        let mut backoff = self.config.retry_initial_backoff;
+        loop {
+            let started = Instant::now();
+            match self.store.apply(chunks.clone()).await {
+                Ok(outcome) => {
+                    self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+                    self.metrics.deltas.with_label_values(&["applied"]).inc_by(outcome.applied);
+                    self.metrics.deltas.with_label_values(&["stale"]).inc_by(outcome.stale);
+                    self.metrics.breaker_state.set(0);
+                    self.readiness.set(STORE_CHECK, Ok(()));
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    self.metrics.retries.inc();
+                    self.metrics.breaker_state.set(2);
+                    self.readiness.set(STORE_CHECK, Err(e.to_string()));
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "store unavailable; backing off");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(false),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.retry_max_backoff);
+                }
+                Err(e) => return Err(WriterError::Store(e)),
+            }
+        }
+        if newest_received > 0 {
+            let lag_ms = tally_model::timestamp::now_ms() - newest_received;
+            self.metrics.freshness.observe(lag_ms.max(0) as f64 / 1000.0);
+        }
+        self.write_through(videos.into_iter().collect()).await;
+        Ok(true)
+    }
+
+    async fn write_through(&self, videos: Vec<String>) {
+        let Some(cache) = &self.cache else { return };
+        let totals = match self.store.totals(videos).await {
+            Ok(totals) => totals,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read totals for the cache");
+                self.metrics.cache_errors.inc();
+                return;
+            }
+        };
+        let now = tally_model::timestamp::now_ms();
+        let entries: Vec<(String, CachedTotal)> = totals
+            .into_iter()
+            .map(|t| (t.video_id, CachedTotal { views: t.views, as_of_ms: t.as_of_ms, written_ms: now }))
+            .collect();
+        if let Err(e) = cache.put_many(&entries, self.config.cache_retention).await {
+            tracing::warn!(error = %e, "cache write-through failed; queries fall back to the store");
+            self.metrics.cache_errors.inc();
+        }
+    }
+}
