@@ -5,6 +5,7 @@
 //! - [`supervisor`]: named tasks under one [`CancellationToken`](tokio_util::sync::CancellationToken);
 //!   any failure cancels the rest; bounded drain.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`), on its own port.
+//! - [`breaker`]: a circuit breaker with half-open probes.
 //! - [`readiness`]: named dependency checks behind `/readyz`.
 //! - [`http_metrics`]: request count and latency per matched route and status.
 //! - [`problem`]: RFC 9457 problem responses.
@@ -12,6 +13,7 @@
 //! - [`serve`]: running an axum router on a listener until shutdown, with drain.
 
 pub mod admin;
+pub mod breaker;
 pub mod http_metrics;
 pub mod logging;
 pub mod problem;

@@ -16,10 +16,12 @@
 //! - [`process`]: locating binaries, free ports, waiting for a port.
 //! - [`topic`]: reading a topic back, counting its records.
 //! - [`views`]: producing views records with known expected counts.
+//! - [`store`]: a count store a test can switch off.
 
 pub mod broker;
 pub mod process;
 pub mod redis;
+pub mod store;
 pub mod topic;
 pub mod views;
 

@@ -2,55 +2,19 @@
 //! replays change nothing, and an unavailable store only delays.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use tally_cache::{CacheBackend, MemoryCache};
 use tally_counter::{CounterConfig, CounterService};
 use tally_kafka::KafkaConfig;
-use tally_model::counts::FlushChunk;
 use tally_service::Readiness;
-use tally_store::{ApplyOutcome, CountStore, Granularity, Point, SqliteStore, StoreError, Total};
+use tally_store::{CountStore, SqliteStore};
+use tally_testkit::store::SwitchableStore;
 use tally_testkit::views::{Load, ViewsProducer};
 use tally_testkit::{bounded, Broker};
 use tally_writer::{WriterConfig, WriterService};
 use tokio_util::sync::CancellationToken;
-
-/// The embedded store behind a switch that makes it unavailable.
-#[derive(Clone)]
-struct SwitchableStore {
-    inner: SqliteStore,
-    down: Arc<AtomicBool>,
-}
-
-impl SwitchableStore {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("switched off by the test".into()));
-        }
-        Ok(())
-    }
-}
-
-impl CountStore for SwitchableStore {
-    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
-        self.check()?;
-        self.inner.apply(chunks).await
-    }
-    async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
-        self.check()?;
-        self.inner.totals(videos).await
-    }
-    async fn series(&self, video: String, from: i64, to: i64, step: Granularity) -> Result<Vec<Point>, StoreError> {
-        self.check()?;
-        self.inner.series(video, from, to, step).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.check()
-    }
-}
 
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -187,7 +151,8 @@ async fn an_unavailable_store_delays_writes_and_loses_nothing() {
     bounded(Duration::from_secs(180), async {
         let (_broker, kafka) = setup().await;
         let counter = start_counter(&kafka);
-        let store = SwitchableStore { inner: SqliteStore::in_memory().unwrap(), down: Arc::new(AtomicBool::new(true)) };
+        let store = SwitchableStore::new(SqliteStore::in_memory().unwrap());
+        store.set_down(true);
         let registry = Registry::new();
         let (stop, task) = start_writer(&kafka, store.clone(), "writer", &registry).await;
         let mut producer = ViewsProducer::new(&kafka, &[]);
@@ -201,7 +166,7 @@ async fn an_unavailable_store_delays_writes_and_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(metric(&registry, "tally_writer_breaker_state", None), 2.0, "breaker open while down");
-        store.down.store(false, Ordering::SeqCst);
+        store.set_down(false);
         let totals = wait_for(&store, &producer.expected, Duration::from_secs(60)).await;
         assert_eq!(totals, producer.expected);
         assert_eq!(metric(&registry, "tally_writer_breaker_state", None), 0.0, "closed again");

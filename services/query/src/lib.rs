@@ -1,0 +1,24 @@
+//! The query service: how many views a video has, and when.
+//!
+//! Reads go to the cache first (Redis, or in-process in standalone mode),
+//! then to the store; concurrent misses share one store read; when the cache
+//! fails its circuit opens and reads go to the store; when the store fails,
+//! cached values are served marked `stale`. A video nobody watched has 0
+//! views (200, not 404).
+//!
+//! # Layout
+//!
+//! - [`config`]: the `[query]` section.
+//! - [`service`]: [`QueryService::build`] and [`QueryService::run`].
+//! - [`api`]: the handlers.
+//! - [`lookup`]: cache-then-store with single flight and stale fallback.
+//! - [`metrics`]: cache outcomes and breaker state.
+
+pub mod api;
+pub mod config;
+pub mod lookup;
+pub mod metrics;
+pub mod service;
+
+pub use config::QueryConfig;
+pub use service::{QueryError, QueryService, OPENAPI_JSON};

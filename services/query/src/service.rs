@@ -1,0 +1,92 @@
+//! Building and running the query service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use prometheus::Registry;
+use tally_cache::CacheBackend;
+use tally_service::breaker::Breaker;
+use tally_service::http_metrics::{self, HttpMetrics};
+use tally_service::Readiness;
+use tally_store::CountStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::QueryConfig;
+use crate::lookup::Lookup;
+use crate::metrics::QueryMetrics;
+
+/// The OpenAPI document of the query API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Name of the query service's readiness check.
+pub const STORE_CHECK: &str = "query.store";
+
+/// Why the query service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The listener could not be bound.
+    #[error(transparent)]
+    Bind(std::io::Error),
+    /// Serving failed.
+    #[error("query server failed: {0}")]
+    Serve(std::io::Error),
+    /// Metrics could not be registered.
+    #[error("cannot register query metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A built query service.
+pub struct QueryService {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl QueryService {
+    /// Binds the listener and builds the router over `store` and `cache`.
+    pub async fn build<S: CountStore + Clone>(
+        config: &QueryConfig,
+        store: S,
+        cache: Option<CacheBackend>,
+        registry: &Registry,
+        readiness: &Readiness,
+    ) -> Result<Self, QueryError> {
+        let metrics = QueryMetrics::register(registry)?;
+        let http = HttpMetrics::register(registry, "query")?;
+        let breaker = Breaker::new(config.cache_breaker_failures, config.cache_breaker_cool_down);
+        readiness.register(STORE_CHECK);
+        readiness.set(STORE_CHECK, store.ping().await.map_err(|e| e.to_string()));
+        let lookup = Arc::new(Lookup::new(store, cache, breaker, config.fresh_for, config.cache_retention, metrics));
+        let state = Arc::new(ApiState {
+            lookup,
+            max_batch_ids: config.max_batch_ids,
+            max_series_points: config.max_series_points,
+            retry_after_secs: config.retry_after.as_secs().max(1),
+        });
+        let router = Router::new()
+            .route("/v1/videos/{id}/views", get(api::total::<S>))
+            .route("/v1/videos/{id}/views/series", get(api::series::<S>))
+            .route("/v1/views:batchGet", post(api::batch_get::<S>))
+            .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
+            .fallback(api::not_found)
+            .method_not_allowed_fallback(api::method_not_allowed)
+            .with_state(state)
+            .layer(middleware::from_fn_with_state(http, http_metrics::track));
+        let listener = tally_service::serve::bind(config.listen, "query").await.map_err(QueryError::Bind)?;
+        Ok(Self { listener, router })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown`, draining in-flight requests.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), QueryError> {
+        tally_service::serve::serve(self.listener, self.router, shutdown).await.map_err(QueryError::Serve)
+    }
+}
