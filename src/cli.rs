@@ -27,6 +27,13 @@ pub enum Command {
     Ingest,
     /// The counter: views topic -> deduplicated per-minute deltas on the counts topic.
     Counter,
+    /// The writer: counts topic -> the store, with cache write-through.
+    Writer,
+    /// The query API: GET /v1/videos/{id}/views and friends.
+    Query,
+    /// Every service in one process on embedded defaults: a managed tansu
+    /// broker, the embedded store, an in-process cache (or Redis when configured).
+    Standalone,
     /// Fold the counts topic as the writer would and print totals per video (JSON).
     VerifyCounts {
         /// Print at most this many videos (the largest totals first); 0 = all.

@@ -1,13 +1,17 @@
 //! The whole configuration file: one section per service plus the shared ones.
 //! Loaded in layers by [`tally_config::load`].
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tally_counter::CounterConfig;
 use tally_ingest::IngestConfig;
 use tally_kafka::KafkaConfig;
+use tally_query::QueryConfig;
 use tally_service::logging::LogConfig;
+use tally_writer::WriterConfig;
 
 /// Everything `tally` can be configured with.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -23,6 +27,73 @@ pub struct TallyConfig {
     pub ingest: IngestConfig,
     /// The counter.
     pub counter: CounterConfig,
+    /// The writer.
+    pub writer: WriterConfig,
+    /// The query service.
+    pub query: QueryConfig,
+    /// Where counts are stored.
+    pub store: StoreConfig,
+    /// The cache between writer and query.
+    pub cache: CacheConfig,
+    /// `tally standalone`.
+    pub standalone: StandaloneConfig,
+}
+
+/// The count store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StoreConfig {
+    /// File of the embedded store (SQLite, WAL); writer and query may share it.
+    pub sqlite_path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { sqlite_path: PathBuf::from("tally-data/counts.db") }
+    }
+}
+
+/// The cache.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct CacheConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`; empty means no Redis (an
+    /// in-process cache in standalone mode, none for separate processes).
+    pub redis_url: String,
+    /// Bound on connecting to and every answer from Redis.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { redis_url: String::new(), redis_timeout: Duration::from_millis(200) }
+    }
+}
+
+/// `tally standalone`: every service in one process, a managed broker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StandaloneConfig {
+    /// Where the broker's data, the embedded store and the broker log live.
+    pub data_dir: PathBuf,
+    /// Port of the managed Kafka-protocol broker (tansu) on 127.0.0.1.
+    pub broker_port: u16,
+    /// The tansu binary; empty means `PATH`, then `~/.cache/tally/tools/bin/tansu`.
+    pub broker_bin: String,
+    /// The single admin listener of all services.
+    pub admin_listen: SocketAddr,
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("tally-data"),
+            broker_port: 19092,
+            broker_bin: String::new(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9099)),
+        }
+    }
 }
 
 /// How the process stops.

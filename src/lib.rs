@@ -4,8 +4,12 @@
 //!
 //! - [`cli`]: flags and subcommands.
 //! - [`config`]: [`TallyConfig`](config::TallyConfig), the whole configuration.
-//! - [`run`]: wiring services, their admin servers and the shutdown root.
+//! - [`run`]: dispatching a subcommand under the shutdown root.
+//! - [`services`]: starting each service (alone or together).
+//! - [`standalone`]: the managed broker and single-process wiring of `tally standalone`.
 
 pub mod cli;
 pub mod config;
 pub mod run;
+pub mod services;
+pub mod standalone;

@@ -1,13 +1,15 @@
 //! Running a subcommand under one shutdown root.
 
 use prometheus::Registry;
-use tally_counter::CounterService;
-use tally_ingest::IngestService;
-use tally_service::{admin, serve, Readiness, Supervisor};
+use tally_service::{Readiness, Supervisor};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Command;
 use crate::config::TallyConfig;
+use crate::services::{
+    memory_cache, open_cache, open_store, spawn_admin, spawn_counter, spawn_ingest, spawn_query, spawn_writer, Shared,
+};
+use crate::standalone;
 
 /// Runs `command` until SIGTERM/Ctrl-C or a task fails; returns the exit code.
 pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
@@ -50,28 +52,76 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             return Ok(if folded.overlaps.is_empty() { 0 } else { 2 });
         }
         Command::Ingest => {
-            let ingest = IngestService::build(&config.ingest, &config.kafka, &registry, &readiness)
-                .await
-                .context("Failed to start the ingest gateway")?;
-            let admin = serve::bind(config.ingest.admin_listen, "admin").await?;
-            println!("tally ingest: public API http://{}/v1/events", ingest.local_addr());
-            println!("tally ingest: admin http://{}/metrics", admin.local_addr()?);
-            let t = token.clone();
-            supervisor.spawn("ingest", ingest.run(t));
-            supervisor.spawn("admin", serve::serve(admin, admin::router(registry, readiness), token.clone()));
+            let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
+            let addr = spawn_ingest(&mut supervisor, &shared).await?;
+            let admin = spawn_admin(&mut supervisor, &shared, config.ingest.admin_listen).await?;
+            println!("tally ingest: public API http://{addr}/v1/events");
+            println!("tally ingest: admin http://{admin}/metrics");
         }
         Command::Counter => {
-            let counter = CounterService::build(&config.counter, &config.kafka, &registry, &readiness)
-                .await
-                .context("Failed to start the counter")?;
-            let admin = serve::bind(config.counter.admin_listen, "admin").await?;
-            println!("tally counter: admin http://{}/metrics", admin.local_addr()?);
-            supervisor.spawn("counter", counter.run(token.clone(), config.shutdown.drain_timeout));
-            supervisor.spawn("admin", serve::serve(admin, admin::router(registry, readiness), token.clone()));
+            let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
+            spawn_counter(&mut supervisor, &shared).await?;
+            let admin = spawn_admin(&mut supervisor, &shared, config.counter.admin_listen).await?;
+            println!("tally counter: admin http://{admin}/metrics");
+        }
+        Command::Writer => {
+            let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
+            let store = open_store(&config)?;
+            let cache = open_cache(&config, None).await?;
+            spawn_writer(&mut supervisor, &shared, store, cache).await?;
+            let admin = spawn_admin(&mut supervisor, &shared, config.writer.admin_listen).await?;
+            println!("tally writer: admin http://{admin}/metrics");
+        }
+        Command::Query => {
+            let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
+            let store = open_store(&config)?;
+            let cache = open_cache(&config, None).await?;
+            let addr = spawn_query(&mut supervisor, &shared, store, cache).await?;
+            let admin = spawn_admin(&mut supervisor, &shared, config.query.admin_listen).await?;
+            println!("tally query: public API http://{addr}/v1/videos/{{id}}/views");
+            println!("tally query: admin http://{admin}/metrics");
+        }
+        Command::Standalone => {
+            let mut config = config;
+            standalone::prepare(&mut config);
+            let broker = standalone::start_broker(&config.standalone).await?;
+            let outcome = run_standalone(&config, supervisor, token, &registry, &readiness).await;
+            broker.stop().await;
+            return outcome;
         }
     }
+    supervise(supervisor, token, config.shutdown.drain_timeout).await
+}
+
+async fn run_standalone(
+    config: &TallyConfig,
+    mut supervisor: Supervisor,
+    token: CancellationToken,
+    registry: &Registry,
+    readiness: &Readiness,
+) -> anyhow::Result<u8> {
+    let shared = Shared { config, registry, readiness };
+    let store = open_store(config)?;
+    let cache = open_cache(config, memory_cache()).await?;
+    let ingest = spawn_ingest(&mut supervisor, &shared).await?;
+    spawn_counter(&mut supervisor, &shared).await?;
+    spawn_writer(&mut supervisor, &shared, store.clone(), cache.clone()).await?;
+    let query = spawn_query(&mut supervisor, &shared, store, cache).await?;
+    let admin = spawn_admin(&mut supervisor, &shared, config.standalone.admin_listen).await?;
+    println!("tally standalone: ingest  http://{ingest}/v1/events");
+    println!("tally standalone: query   http://{query}/v1/videos/{{id}}/views");
+    println!("tally standalone: metrics http://{admin}/metrics");
+    println!(
+        "tally standalone: broker  127.0.0.1:{} (tansu; data in {})",
+        config.standalone.broker_port,
+        config.standalone.data_dir.display()
+    );
+    supervise(supervisor, token, config.shutdown.drain_timeout).await
+}
+
+async fn supervise(supervisor: Supervisor, token: CancellationToken, drain: std::time::Duration) -> anyhow::Result<u8> {
     tokio::spawn(shutdown_on_signal(token));
-    match supervisor.run(config.shutdown.drain_timeout).await {
+    match supervisor.run(drain).await {
         Ok(()) => Ok(0),
         Err(e) => {
             tracing::error!(error = %e, "stopped with an error");

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tally_kafka::KafkaConfig;
+#[allow(unused_imports)]
 pub use tally_testkit::views::{Load, ViewsProducer};
 
 /// Writes a tally.toml for `kafka` plus extra TOML `sections`.
@@ -58,6 +59,8 @@ pub struct TallyProcess {
     lines: mpsc::Receiver<String>,
     /// The admin address it announced.
     pub admin: String,
+    /// Lines printed up to the admin announcement.
+    pub announced: Vec<String>,
 }
 
 impl TallyProcess {
@@ -82,15 +85,28 @@ impl TallyProcess {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut announced = Vec::new();
         let admin = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("tally announced its admin URL");
-            if let Some(rest) = line.split("admin http://").nth(1) {
+            announced.push(line.clone());
+            if let Some(rest) = line.split("admin http://").nth(1).or_else(|| line.split("metrics http://").nth(1)) {
                 break rest.trim_end_matches("/metrics").to_owned();
             }
         };
-        Self { child, lines: rx, admin }
+        Self { child, lines: rx, admin, announced }
+    }
+
+    /// The `host:port` of the announced URL on the line containing `label`.
+    pub fn address_of(&self, label: &str) -> String {
+        let line = self
+            .announced
+            .iter()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("no {label} line in {:?}", self.announced));
+        let url = line.split("http://").nth(1).expect("a URL on the line");
+        url.split('/').next().expect("host:port").to_owned()
     }
 
     /// The process id.

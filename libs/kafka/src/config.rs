@@ -27,6 +27,13 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties applied to every client (security,
     /// tuning), e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
+    /// Rejoin the consumer group after holding no partition for this long
+    /// (`"15s"`); off when absent. A workaround for tansu 0.6, which can
+    /// settle a group on an empty assignment when its leader died (kill -9):
+    /// correct for single-member groups (standalone), but in a group with
+    /// more members than partitions it causes needless rebalances.
+    #[serde(default, with = "humantime_serde")]
+    pub rejoin_when_unassigned: Option<Duration>,
     /// Extra librdkafka properties for consumers only (after `properties`),
     /// e.g. `"session.timeout.ms" = "10000"`.
     pub consumer_properties: BTreeMap<String, String>,
@@ -39,6 +46,7 @@ impl Default for KafkaConfig {
             create_topics: true,
             topics: TopicsConfig::default(),
             idempotence: true,
+            rejoin_when_unassigned: None,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
         }

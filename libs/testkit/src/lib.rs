@@ -17,8 +17,10 @@
 //! - [`topic`]: reading a topic back, counting its records.
 //! - [`views`]: producing views records with known expected counts.
 //! - [`store`]: a count store a test can switch off.
+//! - [`metrics`]: reading metric values from a registry.
 
 pub mod broker;
+pub mod metrics;
 pub mod process;
 pub mod redis;
 pub mod store;

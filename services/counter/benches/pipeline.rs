@@ -19,18 +19,8 @@ use tokio_util::sync::CancellationToken;
 const RECORDS: usize = 1_000_000;
 
 fn counted(registry: &Registry) -> (f64, f64) {
-    let mut events = 0.0;
-    let mut owned = 0.0;
-    for family in registry.gather() {
-        match family.get_name() {
-            "tally_counter_events_total" => {
-                events = family.get_metric().iter().map(|m| m.get_counter().get_value()).sum()
-            }
-            "tally_counter_owned_partitions" => owned = family.get_metric()[0].get_gauge().get_value(),
-            _ => {}
-        }
-    }
-    (events, owned)
+    let value = tally_testkit::metrics::value;
+    (value(registry, "tally_counter_events_total", None), value(registry, "tally_counter_owned_partitions", None))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

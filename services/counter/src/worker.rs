@@ -233,6 +233,8 @@ impl Worker {
         let topic = self.shared.recovery.views_topic.clone();
         let metrics = &self.shared.metrics;
         let mut last_lag = Instant::now();
+        let mut unassigned_since = Instant::now();
+        let rejoin_after = self.shared.recovery.kafka.rejoin_when_unassigned;
         let mut since_check = 0u32;
         let mut outcomes = [0u64; 4];
         while !shutdown.is_cancelled() {
@@ -279,6 +281,15 @@ impl Worker {
             if last_lag.elapsed() >= self.lag_interval {
                 last_lag = Instant::now();
                 self.publish_lag(&inner, &topic);
+                if !inner.states.is_empty() {
+                    unassigned_since = Instant::now();
+                } else if rejoin_after.is_some_and(|after| unassigned_since.elapsed() >= after) {
+                    tracing::warn!("no partition assigned for too long; rejoining the group");
+                    drop(inner);
+                    self.consumer.unsubscribe();
+                    self.consumer.subscribe(&[&topic])?;
+                    unassigned_since = Instant::now();
+                }
             }
         }
         Ok(())

@@ -29,14 +29,7 @@ impl Running {
     }
 
     fn metric(&self, name: &str, label: &str) -> f64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.get_name() == name)
-            .flat_map(|f| f.get_metric().iter())
-            .filter(|m| m.get_label().iter().any(|p| p.get_value() == label))
-            .map(|m| m.get_counter().get_value())
-            .sum()
+        tally_testkit::metrics::value(&self.registry, name, Some(label))
     }
 }
 

@@ -105,10 +105,15 @@ impl<S: CountStore> WriterService<S> {
         let consumer: StreamConsumer = client.create()?;
         consumer.subscribe(&[&self.kafka.topics.counts])?;
         self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));
+        let mut unassigned_since = Instant::now();
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
                 message = consumer.recv() => message,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    self.rejoin_if_stuck(&consumer, &mut unassigned_since)?;
+                    continue;
+                }
             };
             let mut batch = Vec::new();
             let mut offsets: HashMap<i32, i64> = HashMap::new();
@@ -132,6 +137,20 @@ impl<S: CountStore> WriterService<S> {
                 tracing::warn!(error = %e, "offset commit failed; the batch will be re-applied harmlessly");
             }
             self.metrics.batches.inc();
+        }
+        Ok(())
+    }
+
+    /// See [`KafkaConfig::rejoin_when_unassigned`].
+    fn rejoin_if_stuck(&self, consumer: &StreamConsumer, unassigned_since: &mut Instant) -> Result<(), WriterError> {
+        let Some(after) = self.kafka.rejoin_when_unassigned else { return Ok(()) };
+        if consumer.assignment()?.count() > 0 {
+            *unassigned_since = Instant::now();
+        } else if unassigned_since.elapsed() >= after {
+            tracing::warn!("no partition assigned for too long; rejoining the group");
+            consumer.unsubscribe();
+            consumer.subscribe(&[&self.kafka.topics.counts])?;
+            *unassigned_since = Instant::now();
         }
         Ok(())
     }

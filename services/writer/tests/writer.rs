@@ -89,22 +89,7 @@ async fn wait_for(store: &impl CountStore, expected: &BTreeMap<String, i64>, lim
 }
 
 fn metric(registry: &Registry, name: &str, label: Option<&str>) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.get_name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.get_value() == l)))
-        .map(
-            |m| {
-                if m.get_counter().get_value() != 0.0 {
-                    m.get_counter().get_value()
-                } else {
-                    m.get_gauge().get_value()
-                }
-            },
-        )
-        .sum()
+    tally_testkit::metrics::value(registry, name, label)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,118 @@
+//! Starting each service under the supervisor, as one process or several.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use tally_cache::{CacheBackend, MemoryCache, RedisCache};
+use tally_counter::CounterService;
+use tally_ingest::IngestService;
+use tally_query::QueryService;
+use tally_service::{admin, serve, Readiness, Supervisor};
+use tally_store::SqliteStore;
+use tally_writer::WriterService;
+
+use crate::config::TallyConfig;
+
+/// What every service shares in one process.
+pub struct Shared<'a> {
+    /// The whole configuration.
+    pub config: &'a TallyConfig,
+    /// Metrics of every service in the process.
+    pub registry: &'a Registry,
+    /// Readiness of every service in the process.
+    pub readiness: &'a Readiness,
+}
+
+/// Starts the admin server on `addr`; returns its address.
+pub async fn spawn_admin(
+    supervisor: &mut Supervisor,
+    shared: &Shared<'_>,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = serve::bind(addr, "admin").await?;
+    let bound = listener.local_addr()?;
+    let router = admin::router(shared.registry.clone(), shared.readiness.clone());
+    supervisor.spawn("admin", serve::serve(listener, router, supervisor.token()));
+    Ok(bound)
+}
+
+/// Starts the gateway; returns its public address.
+pub async fn spawn_ingest(supervisor: &mut Supervisor, shared: &Shared<'_>) -> anyhow::Result<std::net::SocketAddr> {
+    let c = shared.config;
+    let ingest = IngestService::build(&c.ingest, &c.kafka, shared.registry, shared.readiness)
+        .await
+        .context("Failed to start the ingest gateway")?;
+    let addr = ingest.local_addr();
+    supervisor.spawn("ingest", ingest.run(supervisor.token()));
+    Ok(addr)
+}
+
+/// Starts the counter.
+pub async fn spawn_counter(supervisor: &mut Supervisor, shared: &Shared<'_>) -> anyhow::Result<()> {
+    let c = shared.config;
+    let counter = CounterService::build(&c.counter, &c.kafka, shared.registry, shared.readiness)
+        .await
+        .context("Failed to start the counter")?;
+    supervisor.spawn("counter", counter.run(supervisor.token(), c.shutdown.drain_timeout));
+    Ok(())
+}
+
+/// Opens the embedded store.
+pub fn open_store(config: &TallyConfig) -> anyhow::Result<SqliteStore> {
+    let path = &config.store.sqlite_path;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+    }
+    SqliteStore::open(path).with_context(|| format!("Failed to open the store at {}", path.display()))
+}
+
+/// The configured cache: Redis when a URL is set, else `fallback`.
+pub async fn open_cache(config: &TallyConfig, fallback: Option<CacheBackend>) -> anyhow::Result<Option<CacheBackend>> {
+    if config.cache.redis_url.is_empty() {
+        return Ok(fallback);
+    }
+    let redis = RedisCache::connect(&config.cache.redis_url, config.cache.redis_timeout)
+        .await
+        .context("Failed to connect to Redis")?;
+    Ok(Some(CacheBackend::Redis(redis)))
+}
+
+/// Starts the writer.
+pub async fn spawn_writer(
+    supervisor: &mut Supervisor,
+    shared: &Shared<'_>,
+    store: SqliteStore,
+    cache: Option<CacheBackend>,
+) -> anyhow::Result<()> {
+    let c = shared.config;
+    let writer = WriterService::build(&c.writer, &c.kafka, store, cache, shared.registry, shared.readiness)
+        .await
+        .context("Failed to start the writer")?;
+    supervisor.spawn("writer", writer.run(supervisor.token()));
+    Ok(())
+}
+
+/// Starts the query service; returns its public address.
+pub async fn spawn_query(
+    supervisor: &mut Supervisor,
+    shared: &Shared<'_>,
+    store: SqliteStore,
+    cache: Option<CacheBackend>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let c = shared.config;
+    let query = QueryService::build(&c.query, store, cache, shared.registry, shared.readiness)
+        .await
+        .context("Failed to start the query service")?;
+    let addr = query.local_addr();
+    supervisor.spawn("query", query.run(supervisor.token()));
+    Ok(addr)
+}
+
+/// An in-process cache for a single process.
+pub fn memory_cache() -> Option<CacheBackend> {
+    Some(CacheBackend::Memory(MemoryCache::default()))
+}
+
+/// How long to wait for a freshly started broker.
+pub const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
