@@ -42,4 +42,27 @@ pub enum Command {
     },
     /// Print the effective configuration after all layers, then exit.
     Config,
+    /// Dead-letter tools.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// Dead-letter actions.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Re-inject dead letters into the topic they came from (after fixing the cause).
+    Replay {
+        /// The dead-letter topic; default: the views dead-letter topic of the configuration.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this kind: `late` or `malformed`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Count what would be replayed; produce and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

@@ -5,11 +5,13 @@
 //! - [`cli`]: flags and subcommands.
 //! - [`config`]: [`TallyConfig`](config::TallyConfig), the whole configuration.
 //! - [`run`]: dispatching a subcommand under the shutdown root.
+//! - [`dlq_replay`]: `tally dlq replay`.
 //! - [`services`]: starting each service (alone or together).
 //! - [`standalone`]: the managed broker and single-process wiring of `tally standalone`.
 
 pub mod cli;
 pub mod config;
+pub mod dlq_replay;
 pub mod run;
 pub mod services;
 pub mod standalone;

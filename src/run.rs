@@ -4,8 +4,9 @@ use prometheus::Registry;
 use tally_service::{Readiness, Supervisor};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Command;
+use crate::cli::{Command, DlqAction};
 use crate::config::TallyConfig;
+use crate::dlq_replay::{self, ReplayOptions};
 use crate::services::{
     memory_cache, open_cache, open_store, spawn_admin, spawn_counter, spawn_ingest, spawn_query, spawn_writer, Shared,
 };
@@ -21,6 +22,24 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
     match command {
         Command::Config => {
             println!("{config:#?}");
+            return Ok(0);
+        }
+        Command::Dlq { action: DlqAction::Replay { topic, kind, dry_run } } => {
+            let options = ReplayOptions {
+                dlq_topic: topic.unwrap_or_else(|| config.kafka.topics.views_dlq.clone()),
+                kind,
+                dry_run,
+            };
+            let kafka = config.kafka.clone();
+            let report = tokio::task::spawn_blocking(move || dlq_replay::replay(&kafka, &options)).await??;
+            println!(
+                "tally dlq replay: replayed {}, filtered out {}, duplicate copies {}, without provenance {}{}",
+                report.replayed,
+                report.filtered,
+                report.duplicates,
+                report.unroutable,
+                if dry_run { " (dry run: nothing produced)" } else { "" }
+            );
             return Ok(0);
         }
         Command::VerifyCounts { top } => {
