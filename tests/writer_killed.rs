@@ -1,0 +1,59 @@
+//! The writer killed with `kill -9` at random moments under load: the store
+//! ends with the exact counts (replays are no-ops, nothing committed is lost).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{write_config, Load, TallyProcess, ViewsProducer};
+use tally_store::{CountStore, SqliteStore};
+use tally_testkit::{bounded, Broker};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_at_random_moments_leaves_exact_totals() {
+    bounded(Duration::from_secs(280), async {
+        let broker = Broker::start();
+        let kafka = tally_testkit::kafka_config(&broker);
+        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("counts.db");
+        let sections = format!(
+            "[counter]\nadmin-listen = \"127.0.0.1:0\"\nflush-interval = \"200ms\"\n\n[writer]\nadmin-listen = \"127.0.0.1:0\"\nbatch-max-records = 20\n\n[store]\nsqlite-path = \"{}\"\n",
+            db.display()
+        );
+        let config = write_config(dir.path(), &kafka, &sections);
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        eprintln!("seed {seed}");
+        let mut rng = Load::new(seed ^ 0xdead);
+        let mut load = Load::new(seed);
+        let mut producer = ViewsProducer::new(&kafka, &["video-1"]);
+        let _counter = TallyProcess::spawn(&config, "counter");
+        let mut writer = TallyProcess::spawn(&config, "writer");
+        for _ in 0..6 {
+            producer.send(&load.batch(1_000, tally_model::timestamp::now_ms(), 10)).await;
+            assert!(
+                writer.wait_for_metric("tally_writer_batches_total", 1.0, Duration::from_secs(60)),
+                "the writer came back and wrote"
+            );
+            producer.send(&load.batch(500, tally_model::timestamp::now_ms(), 10)).await;
+            tokio::time::sleep(Duration::from_millis(rng.rand() % 1_200)).await;
+            writer.kill9();
+            writer = TallyProcess::spawn(&config, "writer");
+        }
+        let store = SqliteStore::open(&db).unwrap();
+        let videos: Vec<String> = producer.expected.keys().cloned().collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let totals: BTreeMap<String, i64> =
+                store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
+            if totals == producer.expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not exact after the kills: {totals:?} vs {:?}", producer.expected);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(writer.terminate(Duration::from_secs(30)).success());
+    })
+    .await;
+}
