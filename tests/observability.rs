@@ -1,0 +1,168 @@
+//! Every Grafana panel and every alert rule, evaluated by a real Prometheus
+//! (Debian's, installed by `scripts/setup`) scraping a running pipeline
+//! (`tally standalone` under a little traffic of every kind): each query must
+//! parse, and each panel must return data.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::TallyProcess;
+use serde_json::{json, Value};
+use tally_testkit::bounded;
+use tally_testkit::process::{find_binary, free_port, wait_for_port};
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct BrokerReaper(std::path::PathBuf);
+
+impl Drop for BrokerReaper {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("data/broker/tansu.pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}
+
+fn dashboard_queries() -> Vec<(String, String)> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/infra/grafana/dashboards/tally-pipeline.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "20s");
+            queries.push((panel["title"].as_str().unwrap_or("?").to_owned(), expr));
+        }
+    }
+    queries
+}
+
+/// `expr:` values of the alert rules (single-line or `|` blocks).
+fn alert_exprs() -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/infra/prometheus/alerts.yml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut exprs = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if let Some(rest) = line.trim_start().strip_prefix("expr:") {
+            let rest = rest.trim();
+            if rest == "|" || rest == ">" || rest == "|-" || rest == ">-" {
+                let indent = line.len() - line.trim_start().len();
+                let mut block = Vec::new();
+                i += 1;
+                while i < lines.len()
+                    && (lines[i].trim().is_empty() || lines[i].len() - lines[i].trim_start().len() > indent)
+                {
+                    block.push(lines[i].trim());
+                    i += 1;
+                }
+                exprs.push(block.join(" "));
+                continue;
+            }
+            exprs.push(rest.trim_matches('\'').trim_matches('"').to_owned());
+        }
+        i += 1;
+    }
+    exprs
+}
+
+async fn query(http: &reqwest::Client, prometheus: SocketAddr, expr: &str) -> Value {
+    let url =
+        reqwest::Url::parse_with_params(&format!("http://{prometheus}/api/v1/query"), &[("query", expr)]).unwrap();
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_panel_returns_data_and_every_alert_parses_against_a_running_pipeline() {
+    bounded(Duration::from_secs(200), async {
+        let dir = tempfile::tempdir().unwrap();
+        let _reaper = BrokerReaper(dir.path().to_owned());
+        let config = dir.path().join("tally.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[log]\nlevel = \"warn\"\n[standalone]\ndata-dir = \"{}\"\nbroker-port = {}\nadmin-listen = \"127.0.0.1:0\"\n\
+                 [ingest]\nlisten = \"127.0.0.1:0\"\n[query]\nlisten = \"127.0.0.1:0\"\nfresh-for = \"1s\"\n\
+                 [counter]\nflush-interval = \"200ms\"\nlag-interval = \"500ms\"\n[kafka.topics]\nviews-partitions = 2\ncounts-partitions = 2\n",
+                dir.path().join("data").display(),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let tally = TallyProcess::spawn(&config, "standalone");
+        let (ingest, api) = (tally.address_of("ingest"), tally.address_of("query"));
+
+        let port = free_port();
+        let prometheus_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let prometheus_config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &prometheus_config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tally-standalone\n    static_configs:\n      - targets: [\"{}\"]\n",
+                tally.admin
+            ),
+        )
+        .unwrap();
+        let _prometheus = Prometheus(
+            Command::new(find_binary("prometheus", "TALLY_PROMETHEUS_BIN"))
+                .arg(format!("--config.file={}", prometheus_config.display()))
+                .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+                .arg(format!("--web.listen-address={prometheus_addr}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start prometheus"),
+        );
+        assert!(wait_for_port(prometheus_addr, Duration::from_secs(20)), "prometheus listens");
+
+        // Traffic of every kind, for ~20 s: views, resends, late events, bad requests, queries.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let now = tally_model::timestamp::now_ms();
+        for round in 0..40 {
+            let events: Vec<Value> = (0..50)
+                .map(|i| json!({"video_id": format!("v{}", i % 5), "event_id": format!("e{}", (round / 2) * 50 + i)}))
+                .chain(std::iter::once(json!({"video_id": "old-phone", "event_id": format!("late{round}"), "ts": now - 3 * 3_600_000})))
+                .collect();
+            assert_eq!(http.post(format!("http://{ingest}/v1/events")).json(&events).send().await.unwrap().status(), 202);
+            let bad = http.post(format!("http://{ingest}/v1/events")).json(&json!({"video_id": ""})).send().await.unwrap();
+            assert_eq!(bad.status(), 400);
+            for v in 0..5 {
+                http.get(format!("http://{api}/v1/videos/v{v}/views")).send().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+
+        let mut failures = Vec::new();
+        for (title, expr) in dashboard_queries() {
+            let answer = query(&http, prometheus_addr, &expr).await;
+            let results = answer["data"]["result"].as_array().map_or(0, Vec::len);
+            if answer["status"] != "success" || results == 0 {
+                failures.push(format!("panel {title:?}: {expr} -> {answer}"));
+            }
+        }
+        let alerts = alert_exprs();
+        assert!(alerts.len() >= 8, "alert rules found: {alerts:?}");
+        for expr in alerts {
+            let answer = query(&http, prometheus_addr, &expr).await;
+            if answer["status"] != "success" {
+                failures.push(format!("alert expr {expr} -> {answer}"));
+            }
+        }
+        assert!(failures.is_empty(), "{} queries failed:\n{}", failures.len(), failures.join("\n"));
+        assert!(tally.terminate(Duration::from_secs(30)).success());
+    })
+    .await;
+}
