@@ -221,11 +221,14 @@ impl Worker {
         Ok(Self { consumer, shared, rules, lag_interval })
     }
 
-    /// Polls until `shutdown`, then seals what it can, waits for the
-    /// acknowledgements (up to `drain`), commits, and leaves the group.
+    /// Polls until `shutdown`, then seals what it can (nothing after an
+    /// error), waits for the acknowledgements (up to `drain`), commits, and
+    /// leaves the group.
     pub fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), WorkerError> {
         let outcome = self.poll_loop(&shutdown);
-        let drained = self.drain(drain);
+        // After a failure (a halt at the dead-letter limit above all) the open
+        // ranges must not be emitted: only in-flight flushes are finished.
+        let drained = self.drain(drain, outcome.is_ok());
         outcome.and(drained)
     }
 
@@ -363,14 +366,14 @@ impl Worker {
         metrics.lag_seconds_max.set(max_seconds);
     }
 
-    fn drain(&self, drain: Duration) -> Result<(), WorkerError> {
+    fn drain(&self, drain: Duration, seal_open_ranges: bool) -> Result<(), WorkerError> {
         let topic = self.shared.recovery.views_topic.clone();
         let metrics = &self.shared.metrics;
         let mut inner = self.shared.lock();
         let now = Instant::now();
         let mut jobs = Vec::new();
         for state in inner.states.values_mut() {
-            if state.can_seal_at_shutdown() {
+            if seal_open_ranges && state.can_seal_at_shutdown() {
                 jobs.push(state.seal(now));
             }
         }
