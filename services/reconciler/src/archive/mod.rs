@@ -1,0 +1,5 @@
+//! The Parquet archive of raw view events.
+
+pub mod layout;
+pub mod parquet_io;
+pub mod service;
