@@ -23,7 +23,7 @@ pub fn file_name(partition: i32, start: i64, end: i64) -> String {
 }
 
 /// Parses a file name back into `(partition, start, end)`.
-pub fn parse_file_name(name: &str) -> Option<(i32, i64, i64)> {
+pub fn parse_file_name(name: &str) -> Option<FileRange> {
     let rest = name.strip_prefix("views-p")?.strip_suffix(".parquet")?;
     let mut parts = rest.split('-');
     let partition = parts.next()?.parse().ok()?;
@@ -32,8 +32,11 @@ pub fn parse_file_name(name: &str) -> Option<(i32, i64, i64)> {
     parts.next().is_none().then_some((partition, start, end))
 }
 
-/// Every archive file under `root`, with its `(partition, start, end)`, in path order.
-pub fn list(root: &Path) -> std::io::Result<Vec<(PathBuf, (i32, i64, i64))>> {
+/// A file's `(partition, start, end)`.
+pub type FileRange = (i32, i64, i64);
+
+/// Every archive file under `root`, with its range, in path order.
+pub fn list(root: &Path) -> std::io::Result<Vec<(PathBuf, FileRange)>> {
     let mut files = Vec::new();
     let Ok(days) = std::fs::read_dir(root) else { return Ok(files) };
     for day in days {
