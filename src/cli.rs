@@ -31,6 +31,21 @@ pub enum Command {
     Writer,
     /// The query API: GET /v1/videos/{id}/views and friends.
     Query,
+    /// The batch layer: the Parquet archiver plus the scheduled recount of closed periods.
+    Reconciler,
+    /// Recount closed periods of `[from, to)` from the archive now, write the
+    /// batch layer and report the drift.
+    Reconcile {
+        /// Start (RFC 3339 or epoch ms).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive (RFC 3339 or epoch ms).
+        #[arg(long)]
+        to: String,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
     /// Every service in one process on embedded defaults: a managed tansu
     /// broker, the embedded store, an in-process cache (or Redis when configured).
     Standalone,

@@ -10,6 +10,7 @@ use tally_counter::CounterConfig;
 use tally_ingest::IngestConfig;
 use tally_kafka::KafkaConfig;
 use tally_query::QueryConfig;
+use tally_reconciler::ArchiverConfig;
 use tally_service::logging::LogConfig;
 use tally_writer::WriterConfig;
 
@@ -37,6 +38,38 @@ pub struct TallyConfig {
     pub cache: CacheConfig,
     /// `tally standalone`.
     pub standalone: StandaloneConfig,
+    /// The Parquet archive of raw events.
+    pub archiver: ArchiverConfig,
+    /// The batch recount.
+    pub reconciler: ReconcilerConfig,
+}
+
+/// The scheduled batch recount (`tally reconciler`) and `tally reconcile`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ReconcilerConfig {
+    /// Admin listener of `tally reconciler`.
+    pub admin_listen: SocketAddr,
+    /// How often newly closed periods are looked for.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How far back the first scheduled run starts.
+    #[serde(with = "humantime_serde")]
+    pub first_lookback: Duration,
+    /// How far past a period archive files are read for its late events.
+    #[serde(with = "humantime_serde")]
+    pub late_lookahead: Duration,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9084)),
+            interval: Duration::from_secs(300),
+            first_lookback: Duration::from_secs(24 * 3600),
+            late_lookahead: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// The count store.

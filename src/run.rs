@@ -8,7 +8,8 @@ use crate::cli::{Command, DlqAction};
 use crate::config::TallyConfig;
 use crate::dlq_replay::{self, ReplayOptions};
 use crate::services::{
-    memory_cache, open_cache, open_store, spawn_admin, spawn_counter, spawn_ingest, spawn_query, spawn_writer, Shared,
+    memory_cache, open_cache, open_store, reconcile_options, spawn_admin, spawn_archiver, spawn_counter, spawn_ingest,
+    spawn_query, spawn_scheduled_reconcile, spawn_writer, Shared,
 };
 use crate::standalone;
 
@@ -100,6 +101,18 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             println!("tally query: public API http://{addr}/v1/videos/{{id}}/views");
             println!("tally query: admin http://{admin}/metrics");
         }
+        Command::Reconciler => {
+            let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
+            let store = open_store(&config)?;
+            spawn_archiver(&mut supervisor, &shared)?;
+            spawn_scheduled_reconcile(&mut supervisor, &shared, store)?;
+            let admin = spawn_admin(&mut supervisor, &shared, config.reconciler.admin_listen).await?;
+            println!("tally reconciler: archive {}", config.archiver.dir.display());
+            println!("tally reconciler: admin http://{admin}/metrics");
+        }
+        Command::Reconcile { from, to, report } => {
+            return reconcile_now(&config, &from, &to, report.as_deref()).await;
+        }
         Command::Standalone => {
             let mut config = config;
             standalone::prepare(&mut config);
@@ -125,6 +138,8 @@ async fn run_standalone(
     let ingest = spawn_ingest(&mut supervisor, &shared).await?;
     spawn_counter(&mut supervisor, &shared).await?;
     spawn_writer(&mut supervisor, &shared, store.clone(), cache.clone()).await?;
+    spawn_archiver(&mut supervisor, &shared)?;
+    spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone())?;
     let query = spawn_query(&mut supervisor, &shared, store, cache).await?;
     let admin = spawn_admin(&mut supervisor, &shared, config.standalone.admin_listen).await?;
     println!("tally standalone: ingest  http://{ingest}/v1/events");
@@ -172,4 +187,61 @@ async fn shutdown_on_signal(token: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutdown requested; draining");
     token.cancel();
+}
+
+fn parse_time(raw: &str) -> anyhow::Result<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .or_else(|| tally_model::timestamp::parse_rfc3339_ms(raw).ok())
+        .ok_or_else(|| anyhow::anyhow!("{raw:?} is neither RFC 3339 nor epoch milliseconds"))
+}
+
+async fn reconcile_now(
+    config: &TallyConfig,
+    from: &str,
+    to: &str,
+    report: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
+    use std::io::Write as _;
+    let (from, to) = (parse_time(from)?, parse_time(to)?);
+    anyhow::ensure!(from < to, "--from must be before --to");
+    let store = open_store(config)?;
+    let options = reconcile_options(config);
+    let reports = tally_reconciler::reconcile::reconcile(&store, &options, from, to, None, |done, total| {
+        let width = 30;
+        let filled = width * done / total.max(1);
+        eprint!("\rreconcile: [{}{}] {done}/{total} periods", "#".repeat(filled), ".".repeat(width - filled));
+        let _ = std::io::stderr().flush();
+    })
+    .await?;
+    eprintln!();
+    if reports.is_empty() {
+        println!(
+            "tally reconcile: no closed period in that range (a period closes {} after its end)",
+            humantime_duration(config)
+        );
+        return Ok(0);
+    }
+    println!("{:<22} {:>12} {:>12} {:>8}  drifting videos", "period (UTC)", "batch", "real time", "drift");
+    for r in &reports {
+        println!(
+            "{:<22} {:>12} {:>12} {:>8}  {}",
+            &tally_model::timestamp::format_rfc3339_ms(r.start_ms)[..16],
+            r.batch_views,
+            r.realtime_views,
+            r.drift,
+            r.drifting_videos.len()
+        );
+    }
+    let drift: i64 = reports.iter().map(|r| r.drift).sum();
+    println!("tally reconcile: {} periods, total drift {drift} (batch counts now serve those periods)", reports.len());
+    if let Some(path) = report {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
+        println!("tally reconcile: report written to {}", path.display());
+    }
+    Ok(0)
+}
+
+fn humantime_duration(config: &TallyConfig) -> String {
+    format!("{} s", config.counter.allowed_lateness.as_secs())
 }

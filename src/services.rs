@@ -116,3 +116,67 @@ pub fn memory_cache() -> Option<CacheBackend> {
 
 /// How long to wait for a freshly started broker.
 pub const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts the archiver.
+pub fn spawn_archiver(supervisor: &mut Supervisor, shared: &Shared<'_>) -> anyhow::Result<()> {
+    let c = shared.config;
+    let archiver = tally_reconciler::ArchiverService::build(&c.archiver, &c.kafka, shared.registry)
+        .context("Failed to start the archiver")?;
+    supervisor.spawn("archiver", archiver.run(supervisor.token()));
+    Ok(())
+}
+
+/// The reconcile options of the configuration.
+pub fn reconcile_options(config: &TallyConfig) -> tally_reconciler::reconcile::ReconcileOptions {
+    tally_reconciler::reconcile::ReconcileOptions {
+        archive_dir: config.archiver.dir.clone(),
+        allowed_lateness: config.counter.allowed_lateness,
+        late_lookahead: config.reconciler.late_lookahead,
+    }
+}
+
+/// Starts the scheduled recount: every interval, the closed periods after
+/// the last reconciled one.
+pub fn spawn_scheduled_reconcile(
+    supervisor: &mut Supervisor,
+    shared: &Shared<'_>,
+    store: SqliteStore,
+) -> anyhow::Result<()> {
+    use tally_store::CountStore as _;
+    let metrics = tally_reconciler::reconcile::ReconcileMetrics::register(shared.registry)?;
+    let options = reconcile_options(shared.config);
+    let interval = shared.config.reconciler.interval;
+    let lookback = i64::try_from(shared.config.reconciler.first_lookback.as_millis()).unwrap_or(i64::MAX);
+    let token = supervisor.token();
+    supervisor.spawn("reconciler", async move {
+        loop {
+            let now = tally_model::timestamp::now_ms();
+            let from = match store.periods().await {
+                Ok(periods) => periods.last().map_or(now.saturating_sub(lookback), |p| p.end_ms),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read reconciled periods; retrying later");
+                    now
+                }
+            };
+            match tally_reconciler::reconcile::reconcile(&store, &options, from, now, Some(&metrics), |_, _| {}).await {
+                Ok(reports) => {
+                    for r in reports {
+                        tracing::info!(
+                            start = r.start_ms,
+                            batch = r.batch_views,
+                            realtime = r.realtime_views,
+                            drift = r.drift,
+                            "period reconciled"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reconcile failed; retrying next interval"),
+            }
+            tokio::select! {
+                () = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+    Ok(())
+}

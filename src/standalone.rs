@@ -39,6 +39,9 @@ pub fn prepare(config: &mut TallyConfig) {
     }
     // One member per group, so an empty assignment is always tansu's stuck-leader case.
     config.kafka.rejoin_when_unassigned.get_or_insert(Duration::from_secs(10));
+    if config.archiver.dir == tally_reconciler::ArchiverConfig::default().dir {
+        config.archiver.dir = s.data_dir.join("archive");
+    }
     if config.store == StoreConfig::default() {
         config.store.sqlite_path = s.data_dir.join("counts.db");
     }

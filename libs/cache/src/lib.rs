@@ -31,6 +31,12 @@ pub struct CachedTotal {
     pub as_of_ms: i64,
     /// When the entry was written (epoch ms).
     pub written_ms: i64,
+    /// The batch-verified part of `views`.
+    #[serde(default)]
+    pub batch_views: i64,
+    /// End of the last reconciled period, epoch ms.
+    #[serde(default)]
+    pub exact_through_ms: Option<i64>,
 }
 
 /// Why a cache operation failed (the caller degrades to the store).

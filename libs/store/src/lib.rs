@@ -8,6 +8,10 @@
 //! and the hour, day and all-time rollups move by exactly the deltas that
 //! were applied, in the same transaction. No blind `+n` counter columns.
 //!
+//! The batch layer (the reconciler's recount of closed periods) is stored
+//! beside it; a total is the batch count of every reconciled period plus the
+//! real-time count after the last one (`exact_through`).
+//!
 //! # Layout
 //!
 //! - [`model`]: what is stored and read ([`Granularity`], [`Total`], [`Point`]).
@@ -19,7 +23,7 @@ pub mod sqlite;
 
 use std::future::Future;
 
-pub use model::{ApplyOutcome, Granularity, Point, Total};
+pub use model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
 pub use sqlite::SqliteStore;
 use tally_model::counts::FlushChunk;
 
@@ -59,6 +63,25 @@ pub trait CountStore: Send + Sync + 'static {
         to_ms: i64,
         step: Granularity,
     ) -> impl Future<Output = Result<Vec<Point>, StoreError>> + Send;
+
+    /// Real-time views per `(video, minute)` in `[from_ms, to_ms)`, salts and
+    /// source partitions merged.
+    fn realtime_minutes(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i64, i64)>, StoreError>> + Send;
+
+    /// Replaces the batch counts of one period (idempotent: reconciling a
+    /// period again leaves the same state) and records its summary.
+    fn replace_batch(
+        &self,
+        period: PeriodSummary,
+        minutes: Vec<(String, i64, i64)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The reconciled periods, oldest first.
+    fn periods(&self) -> impl Future<Output = Result<Vec<PeriodSummary>, StoreError>> + Send;
 
     /// Cheap reachability check for `/readyz` and circuit breakers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -49,6 +49,23 @@ pub struct Total {
     /// Everything received by the gateway up to this time (epoch ms) is
     /// included, as far as the counter has flushed it; 0 when nothing was applied yet.
     pub as_of_ms: i64,
+    /// The part of `views` recounted by the batch layer (periods before `exact_through_ms`).
+    pub batch_views: i64,
+    /// End of the last period the batch layer reconciled; `None` before the first.
+    pub exact_through_ms: Option<i64>,
+}
+
+/// What the reconciler records for one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeriodSummary {
+    /// Period start, epoch ms.
+    pub start_ms: i64,
+    /// Period end (exclusive), epoch ms.
+    pub end_ms: i64,
+    /// Views the batch recount found.
+    pub batch_views: i64,
+    /// Views the real-time path had counted.
+    pub realtime_views: i64,
 }
 
 /// One bucket of a series.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use tally_model::counts::FlushChunk;
 
-use crate::model::{ApplyOutcome, Granularity, Point, Total};
+use crate::model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
 use crate::{CountStore, StoreError};
 
 const SCHEMA: &str = "
@@ -27,6 +27,22 @@ CREATE TABLE IF NOT EXISTS rollups (
     views INTEGER NOT NULL,
     PRIMARY KEY (video_id, granularity, bucket)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_minute_counts (
+    video_id TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    views INTEGER NOT NULL,
+    PRIMARY KEY (video_id, minute)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_totals (
+    video_id TEXT PRIMARY KEY,
+    views INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_periods (
+    start_ms INTEGER PRIMARY KEY,
+    end_ms INTEGER NOT NULL,
+    batch_views INTEGER NOT NULL,
+    realtime_views INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS progress (
     epoch INTEGER NOT NULL,
     source_partition INTEGER NOT NULL,
@@ -169,17 +185,135 @@ impl CountStore for SqliteStore {
     async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
         self.with(move |c| {
             let as_of_ms = as_of(c)?;
-            let mut query = c
+            let boundary: Option<i64> =
+                c.query_row("SELECT max(end_ms) FROM batch_periods", [], |row| row.get(0)).map_err(unavailable)?;
+            let mut realtime_total = c
                 .prepare_cached("SELECT views FROM rollups WHERE video_id = ?1 AND granularity = ?2 AND bucket = 0")
                 .map_err(unavailable)?;
+            let mut realtime_after = c
+                .prepare_cached(
+                    "SELECT coalesce(sum(views), 0) FROM minute_counts WHERE video_id = ?1 AND minute >= ?2",
+                )
+                .map_err(unavailable)?;
+            let mut batch_total =
+                c.prepare_cached("SELECT views FROM batch_totals WHERE video_id = ?1").map_err(unavailable)?;
             videos
                 .into_iter()
                 .map(|video_id| {
-                    let views: Option<i64> =
-                        query.query_row(params![video_id, TOTAL], |row| row.get(0)).optional().map_err(unavailable)?;
-                    Ok(Total { video_id, views: views.unwrap_or(0), as_of_ms })
+                    let Some(boundary) = boundary else {
+                        let views: Option<i64> = realtime_total
+                            .query_row(params![video_id, TOTAL], |row| row.get(0))
+                            .optional()
+                            .map_err(unavailable)?;
+                        return Ok(Total {
+                            video_id,
+                            views: views.unwrap_or(0),
+                            as_of_ms,
+                            batch_views: 0,
+                            exact_through_ms: None,
+                        });
+                    };
+                    let batch: Option<i64> =
+                        batch_total.query_row(params![video_id], |row| row.get(0)).optional().map_err(unavailable)?;
+                    let after: i64 =
+                        realtime_after.query_row(params![video_id, boundary], |row| row.get(0)).map_err(unavailable)?;
+                    let batch = batch.unwrap_or(0);
+                    Ok(Total {
+                        video_id,
+                        views: batch + after,
+                        as_of_ms,
+                        batch_views: batch,
+                        exact_through_ms: Some(boundary),
+                    })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn realtime_minutes(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.with(move |c| {
+            let mut query = c
+                .prepare_cached(
+                    "SELECT video_id, minute, sum(views) FROM minute_counts WHERE minute >= ?1 AND minute < ?2
+                     GROUP BY video_id, minute ORDER BY video_id, minute",
+                )
+                .map_err(unavailable)?;
+            let rows = query
+                .query_map(params![from_ms, to_ms], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            {
+                // Take the period's previous batch counts out of the totals, then put the new ones in.
+                let mut old = tx
+                    .prepare_cached(
+                        "SELECT video_id, sum(views) FROM batch_minute_counts WHERE minute >= ?1 AND minute < ?2 GROUP BY video_id",
+                    )
+                    .map_err(unavailable)?;
+                let previous: Vec<(String, i64)> = old
+                    .query_map(params![period.start_ms, period.end_ms], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(unavailable)?
+                    .collect::<Result<_, _>>()
+                    .map_err(unavailable)?;
+                let mut adjust = tx
+                    .prepare_cached(
+                        "INSERT INTO batch_totals (video_id, views) VALUES (?1, ?2)
+                         ON CONFLICT (video_id) DO UPDATE SET views = views + excluded.views",
+                    )
+                    .map_err(unavailable)?;
+                for (video, views) in previous {
+                    adjust.execute(params![video, -views]).map_err(unavailable)?;
+                }
+                tx.execute(
+                    "DELETE FROM batch_minute_counts WHERE minute >= ?1 AND minute < ?2",
+                    params![period.start_ms, period.end_ms],
+                )
+                .map_err(unavailable)?;
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO batch_minute_counts (video_id, minute, views) VALUES (?1, ?2, ?3)")
+                    .map_err(unavailable)?;
+                for (video, minute, views) in &minutes {
+                    insert.execute(params![video, minute, views]).map_err(unavailable)?;
+                    adjust.execute(params![video, views]).map_err(unavailable)?;
+                }
+                tx.execute(
+                    "INSERT INTO batch_periods (start_ms, end_ms, batch_views, realtime_views) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (start_ms) DO UPDATE SET end_ms = excluded.end_ms,
+                     batch_views = excluded.batch_views, realtime_views = excluded.realtime_views",
+                    params![period.start_ms, period.end_ms, period.batch_views, period.realtime_views],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {
+        self.with(|c| {
+            let mut query = c
+                .prepare_cached(
+                    "SELECT start_ms, end_ms, batch_views, realtime_views FROM batch_periods ORDER BY start_ms",
+                )
+                .map_err(unavailable)?;
+            let rows = query
+                .query_map([], |row| {
+                    Ok(PeriodSummary {
+                        start_ms: row.get(0)?,
+                        end_ms: row.get(1)?,
+                        batch_views: row.get(2)?,
+                        realtime_views: row.get(3)?,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
         .await
     }

@@ -4,7 +4,7 @@
 
 use tally_model::counts::{Delta, FlushChunk, FlushHeader};
 use tally_model::Salt;
-use tally_store::{CountStore, Granularity, SqliteStore};
+use tally_store::{CountStore, Granularity, PeriodSummary, SqliteStore};
 
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
@@ -93,6 +93,25 @@ async fn a_video_nobody_watched_has_zero_views_and_as_of_trails_the_slowest_part
     store.ping().await.unwrap();
 }
 
+async fn batch_counts_replace_closed_periods_and_reconciling_again_changes_nothing(store: impl CountStore) {
+    store.apply(history()).await.unwrap();
+    // Real time: a = 4 (salt 0) + 2 (salt 3) + 1 in hour 10:00, 5 in 11:00, 1 next day.
+    let realtime = store.realtime_minutes(T0, T0 + 60 * MINUTE).await.unwrap();
+    assert_eq!(realtime, vec![("a".into(), T0, 5), ("a".into(), T0 + MINUTE, 2), ("b".into(), T0, 1)]);
+    let period = PeriodSummary { start_ms: T0, end_ms: T0 + 60 * MINUTE, batch_views: 9, realtime_views: 8 };
+    // The batch recount found one view more for "a" in 10:00 than the real-time path.
+    let batch = vec![("a".to_owned(), T0, 6), ("a".to_owned(), T0 + MINUTE, 2), ("b".to_owned(), T0, 1)];
+    for _ in 0..2 {
+        store.replace_batch(period.clone(), batch.clone()).await.unwrap();
+        let totals = store.totals(vec!["a".into(), "b".into()]).await.unwrap();
+        // a: batch 8 for 10:00-11:00, plus real time after the boundary (5 + 1).
+        assert_eq!((totals[0].views, totals[0].batch_views), (14, 8));
+        assert_eq!(totals[0].exact_through_ms, Some(T0 + 60 * MINUTE));
+        assert_eq!((totals[1].views, totals[1].batch_views), (1, 1));
+    }
+    assert_eq!(store.periods().await.unwrap(), vec![period]);
+}
+
 macro_rules! contract {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -111,6 +130,11 @@ macro_rules! contract {
             #[tokio::test]
             async fn series_and_rollups_agree_and_salts_are_merged() {
                 super::series_and_rollups_agree_and_salts_are_merged($make).await;
+            }
+
+            #[tokio::test]
+            async fn batch_counts_replace_closed_periods_and_reconciling_again_changes_nothing() {
+                super::batch_counts_replace_closed_periods_and_reconciling_again_changes_nothing($make).await;
             }
 
             #[tokio::test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_model::counts::FlushChunk;
-use tally_store::{ApplyOutcome, CountStore, Granularity, Point, StoreError, Total};
+use tally_store::{ApplyOutcome, CountStore, Granularity, PeriodSummary, Point, StoreError, Total};
 
 /// Wraps a store; while `down` is set every call fails as unavailable, and
 /// reads can be slowed down.
@@ -56,6 +56,18 @@ impl<S: CountStore> CountStore for SwitchableStore<S> {
     async fn series(&self, video: String, from: i64, to: i64, step: Granularity) -> Result<Vec<Point>, StoreError> {
         self.check()?;
         self.inner.series(video, from, to, step).await
+    }
+    async fn realtime_minutes(&self, from: i64, to: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.check()?;
+        self.inner.realtime_minutes(from, to).await
+    }
+    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.replace_batch(period, minutes).await
+    }
+    async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {
+        self.check()?;
+        self.inner.periods().await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;

@@ -44,10 +44,9 @@ fn render(answer: &Answer) -> Value {
         "video_id": t.video_id,
         "views": t.views,
         "as_of": if t.as_of_ms > 0 { Value::String(format_rfc3339_ms(t.as_of_ms)) } else { Value::Null },
-        // The batch layer (reconciler) has not verified any period yet: everything is provisional.
-        "batch_verified_views": 0,
-        "provisional_views": t.views,
-        "exact_through": Value::Null,
+        "batch_verified_views": t.batch_views,
+        "provisional_views": t.views - t.batch_views,
+        "exact_through": t.exact_through_ms.map_or(Value::Null, |ms| Value::String(format_rfc3339_ms(ms))),
         "stale": answer.stale,
     })
 }

@@ -176,10 +176,7 @@ impl<S: CountStore + Clone> Lookup<S> {
         if !self.breaker.allow() {
             return;
         }
-        let entries: Vec<(String, CachedTotal)> = totals
-            .iter()
-            .map(|t| (t.video_id.clone(), CachedTotal { views: t.views, as_of_ms: t.as_of_ms, written_ms: now }))
-            .collect();
+        let entries: Vec<(String, CachedTotal)> = totals.iter().map(|t| (t.video_id.clone(), cached(t, now))).collect();
         match cache.put_many(&entries, self.retention).await {
             Ok(()) => self.breaker.success(),
             Err(e) => {
@@ -196,5 +193,22 @@ impl<S: CountStore + Clone> Lookup<S> {
 }
 
 fn to_total(video: &str, entry: &CachedTotal) -> Total {
-    Total { video_id: video.to_owned(), views: entry.views, as_of_ms: entry.as_of_ms }
+    Total {
+        video_id: video.to_owned(),
+        views: entry.views,
+        as_of_ms: entry.as_of_ms,
+        batch_views: entry.batch_views,
+        exact_through_ms: entry.exact_through_ms,
+    }
+}
+
+/// The cache entry of a total read at `now`.
+pub fn cached(total: &Total, now: i64) -> CachedTotal {
+    CachedTotal {
+        views: total.views,
+        as_of_ms: total.as_of_ms,
+        written_ms: now,
+        batch_views: total.batch_views,
+        exact_through_ms: total.exact_through_ms,
+    }
 }

@@ -5,8 +5,10 @@
 //!
 //! - [`archive`]: the archiver (`tally archiver`): layout, Parquet I/O, service.
 //! - [`recount`]: distinct views per `(video, minute)` of a period, from the archive.
+//! - [`reconcile`]: closed periods recounted, compared, written to the batch layer, drift reported.
 
 pub mod archive;
+pub mod reconcile;
 pub mod recount;
 
 pub use archive::service::{ArchiverConfig, ArchiverService};

@@ -247,7 +247,16 @@ impl<S: CountStore> WriterService<S> {
         let now = tally_model::timestamp::now_ms();
         let entries: Vec<(String, CachedTotal)> = totals
             .into_iter()
-            .map(|t| (t.video_id, CachedTotal { views: t.views, as_of_ms: t.as_of_ms, written_ms: now }))
+            .map(|t| {
+                let entry = CachedTotal {
+                    views: t.views,
+                    as_of_ms: t.as_of_ms,
+                    written_ms: now,
+                    batch_views: t.batch_views,
+                    exact_through_ms: t.exact_through_ms,
+                };
+                (t.video_id, entry)
+            })
             .collect();
         if let Err(e) = cache.put_many(&entries, self.config.cache_retention).await {
             tracing::warn!(error = %e, "cache write-through failed; queries fall back to the store");

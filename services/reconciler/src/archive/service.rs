@@ -97,6 +97,10 @@ impl Metrics {
                     .buckets(tally_service::http_metrics::LATENCY_BUCKETS.to_vec()),
             )?,
         };
+        // Known outcomes exist from the start, so dashboards and alerts see zeros, not gaps.
+        for outcome in ["archived", "malformed", "already_archived"] {
+            m.records.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.files.clone()))?;
         registry.register(Box::new(m.records.clone()))?;
         registry.register(Box::new(m.write_duration.clone()))?;

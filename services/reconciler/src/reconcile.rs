@@ -1,0 +1,208 @@
+//! Reconciling closed periods: recount from the archive, compare with the
+//! real-time counts, write the batch layer (idempotently) and report drift.
+//!
+//! A period (one hour of event time) is closed once its end is more than the
+//! allowed lateness ago: no on-time event of it can still arrive. Reads then
+//! use the batch counts up to the last reconciled period (`exact_through`) and
+//! real-time counts after it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge, Registry};
+use serde::Serialize;
+use tally_store::{CountStore, PeriodSummary, StoreError};
+
+use crate::archive::layout::HOUR_MS;
+use crate::archive::parquet_io::ArchiveError;
+use crate::recount;
+
+/// How reconciliation runs.
+#[derive(Debug, Clone)]
+pub struct ReconcileOptions {
+    /// Root of the Parquet archive.
+    pub archive_dir: PathBuf,
+    /// A period is closed this long after its end.
+    pub allowed_lateness: Duration,
+    /// How far past a period files are read for its late events (received
+    /// late, dead-lettered and replayed, archived in their receive hour).
+    pub late_lookahead: Duration,
+}
+
+/// Why reconciliation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Reading the archive.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A worker thread.
+    #[error("recount task failed: {0}")]
+    Join(String),
+}
+
+/// Drift of one video in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VideoDrift {
+    /// The video.
+    pub video_id: String,
+    /// Batch count.
+    pub batch: i64,
+    /// Real-time count.
+    pub realtime: i64,
+}
+
+/// The outcome of one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeriodReport {
+    /// Period start, epoch ms.
+    pub start_ms: i64,
+    /// Period end, epoch ms.
+    pub end_ms: i64,
+    /// Views the batch recount found.
+    pub batch_views: i64,
+    /// Views the real-time path had counted.
+    pub realtime_views: i64,
+    /// `batch_views - realtime_views`.
+    pub drift: i64,
+    /// Videos whose counts differ (largest differences first, at most 20).
+    pub drifting_videos: Vec<VideoDrift>,
+    /// Archive rows read for this run (whole run, on the first period).
+    pub rows_read: u64,
+}
+
+/// Reconciliation metrics.
+#[derive(Clone, Debug)]
+pub struct ReconcileMetrics {
+    /// Drift of the last reconciled period.
+    pub drift: IntGauge,
+    /// Absolute drift summed over reconciled periods.
+    pub drift_total: IntCounter,
+    /// Periods reconciled.
+    pub periods: IntCounter,
+    /// End of the last reconciled period, epoch seconds.
+    pub exact_through: IntGauge,
+}
+
+impl ReconcileMetrics {
+    /// Registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            drift: IntGauge::new(
+                "tally_reconciler_drift_views",
+                "Batch minus real-time views of the last reconciled period",
+            )?,
+            drift_total: IntCounter::new(
+                "tally_reconciler_drift_views_total",
+                "Absolute drift summed over reconciled periods",
+            )?,
+            periods: IntCounter::new("tally_reconciler_periods_total", "Periods reconciled")?,
+            exact_through: IntGauge::new(
+                "tally_reconciler_exact_through_seconds",
+                "End of the last reconciled period (epoch seconds): counts before it are batch-verified",
+            )?,
+        };
+        registry.register(Box::new(m.drift.clone()))?;
+        registry.register(Box::new(m.drift_total.clone()))?;
+        registry.register(Box::new(m.periods.clone()))?;
+        registry.register(Box::new(m.exact_through.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The closed hours of `[from_ms, to_ms)` at `now_ms`.
+pub fn closed_periods(from_ms: i64, to_ms: i64, now_ms: i64, lateness: Duration) -> Vec<(i64, i64)> {
+    let lateness = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    let mut start = from_ms.div_euclid(HOUR_MS) * HOUR_MS;
+    while start < to_ms {
+        let end = start + HOUR_MS;
+        if end.saturating_add(lateness) <= now_ms {
+            out.push((start, end));
+        }
+        start = end;
+    }
+    out
+}
+
+/// Reconciles every closed hour of `[from_ms, to_ms)`; `progress(done, total)`
+/// is called after each period.
+pub async fn reconcile<S: CountStore>(
+    store: &S,
+    options: &ReconcileOptions,
+    from_ms: i64,
+    to_ms: i64,
+    metrics: Option<&ReconcileMetrics>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<PeriodReport>, ReconcileError> {
+    let periods = closed_periods(from_ms, to_ms, tally_model::timestamp::now_ms(), options.allowed_lateness);
+    let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else { return Ok(Vec::new()) };
+    let dir = options.archive_dir.clone();
+    let lookahead = i64::try_from(options.late_lookahead.as_millis()).unwrap_or(i64::MAX);
+    let counted = tokio::task::spawn_blocking(move || recount::recount(&dir, first.0, last.1, lookahead))
+        .await
+        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+    let mut reports = Vec::with_capacity(periods.len());
+    for (index, (start, end)) in periods.iter().copied().enumerate() {
+        let batch_minutes: Vec<(String, i64, i64)> = counted
+            .minutes
+            .range((String::new(), i64::MIN)..)
+            .filter(|((_, minute), _)| *minute >= start && *minute < end)
+            .map(|((video, minute), views)| (video.clone(), *minute, *views))
+            .collect();
+        let realtime = store.realtime_minutes(start, end).await?;
+        let mut per_video: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for (video, _, views) in &batch_minutes {
+            per_video.entry(video.clone()).or_default().0 += views;
+        }
+        for (video, _, views) in &realtime {
+            per_video.entry(video.clone()).or_default().1 += views;
+        }
+        let batch_views: i64 = per_video.values().map(|v| v.0).sum();
+        let realtime_views: i64 = per_video.values().map(|v| v.1).sum();
+        let mut drifting: Vec<VideoDrift> = per_video
+            .into_iter()
+            .filter(|(_, (b, r))| b != r)
+            .map(|(video_id, (batch, realtime))| VideoDrift { video_id, batch, realtime })
+            .collect();
+        drifting.sort_by_key(|d| std::cmp::Reverse((d.batch - d.realtime).abs()));
+        drifting.truncate(20);
+        store
+            .replace_batch(PeriodSummary { start_ms: start, end_ms: end, batch_views, realtime_views }, batch_minutes)
+            .await?;
+        let drift = batch_views - realtime_views;
+        if let Some(m) = metrics {
+            m.drift.set(drift);
+            m.drift_total.inc_by(drift.unsigned_abs());
+            m.periods.inc();
+            m.exact_through.set(end / 1000);
+        }
+        reports.push(PeriodReport {
+            start_ms: start,
+            end_ms: end,
+            batch_views,
+            realtime_views,
+            drift,
+            drifting_videos: drifting,
+            rows_read: if index == 0 { counted.rows_read } else { 0 },
+        });
+        progress(index + 1, periods.len());
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hours_past_the_allowed_lateness_are_closed() {
+        let t0 = 1_795_341_600_000; // 10:00
+        let now = t0 + 3 * HOUR_MS + 30 * 60_000; // 13:30
+        let closed = closed_periods(t0 + 5, t0 + 4 * HOUR_MS, now, Duration::from_secs(3600));
+        assert_eq!(closed, vec![(t0, t0 + HOUR_MS), (t0 + HOUR_MS, t0 + 2 * HOUR_MS)]);
+    }
+}

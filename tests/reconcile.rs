@@ -1,0 +1,131 @@
+//! Batch truth wins: the reconciler recounts a closed hour from the Parquet
+//! archive, reports the exact drift of the real-time path, and reads return
+//! the batch-correct counts afterwards; reconciling again changes nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use tally_cache::{CacheBackend, MemoryCache};
+use tally_counter::{CounterConfig, CounterService};
+use tally_model::counts::{Delta, FlushChunk, FlushHeader};
+use tally_model::Salt;
+use tally_reconciler::archive::layout;
+use tally_reconciler::reconcile::{reconcile, ReconcileOptions};
+use tally_reconciler::{ArchiverConfig, ArchiverService};
+use tally_service::Readiness;
+use tally_store::{CountStore, SqliteStore};
+use tally_testkit::views::ViewsProducer;
+use tally_testkit::{bounded, Broker};
+use tally_writer::{WriterConfig, WriterService};
+use tokio_util::sync::CancellationToken;
+
+fn archived(root: &Path) -> i64 {
+    layout::list(root).unwrap().iter().map(|(_, (_, start, end))| end - start).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
+    bounded(Duration::from_secs(180), async {
+        let broker = Broker::start();
+        let kafka = tally_testkit::kafka_config(&broker);
+        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let archive_dir = dir.path().join("archive");
+        let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
+        let stop = CancellationToken::new();
+
+        // The whole pipeline: counter (dedup window 1 minute), writer, archiver.
+        let counter_config = CounterConfig {
+            flush_interval: Duration::from_millis(200),
+            dedup_window: Duration::from_secs(60),
+            ..CounterConfig::default()
+        };
+        let counter =
+            CounterService::build(&counter_config, &kafka, &Registry::new(), &Readiness::default()).await.unwrap();
+        tokio::spawn(counter.run(stop.clone(), Duration::from_secs(5)));
+        let cache = Some(CacheBackend::Memory(MemoryCache::default()));
+        let writer = WriterService::build(
+            &WriterConfig::default(),
+            &kafka,
+            store.clone(),
+            cache,
+            &Registry::new(),
+            &Readiness::default(),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(writer.run(stop.clone()));
+        let archiver_config = ArchiverConfig {
+            dir: archive_dir.clone(),
+            records_per_file: 100,
+            seal_grace: Duration::from_millis(1),
+            ..ArchiverConfig::default()
+        };
+        let archiver = ArchiverService::build(&archiver_config, &kafka, &Registry::new()).unwrap();
+        tokio::spawn(archiver.run(stop.clone()));
+
+        // An hour well in the past: closed for an allowed lateness of one hour.
+        let hour = (tally_model::timestamp::now_ms() / 3_600_000 - 3) * 3_600_000;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let mut events = Vec::new();
+        for i in 0..200 {
+            let t = hour + i * 15_000;
+            events.push((format!("v{}", i % 4), format!("e{i}"), t, t + 100, true));
+        }
+        // Seven client resends arriving 5 minutes later: outside the 1-minute
+        // dedup window, so the real-time path counts them again.
+        for i in 0..7 {
+            let t = hour + i * 15_000;
+            events.push((format!("v{}", i % 4), format!("e{i}"), t, t + 300_000, false));
+        }
+        producer.send(&events).await;
+        let produced = events.len() as i64;
+        let videos: Vec<String> = (0..4).map(|v| format!("v{v}")).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let realtime: i64 = store.totals(videos.clone()).await.unwrap().iter().map(|t| t.views).sum();
+            if realtime == 207 && archived(&archive_dir) == produced {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pipeline did not settle: realtime {realtime}, archived {}",
+                archived(&archive_dir)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop.cancel();
+
+        // And a tampered real-time row: five views that never happened, on video v1.
+        let tamper = FlushChunk {
+            header: FlushHeader { source_partition: 99, end: 1, chunk_count: 1, ..FlushHeader::default() },
+            deltas: vec![Delta { video_id: "v1".into(), salt: Salt(0), minute: hour + 600_000, count: 5 }],
+        };
+        store.apply(vec![tamper]).await.unwrap();
+
+        let options = ReconcileOptions {
+            archive_dir: archive_dir.clone(),
+            allowed_lateness: Duration::from_secs(3600),
+            late_lookahead: Duration::from_secs(2 * 3600),
+        };
+        let reports = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap();
+        assert_eq!(reports.len(), 1);
+        let report = &reports[0];
+        assert_eq!((report.batch_views, report.realtime_views), (200, 212));
+        assert_eq!(report.drift, -12, "7 resends outside the window and 5 tampered views");
+        let v1 = report.drifting_videos.iter().find(|d| d.video_id == "v1").unwrap();
+        assert_eq!((v1.batch, v1.realtime), (50, 57), "v1: 2 resends and the 5 tampered views");
+
+        let totals = store.totals(videos.clone()).await.unwrap();
+        assert!(totals.iter().all(|t| t.views == 50 && t.batch_views == 50), "batch-correct reads: {totals:?}");
+        assert_eq!(totals[0].exact_through_ms, Some(hour + 3_600_000));
+
+        // Reconciling the same period again changes nothing.
+        let again = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap();
+        assert_eq!(again[0].batch_views, 200);
+        assert_eq!(store.totals(videos.clone()).await.unwrap(), totals);
+        assert_eq!(store.periods().await.unwrap().len(), 1);
+    })
+    .await;
+}
