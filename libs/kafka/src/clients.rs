@@ -22,6 +22,25 @@ pub fn base_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     client
 }
 
+/// A consumer of group `group_id` that commits by hand (only once its output
+/// is durable) and starts from the earliest offset when the group has none.
+/// The fetch settings keep tansu from idling half a fetch wait after each
+/// fetch (see TEST-BROKER.md); the operator's consumer properties come last.
+pub fn group_consumer_config(config: &KafkaConfig, client_id: &str, group_id: &str) -> ClientConfig {
+    let mut client = base_config(config, client_id);
+    client
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.queue.backoff.ms", "10");
+    for (key, value) in &config.consumer_properties {
+        client.set(key, value);
+    }
+    client
+}
+
 /// Producer settings that make "acknowledged" mean "durable".
 #[derive(Debug, Clone)]
 pub struct ProducerSettings {
@@ -69,4 +88,11 @@ pub fn idempotent_producer_with_context<C: ClientContext + 'static>(
 /// Milliseconds as librdkafka wants them (at least 1).
 pub fn millis(duration: Duration) -> String {
     duration.as_millis().max(1).to_string()
+}
+
+/// Whether a consumer error is passing (broker down, a fetch failed): the
+/// consumer keeps going and librdkafka reconnects. Fatal errors end it.
+pub fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::KafkaError;
+    matches!(error, KafkaError::MessageConsumption(_) | KafkaError::PartitionEOF(_) | KafkaError::Global(_))
 }

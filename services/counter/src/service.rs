@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
-use tally_kafka::clients::{base_config, idempotent_producer, millis, ProducerSettings};
+use tally_kafka::clients::{group_consumer_config, idempotent_producer, millis, ProducerSettings};
 use tally_kafka::topics::{ensure_topics, partition_count, tally_topics};
 use tally_kafka::{KafkaConfig, KafkaSetupError};
 use tally_service::Readiness;
@@ -123,17 +123,10 @@ impl CounterService {
             dlq_topic: topics.views_dlq.clone(),
             chunk_rows: c.chunk_rows,
         };
-        let mut consumer = base_config(&self.kafka, "tally-counter");
-        consumer
-            .set("group.id", &c.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("max.poll.interval.ms", millis(Duration::from_secs(300)));
-        for (key, value) in &self.kafka.consumer_properties {
-            consumer.set(key, value);
+        let mut consumer = group_consumer_config(&self.kafka, "tally-counter", &c.group_id);
+        // Rebalance callbacks recover partitions inside poll: allow them time.
+        if !self.kafka.consumer_properties.contains_key("max.poll.interval.ms") {
+            consumer.set("max.poll.interval.ms", millis(Duration::from_secs(300)));
         }
         let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel();

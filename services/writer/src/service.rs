@@ -17,7 +17,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_cache::{CacheBackend, CachedTotal};
-use tally_kafka::clients::{base_config, idempotent_producer, ProducerSettings};
+use tally_kafka::clients::{group_consumer_config, idempotent_producer, is_transient, ProducerSettings};
 use tally_kafka::dlq::Provenance;
 use tally_kafka::topics::{ensure_topics, tally_topics};
 use tally_kafka::{KafkaConfig, KafkaSetupError};
@@ -93,16 +93,8 @@ impl<S: CountStore> WriterService<S> {
 
     /// Writes until `shutdown`; the batch in hand is finished first.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WriterError> {
-        let mut client = base_config(&self.kafka, "tally-writer");
-        client
-            .set("group.id", &self.config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10");
-        for (key, value) in &self.kafka.consumer_properties {
-            client.set(key, value);
-        }
-        let consumer: StreamConsumer = client.create()?;
+        let consumer: StreamConsumer =
+            group_consumer_config(&self.kafka, "tally-writer", &self.config.group_id).create()?;
         consumer.subscribe(&[&self.kafka.topics.counts])?;
         self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));
         let mut unassigned_since = Instant::now();
@@ -115,13 +107,25 @@ impl<S: CountStore> WriterService<S> {
                     continue;
                 }
             };
+            let first = match first {
+                Ok(message) => message,
+                Err(e) if is_transient(&e) => {
+                    // The broker is away: lag grows visibly, librdkafka reconnects.
+                    tracing::warn!(error = %e, "consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut batch = Vec::new();
             let mut offsets: HashMap<i32, i64> = HashMap::new();
-            self.take(first?, &mut batch, &mut offsets).await?;
+            self.take(first, &mut batch, &mut offsets, &shutdown).await?;
             let deadline = tokio::time::Instant::now() + self.config.batch_max_wait;
             while batch.len() < self.config.batch_max_records {
                 match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(message) => self.take(message?, &mut batch, &mut offsets).await?,
+                    Ok(Ok(message)) => self.take(message, &mut batch, &mut offsets, &shutdown).await?,
+                    Ok(Err(e)) if is_transient(&e) => break,
+                    Ok(Err(e)) => return Err(e.into()),
                     Err(_) => break,
                 }
             }
@@ -160,6 +164,7 @@ impl<S: CountStore> WriterService<S> {
         message: BorrowedMessage<'_>,
         batch: &mut Vec<FlushChunk>,
         offsets: &mut HashMap<i32, i64>,
+        shutdown: &CancellationToken,
     ) -> Result<(), WriterError> {
         let (partition, offset) = (message.partition(), message.offset());
         offsets.insert(partition, offset);
@@ -178,12 +183,23 @@ impl<S: CountStore> WriterService<S> {
                     time: &now,
                 }
                 .headers();
-                let record = FutureRecord::to(&self.kafka.topics.counts_dlq)
-                    .key(message.key().unwrap_or_default())
-                    .payload(message.payload().unwrap_or_default())
-                    .headers(headers);
+                let key = message.key().unwrap_or_default();
+                let payload = message.payload().unwrap_or_default();
                 // The dead letter must be durable before the offset moves past it.
-                self.dlq.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| WriterError::Client(e))?;
+                loop {
+                    let record = FutureRecord::to(&self.kafka.topics.counts_dlq)
+                        .key(key)
+                        .payload(payload)
+                        .headers(headers.clone());
+                    match self.dlq.send(record, Duration::from_secs(30)).await {
+                        Ok(_) => break,
+                        Err((e, _)) if shutdown.is_cancelled() => return Err(WriterError::Client(e)),
+                        Err((e, _)) => {
+                            tracing::warn!(error = %e, "dead letter not acknowledged; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
                 self.metrics.dead_letters.inc();
                 tracing::warn!(partition, offset, error = %reason, "counts record dead-lettered");
             }

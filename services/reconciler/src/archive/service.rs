@@ -21,7 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use tally_kafka::clients::base_config;
+use tally_kafka::clients::{group_consumer_config, is_transient};
 use tally_kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -136,23 +136,22 @@ impl ArchiverService {
             let entry = archived.entry(partition).or_insert(end);
             *entry = (*entry).max(end);
         }
-        let mut client = base_config(&self.kafka, "tally-archiver");
-        client
-            .set("group.id", &self.config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10");
-        for (key, value) in &self.kafka.consumer_properties {
-            client.set(key, value);
-        }
-        let consumer: StreamConsumer = client.create()?;
+        let consumer: StreamConsumer =
+            group_consumer_config(&self.kafka, "tally-archiver", &self.config.group_id).create()?;
         consumer.subscribe(&[&self.kafka.topics.views])?;
         let mut open: HashMap<i32, OpenFile> = HashMap::new();
         let mut last_tick = Instant::now();
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                message = consumer.recv() => Some(message?),
+                message = consumer.recv() => match message {
+                    Ok(message) => Some(message),
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(error = %e, "consumer error; retrying");
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 () = tokio::time::sleep(Duration::from_secs(1)) => None,
             };
             if let Some(message) = message {
