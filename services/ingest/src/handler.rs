@@ -203,7 +203,7 @@ async fn read_body(body: axum::body::Body, state: &AppState) -> Result<bytes::By
 fn is_length_limit(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if e.to_string().contains("length limit exceeded") {
+        if e.is::<http_body_util::LengthLimitError>() {
             return true;
         }
         source = e.source();
