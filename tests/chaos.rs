@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{write_config, Load, TallyProcess};
+use common::{process_sections, write_config, Load, TallyProcess};
 use serde_json::{json, Value};
 use tally_testkit::process::free_port;
 use tally_testkit::{bounded, Broker, RedisServer};
@@ -59,35 +59,8 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (ingest_port, query_port) = (free_port(), free_port());
-        let sections = format!(
-            r#"
-[ingest]
-listen = "127.0.0.1:{ingest_port}"
-admin-listen = "127.0.0.1:0"
-ack-timeout = "2s"
-delivery-timeout = "10s"
-
-[counter]
-admin-listen = "127.0.0.1:0"
-flush-interval = "200ms"
-
-[writer]
-admin-listen = "127.0.0.1:0"
-
-[query]
-listen = "127.0.0.1:{query_port}"
-admin-listen = "127.0.0.1:0"
-fresh-for = "100ms"
-
-[store]
-sqlite-path = "{store}"
-
-[cache]
-redis-url = "{redis}"
-"#,
-            store = dir.path().join("counts.db").display(),
-            redis = redis.url(),
-        );
+        let ingest_timeouts = "ack-timeout = \"2s\"\ndelivery-timeout = \"10s\"";
+        let sections = process_sections(dir.path(), &redis.url(), ingest_port, query_port, ingest_timeouts);
         let config = write_config(dir.path(), &kafka, &sections);
         // tansu can leave a group on an empty assignment after a member dies.
         let mut text = std::fs::read_to_string(&config).unwrap();

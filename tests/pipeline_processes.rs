@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{write_config, TallyProcess};
+use common::{process_sections, write_config, TallyProcess};
 use serde_json::{json, Value};
 use tally_testkit::{bounded, Broker, RedisServer};
 
@@ -19,33 +19,7 @@ async fn events_posted_to_the_gateway_are_queryable_with_the_exact_count() {
         let redis = RedisServer::start();
         let kafka = tally_testkit::kafka_config(&broker);
         let dir = tempfile::tempdir().unwrap();
-        let sections = format!(
-            r#"
-[ingest]
-listen = "127.0.0.1:0"
-admin-listen = "127.0.0.1:0"
-
-[counter]
-admin-listen = "127.0.0.1:0"
-flush-interval = "200ms"
-
-[writer]
-admin-listen = "127.0.0.1:0"
-
-[query]
-listen = "127.0.0.1:0"
-admin-listen = "127.0.0.1:0"
-fresh-for = "100ms"
-
-[store]
-sqlite-path = "{store}"
-
-[cache]
-redis-url = "{redis}"
-"#,
-            store = dir.path().join("counts.db").display(),
-            redis = redis.url(),
-        );
+        let sections = process_sections(dir.path(), &redis.url(), 0, 0, "");
         let config = write_config(dir.path(), &kafka, &sections);
         let ingest = TallyProcess::spawn(&config, "ingest");
         let counter = TallyProcess::spawn(&config, "counter");

@@ -52,6 +52,40 @@ counts-partitions = {cp}
     path
 }
 
+/// Configuration sections for the pipeline as separate processes (gateway,
+/// counter, writer, query) over the embedded store in `dir` and Redis at
+/// `redis_url`; the gateway and query listen on the given ports (0: any),
+/// `ingest_extra` adds lines to `[ingest]`.
+pub fn process_sections(dir: &Path, redis_url: &str, ingest_port: u16, query_port: u16, ingest_extra: &str) -> String {
+    format!(
+        r#"
+[ingest]
+listen = "127.0.0.1:{ingest_port}"
+admin-listen = "127.0.0.1:0"
+{ingest_extra}
+
+[counter]
+admin-listen = "127.0.0.1:0"
+flush-interval = "200ms"
+
+[writer]
+admin-listen = "127.0.0.1:0"
+
+[query]
+listen = "127.0.0.1:{query_port}"
+admin-listen = "127.0.0.1:0"
+fresh-for = "100ms"
+
+[store]
+sqlite-path = "{store}"
+
+[cache]
+redis-url = "{redis_url}"
+"#,
+        store = dir.join("counts.db").display(),
+    )
+}
+
 /// A `tally` child process.
 pub struct TallyProcess {
     child: Child,
