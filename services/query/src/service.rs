@@ -40,10 +40,15 @@ pub enum QueryError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// Checks that the store answers (for `/readyz`).
+type StoreProbe = Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// A built query service.
 pub struct QueryService {
     listener: TcpListener,
     router: Router,
+    readiness: Readiness,
+    probe: StoreProbe,
 }
 
 impl QueryService {
@@ -59,7 +64,12 @@ impl QueryService {
         let http = HttpMetrics::register(registry, "query")?;
         let breaker = Breaker::new(config.cache_breaker_failures, config.cache_breaker_cool_down);
         readiness.register(STORE_CHECK);
-        readiness.set(STORE_CHECK, store.ping().await.map_err(|e| e.to_string()));
+        let probe_store = store.clone();
+        let probe: StoreProbe = Box::new(move || {
+            let store = probe_store.clone();
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+        });
+        readiness.set(STORE_CHECK, probe().await);
         let lookup = Arc::new(Lookup::new(store, cache, breaker, config.fresh_for, config.cache_retention, metrics));
         let state = Arc::new(ApiState {
             lookup,
@@ -77,7 +87,7 @@ impl QueryService {
             .with_state(state)
             .layer(middleware::from_fn_with_state(http, http_metrics::track));
         let listener = tally_service::serve::bind(config.listen, "query").await.map_err(QueryError::Bind)?;
-        Ok(Self { listener, router })
+        Ok(Self { listener, router, readiness: readiness.clone(), probe })
     }
 
     /// The bound address.
@@ -87,6 +97,19 @@ impl QueryService {
 
     /// Serves until `shutdown`, draining in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), QueryError> {
-        tally_service::serve::serve(self.listener, self.router, shutdown).await.map_err(QueryError::Serve)
+        let (readiness, probe, stop) = (self.readiness, self.probe, shutdown.clone());
+        // `/readyz` follows the store while serving, not only at start.
+        let prober = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+                readiness.set(STORE_CHECK, probe().await);
+            }
+        });
+        let served = tally_service::serve::serve(self.listener, self.router, shutdown).await;
+        prober.abort();
+        served.map_err(QueryError::Serve)
     }
 }

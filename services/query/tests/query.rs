@@ -20,6 +20,7 @@ struct Running {
     base: String,
     http: reqwest::Client,
     registry: Registry,
+    readiness: Readiness,
     shutdown: CancellationToken,
 }
 
@@ -49,11 +50,12 @@ async fn start_with(store: impl CountStore + Clone, redis: Option<&RedisServer>,
         ..QueryConfig::default()
     };
     let registry = Registry::new();
-    let service = QueryService::build(&config, store, cache, &registry, &Readiness::default()).await.unwrap();
+    let readiness = Readiness::default();
+    let service = QueryService::build(&config, store, cache, &registry, &readiness).await.unwrap();
     let base = format!("http://{}", service.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(service.run(shutdown.clone()));
-    Running { base, http: reqwest::Client::new(), registry, shutdown }
+    Running { base, http: reqwest::Client::new(), registry, readiness, shutdown }
 }
 
 async fn seeded_store() -> SqliteStore {
@@ -165,6 +167,11 @@ async fn with_the_store_down_cached_answers_are_served_stale_and_uncached_ones_g
         assert_eq!(stale.headers()["x-tally-cache"], "stale");
         let body: Value = stale.json().await.unwrap();
         assert_eq!((body["views"].clone(), body["stale"].clone()), (json!(50), json!(true)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while query.readiness.report().0 {
+            assert!(Instant::now() < deadline, "/readyz kept reporting ready with the store down");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let uncached = query.get("/v1/videos/never-cached/views").await;
         assert_eq!(uncached.status(), 503, "nothing cached and the store is down");
         assert!(uncached.headers().contains_key("retry-after"));
