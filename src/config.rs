@@ -38,6 +38,8 @@ pub struct TallyConfig {
     pub cache: CacheConfig,
     /// `tally standalone`.
     pub standalone: StandaloneConfig,
+    /// Admin actions over HTTP (reconcile, dead-letter replay).
+    pub admin: AdminConfig,
     /// The Parquet archive of raw events.
     pub archiver: ArchiverConfig,
     /// The batch recount.
@@ -72,18 +74,54 @@ impl Default for ReconcilerConfig {
     }
 }
 
+/// Which store holds the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreBackend {
+    /// The embedded store: SQLite in `sqlite-path` (standalone, tests, small installs).
+    Sqlite,
+    /// A ScyllaDB / Cassandra cluster (`[store.scylla]`, schema in `infra/scylla/schema.cql`).
+    Scylla,
+}
+
 /// The count store.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct StoreConfig {
+    /// Which store: `sqlite` (embedded, the default) or `scylla`.
+    pub backend: StoreBackend,
     /// File of the embedded store (SQLite, WAL); writer and query may share it.
     pub sqlite_path: PathBuf,
+    /// The ScyllaDB / Cassandra cluster, when `backend = "scylla"`.
+    pub scylla: tally_store::ScyllaConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { sqlite_path: PathBuf::from("tally-data/counts.db") }
+        Self {
+            backend: StoreBackend::Sqlite,
+            sqlite_path: PathBuf::from("tally-data/counts.db"),
+            scylla: tally_store::ScyllaConfig::default(),
+        }
     }
+}
+
+/// Admin actions on the admin port of `tally reconciler` and `tally standalone`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AdminConfig {
+    /// Keys allowed to run admin actions; with none, the actions answer 403.
+    pub api_keys: Vec<AdminKeyConfig>,
+}
+
+/// One admin key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminKeyConfig {
+    /// Name logged with every action (never the key itself).
+    pub name: String,
+    /// The bearer token.
+    pub key: tally_config::Secret,
 }
 
 /// The cache.

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`admin_actions`]: reconcile and dead-letter replay over HTTP, behind admin keys.
 //! - [`cli`]: flags and subcommands.
 //! - [`config`]: [`TallyConfig`](config::TallyConfig), the whole configuration.
 //! - [`run`]: dispatching a subcommand under the shutdown root.
@@ -9,6 +10,7 @@
 //! - [`services`]: starting each service (alone or together).
 //! - [`standalone`]: the managed broker and single-process wiring of `tally standalone`.
 
+pub mod admin_actions;
 pub mod cli;
 pub mod config;
 pub mod dlq_replay;

@@ -8,8 +8,8 @@ use crate::cli::{Command, DlqAction};
 use crate::config::TallyConfig;
 use crate::dlq_replay::{self, ReplayOptions};
 use crate::services::{
-    memory_cache, open_cache, open_store, reconcile_options, spawn_admin, spawn_archiver, spawn_counter, spawn_ingest,
-    spawn_query, spawn_scheduled_reconcile, spawn_writer, Shared,
+    memory_cache, open_cache, open_store, reconcile_options, spawn_admin, spawn_admin_with_actions, spawn_archiver,
+    spawn_counter, spawn_ingest, spawn_query, spawn_scheduled_reconcile, spawn_writer, Shared,
 };
 use crate::standalone;
 
@@ -86,7 +86,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
         }
         Command::Writer => {
             let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
-            let store = open_store(&config)?;
+            let store = open_store(&config).await?;
             let cache = open_cache(&config, None).await?;
             spawn_writer(&mut supervisor, &shared, store, cache).await?;
             let admin = spawn_admin(&mut supervisor, &shared, config.writer.admin_listen).await?;
@@ -94,7 +94,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
         }
         Command::Query => {
             let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
-            let store = open_store(&config)?;
+            let store = open_store(&config).await?;
             let cache = open_cache(&config, None).await?;
             let addr = spawn_query(&mut supervisor, &shared, store, cache).await?;
             let admin = spawn_admin(&mut supervisor, &shared, config.query.admin_listen).await?;
@@ -103,12 +103,14 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
         }
         Command::Reconciler => {
             let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
-            let store = open_store(&config)?;
+            let store = open_store(&config).await?;
             spawn_archiver(&mut supervisor, &shared)?;
-            spawn_scheduled_reconcile(&mut supervisor, &shared, store)?;
-            let admin = spawn_admin(&mut supervisor, &shared, config.reconciler.admin_listen).await?;
+            spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone())?;
+            let admin =
+                spawn_admin_with_actions(&mut supervisor, &shared, config.reconciler.admin_listen, store).await?;
             println!("tally reconciler: archive {}", config.archiver.dir.display());
             println!("tally reconciler: admin http://{admin}/metrics");
+            println!("tally reconciler: admin actions http://{admin}/v1/admin/{{reconcile,dlq-replay}}");
         }
         Command::Reconcile { from, to, report } => {
             return reconcile_now(&config, &from, &to, report.as_deref()).await;
@@ -133,15 +135,15 @@ async fn run_standalone(
     readiness: &Readiness,
 ) -> anyhow::Result<u8> {
     let shared = Shared { config, registry, readiness };
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let cache = open_cache(config, memory_cache()).await?;
     let ingest = spawn_ingest(&mut supervisor, &shared).await?;
     spawn_counter(&mut supervisor, &shared).await?;
     spawn_writer(&mut supervisor, &shared, store.clone(), cache.clone()).await?;
     spawn_archiver(&mut supervisor, &shared)?;
     spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone())?;
-    let query = spawn_query(&mut supervisor, &shared, store, cache).await?;
-    let admin = spawn_admin(&mut supervisor, &shared, config.standalone.admin_listen).await?;
+    let query = spawn_query(&mut supervisor, &shared, store.clone(), cache).await?;
+    let admin = spawn_admin_with_actions(&mut supervisor, &shared, config.standalone.admin_listen, store).await?;
     println!("tally standalone: ingest  http://{ingest}/v1/events");
     println!("tally standalone: query   http://{query}/v1/videos/{{id}}/views");
     println!("tally standalone: metrics http://{admin}/metrics");
@@ -205,7 +207,7 @@ async fn reconcile_now(
     use std::io::Write as _;
     let (from, to) = (parse_time(from)?, parse_time(to)?);
     anyhow::ensure!(from < to, "--from must be before --to");
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let options = reconcile_options(config);
     let reports = tally_reconciler::reconcile::reconcile(&store, &options, from, to, None, |done, total| {
         let width = 30;

@@ -9,10 +9,10 @@ use tally_counter::CounterService;
 use tally_ingest::IngestService;
 use tally_query::QueryService;
 use tally_service::{admin, serve, Readiness, Supervisor};
-use tally_store::SqliteStore;
+use tally_store::{AnyStore, ScyllaStore, SqliteStore};
 use tally_writer::WriterService;
 
-use crate::config::TallyConfig;
+use crate::config::{StoreBackend, TallyConfig};
 
 /// What every service shares in one process.
 pub struct Shared<'a> {
@@ -30,9 +30,33 @@ pub async fn spawn_admin(
     shared: &Shared<'_>,
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<std::net::SocketAddr> {
+    spawn_admin_with(supervisor, shared, addr, None).await
+}
+
+/// [`spawn_admin`] with the admin actions over `store` mounted too.
+pub async fn spawn_admin_with_actions(
+    supervisor: &mut Supervisor,
+    shared: &Shared<'_>,
+    addr: std::net::SocketAddr,
+    store: AnyStore,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let c = shared.config;
+    let actions = crate::admin_actions::AdminActions::new(&c.admin, store, reconcile_options(c), c.kafka.clone());
+    spawn_admin_with(supervisor, shared, addr, Some(actions.router())).await
+}
+
+async fn spawn_admin_with(
+    supervisor: &mut Supervisor,
+    shared: &Shared<'_>,
+    addr: std::net::SocketAddr,
+    extra: Option<axum::Router>,
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = serve::bind(addr, "admin").await?;
     let bound = listener.local_addr()?;
-    let router = admin::router(shared.registry.clone(), shared.readiness.clone());
+    let mut router = admin::router(shared.registry.clone(), shared.readiness.clone());
+    if let Some(extra) = extra {
+        router = router.merge(extra);
+    }
     supervisor.spawn("admin", serve::serve(listener, router, supervisor.token()));
     Ok(bound)
 }
@@ -58,13 +82,26 @@ pub async fn spawn_counter(supervisor: &mut Supervisor, shared: &Shared<'_>) -> 
     Ok(())
 }
 
-/// Opens the embedded store.
-pub fn open_store(config: &TallyConfig) -> anyhow::Result<SqliteStore> {
-    let path = &config.store.sqlite_path;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+/// Opens the configured store: the embedded SQLite file or the ScyllaDB cluster.
+pub async fn open_store(config: &TallyConfig) -> anyhow::Result<AnyStore> {
+    match config.store.backend {
+        StoreBackend::Sqlite => {
+            let path = &config.store.sqlite_path;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+            }
+            let store =
+                SqliteStore::open(path).with_context(|| format!("Failed to open the store at {}", path.display()))?;
+            Ok(AnyStore::Sqlite(store))
+        }
+        StoreBackend::Scylla => {
+            let scylla = &config.store.scylla;
+            let store = ScyllaStore::connect(scylla.clone()).await.with_context(|| {
+                format!("Failed to connect to ScyllaDB at {} (keyspace {})", scylla.nodes.join(","), scylla.keyspace)
+            })?;
+            Ok(AnyStore::Scylla(store))
+        }
     }
-    SqliteStore::open(path).with_context(|| format!("Failed to open the store at {}", path.display()))
 }
 
 /// The configured cache: Redis when a URL is set, else `fallback`.
@@ -82,7 +119,7 @@ pub async fn open_cache(config: &TallyConfig, fallback: Option<CacheBackend>) ->
 pub async fn spawn_writer(
     supervisor: &mut Supervisor,
     shared: &Shared<'_>,
-    store: SqliteStore,
+    store: AnyStore,
     cache: Option<CacheBackend>,
 ) -> anyhow::Result<()> {
     let c = shared.config;
@@ -97,7 +134,7 @@ pub async fn spawn_writer(
 pub async fn spawn_query(
     supervisor: &mut Supervisor,
     shared: &Shared<'_>,
-    store: SqliteStore,
+    store: AnyStore,
     cache: Option<CacheBackend>,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let c = shared.config;
@@ -140,7 +177,7 @@ pub fn reconcile_options(config: &TallyConfig) -> tally_reconciler::reconcile::R
 pub fn spawn_scheduled_reconcile(
     supervisor: &mut Supervisor,
     shared: &Shared<'_>,
-    store: SqliteStore,
+    store: AnyStore,
 ) -> anyhow::Result<()> {
     use tally_store::CountStore as _;
     let metrics = tally_reconciler::reconcile::ReconcileMetrics::register(shared.registry)?;

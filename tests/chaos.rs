@@ -1,6 +1,9 @@
 //! Chaos: the pipeline as separate processes under a bounded load while
 //! faults are injected at random moments (kill -9 of gateway, counter,
-//! writer, query; broker stop/start; Redis stop/start). The client retries
+//! writer, query; broker stop/start; Redis stop/start; a second counter
+//! joining the group and leaving it again, by SIGTERM or kill -9, so that
+//! partitions move mid-flush; the store locked by another process for longer
+//! than the writer's busy timeout, so that it is unavailable). The client retries
 //! every batch with the same event ids until it gets a 202, as a well-behaved
 //! client does; at the end every acknowledged view must be counted exactly
 //! once. Shortened in CI; `TALLY_CHAOS_FAULTS=20` for the full run.
@@ -77,10 +80,11 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let load = tokio::spawn(client(gateway, stop.clone(), tally.clone(), seed));
         let mut rng = Load::new(seed ^ 0xc4a05);
         let mut injected = Vec::new();
+        let mut second_counter: Option<TallyProcess> = None;
         let started = Instant::now();
         for _ in 0..faults {
             tokio::time::sleep(Duration::from_millis(1_000 + rng.rand() % 2_000)).await;
-            let fault = rng.rand() % 6;
+            let fault = rng.rand() % 8;
             match fault {
                 0..=3 => {
                     let index = fault as usize;
@@ -96,13 +100,47 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
                     broker.restart();
                     injected.push("broker stop/start".to_owned());
                 }
-                _ => {
+                5 => {
                     redis.stop();
                     tokio::time::sleep(Duration::from_millis(500 + rng.rand() % 1_500)).await;
                     redis.restart();
                     injected.push("redis stop/start".to_owned());
                 }
+                6 => match second_counter.take() {
+                    None => {
+                        second_counter = Some(TallyProcess::spawn(&config, "counter"));
+                        injected.push("second counter joins".to_owned());
+                    }
+                    Some(process) if rng.rand() % 2 == 0 => {
+                        // Drains its partitions (flush, commit) before leaving.
+                        tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(40))).await.unwrap();
+                        injected.push("second counter leaves (SIGTERM)".to_owned());
+                    }
+                    Some(process) => {
+                        process.kill9();
+                        injected.push("second counter leaves (kill -9)".to_owned());
+                    }
+                },
+                _ => {
+                    // Longer than the store's 5 s busy timeout: the writer's
+                    // transactions fail and it must back off and retry.
+                    let hold = Duration::from_millis(6_000 + rng.rand() % 2_000);
+                    let db = dir.path().join("counts.db");
+                    tokio::task::spawn_blocking(move || {
+                        let connection = rusqlite::Connection::open(db).unwrap();
+                        connection.busy_timeout(Duration::from_secs(30)).unwrap();
+                        connection.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                        std::thread::sleep(hold);
+                        connection.execute_batch("ROLLBACK").unwrap();
+                    })
+                    .await
+                    .unwrap();
+                    injected.push(format!("store locked {} ms", hold.as_millis()));
+                }
             }
+        }
+        if let Some(process) = second_counter.take() {
+            process.kill9();
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         load.await.unwrap();

@@ -8,8 +8,8 @@ HOST="${SCYLLA_HOST:-scylla}"
 SCHEMA=/schema/schema.cql
 
 if [ ! -f "$SCHEMA" ]; then
-  echo "init-schema: $SCHEMA is missing (infra/scylla/schema.cql arrives with the writer): nothing applied" >&2
-  exit 0
+  echo "init-schema: $SCHEMA is missing (mount infra/scylla at /schema)" >&2
+  exit 1
 fi
 echo "init-schema: applying $SCHEMA to $HOST:9042"
 cqlsh "$HOST" 9042 --request-timeout=60 -f "$SCHEMA"

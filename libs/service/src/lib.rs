@@ -5,14 +5,16 @@
 //! - [`supervisor`]: named tasks under one [`CancellationToken`](tokio_util::sync::CancellationToken);
 //!   any failure cancels the rest; bounded drain.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`), on its own port.
+//! - [`api_keys`]: API keys (Bearer / `X-Api-Key`) compared in constant time.
 //! - [`breaker`]: a circuit breaker with half-open probes.
 //! - [`readiness`]: named dependency checks behind `/readyz`.
 //! - [`http_metrics`]: request count and latency per matched route and status.
 //! - [`problem`]: RFC 9457 problem responses.
 //! - [`logging`]: `tracing` set-up (text or JSON).
-//! - [`serve`]: running an axum router on a listener until shutdown, with drain.
+//! - [`serve`]: running an axum router on a listener until shutdown, with drain and a header read timeout.
 
 pub mod admin;
+pub mod api_keys;
 pub mod breaker;
 pub mod http_metrics;
 pub mod logging;

@@ -16,14 +16,20 @@
 //!
 //! - [`model`]: what is stored and read ([`Granularity`], [`Total`], [`Point`]).
 //! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
+//! - [`scylla`]: the ScyllaDB / Cassandra store (`infra/scylla/schema.cql`).
+//! - [`any`]: [`AnyStore`], the configured one of the two.
 //! - this file: the [`CountStore`] interface and [`StoreError`].
 
+pub mod any;
 pub mod model;
+pub mod scylla;
 pub mod sqlite;
 
 use std::future::Future;
 
+pub use any::AnyStore;
 pub use model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
+pub use scylla::{ScyllaConfig, ScyllaStore};
 pub use sqlite::SqliteStore;
 use tally_model::counts::FlushChunk;
 

@@ -41,6 +41,10 @@ pub struct IngestConfig {
     /// Longest time to read one request body; a slower client gets 408.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Longest time to receive a request's head (request line and headers);
+    /// a slower client is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// `Retry-After` sent with 503 answers.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
@@ -80,6 +84,7 @@ impl Default for IngestConfig {
             linger: Duration::from_millis(5),
             max_in_flight_events: 200_000,
             body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(1),
             api_keys: Vec::new(),
             salting: SaltingConfig::default(),

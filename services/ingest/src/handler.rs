@@ -14,10 +14,10 @@ use tally_model::hot::HotKeyDetector;
 use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, SaltPolicy};
 use tally_service::Problem;
 
-use crate::auth::{ApiKeys, Caller};
 use crate::metrics::IngestMetrics;
 use crate::publish::{PublishError, Publisher, Record};
 use crate::rate_limit::RateLimiter;
+use tally_service::api_keys::{ApiKeys, Caller};
 
 /// Everything the handler needs, shared by all requests.
 pub struct AppState {

@@ -13,11 +13,10 @@
 //! - [`service`]: [`IngestService::build`] and [`IngestService::run`].
 //! - [`handler`]: the request pipeline of `POST /v1/events`.
 //! - [`publish`]: admission, produce, await acknowledgements.
-//! - [`auth`]: API keys, compared in constant time.
+//! - API keys: `tally_service::api_keys` (shared with the admin actions).
 //! - [`rate_limit`]: per-key token buckets.
 //! - [`metrics`]: the gateway's Prometheus metrics.
 
-pub mod auth;
 pub mod config;
 pub mod handler;
 pub mod metrics;

@@ -21,12 +21,12 @@ use tally_service::Readiness;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::ApiKeys;
 use crate::config::IngestConfig;
 use crate::handler::{self, AppState};
 use crate::metrics::IngestMetrics;
 use crate::publish::Publisher;
 use crate::rate_limit::RateLimiter;
+use tally_service::api_keys::ApiKeys;
 
 /// The OpenAPI document of the public API.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -62,6 +62,7 @@ pub struct IngestService {
     readiness: Readiness,
     kafka: KafkaConfig,
     flush_timeout: Duration,
+    serve_options: tally_service::serve::ServeOptions,
 }
 
 impl IngestService {
@@ -108,7 +109,7 @@ impl IngestService {
         );
         let state = Arc::new(AppState {
             publisher: publisher.clone(),
-            keys: ApiKeys::new(&config.api_keys),
+            keys: ApiKeys::new(config.api_keys.iter().map(|k| (k.name.as_str(), &k.key))),
             limiter,
             limits: Limits {
                 max_events: config.max_events,
@@ -138,6 +139,7 @@ impl IngestService {
             readiness: readiness.clone(),
             kafka: kafka.clone(),
             flush_timeout: config.delivery_timeout,
+            serve_options: tally_service::serve::ServeOptions { header_read_timeout: config.header_read_timeout },
         })
     }
 
@@ -155,7 +157,7 @@ impl IngestService {
             self.readiness.clone(),
             shutdown.clone(),
         ));
-        let served = tally_service::serve::serve(self.listener, self.router, shutdown).await;
+        let served = tally_service::serve::serve_with(self.listener, self.router, shutdown, self.serve_options).await;
         probe.abort();
         let producer = self.publisher.producer().clone();
         let flush_timeout = self.flush_timeout;

@@ -32,6 +32,10 @@ pub struct QueryConfig {
     /// `Retry-After` for 503 answers.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Longest time to receive a request's head (request line and headers);
+    /// a slower client is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for QueryConfig {
@@ -46,6 +50,7 @@ impl Default for QueryConfig {
             max_batch_ids: 1_000,
             max_series_points: 10_000,
             retry_after: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }

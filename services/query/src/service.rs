@@ -49,6 +49,7 @@ pub struct QueryService {
     router: Router,
     readiness: Readiness,
     probe: StoreProbe,
+    serve_options: tally_service::serve::ServeOptions,
 }
 
 impl QueryService {
@@ -87,7 +88,8 @@ impl QueryService {
             .with_state(state)
             .layer(middleware::from_fn_with_state(http, http_metrics::track));
         let listener = tally_service::serve::bind(config.listen, "query").await.map_err(QueryError::Bind)?;
-        Ok(Self { listener, router, readiness: readiness.clone(), probe })
+        let serve_options = tally_service::serve::ServeOptions { header_read_timeout: config.header_read_timeout };
+        Ok(Self { listener, router, readiness: readiness.clone(), probe, serve_options })
     }
 
     /// The bound address.
@@ -108,7 +110,7 @@ impl QueryService {
                 readiness.set(STORE_CHECK, probe().await);
             }
         });
-        let served = tally_service::serve::serve(self.listener, self.router, shutdown).await;
+        let served = tally_service::serve::serve_with(self.listener, self.router, shutdown, self.serve_options).await;
         prober.abort();
         served.map_err(QueryError::Serve)
     }

@@ -4,8 +4,7 @@
 
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
-
-use crate::config::ApiKeyConfig;
+use tally_config::Secret;
 
 /// The configured keys.
 #[derive(Debug, Clone, Default)]
@@ -23,9 +22,16 @@ pub enum Caller {
 }
 
 impl ApiKeys {
-    /// Keys from configuration.
-    pub fn new(config: &[ApiKeyConfig]) -> Self {
-        Self { keys: config.iter().map(|k| (k.name.clone(), k.key.expose().as_bytes().to_vec())).collect() }
+    /// Keys from configuration: `(name, key)` pairs.
+    pub fn new<'a>(config: impl IntoIterator<Item = (&'a str, &'a Secret)>) -> Self {
+        Self {
+            keys: config.into_iter().map(|(name, key)| (name.to_owned(), key.expose().as_bytes().to_vec())).collect(),
+        }
+    }
+
+    /// Whether no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     /// Identifies the caller; `None` when keys are configured and the request
@@ -61,17 +67,12 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
-    use tally_config::Secret;
 
     use super::*;
 
     fn keys() -> ApiKeys {
-        ApiKeys::new(&[ApiKeyConfig {
-            name: "mobile".into(),
-            key: Secret::new("s3cret"),
-            events_per_sec: 0.0,
-            burst: 0.0,
-        }])
+        let key = Secret::new("s3cret");
+        ApiKeys::new([("mobile", &key)])
     }
 
     fn headers(name: &'static str, value: &'static str) -> HeaderMap {

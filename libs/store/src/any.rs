@@ -1,0 +1,71 @@
+//! The store a process is configured with, behind one type, so services stay
+//! generic over [`CountStore`] while the binary picks at run time.
+
+use tally_model::counts::FlushChunk;
+
+use crate::model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
+use crate::{CountStore, ScyllaStore, SqliteStore, StoreError};
+
+/// The embedded store or the ScyllaDB store. Cheap to clone.
+#[derive(Clone)]
+pub enum AnyStore {
+    /// SQLite, in process.
+    Sqlite(SqliteStore),
+    /// A ScyllaDB / Cassandra cluster.
+    Scylla(ScyllaStore),
+}
+
+impl AnyStore {
+    /// Which backend, for logs and start-up lines.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Scylla(_) => "scylla",
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($store) => $call.await,
+            AnyStore::Scylla($store) => $call.await,
+        }
+    };
+}
+
+impl CountStore for AnyStore {
+    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
+        dispatch!(self, s => s.apply(chunks))
+    }
+
+    async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
+        dispatch!(self, s => s.totals(videos))
+    }
+
+    async fn series(
+        &self,
+        video: String,
+        from_ms: i64,
+        to_ms: i64,
+        step: Granularity,
+    ) -> Result<Vec<Point>, StoreError> {
+        dispatch!(self, s => s.series(video, from_ms, to_ms, step))
+    }
+
+    async fn realtime_minutes(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        dispatch!(self, s => s.realtime_minutes(from_ms, to_ms))
+    }
+
+    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.replace_batch(period, minutes))
+    }
+
+    async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {
+        dispatch!(self, s => s.periods())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping())
+    }
+}

@@ -1,0 +1,333 @@
+//! The ScyllaDB / Apache Cassandra store (the `scylla` driver): prepared
+//! statements, token-aware routing (the driver's default policy routes a
+//! prepared statement to a replica of its partition), bounded concurrency,
+//! and versioned absolute writes; no counter columns.
+//!
+//! # How a flush is applied without transactions
+//!
+//! All of a video's real-time rows live in one partition of `view_counts`
+//! (minute rows plus hour, day and all-time rollups, each per source
+//! partition of `tally.views`). For every chunk and video the store reads the
+//! rows it will touch, decides the new absolute values ([`plan`]), and writes
+//! them in one single-partition batch (atomic and isolated on each replica)
+//! with the flush version as the cell timestamp. A minute row whose stored
+//! version is already the flush's is skipped, and rollups move by exactly the
+//! applied minute rows, in the same batch: a replay, a re-emission after a
+//! counter crash or a writer retry after a timeout changes nothing. Updates of
+//! one (video, source partition) run in log order; others run concurrently.
+//!
+//! Reads and writes use one consistency level (`local-quorum` by default), so
+//! a read after a completed write sees it. The remaining window, two writers
+//! owning one counts partition at once during a rebalance, is bounded by the
+//! cell timestamps: a stale writer's values lose to newer versions.
+//!
+//! Retries: the driver's default retry policy retries idempotent requests
+//! inside `request-timeout`; everything else surfaces as
+//! [`StoreError::Unavailable`] (retried with backoff by the writer, behind its
+//! circuit breaker) or [`StoreError::Invalid`] (never retried).
+//!
+//! # Layout
+//!
+//! - [`config`]: `[store.scylla]` settings.
+//! - [`schema`]: `infra/scylla/schema.cql`, applied on request.
+//! - [`plan`]: what an update writes, as pure functions.
+//! - `apply.rs`: the write path; `reads.rs`: totals, series, `as_of`;
+//!   `batch_layer.rs`: the reconciler's tables.
+
+mod apply;
+mod batch_layer;
+pub mod config;
+pub mod plan;
+mod reads;
+pub mod schema;
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use tally_model::counts::FlushChunk;
+
+pub use self::config::{ConsistencyLevel, ScyllaConfig};
+use crate::model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
+use crate::{CountStore, StoreError};
+
+/// The ScyllaDB store. Cheap to clone.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: Session,
+    statements: Statements,
+    config: ScyllaConfig,
+    /// `(hour, video)` pairs already written to `videos_by_hour` by this process.
+    indexed: std::sync::Mutex<std::collections::HashSet<(i64, String)>>,
+    /// Last batch-layer generation timestamp handed out (microseconds).
+    generation: std::sync::atomic::AtomicI64,
+}
+
+/// Every statement, prepared once.
+struct Statements {
+    read_minutes: PreparedStatement,
+    read_rollups: PreparedStatement,
+    write_row: PreparedStatement,
+    index_video: PreparedStatement,
+    write_progress: PreparedStatement,
+    read_progress: PreparedStatement,
+    read_totals: PreparedStatement,
+    read_minutes_from: PreparedStatement,
+    read_series: PreparedStatement,
+    read_hour_videos: PreparedStatement,
+    read_boundary: PreparedStatement,
+    read_batch_total: PreparedStatement,
+    read_period_videos: PreparedStatement,
+    delete_period_minutes: PreparedStatement,
+    write_batch_minute: PreparedStatement,
+    delete_batch_by_video: PreparedStatement,
+    write_batch_by_video: PreparedStatement,
+    write_period: PreparedStatement,
+    read_periods: PreparedStatement,
+}
+
+/// Shards of `videos_by_hour`.
+const INDEX_SHARDS: i16 = 16;
+
+/// Bound on the `(hour, video)` pairs remembered as indexed.
+const INDEXED_MEMORY: usize = 1 << 20;
+
+fn from_execution(e: ExecutionError) -> StoreError {
+    let invalid = match &e {
+        ExecutionError::BadQuery(_) => true,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
+            db,
+            DbError::SyntaxError
+                | DbError::Invalid
+                | DbError::Unauthorized
+                | DbError::ConfigError
+                | DbError::AlreadyExists { .. }
+                | DbError::FunctionFailure { .. }
+        ),
+        _ => false,
+    };
+    if invalid {
+        StoreError::Invalid(e.to_string())
+    } else {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl ScyllaStore {
+    /// Connects, applies the schema when configured to, and prepares every statement.
+    pub async fn connect(config: ScyllaConfig) -> Result<Self, StoreError> {
+        if config.nodes.is_empty() {
+            return Err(StoreError::Invalid("store.scylla.nodes is empty".into()));
+        }
+        if !config.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || config.keyspace.is_empty() {
+            return Err(StoreError::Invalid(format!("invalid keyspace name {:?}", config.keyspace)));
+        }
+        let mut policy = DefaultPolicy::builder().token_aware(true);
+        if !config.local_datacenter.is_empty() {
+            policy = policy.prefer_datacenter(config.local_datacenter.clone()).permit_dc_failover(true);
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(config.consistency.to_driver())
+            .request_timeout(Some(config.request_timeout))
+            .load_balancing_policy(policy.build())
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .connection_timeout(config.connect_timeout)
+            .default_execution_profile_handle(profile.into_handle());
+        if !config.username.is_empty() {
+            builder = builder.user(config.username.clone(), config.password.expose().to_owned());
+        }
+        let session = builder.build().await.map_err(unavailable)?;
+        if config.create_schema {
+            for statement in schema::statements(&config.keyspace, &config.replication) {
+                session.query_unpaged(statement, ()).await.map_err(from_execution)?;
+            }
+            session.await_schema_agreement().await.map_err(unavailable)?;
+        }
+        let statements = Statements::prepare(&session, &config.keyspace).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                session,
+                statements,
+                config,
+                indexed: std::sync::Mutex::new(std::collections::HashSet::new()),
+                generation: std::sync::atomic::AtomicI64::new(0),
+            }),
+        })
+    }
+
+    /// The settings it was built with.
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.inner.config
+    }
+
+    /// Drops the keyspace (contract tests clean up after themselves).
+    pub async fn drop_keyspace(&self) -> Result<(), StoreError> {
+        let statement = format!("DROP KEYSPACE IF EXISTS {}", self.inner.config.keyspace);
+        self.inner.session.query_unpaged(statement, ()).await.map_err(from_execution)?;
+        Ok(())
+    }
+
+    /// Runs a prepared statement that returns no rows.
+    async fn run(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<(), StoreError> {
+        self.inner.session.execute_unpaged(statement, values).await.map_err(from_execution)?;
+        Ok(())
+    }
+
+    /// Every row of a prepared select, page by page.
+    async fn select<R>(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata> + Send + 'static,
+    {
+        let pager = self.inner.session.execute_iter(statement.clone(), values).await.map_err(unavailable)?;
+        pager
+            .rows_stream::<R>()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
+        let prepare = |cql: String| async move {
+            let mut statement = session.prepare(cql).await.map_err(unavailable)?;
+            statement.set_is_idempotent(true);
+            Ok::<_, StoreError>(statement)
+        };
+        let columns = "video_id, granularity, bucket, salt, source_partition, views, version";
+        Ok(Self {
+            read_minutes: prepare(format!(
+                "SELECT bucket, salt, source_partition, views, version FROM {ks}.view_counts \
+                 WHERE video_id = ? AND granularity = 0 AND bucket >= ? AND bucket <= ?"
+            ))
+            .await?,
+            read_rollups: prepare(format!(
+                "SELECT granularity, bucket, source_partition, views FROM {ks}.view_counts \
+                 WHERE video_id = ? AND granularity IN (1, 2, 3) AND bucket IN ?"
+            ))
+            .await?,
+            write_row: prepare(format!(
+                "INSERT INTO {ks}.view_counts ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"
+            ))
+            .await?,
+            index_video: prepare(format!("INSERT INTO {ks}.videos_by_hour (hour, shard, video_id) VALUES (?, ?, ?)"))
+                .await?,
+            write_progress: prepare(format!(
+                "INSERT INTO {ks}.progress (scope, epoch, source_partition, max_received_ms) \
+                 VALUES ('all', ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            read_progress: prepare(format!(
+                "SELECT epoch, source_partition, max_received_ms FROM {ks}.progress WHERE scope = 'all'"
+            ))
+            .await?,
+            read_totals: prepare(format!(
+                "SELECT views FROM {ks}.view_counts WHERE video_id = ? AND granularity = 3 AND bucket = 0"
+            ))
+            .await?,
+            read_minutes_from: prepare(format!(
+                "SELECT bucket, views FROM {ks}.view_counts WHERE video_id = ? AND granularity = 0 \
+                 AND bucket >= ? AND bucket < ?"
+            ))
+            .await?,
+            read_series: prepare(format!(
+                "SELECT bucket, views FROM {ks}.view_counts WHERE video_id = ? AND granularity = ? \
+                 AND bucket >= ? AND bucket < ?"
+            ))
+            .await?,
+            read_hour_videos: prepare(format!("SELECT video_id FROM {ks}.videos_by_hour WHERE hour = ? AND shard = ?"))
+                .await?,
+            read_boundary: prepare(format!("SELECT max(end_ms) FROM {ks}.batch_periods WHERE scope = 'all'")).await?,
+            read_batch_total: prepare(format!("SELECT views FROM {ks}.batch_by_video WHERE video_id = ?")).await?,
+            read_period_videos: prepare(format!(
+                "SELECT video_id, minute FROM {ks}.batch_minutes WHERE period_start = ?"
+            ))
+            .await?,
+            delete_period_minutes: prepare(format!(
+                "DELETE FROM {ks}.batch_minutes USING TIMESTAMP ? WHERE period_start = ?"
+            ))
+            .await?,
+            write_batch_minute: prepare(format!(
+                "INSERT INTO {ks}.batch_minutes (period_start, video_id, minute, views) VALUES (?, ?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            delete_batch_by_video: prepare(format!(
+                "DELETE FROM {ks}.batch_by_video USING TIMESTAMP ? WHERE video_id = ? AND period_start = ?"
+            ))
+            .await?,
+            write_batch_by_video: prepare(format!(
+                "INSERT INTO {ks}.batch_by_video (video_id, period_start, views) VALUES (?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            write_period: prepare(format!(
+                "INSERT INTO {ks}.batch_periods (scope, start_ms, end_ms, batch_views, realtime_views) \
+                 VALUES ('all', ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            read_periods: prepare(format!(
+                "SELECT start_ms, end_ms, batch_views, realtime_views FROM {ks}.batch_periods WHERE scope = 'all'"
+            ))
+            .await?,
+        })
+    }
+}
+
+impl CountStore for ScyllaStore {
+    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
+        self.apply_chunks(chunks).await
+    }
+
+    async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
+        self.read_totals(videos).await
+    }
+
+    async fn series(
+        &self,
+        video: String,
+        from_ms: i64,
+        to_ms: i64,
+        step: Granularity,
+    ) -> Result<Vec<Point>, StoreError> {
+        self.read_series(video, from_ms, to_ms, step).await
+    }
+
+    async fn realtime_minutes(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.read_realtime_minutes(from_ms, to_ms).await
+    }
+
+    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
+        self.write_batch(period, minutes).await
+    }
+
+    async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {
+        self.read_periods().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner
+            .session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await
+            .map_err(from_execution)?;
+        Ok(())
+    }
+}
