@@ -53,20 +53,38 @@ impl AdminActions {
             .with_state(Arc::new(self))
     }
 
-    /// The caller's key name, or the refusal to send.
-    fn authorize(&self, headers: &HeaderMap) -> Result<String, Response> {
+    /// The caller's key name, or why the request is refused.
+    fn authorize(&self, headers: &HeaderMap) -> Result<String, Refusal> {
         if self.keys.is_empty() {
-            return Err(Problem::new(
+            return Err(Refusal::Disabled);
+        }
+        match self.keys.authenticate(headers) {
+            Some(Caller::Key(name)) => Ok(name),
+            Some(Caller::Anonymous) | None => Err(Refusal::Unauthorized),
+        }
+    }
+}
+
+/// Why an admin request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No admin key is configured.
+    Disabled,
+    /// No key, or not a configured one.
+    Unauthorized,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Disabled => Problem::new(
                 StatusCode::FORBIDDEN,
                 "admin-disabled",
                 "Admin actions are disabled",
                 "no admin key is configured; set admin.api-keys to enable admin actions",
             )
-            .into_response());
-        }
-        match self.keys.authenticate(headers) {
-            Some(Caller::Key(name)) => Ok(name),
-            Some(Caller::Anonymous) | None => {
+            .into_response(),
+            Self::Unauthorized => {
                 let mut response = Problem::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
@@ -75,7 +93,7 @@ impl AdminActions {
                 )
                 .into_response();
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-                Err(response)
+                response
             }
         }
     }
@@ -99,13 +117,13 @@ struct ReconcileRequest {
     to: serde_json::Value,
 }
 
-fn time_of(value: &serde_json::Value, field: &str) -> Result<i64, Response> {
+fn time_of(value: &serde_json::Value, field: &str) -> Result<i64, String> {
     let parsed = match value {
         serde_json::Value::Number(n) => n.as_i64(),
         serde_json::Value::String(s) => tally_model::timestamp::parse_rfc3339_ms(s).ok(),
         _ => None,
     };
-    parsed.ok_or_else(|| bad_request(format!("`{field}` must be an RFC 3339 time or epoch milliseconds")))
+    parsed.ok_or_else(|| format!("`{field}` must be an RFC 3339 time or epoch milliseconds"))
 }
 
 async fn reconcile(
@@ -115,7 +133,7 @@ async fn reconcile(
 ) -> Response {
     let caller = match actions.authorize(&headers) {
         Ok(caller) => caller,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let Json(request) = match body {
         Ok(body) => body,
@@ -123,7 +141,7 @@ async fn reconcile(
     };
     let (from, to) = match (time_of(&request.from, "from"), time_of(&request.to, "to")) {
         (Ok(from), Ok(to)) => (from, to),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
     };
     if from >= to {
         return bad_request("`from` must be before `to`");
@@ -160,7 +178,7 @@ async fn dlq_replay(
 ) -> Response {
     let caller = match actions.authorize(&headers) {
         Ok(caller) => caller,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let Json(request) = match body {
         Ok(body) => body,
