@@ -227,7 +227,7 @@ mod tests {
         };
         let store = AnyStore::Sqlite(SqliteStore::in_memory().unwrap());
         let options = ReconcileOptions {
-            archive_dir: archive.to_owned(),
+            archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive.to_owned()),
             allowed_lateness: std::time::Duration::from_secs(60),
             late_lookahead: std::time::Duration::from_secs(3600),
         };

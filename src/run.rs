@@ -108,7 +108,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone())?;
             let admin =
                 spawn_admin_with_actions(&mut supervisor, &shared, config.reconciler.admin_listen, store).await?;
-            println!("tally reconciler: archive {}", config.archiver.dir.display());
+            println!("tally reconciler: archive {}", reconcile_options(&config)?.archive.describe());
             println!("tally reconciler: admin http://{admin}/metrics");
             println!("tally reconciler: admin actions http://{admin}/v1/admin/{{reconcile,dlq-replay}}");
         }
@@ -208,7 +208,7 @@ async fn reconcile_now(
     let (from, to) = (parse_time(from)?, parse_time(to)?);
     anyhow::ensure!(from < to, "--from must be before --to");
     let store = open_store(config).await?;
-    let options = reconcile_options(config);
+    let options = reconcile_options(config)?;
     let reports = tally_reconciler::reconcile::reconcile(&store, &options, from, to, None, |done, total| {
         let width = 30;
         let filled = width * done / total.max(1);

@@ -41,7 +41,7 @@ pub async fn spawn_admin_with_actions(
     store: AnyStore,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let c = shared.config;
-    let actions = crate::admin_actions::AdminActions::new(&c.admin, store, reconcile_options(c), c.kafka.clone());
+    let actions = crate::admin_actions::AdminActions::new(&c.admin, store, reconcile_options(c)?, c.kafka.clone());
     spawn_admin_with(supervisor, shared, addr, Some(actions.router())).await
 }
 
@@ -164,12 +164,16 @@ pub fn spawn_archiver(supervisor: &mut Supervisor, shared: &Shared<'_>) -> anyho
 }
 
 /// The reconcile options of the configuration.
-pub fn reconcile_options(config: &TallyConfig) -> tally_reconciler::reconcile::ReconcileOptions {
-    tally_reconciler::reconcile::ReconcileOptions {
-        archive_dir: config.archiver.dir.clone(),
+pub fn reconcile_options(config: &TallyConfig) -> anyhow::Result<tally_reconciler::reconcile::ReconcileOptions> {
+    let a = &config.archiver;
+    let archive =
+        tally_reconciler::archive::storage::ArchiveStorage::from_config(&a.dir, &a.url, &a.object_store_options)
+            .context("Failed to open the archive")?;
+    Ok(tally_reconciler::reconcile::ReconcileOptions {
+        archive,
         allowed_lateness: config.counter.allowed_lateness,
         late_lookahead: config.reconciler.late_lookahead,
-    }
+    })
 }
 
 /// Starts the scheduled recount: every interval, the closed periods after
@@ -181,7 +185,7 @@ pub fn spawn_scheduled_reconcile(
 ) -> anyhow::Result<()> {
     use tally_store::CountStore as _;
     let metrics = tally_reconciler::reconcile::ReconcileMetrics::register(shared.registry)?;
-    let options = reconcile_options(shared.config);
+    let options = reconcile_options(shared.config)?;
     let interval = shared.config.reconciler.interval;
     let lookback = i64::try_from(shared.config.reconciler.first_lookback.as_millis()).unwrap_or(i64::MAX);
     let token = supervisor.token();

@@ -105,7 +105,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
         store.apply(vec![tamper]).await.unwrap();
 
         let options = ReconcileOptions {
-            archive_dir: archive_dir.clone(),
+            archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive_dir.clone()),
             allowed_lateness: Duration::from_secs(3600),
             late_lookahead: Duration::from_secs(2 * 3600),
         };

@@ -23,6 +23,7 @@ pub mod broker;
 pub mod metrics;
 pub mod process;
 pub mod redis;
+pub mod s3;
 pub mod store;
 pub mod topic;
 pub mod views;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 pub use broker::Broker;
 pub use redis::RedisServer;
+pub use s3::S3Server;
 use tally_kafka::KafkaConfig;
 
 /// A name no other test uses: `prefix-<random>`.

@@ -7,7 +7,6 @@
 //! real-time counts after it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -16,13 +15,14 @@ use tally_store::{CountStore, PeriodSummary, StoreError};
 
 use crate::archive::layout::HOUR_MS;
 use crate::archive::parquet_io::ArchiveError;
+use crate::archive::storage::ArchiveStorage;
 use crate::recount;
 
 /// How reconciliation runs.
 #[derive(Debug, Clone)]
 pub struct ReconcileOptions {
-    /// Root of the Parquet archive.
-    pub archive_dir: PathBuf,
+    /// The Parquet archive.
+    pub archive: ArchiveStorage,
     /// A period is closed this long after its end.
     pub allowed_lateness: Duration,
     /// How far past a period files are read for its late events (received
@@ -39,9 +39,6 @@ pub enum ReconcileError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A worker thread.
-    #[error("recount task failed: {0}")]
-    Join(String),
 }
 
 /// Drift of one video in one period.
@@ -140,11 +137,8 @@ pub async fn reconcile<S: CountStore>(
 ) -> Result<Vec<PeriodReport>, ReconcileError> {
     let periods = closed_periods(from_ms, to_ms, tally_model::timestamp::now_ms(), options.allowed_lateness);
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else { return Ok(Vec::new()) };
-    let dir = options.archive_dir.clone();
     let lookahead = i64::try_from(options.late_lookahead.as_millis()).unwrap_or(i64::MAX);
-    let counted = tokio::task::spawn_blocking(move || recount::recount(&dir, first.0, last.1, lookahead))
-        .await
-        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+    let counted = recount::recount(&options.archive, first.0, last.1, lookahead).await?;
     let mut reports = Vec::with_capacity(periods.len());
     for (index, (start, end)) in periods.iter().copied().enumerate() {
         let batch_minutes: Vec<(String, i64, i64)> = counted

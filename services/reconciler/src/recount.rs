@@ -6,12 +6,11 @@
 //! after it, so the files of `[from, to + lookahead)` are read.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 
 use tally_model::timestamp::minute_bucket;
 
-use crate::archive::layout;
 use crate::archive::parquet_io::{self, ArchiveError};
+use crate::archive::storage::ArchiveStorage;
 
 /// The batch count of one period.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,33 +23,50 @@ pub struct Recount {
     pub duplicates: u64,
 }
 
-/// Recounts `[from_ms, to_ms)` from the archive under `root`, reading files
-/// of receive hours up to `to_ms + lookahead_ms`.
-pub fn recount(root: &Path, from_ms: i64, to_ms: i64, lookahead_ms: i64) -> Result<Recount, ArchiveError> {
-    let files = layout::files_between(root, from_ms, to_ms + lookahead_ms)
-        .map_err(|source| ArchiveError::Io { path: root.display().to_string(), source })?;
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    let mut out = Recount::default();
+/// Recounts `[from_ms, to_ms)` from `archive`, reading files of receive
+/// hours up to `to_ms + lookahead_ms`. Files are fetched one at a time and
+/// decoded off the async runtime.
+pub async fn recount(
+    archive: &ArchiveStorage,
+    from_ms: i64,
+    to_ms: i64,
+    lookahead_ms: i64,
+) -> Result<Recount, ArchiveError> {
+    let files = archive.files_between(from_ms, to_ms.saturating_add(lookahead_ms)).await?;
+    let mut state = (HashSet::<(String, String)>::new(), Recount::default());
     for file in files {
-        let rows = parquet_io::read_views(&file, |video, event, ts| {
-            if ts < from_ms || ts >= to_ms {
-                return;
-            }
-            if seen.insert((video.to_owned(), event.to_owned())) {
-                *out.minutes.entry((video.to_owned(), minute_bucket(ts))).or_default() += 1;
-            } else {
-                out.duplicates += 1;
-            }
-        })?;
-        out.rows_read += rows as u64;
+        let bytes = archive.get(&file).await?;
+        let (mut seen, mut out) = state;
+        state = tokio::task::spawn_blocking(move || {
+            let rows = parquet_io::read_views(bytes, &file, |video, event, ts| {
+                if ts < from_ms || ts >= to_ms {
+                    return;
+                }
+                if seen.insert((video.to_owned(), event.to_owned())) {
+                    *out.minutes.entry((video.to_owned(), minute_bucket(ts))).or_default() += 1;
+                } else {
+                    out.duplicates += 1;
+                }
+            })?;
+            out.rows_read += rows as u64;
+            Ok::<_, ArchiveError>((seen, out))
+        })
+        .await
+        .map_err(|e| ArchiveError::Format { path: archive.describe(), message: e.to_string() })??;
     }
-    Ok(out)
+    Ok(state.1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::parquet_io::{write_file, ArchivedView};
+    use crate::archive::layout;
+    use crate::archive::parquet_io::{encode, ArchivedView};
+
+    async fn put(archive: &ArchiveStorage, received_ms: i64, range: (i64, i64), rows: &[ArchivedView]) {
+        let name = format!("{}/{}", layout::hour_prefix(received_ms), layout::file_name(0, range.0, range.1));
+        archive.put(&name, encode(rows, &name).unwrap()).await.unwrap();
+    }
 
     fn view(offset: i64, video: &str, event: &str, ts: i64, received: i64) -> ArchivedView {
         ArchivedView {
@@ -66,9 +82,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn distinct_events_per_minute_with_salts_merged_and_late_events_included() {
+    #[tokio::test]
+    async fn distinct_events_per_minute_with_salts_merged_and_late_events_included() {
         let dir = tempfile::tempdir().unwrap();
+        let archive = ArchiveStorage::Local(dir.path().to_owned());
         let t0 = 1_795_341_600_000; // 10:00
         let hour1 = vec![
             view(0, "a", "e1", t0, t0),
@@ -76,17 +93,17 @@ mod tests {
             view(2, "a", "e2", t0 + 61_000, t0 + 61_000),
             view(3, "b", "e1", t0 + 1_000, t0 + 1_000),
         ];
-        write_file(&layout::hour_dir(dir.path(), t0).join(layout::file_name(0, 0, 4)), &hour1).unwrap();
+        put(&archive, t0, (0, 4), &hour1).await;
         // Received two hours later (late), event time inside the period.
         let late = vec![view(4, "a", "e9", t0 + 2_000, t0 + 2 * 3_600_000)];
-        write_file(&layout::hour_dir(dir.path(), t0 + 2 * 3_600_000).join(layout::file_name(0, 4, 5)), &late).unwrap();
-        let counted = recount(dir.path(), t0, t0 + 3_600_000, 3 * 3_600_000).unwrap();
+        put(&archive, t0 + 2 * 3_600_000, (4, 5), &late).await;
+        let counted = recount(&archive, t0, t0 + 3_600_000, 3 * 3_600_000).await.unwrap();
         assert_eq!(counted.rows_read, 5);
         assert_eq!(counted.duplicates, 1);
         assert_eq!(counted.minutes.get(&("a".to_owned(), t0)), Some(&2));
         assert_eq!(counted.minutes.get(&("a".to_owned(), t0 + 60_000)), Some(&1));
         assert_eq!(counted.minutes.get(&("b".to_owned(), t0)), Some(&1));
-        let without_late = recount(dir.path(), t0, t0 + 3_600_000, 0).unwrap();
+        let without_late = recount(&archive, t0, t0 + 3_600_000, 0).await.unwrap();
         assert_eq!(without_late.minutes.get(&("a".to_owned(), t0)), Some(&1));
     }
 }

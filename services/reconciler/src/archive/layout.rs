@@ -10,11 +10,16 @@ use tally_model::timestamp::format_rfc3339_ms;
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 
-/// The `dt=…/hour=…` directory of the hour holding `received_ms`.
-pub fn hour_dir(root: &Path, received_ms: i64) -> PathBuf {
+/// The `dt=…/hour=…` prefix (relative) of the hour holding `received_ms`.
+pub fn hour_prefix(received_ms: i64) -> String {
     let start = received_ms.div_euclid(HOUR_MS) * HOUR_MS;
     let stamp = format_rfc3339_ms(start); // 2026-11-22T10:00:00Z
-    root.join(format!("dt={}", &stamp[..10])).join(format!("hour={}", &stamp[11..13]))
+    format!("dt={}/hour={}", &stamp[..10], &stamp[11..13])
+}
+
+/// The `dt=…/hour=…` directory of the hour holding `received_ms`.
+pub fn hour_dir(root: &Path, received_ms: i64) -> PathBuf {
+    root.join(hour_prefix(received_ms))
 }
 
 /// File name of partition `partition`'s range `[start, end)`.
@@ -37,48 +42,30 @@ pub type FileRange = (i32, i64, i64);
 
 /// Every archive file under `root`, with its range, in path order.
 pub fn list(root: &Path) -> std::io::Result<Vec<(PathBuf, FileRange)>> {
+    Ok(list_relative(root, None)?.into_iter().map(|(relative, range)| (root.join(relative), range)).collect())
+}
+
+/// Archive files under `root` (only below `sub`, a `dt=…[/hour=…]` prefix,
+/// when given) as paths relative to `root`, with their ranges, in path order.
+pub fn list_relative(root: &Path, sub: Option<&str>) -> std::io::Result<Vec<(String, FileRange)>> {
     let mut files = Vec::new();
-    let Ok(days) = std::fs::read_dir(root) else { return Ok(files) };
-    for day in days {
-        let day = day?.path();
-        if !day.is_dir() {
-            continue;
-        }
-        for hour in std::fs::read_dir(&day)? {
-            let hour = hour?.path();
-            if !hour.is_dir() {
-                continue;
-            }
-            for file in std::fs::read_dir(&hour)? {
-                let path = file?.path();
-                if let Some(range) = path.file_name().and_then(|n| n.to_str()).and_then(parse_file_name) {
-                    files.push((path, range));
-                }
+    let start = sub.map_or_else(|| root.to_owned(), |s| root.join(s));
+    let mut pending = vec![start];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Some(range) = path.file_name().and_then(|n| n.to_str()).and_then(parse_file_name) {
+                let relative = path.strip_prefix(root).unwrap_or(&path);
+                let relative = relative.iter().filter_map(|c| c.to_str()).collect::<Vec<_>>().join("/");
+                files.push((relative, range));
             }
         }
     }
     files.sort();
     Ok(files)
-}
-
-/// Files of the receive hours `[from_ms, to_ms)`.
-pub fn files_between(root: &Path, from_ms: i64, to_ms: i64) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut hour = from_ms.div_euclid(HOUR_MS) * HOUR_MS;
-    while hour < to_ms {
-        let dir = hour_dir(root, hour);
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries {
-                let path = entry?.path();
-                if path.file_name().and_then(|n| n.to_str()).and_then(parse_file_name).is_some() {
-                    out.push(path);
-                }
-            }
-        }
-        hour += HOUR_MS;
-    }
-    out.sort();
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -93,5 +80,6 @@ mod tests {
         assert_eq!(parse_file_name(".tmp-views-p00003-1-2.parquet"), None);
         let dir = hour_dir(Path::new("/a"), 1_795_341_659_000);
         assert_eq!(dir, Path::new("/a/dt=2026-11-22/hour=10"));
+        assert_eq!(hour_prefix(1_795_341_659_000), "dt=2026-11-22/hour=10");
     }
 }

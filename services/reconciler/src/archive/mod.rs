@@ -3,3 +3,4 @@
 pub mod layout;
 pub mod parquet_io;
 pub mod service;
+pub mod storage;

@@ -1,17 +1,15 @@
 //! Archive rows to and from Parquet (arrow + parquet crates).
 //!
-//! A file is written to a temporary name in its directory, synced, then
-//! renamed: a reader never sees half a file, and a crash leaves only a
-//! temporary file that the next write of the same range replaces.
+//! Files are encoded in memory and stored by [`storage`](super::storage),
+//! which makes the write atomic (temporary name + rename locally, a single
+//! PUT in an object store).
 
-use std::fs::File;
-use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder, UInt16Builder};
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -50,6 +48,14 @@ pub enum ArchiveError {
         path: String,
         /// The error.
         source: std::io::Error,
+    },
+    /// The object store.
+    #[error("archive object {path}: {message}")]
+    Remote {
+        /// The object.
+        path: String,
+        /// What went wrong.
+        message: String,
     },
     /// Parquet or Arrow.
     #[error("archive file {path}: {message}")]
@@ -111,15 +117,9 @@ fn to_batch(rows: &[ArchivedView]) -> Result<RecordBatch, arrow_schema::ArrowErr
     RecordBatch::try_new(schema(), columns)
 }
 
-/// Writes `rows` to `path` atomically (temporary file, fsync, rename).
-pub fn write_file(path: &Path, rows: &[ArchivedView]) -> Result<(), ArchiveError> {
-    let shown = path.display().to_string();
-    let io = |source| ArchiveError::Io { path: shown.clone(), source };
-    let format = |e: &dyn std::fmt::Display| ArchiveError::Format { path: shown.clone(), message: e.to_string() };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("archive.parquet");
-    let temporary = dir.join(format!(".tmp-{name}"));
+/// Encodes `rows` as one Parquet file (snappy), byte-identical for identical rows.
+pub fn encode(rows: &[ArchivedView], shown: &str) -> Result<Vec<u8>, ArchiveError> {
+    let format = |e: &dyn std::fmt::Display| ArchiveError::Format { path: shown.to_owned(), message: e.to_string() };
     let batch = to_batch(rows).map_err(|e| format(&e))?;
     let properties =
         WriterProperties::builder().set_compression(Compression::SNAPPY).set_created_by("tally".into()).build();
@@ -127,24 +127,14 @@ pub fn write_file(path: &Path, rows: &[ArchivedView]) -> Result<(), ArchiveError
     let mut writer = ArrowWriter::try_new(&mut buffer, schema(), Some(properties)).map_err(|e| format(&e))?;
     writer.write(&batch).map_err(|e| format(&e))?;
     writer.close().map_err(|e| format(&e))?;
-    let mut file = File::create(&temporary).map_err(io)?;
-    file.write_all(&buffer).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(io)?;
-    if let Ok(directory) = File::open(dir) {
-        let _ = directory.sync_all();
-    }
-    Ok(())
+    Ok(buffer)
 }
 
-/// Reads the `(video_id, event_id, ts_ms)` columns of a file, calling `visit` per row.
-pub fn read_views(path: &Path, mut visit: impl FnMut(&str, &str, i64)) -> Result<usize, ArchiveError> {
-    let shown = path.display().to_string();
-    let format = |e: &dyn std::fmt::Display| ArchiveError::Format { path: shown.clone(), message: e.to_string() };
-    let file = File::open(path).map_err(|source| ArchiveError::Io { path: shown.clone(), source })?;
+/// Reads the `(video_id, event_id, ts_ms)` columns of a file's bytes, calling `visit` per row.
+pub fn read_views(bytes: Bytes, shown: &str, mut visit: impl FnMut(&str, &str, i64)) -> Result<usize, ArchiveError> {
+    let format = |e: &dyn std::fmt::Display| ArchiveError::Format { path: shown.to_owned(), message: e.to_string() };
     let reader =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format(&e))?.build().map_err(|e| format(&e))?;
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format(&e))?.build().map_err(|e| format(&e))?;
     let mut rows = 0;
     for batch in reader {
         let batch = batch.map_err(|e| format(&e))?;
@@ -183,16 +173,20 @@ mod tests {
 
     #[test]
     fn files_round_trip_and_are_byte_identical_when_rewritten() {
-        let dir = tempfile::tempdir().unwrap();
         let rows: Vec<ArchivedView> = (0..100).map(|i| row(i, if i % 3 == 0 { "a" } else { "b" })).collect();
-        let first = dir.path().join("one.parquet");
-        let second = dir.path().join("two.parquet");
-        write_file(&first, &rows).unwrap();
-        write_file(&second, &rows).unwrap();
-        assert_eq!(std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap());
+        let first = encode(&rows, "one").unwrap();
+        let second = encode(&rows, "two").unwrap();
+        assert_eq!(first, second);
         let mut seen = Vec::new();
-        assert_eq!(read_views(&first, |v, e, t| seen.push((v.to_owned(), e.to_owned(), t))).unwrap(), 100);
+        let read = read_views(Bytes::from(first), "one", |v, e, t| seen.push((v.to_owned(), e.to_owned(), t))).unwrap();
+        assert_eq!(read, 100);
         assert_eq!(seen[3], ("a".to_owned(), "e3".to_owned(), 1_795_341_600_003));
-        assert!(!dir.path().join(".tmp-one.parquet").exists());
+    }
+
+    #[test]
+    fn a_truncated_file_is_a_format_error() {
+        let bytes = encode(&[row(0, "a")], "one").unwrap();
+        let cut = Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
+        assert!(matches!(read_views(cut, "one", |_, _, _| {}), Err(ArchiveError::Format { .. })));
     }
 }

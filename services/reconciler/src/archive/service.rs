@@ -11,7 +11,7 @@
 //! On start, a partition resumes after the last offset already archived,
 //! whatever the group committed, so nothing is written twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,12 +21,14 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
+use tally_config::Secret;
 use tally_kafka::clients::{group_consumer_config, is_transient};
 use tally_kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::layout::{self, HOUR_MS};
 use super::parquet_io::{self, ArchiveError, ArchivedView};
+use super::storage::ArchiveStorage;
 
 /// The `[archiver]` configuration section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -36,8 +38,15 @@ pub struct ArchiverConfig {
     pub admin_listen: SocketAddr,
     /// Consumer group of the archiver.
     pub group_id: String,
-    /// Root of the Parquet archive (Hive layout below it).
+    /// Root of the Parquet archive (Hive layout below it), when `url` is empty.
     pub dir: PathBuf,
+    /// Object storage for the archive instead of `dir`, e.g. `s3://bucket/tally-archive`
+    /// (S3 and S3-compatible stores); empty keeps the archive in `dir`.
+    pub url: String,
+    /// Options of the object store: `aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, `aws_access_key_id`, `aws_secret_access_key`, …
+    /// (the `AWS_*` environment variables are read too).
+    pub object_store_options: BTreeMap<String, Secret>,
     /// Records per file at most (files are cut at offsets that are multiples of it).
     pub records_per_file: i64,
     /// How long after its hour ends an open file is written anyway.
@@ -51,6 +60,8 @@ impl Default for ArchiverConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9084)),
             group_id: "tally-archiver".into(),
             dir: PathBuf::from("tally-data/archive"),
+            url: String::new(),
+            object_store_options: BTreeMap::new(),
             records_per_file: 100_000,
             seal_grace: Duration::from_secs(300),
         }
@@ -120,19 +131,21 @@ pub struct ArchiverService {
     config: ArchiverConfig,
     kafka: KafkaConfig,
     metrics: Metrics,
+    storage: ArchiveStorage,
 }
 
 impl ArchiverService {
     /// Registers metrics.
     pub fn build(config: &ArchiverConfig, kafka: &KafkaConfig, registry: &Registry) -> Result<Self, ArchiverError> {
-        Ok(Self { config: config.clone(), kafka: kafka.clone(), metrics: Metrics::register(registry)? })
+        let storage = ArchiveStorage::from_config(&config.dir, &config.url, &config.object_store_options)?;
+        Ok(Self { config: config.clone(), kafka: kafka.clone(), metrics: Metrics::register(registry)?, storage })
     }
 
     /// Archives until `shutdown`. Open files are not written at shutdown:
     /// the next run re-reads their records from the committed offsets.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ArchiverError> {
         let mut archived: HashMap<i32, i64> = HashMap::new();
-        for (_, (partition, _, end)) in layout::list(&self.config.dir)? {
+        for (_, (partition, _, end)) in self.storage.list().await? {
             let entry = archived.entry(partition).or_insert(end);
             *entry = (*entry).max(end);
         }
@@ -170,7 +183,7 @@ impl ArchiverService {
                             });
                             if cut {
                                 if let Some(file) = open.remove(&partition) {
-                                    self.seal(&consumer, partition, file, offset, &mut archived)?;
+                                    self.seal(&consumer, partition, file, offset, &mut archived).await?;
                                 }
                             }
                             let file = open.entry(partition).or_insert_with(|| OpenFile {
@@ -206,14 +219,14 @@ impl ArchiverService {
                 for partition in due {
                     if let Some(file) = open.remove(&partition) {
                         let end = file.next;
-                        self.seal(&consumer, partition, file, end, &mut archived)?;
+                        self.seal(&consumer, partition, file, end, &mut archived).await?;
                     }
                 }
             }
         }
     }
 
-    fn seal(
+    async fn seal(
         &self,
         consumer: &StreamConsumer,
         partition: i32,
@@ -222,8 +235,9 @@ impl ArchiverService {
         archived: &mut HashMap<i32, i64>,
     ) -> Result<(), ArchiverError> {
         let started = Instant::now();
-        let path = layout::hour_dir(&self.config.dir, file.hour).join(layout::file_name(partition, file.start, end));
-        parquet_io::write_file(&path, &file.rows)?;
+        let path = format!("{}/{}", layout::hour_prefix(file.hour), layout::file_name(partition, file.start, end));
+        let bytes = parquet_io::encode(&file.rows, &path)?;
+        self.storage.put(&path, bytes).await?;
         self.metrics.write_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.files.inc();
         self.metrics.records.with_label_values(&["archived"]).inc_by(file.rows.len() as u64);
