@@ -46,7 +46,7 @@ struct Record {
 }
 
 impl Batch {
-    /// An empty batch for records polled under `mark`.
+    /// An empty batch with room for `records` records of `bytes` bytes in all.
     pub fn with_capacity(records: usize, bytes: usize) -> Self {
         Self { mark: 0, records: Vec::with_capacity(records), bytes: Vec::with_capacity(bytes) }
     }
