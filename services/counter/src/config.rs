@@ -44,7 +44,8 @@ pub struct CounterConfig {
     /// How long the producer retries one record before the flush is retried.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
-    /// How often consumer lag is measured.
+    /// How often consumer lag is measured (on a thread of its own, with its
+    /// own client: a slow broker never stalls polling).
     #[serde(with = "humantime_serde")]
     pub lag_interval: Duration,
 }

@@ -14,6 +14,7 @@
 //! `[horizon, next)` and restoring that time: both are written in every flush
 //! record ([`tally_model::counts::FlushHeader`]).
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 
 /// One record in the window.
@@ -36,12 +37,23 @@ pub struct Dedup {
 }
 
 /// The dedup key of an event: a stable 64-bit hash of video and event id.
+/// The hash is XXH3-64 of `video_id`, a `0xff` separator and `event_id`;
+/// ids fit a stack buffer, so it is hashed in one shot (no streaming state).
 pub fn dedup_key(video_id: &str, event_id: &str) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(video_id.as_bytes());
-    hasher.update(&[0xff]);
-    hasher.update(event_id.as_bytes());
-    hasher.digest()
+    let (video, event) = (video_id.as_bytes(), event_id.as_bytes());
+    let len = video.len() + 1 + event.len();
+    let mut buffer = [0u8; 256];
+    if len > buffer.len() {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(video);
+        hasher.update(&[0xff]);
+        hasher.update(event);
+        return hasher.digest();
+    }
+    buffer[..video.len()].copy_from_slice(video);
+    buffer[video.len()] = 0xff;
+    buffer[video.len() + 1..len].copy_from_slice(event);
+    xxhash_rust::xxh3::xxh3_64(&buffer[..len])
 }
 
 /// Approximate bytes per window entry (ring slot plus map slot with overhead).
@@ -62,9 +74,17 @@ impl Dedup {
     /// Checks the record at `offset` and adds it to the window; `true` when it
     /// is a duplicate.
     pub fn check(&mut self, offset: i64, key: u64, received_ms: i64) -> bool {
-        let duplicate = self.latest.get(&key).is_some_and(|(_, seen)| (received_ms - seen).abs() <= self.window_ms);
+        let duplicate = match self.latest.entry(key) {
+            MapEntry::Occupied(mut latest) => {
+                let seen = latest.insert((offset, received_ms)).1;
+                (received_ms - seen).abs() <= self.window_ms
+            }
+            MapEntry::Vacant(latest) => {
+                latest.insert((offset, received_ms));
+                false
+            }
+        };
         self.ring.push_back(Entry { offset, received_ms, key });
-        self.latest.insert(key, (offset, received_ms));
         self.max_received_ms = self.max_received_ms.max(received_ms);
         self.trim();
         duplicate
@@ -77,8 +97,10 @@ impl Dedup {
                 break;
             }
             self.ring.pop_front();
-            if self.latest.get(&front.key).is_some_and(|(offset, _)| *offset == front.offset) {
-                self.latest.remove(&front.key);
+            if let MapEntry::Occupied(latest) = self.latest.entry(front.key) {
+                if latest.get().0 == front.offset {
+                    latest.remove();
+                }
             }
         }
     }
@@ -116,6 +138,23 @@ mod tests {
     use super::*;
 
     const MIN: i64 = 60_000;
+
+    #[test]
+    fn the_key_is_xxh3_of_video_separator_and_event_whatever_the_length() {
+        let streaming = |video: &str, event: &str| {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            hasher.update(video.as_bytes());
+            hasher.update(&[0xff]);
+            hasher.update(event.as_bytes());
+            hasher.digest()
+        };
+        let long_video = "v".repeat(128);
+        let long_event = "e".repeat(200);
+        for (video, event) in [("v", "e1"), ("clip-1", ""), (long_video.as_str(), "e"), ("v", long_event.as_str())] {
+            assert_eq!(dedup_key(video, event), streaming(video, event), "{video}/{event}");
+        }
+        assert_ne!(dedup_key("ab", "c"), dedup_key("a", "bc"));
+    }
 
     #[test]
     fn a_resend_inside_the_window_is_a_duplicate_and_outside_is_not() {

@@ -18,7 +18,10 @@
 //!
 //! - [`config`]: the `[counter]` section.
 //! - [`service`]: [`CounterService::build`] and [`CounterService::run`].
-//! - [`worker`]: the consumer thread, rebalance callbacks, commits.
+//! - [`worker`]: the consumer thread: polls, hands records over in batches, resumes paused partitions.
+//! - [`processor`]: the processing thread: counts batches, seals flushes, commits, pauses.
+//! - [`shared`]: state of both threads, rebalance callbacks, stale-record marks.
+//! - [`lag`]: consumer lag, measured on a thread of its own.
 //! - [`partition`]: one partition's open range; classification of records.
 //! - [`aggregate`], [`dedup`]: pre-aggregation and the deterministic dedup window.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
@@ -32,10 +35,13 @@ pub mod config;
 pub mod dedup;
 pub mod dlq;
 pub mod emitter;
+pub mod lag;
 pub mod metrics;
 pub mod partition;
+pub mod processor;
 pub mod recovery;
 pub mod service;
+pub mod shared;
 pub mod verify;
 pub mod worker;
 

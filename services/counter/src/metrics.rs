@@ -30,6 +30,8 @@ pub struct CounterMetrics {
     pub lag_seconds_max: IntGauge,
     /// Partitions paused for backpressure.
     pub paused_partitions: IntGauge,
+    /// Times a partition was paused for backpressure.
+    pub pauses: IntCounter,
     /// Records held by the dedup windows.
     pub dedup_entries: IntGauge,
     /// Approximate bytes held by the dedup windows.
@@ -100,6 +102,10 @@ impl CounterMetrics {
                 "Largest lag in seconds over partitions",
             )?,
             paused_partitions: IntGauge::new("tally_counter_paused_partitions", "Partitions paused for backpressure")?,
+            pauses: IntCounter::new(
+                "tally_counter_partition_pauses_total",
+                "Times a partition was paused for backpressure (resumed where it stopped)",
+            )?,
             dedup_entries: IntGauge::new("tally_counter_dedup_entries", "Records held by the dedup windows")?,
             dedup_bytes: IntGauge::new("tally_counter_dedup_bytes", "Approximate memory held by the dedup windows")?,
             buffered_rows: IntGauge::new("tally_counter_buffered_rows", "Distinct rows buffered and not yet flushed")?,
@@ -120,6 +126,7 @@ impl CounterMetrics {
         registry.register(Box::new(m.lag_records_sum.clone()))?;
         registry.register(Box::new(m.lag_seconds_max.clone()))?;
         registry.register(Box::new(m.paused_partitions.clone()))?;
+        registry.register(Box::new(m.pauses.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
         registry.register(Box::new(m.dedup_bytes.clone()))?;
         registry.register(Box::new(m.buffered_rows.clone()))?;

@@ -89,6 +89,12 @@ pub struct PartitionState {
     pub last_received_ms: i64,
     /// Whether the worker paused it.
     pub paused: bool,
+    /// Paused, and no longer blocked: waiting for the consumer thread to
+    /// resume it and seek back to `next`.
+    pub resume_pending: bool,
+    /// Records of batches polled before this mark (before the partition was
+    /// assigned or last sought) are stale (see [`crate::shared`]).
+    pub valid_from_mark: u64,
 }
 
 impl PartitionState {
@@ -110,6 +116,8 @@ impl PartitionState {
             last_flush: Instant::now(),
             last_received_ms: 0,
             paused: false,
+            resume_pending: false,
+            valid_from_mark: 0,
         }
     }
 
@@ -189,7 +197,7 @@ impl PartitionState {
             Some(end) => *end == self.next,
             None => {
                 self.aggregate.distinct_rows() >= rules.max_rows_per_flush
-                    || now.duration_since(self.last_flush) >= rules.flush_interval
+                    || now >= self.last_flush + rules.flush_interval
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The counter in-process against a real broker: dedup rule, poison records
-//! and the dead-letter limit.
+//! The counter in-process against a real broker: dedup rule, poison records,
+//! the dead-letter limit and lag reporting.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 struct Running {
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), CounterError>>,
+    registry: Registry,
 }
 
 async fn start(kafka: &KafkaConfig, tweak: impl FnOnce(&mut CounterConfig)) -> Running {
@@ -29,11 +30,11 @@ async fn start(kafka: &KafkaConfig, tweak: impl FnOnce(&mut CounterConfig)) -> R
         .try_init();
     let mut config = CounterConfig { flush_interval: Duration::from_millis(200), ..CounterConfig::default() };
     tweak(&mut config);
-    let service =
-        CounterService::build(&config, kafka, &Registry::new(), &Readiness::default()).await.expect("build counter");
+    let registry = Registry::new();
+    let service = CounterService::build(&config, kafka, &registry, &Readiness::default()).await.expect("build counter");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(service.run(shutdown.clone(), Duration::from_secs(10)));
-    Running { shutdown, task }
+    Running { shutdown, task, registry }
 }
 
 async fn fold_until(kafka: &KafkaConfig, expected: &BTreeMap<String, i64>, limit: Duration) -> Folded {
@@ -146,6 +147,96 @@ async fn past_the_dlq_limit_the_counter_halts_with_a_clear_error() {
         // Earlier ranges may have dead-lettered a few (under the limit); the
         // range that crossed the limit was neither emitted nor committed.
         assert!(folded.stats.dead_lettered < 20, "the halting range was not emitted: {:?}", folded.stats);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_reported_per_partition_by_the_monitor_thread_and_returns_to_zero() {
+    bounded(LIMIT, async {
+        let (_broker, kafka) = setup().await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let now = tally_model::timestamp::now_ms();
+        let events: Vec<_> =
+            (0..400).map(|i| event(&format!("v{}", i % 37), &format!("e{i}"), now, now, true)).collect();
+        producer.send(&events).await;
+        let counter = start(&kafka, |c| c.lag_interval = Duration::from_millis(100)).await;
+        let folded = fold_until(&kafka, &producer.expected, Duration::from_secs(60)).await;
+        assert_eq!(folded.totals, producer.expected);
+
+        let value =
+            |name: &str, partition: Option<&str>| tally_testkit::metrics::value(&counter.registry, name, partition);
+        let series = |name: &str| {
+            counter.registry.gather().iter().filter(|f| f.name() == name).map(|f| f.get_metric().len()).sum::<usize>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while series("tally_counter_consumer_lag_records") < 4
+            || value("tally_counter_consumer_lag_records_sum", None) != 0.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "lag series: {}, sum {}",
+                series("tally_counter_consumer_lag_records"),
+                value("tally_counter_consumer_lag_records_sum", None)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(series("tally_counter_consumer_lag_records"), 4, "one series per owned partition");
+        assert_eq!(series("tally_counter_consumer_lag_seconds"), 4);
+        assert_eq!(value("tally_counter_consumer_lag_seconds_max", None), 0.0, "caught up: no lag in seconds");
+        for partition in ["0", "1", "2", "3"] {
+            assert_eq!(value("tally_counter_consumer_lag_records", Some(partition)), 0.0, "partition {partition}");
+        }
+
+        // New records while running: measured again and caught up again.
+        let more: Vec<_> = (0..200).map(|i| event("late-comer", &format!("m{i}"), now, now, true)).collect();
+        producer.send(&more).await;
+        let folded = fold_until(&kafka, &producer.expected, Duration::from_secs(60)).await;
+        assert_eq!(folded.totals, producer.expected);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while value("tally_counter_consumer_lag_records_sum", None) != 0.0 {
+            assert!(Instant::now() < deadline, "lag did not return to 0");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        counter.shutdown.cancel();
+        counter.task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_for_backpressure_resume_where_they_stopped_and_count_exactly() {
+    bounded(LIMIT, async {
+        let (_broker, kafka) = setup().await;
+        // One buffered row while a flush is in flight blocks a partition: it
+        // is paused and resumed (sought back) over and over.
+        let counter = start(&kafka, |c| {
+            c.flush_interval = Duration::from_millis(10);
+            c.max_rows_per_flush = 10;
+            c.max_buffered_rows = 1;
+        })
+        .await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let now = tally_model::timestamp::now_ms();
+        for round in 0..2 {
+            let events: Vec<_> = (0..100)
+                .map(|i| {
+                    // Every 10th event resends the one before it: counted once.
+                    let n = if i % 10 == 9 { i - 1 } else { i };
+                    event(&format!("v{}", n % 97), &format!("r{round}-{n}"), now, now, i % 10 != 9)
+                })
+                .collect();
+            producer.send(&events).await;
+        }
+        let folded = fold_until(&kafka, &producer.expected, Duration::from_secs(90)).await;
+        assert_eq!(folded.totals, producer.expected);
+        assert_eq!(folded.stats.duplicates, 20, "one resend in ten");
+        let flushes = tally_testkit::metrics::value(&counter.registry, "tally_counter_flushes_total", None);
+        assert!(flushes > 10.0, "small flushes, constantly in flight: {flushes}");
+        let pauses = tally_testkit::metrics::value(&counter.registry, "tally_counter_partition_pauses_total", None);
+        assert!(pauses > 0.0, "backpressure paused partitions");
+        counter.shutdown.cancel();
+        counter.task.await.unwrap().unwrap();
     })
     .await;
 }

@@ -1,0 +1,260 @@
+//! The processing thread: counts the batches of records the consumer thread
+//! copies out of librdkafka, one lock acquisition per batch, seals flushes,
+//! commits what the emitter reports acknowledged, and pauses partitions for
+//! backpressure (resuming is left to the consumer thread, which must seek).
+//!
+//! Polling librdkafka costs about as much per record as counting it, so the
+//! two run on separate threads.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
+
+use crate::dedup::BYTES_PER_ENTRY;
+use crate::partition::{FlushJob, PartitionState, Rules};
+use crate::shared::{position, CounterContext, Inner, Shared};
+use crate::worker::WorkerError;
+
+/// Most records per batch.
+pub const BATCH: usize = 4_096;
+
+/// How often (at most) the processing thread seals due ranges, applies
+/// backpressure and publishes gauges and positions while records flow; and
+/// how long it waits for a batch before doing so anyway.
+const HOUSEKEEPING: Duration = Duration::from_millis(10);
+
+/// Records copied out of the consumer: one buffer for all keys and payloads,
+/// reused from batch to batch (no allocation per record).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The mark the records were polled under (see [`crate::shared`]).
+    pub mark: u64,
+    records: Vec<Record>,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Range<usize>,
+    payload: Range<usize>,
+}
+
+impl Batch {
+    /// An empty batch with room for `records` records of `bytes` bytes in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self { mark: 0, records: Vec::with_capacity(records), bytes: Vec::with_capacity(bytes) }
+    }
+
+    /// Copies one record in.
+    pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let key = self.append(key.unwrap_or_default());
+        let payload = self.append(payload.unwrap_or_default());
+        self.records.push(Record { partition, offset, key, payload });
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        start..self.bytes.len()
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Empties it, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.bytes.clear();
+    }
+}
+
+/// The processing thread's view of the counter.
+pub struct Processor<'a> {
+    /// The consumer (pause and commit are safe from any thread).
+    pub consumer: &'a BaseConsumer<CounterContext>,
+    /// The shared state.
+    pub shared: &'a Shared,
+    /// Classification and flush rules.
+    pub rules: &'a Rules,
+    /// Set when a paused partition may be resumed: the consumer thread resumes and seeks it.
+    pub resume_wanted: &'a AtomicBool,
+}
+
+impl Processor<'_> {
+    /// Counts batches until the consumer thread hangs up; spent batches go
+    /// back through `spare` for reuse.
+    pub fn run(&self, batches: &Receiver<Batch>, spare: &SyncSender<Batch>) -> Result<(), WorkerError> {
+        let mut outcomes = [0u64; 4];
+        let mut last_housekeeping = Instant::now();
+        loop {
+            let received = batches.recv_timeout(HOUSEKEEPING);
+            let mut inner = self.shared.lock();
+            if let Some(failure) = inner.failure.take() {
+                return Err(failure);
+            }
+            let now = Instant::now();
+            let idle = match received {
+                Ok(mut batch) => {
+                    let outcome = self.count(&mut inner, &batch, now, &mut outcomes);
+                    batch.clear();
+                    let _ = spare.try_send(batch);
+                    outcome?;
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            self.shared.complete_ready(&mut inner, self.consumer)?;
+            if idle || now.duration_since(last_housekeeping) >= HOUSEKEEPING {
+                last_housekeeping = now;
+                self.seal_due(&mut inner, &mut outcomes)?;
+                self.apply_backpressure(&mut inner)?;
+                publish_outcomes(self.shared, &mut outcomes);
+                self.shared.positions.update_all(inner.states.values().map(|s| (s.partition, position(s))));
+            }
+        }
+    }
+
+    fn count(
+        &self,
+        inner: &mut Inner,
+        batch: &Batch,
+        now: Instant,
+        outcomes: &mut [u64; 4],
+    ) -> Result<(), WorkerError> {
+        for record in &batch.records {
+            let Some(state) = inner.states.get_mut(&record.partition) else { continue };
+            if batch.mark < state.valid_from_mark {
+                continue; // fetched before the partition was (re)assigned or sought
+            }
+            if state.paused || state.blocked(self.rules) {
+                // Not now: pause, and the record is refetched from `next` after resume.
+                if !state.paused {
+                    self.pause(state)?;
+                }
+                continue;
+            }
+            let key = &batch.bytes[record.key.clone()];
+            let payload = &batch.bytes[record.payload.clone()];
+            state.process(record.offset, Some(key), Some(payload), self.rules)?;
+            // Checked after every record: a forced boundary must be sealed exactly there.
+            if state.due(now, self.rules) {
+                let job = state.seal(now);
+                publish_job_stats(outcomes, &job);
+                inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pause(&self, state: &mut PartitionState) -> Result<(), WorkerError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.shared.recovery.views_topic, state.partition);
+        self.consumer.pause(&list)?;
+        state.paused = true;
+        state.resume_pending = false;
+        self.shared.metrics.pauses.inc();
+        Ok(())
+    }
+
+    fn seal_due(&self, inner: &mut Inner, outcomes: &mut [u64; 4]) -> Result<(), WorkerError> {
+        let now = Instant::now();
+        let mut jobs = Vec::new();
+        for state in inner.states.values_mut() {
+            if state.due(now, self.rules) {
+                jobs.push(state.seal(now));
+            }
+        }
+        for job in jobs {
+            publish_job_stats(outcomes, &job);
+            inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
+        }
+        Ok(())
+    }
+
+    fn apply_backpressure(&self, inner: &mut Inner) -> Result<(), WorkerError> {
+        let mut paused = 0;
+        for state in inner.states.values_mut() {
+            let blocked = state.blocked(self.rules);
+            if blocked && !state.paused {
+                self.pause(state)?;
+            } else if !blocked && state.paused && !state.resume_pending {
+                state.resume_pending = true;
+                self.resume_wanted.store(true, Ordering::SeqCst);
+            }
+            paused += i64::from(state.paused);
+        }
+        let metrics = &self.shared.metrics;
+        metrics.paused_partitions.set(paused);
+        let entries: usize = inner.states.values().map(PartitionState::dedup_len).sum();
+        metrics.dedup_entries.set(entries as i64);
+        metrics.dedup_bytes.set((entries * BYTES_PER_ENTRY) as i64);
+        metrics.buffered_rows.set(inner.states.values().map(PartitionState::buffered_rows).sum::<usize>() as i64);
+        Ok(())
+    }
+}
+
+fn publish_job_stats(outcomes: &mut [u64; 4], job: &FlushJob) {
+    let stats = job.header.stats;
+    outcomes[0] += u64::from(stats.counted);
+    outcomes[1] += u64::from(stats.duplicates);
+    for dead in &job.dead {
+        match dead.reason {
+            crate::dlq::DeadReason::Late => outcomes[2] += 1,
+            crate::dlq::DeadReason::Malformed => outcomes[3] += 1,
+        }
+    }
+}
+
+/// Publishes the outcome counts gathered since the last call.
+pub fn publish_outcomes(shared: &Shared, outcomes: &mut [u64; 4]) {
+    let metrics = &shared.metrics;
+    for (index, outcome) in ["counted", "duplicate", "late", "malformed"].iter().enumerate() {
+        if outcomes[index] > 0 {
+            metrics.events.with_label_values(&[outcome]).inc_by(outcomes[index]);
+            if index >= 2 {
+                metrics.dead_letters.with_label_values(&[outcome]).inc_by(outcomes[index]);
+            }
+            outcomes[index] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_keys_and_payloads_apart_and_is_reused() {
+        let mut batch = Batch::with_capacity(4, 64);
+        batch.push(1, 10, Some(b"k1"), Some(b"payload-1"));
+        batch.push(2, 20, None, Some(b""));
+        batch.push(1, 11, Some(b"k"), None);
+        let seen: Vec<(i32, i64, &[u8], &[u8])> = batch
+            .records
+            .iter()
+            .map(|r| (r.partition, r.offset, &batch.bytes[r.key.clone()], &batch.bytes[r.payload.clone()]))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(1, 10, &b"k1"[..], &b"payload-1"[..]), (2, 20, &b""[..], &b""[..]), (1, 11, &b"k"[..], &b""[..])]
+        );
+        let capacity = batch.bytes.capacity();
+        batch.clear();
+        assert!(batch.is_empty());
+        assert_eq!(batch.bytes.capacity(), capacity, "buffers are kept");
+    }
+}

@@ -1,0 +1,219 @@
+//! State shared by the consumer thread (poll, rebalance callbacks) and the
+//! processing thread: owned partitions, the flush channels, and the marks
+//! that tell fresh records from stale ones.
+//!
+//! Rebalance callbacks run inside `poll` on the consumer thread. On revoke,
+//! the in-flight flushes of the revoked partitions are awaited and committed;
+//! their unsealed records are dropped uncommitted (never emitted, so the next
+//! owner counts them once). On assign, each new partition is recovered
+//! ([`crate::recovery`]) before any of its records is processed.
+//!
+//! # Marks
+//!
+//! The consumer thread copies records into batches for the processing
+//! thread, so a batch may still be queued when a partition is revoked and
+//! assigned again, or sought back after a pause. Every such event bumps
+//! [`Shared::marks`] on the consumer thread, between polls; each batch
+//! carries the mark it was polled under and each partition the mark from
+//! which its records are valid, so records fetched before the event are skipped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::emitter::Completion;
+use crate::lag::{Position, Positions};
+use crate::metrics::CounterMetrics;
+use crate::partition::{FlushJob, PartitionState};
+use crate::recovery::{self, RecoveryContext};
+use crate::worker::WorkerError;
+
+/// State shared between the threads of one counter.
+pub struct Shared {
+    inner: Mutex<Inner>,
+    /// How partitions are taken over.
+    pub recovery: RecoveryContext,
+    /// The counter's metrics.
+    pub metrics: CounterMetrics,
+    /// Positions of owned partitions, read by the lag monitor.
+    pub positions: Positions,
+    /// Bumped (on the consumer thread only) by every rebalance callback and seek.
+    pub marks: AtomicU64,
+}
+
+/// What the lock guards.
+pub struct Inner {
+    /// Owned partitions (looked up once per record: a fast hasher).
+    pub states: HashMap<i32, PartitionState, foldhash::fast::FixedState>,
+    /// Acknowledged flushes, from the emitter.
+    pub completions: Receiver<Completion>,
+    /// Sealed flushes, to the emitter.
+    pub jobs: UnboundedSender<FlushJob>,
+    /// An error raised inside a callback, surfaced by the processing thread.
+    pub failure: Option<WorkerError>,
+}
+
+/// The consumer context: rebalance handling.
+pub struct CounterContext {
+    /// The shared state.
+    pub shared: std::sync::Arc<Shared>,
+}
+
+impl ClientContext for CounterContext {}
+
+impl ConsumerContext for CounterContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.shared.marks.fetch_add(1, Ordering::SeqCst);
+        if let Rebalance::Revoke(list) = rebalance {
+            let revoked: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            let mut inner = self.shared.lock();
+            if let Err(e) = self.shared.release(&mut inner, consumer, &revoked) {
+                inner.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.shared.marks.fetch_add(1, Ordering::SeqCst);
+        if let Rebalance::Assign(list) = rebalance {
+            let assigned: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            if let Err(e) = self.shared.take_over(consumer, &assigned) {
+                tracing::error!(error = %e, "taking over partitions failed");
+                self.shared.lock().failure.get_or_insert(e);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Shared state with no partition owned yet.
+    pub fn new(
+        recovery: RecoveryContext,
+        metrics: CounterMetrics,
+        completions: Receiver<Completion>,
+        jobs: UnboundedSender<FlushJob>,
+    ) -> Self {
+        Self {
+            inner: Mutex::new(Inner { states: HashMap::default(), completions, jobs, failure: None }),
+            recovery,
+            positions: Positions::new(metrics.clone()),
+            metrics,
+            marks: AtomicU64::new(0),
+        }
+    }
+
+    /// Locks the shared state (a poisoned lock is taken over: the state is
+    /// consistent between records).
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take_over(&self, consumer: &BaseConsumer<CounterContext>, assigned: &[i32]) -> Result<(), WorkerError> {
+        let topic = &self.recovery.views_topic;
+        let mut list = TopicPartitionList::new();
+        for p in assigned {
+            list.add_partition(topic, *p);
+        }
+        let committed: HashMap<i32, Option<i64>> = consumer
+            .committed_offsets(list, Duration::from_secs(10))?
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { Some(o) } else { None }))
+            .collect();
+        for p in assigned {
+            let started = Instant::now();
+            let mut recovered = recovery::recover(&self.recovery, *p, committed.get(p).copied().flatten())?;
+            self.metrics.recovery_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics.reemitted_ranges.inc_by(recovered.forced as u64);
+            tracing::info!(
+                partition = p,
+                start = recovered.state.next_offset(),
+                epoch = recovered.state.epoch,
+                reemit = recovered.forced,
+                replayed = recovered.replayed,
+                "partition taken over"
+            );
+            recovered.state.valid_from_mark = self.marks.load(Ordering::SeqCst);
+            let mut inner = self.lock();
+            self.positions.update(*p, position(&recovered.state));
+            inner.states.insert(*p, recovered.state);
+            self.metrics.owned_partitions.set(inner.states.len() as i64);
+        }
+        Ok(())
+    }
+
+    /// Waits for the in-flight flushes of `partitions`, commits them, and forgets the partitions.
+    fn release(
+        &self,
+        inner: &mut Inner,
+        consumer: &BaseConsumer<CounterContext>,
+        partitions: &[i32],
+    ) -> Result<(), WorkerError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while partitions.iter().any(|p| inner.states.get(p).is_some_and(|s| s.in_flight().is_some())) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match inner.completions.recv_timeout(wait) {
+                Ok(done) => self.complete(inner, consumer, done)?,
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!("revoking with a flush still unacknowledged; the next owner re-emits it");
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(WorkerError::EmitterGone),
+            }
+        }
+        for p in partitions {
+            if let Some(state) = inner.states.remove(p) {
+                tracing::info!(partition = p, dropped_rows = state.buffered_rows(), "partition released");
+                self.positions.remove(*p);
+            }
+        }
+        self.metrics.owned_partitions.set(inner.states.len() as i64);
+        Ok(())
+    }
+
+    /// Commits an acknowledged flush and lets its partition seal the next one.
+    pub fn complete(
+        &self,
+        inner: &mut Inner,
+        consumer: &BaseConsumer<CounterContext>,
+        done: Completion,
+    ) -> Result<(), WorkerError> {
+        let Some(state) = inner.states.get_mut(&done.partition) else { return Ok(()) };
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.recovery.views_topic, done.partition, Offset::Offset(done.end))
+            .map_err(|source| WorkerError::Commit { partition: done.partition, offset: done.end, source })?;
+        consumer.commit(&list, CommitMode::Sync).map_err(|source| WorkerError::Commit {
+            partition: done.partition,
+            offset: done.end,
+            source,
+        })?;
+        state.complete(done.end);
+        self.metrics.flushes.inc();
+        self.metrics.flush_rows.observe(done.rows as f64);
+        self.metrics.flush_duration.observe(done.sealed_at.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Handles every acknowledgement already received.
+    pub fn complete_ready(
+        &self,
+        inner: &mut Inner,
+        consumer: &BaseConsumer<CounterContext>,
+    ) -> Result<(), WorkerError> {
+        while let Ok(done) = inner.completions.try_recv() {
+            self.complete(inner, consumer, done)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a partition stands, for the lag monitor.
+pub fn position(state: &PartitionState) -> Position {
+    Position { next_offset: state.next_offset(), last_received_ms: state.last_received_ms }
+}
