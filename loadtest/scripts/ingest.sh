@@ -4,14 +4,17 @@
 # broker on its MEMORY engine (ENGINE=sqlite for the durable one), private ports.
 # Every 202 still waits for the broker's acknowledgement of every event.
 #
-#   loadtest/scripts/ingest.sh    # RUNS=3 DURATION=10 ENGINE=memory
+#   loadtest/scripts/ingest.sh    # RUNS=3 DURATION=10 ENGINE=memory SINGLE_CONNECTIONS=32 BATCH_CONNECTIONS=8
 #
-# Four measurements per run: wrk (closed loop, 32 connections) single events
-# and 1,000-event NDJSON batches; tally-loadgen closed loop, single events
-# (32 connections) and 1,000-event JSON batches (8 connections).
+# Four measurements per run: wrk (closed loop) single events (SINGLE_CONNECTIONS)
+# and 1,000-event NDJSON batches (BATCH_CONNECTIONS); tally-loadgen closed loop,
+# the same with JSON arrays. A single event waits for the producer's linger
+# (ingest.linger, 5 ms) and the broker's ack, so single-event throughput is
+# about connections / latency: raise SINGLE_CONNECTIONS to see more.
 # Prints the medians and writes RESULTS/ingest-*/summary.json.
 source "$(dirname "$0")/../lib.sh"
 RUNS=${RUNS:-3} DURATION=${DURATION:-10} ENGINE=${ENGINE:-memory}
+SINGLE_CONNECTIONS=${SINGLE_CONNECTIONS:-32} BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-8}
 build
 DIR=$(results_dir ingest)
 mkdir -p "$DIR/broker"
@@ -30,6 +33,7 @@ cleanup() {
     kill -TERM "$INGEST_PID" 2>/dev/null || true
     sleep 1
     kill -KILL "$INGEST_PID" "$TANSU_PID" 2>/dev/null || true
+    wait "$INGEST_PID" "$TANSU_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 log "tansu ($ENGINE) pid $TANSU_PID on $BROKER, tally ingest pid $INGEST_PID on $INGEST"
@@ -43,11 +47,11 @@ wrk_p99() { # wrk --latency output -> p99 in ms
 }
 for i in $(seq 1 "$RUNS"); do
     log "run $i/$RUNS"
-    wrk -t2 -c32 -d"${DURATION}s" --latency -s "$ROOT/loadtest/wrk/single.lua" "http://$INGEST/v1/events" >"$DIR/wrk-single-$i.txt"
-    BATCH=1000 wrk -t2 -c8 -d"${DURATION}s" --latency -s "$ROOT/loadtest/wrk/batch.lua" "http://$INGEST/v1/events" >"$DIR/wrk-batch-$i.txt"
-    "$LOADGEN" --ingest "$INGEST" --mode closed --connections 32 --batch 1 --duration "$DURATION" \
+    wrk -t2 -c"$SINGLE_CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/loadtest/wrk/single.lua" "http://$INGEST/v1/events" >"$DIR/wrk-single-$i.txt"
+    BATCH=1000 wrk -t2 -c"$BATCH_CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/loadtest/wrk/batch.lua" "http://$INGEST/v1/events" >"$DIR/wrk-batch-$i.txt"
+    "$LOADGEN" --ingest "$INGEST" --mode closed --connections "$SINGLE_CONNECTIONS" --batch 1 --duration "$DURATION" \
         --out "$DIR/loadgen-single-$i.json" --plot "$DIR/loadgen-single-$i.svg" >/dev/null
-    "$LOADGEN" --ingest "$INGEST" --mode closed --connections 8 --batch 1000 --duration "$DURATION" \
+    "$LOADGEN" --ingest "$INGEST" --mode closed --connections "$BATCH_CONNECTIONS" --batch 1000 --duration "$DURATION" \
         --out "$DIR/loadgen-batch-$i.json" --plot "$DIR/loadgen-batch-$i.svg" >/dev/null
     for kind in single batch; do
         non2xx=$(awk '/Non-2xx/ { print $NF }' "$DIR/wrk-$kind-$i.txt")
@@ -61,7 +65,7 @@ wrk_med() { for f in "$DIR"/wrk-"$1"-*.txt; do "$2" <"$f"; done | median; }
 lg_med() { for f in "$DIR"/loadgen-"$1"-*.json; do jq "$2" "$f"; done | median; }
 errors() { cat "$DIR"/wrk-*.txt | awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }'; }
 jq -n --argjson machine "$(machine_json)" --arg engine "$ENGINE" --argjson runs "$RUNS" \
-    --arg command "RUNS=$RUNS DURATION=$DURATION ENGINE=$ENGINE loadtest/scripts/ingest.sh" \
+    --arg command "RUNS=$RUNS DURATION=$DURATION ENGINE=$ENGINE SINGLE_CONNECTIONS=$SINGLE_CONNECTIONS BATCH_CONNECTIONS=$BATCH_CONNECTIONS loadtest/scripts/ingest.sh" \
     --argjson ws "$(wrk_med single wrk_rps)" --argjson wsp "$(wrk_med single wrk_p99)" \
     --argjson wb "$(wrk_med batch wrk_rps)" --argjson wbp "$(wrk_med batch wrk_p99)" \
     --argjson ls "$(lg_med single .ingest.events_per_s)" --argjson lsp "$(lg_med single .ingest.latency_ms.p99)" \

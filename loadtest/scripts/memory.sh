@@ -16,7 +16,7 @@ build
 DIR=$(results_dir memory)
 mkdir -p "$DIR/broker"
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done; }
+cleanup() { for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 (cd "$DIR/broker" && exec tansu broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
     --storage-engine memory://tansu/ >broker.log 2>&1) &
@@ -37,7 +37,7 @@ for videos in "$FEW" "$MANY"; do
     wait "$pid" || true
     RECORDS[$videos]=$(jq '.partitions.spread.per_partition | add' "$DIR/fill-$videos.json")
 done
-metric_sum() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk -v m="$1" 'index($1, m) == 1 { s += $2 } END { print s + 0 }'; }
+metric_sum() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk -v m="$1" 'index($1, m) == 1 { s += $2 } END { print s + 0 }' || true; }
 for i in $(seq 1 "$RUNS"); do
     for videos in "$FEW" "$MANY"; do
         "$TALLY" --set log.level=warn "${KAFKA[@]}" --set "kafka.topics.views=tally.views.v$videos" \

@@ -16,8 +16,8 @@ RUNS=${RUNS:-3} RATE=${RATE:-60} BATCH=${BATCH:-10} KILL_AT=${KILL_AT:-10} DOWN=
 build
 DIR=$(results_dir restart)
 SETS=(--set counter.lag-interval=250ms)
-metric() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk -v m="$1" '$1 == m { print $2 }'; }
-owned() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk '/^tally_counter_owned_partitions/ { s += $2 } END { print s + 0 }'; }
+metric() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk -v m="$1" '$1 == m { print $2 }' || true; }
+owned() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk '/^tally_counter_owned_partitions/ { s += $2 } END { print s + 0 }' || true; }
 for i in $(seq 1 "$RUNS"); do
     start_standalone "$DIR/run-$i" "${SETS[@]}"
     log "run $i/$RUNS: $((RATE * BATCH)) events/s for $DURATION s, kill -9 at $KILL_AT s, down $DOWN s"
