@@ -2,8 +2,8 @@
 # Restart to caught up: `tally standalone` (release, private ports) under
 # steady open-loop ingest is killed with SIGKILL, stays down DOWN seconds
 # (the generator keeps retrying its batches with the same ids), and is
-# started again. Measured from the restart command: the admin /readyz, and
-# the counter caught up (it owns its partitions and its lag is at most one
+# started again. Measured from the restart command: the admin /readyz, the
+# counter owning its partitions again (group rejoin), and the counter caught up (it owns its partitions and its lag is at most one
 # second: tally_counter_consumer_lag_seconds_max <= 1, read every 100 ms,
 # the counter publishing lag every 250 ms). The generator's exactness check
 # afterwards says whether the crash lost or repeated any view.
@@ -30,9 +30,10 @@ for i in $(seq 1 "$RUNS"); do
     restarted=$(date +%s.%N)
     start_standalone "$DIR/run-$i" "${SETS[@]}"
     ready=$(date +%s.%N)
-    caught=""
+    caught="" owned_at=""
     deadline=$((SECONDS + 300))
     while ((SECONDS < deadline)); do
+        if [[ -z $owned_at ]] && (($(owned) > 0)); then owned_at=$(date +%s.%N); fi
         lag=$(metric tally_counter_consumer_lag_seconds_max)
         lines=$(curl -fsS "http://$ADMIN/metrics" 2>/dev/null | grep -c '^tally_counter_consumer_lag_records{' || true)
         if (($(owned) > 0 && lines > 0)) && [[ -n $lag ]] && ((lag <= 1)); then caught=$(date +%s.%N); break; fi
@@ -40,17 +41,19 @@ for i in $(seq 1 "$RUNS"); do
     done
     wait "$LOADGEN_PID" || true
     stop_standalone
-    jq --arg r "$restarted" --arg ready "$ready" --arg c "$caught" \
-        '. + {restart: {ready_s: (($ready | tonumber) - ($r | tonumber)), caught_up_s: (if $c == "" then null else ($c | tonumber) - ($r | tonumber) end)}}' \
+    jq --arg r "$restarted" --arg ready "$ready" --arg c "$caught" --arg o "$owned_at" \
+        '. + {restart: {ready_s: (($ready | tonumber) - ($r | tonumber)),
+                        owns_partitions_s: (if $o == "" then null else ($o | tonumber) - ($r | tonumber) end),
+                        caught_up_s: (if $c == "" then null else ($c | tonumber) - ($r | tonumber) end)}}' \
         "$DIR/run-$i.json" >"$DIR/run-$i.tmp" && mv "$DIR/run-$i.tmp" "$DIR/run-$i.json"
     jq -c '{restart, exactness, ingest_p99_ms: .ingest.latency_ms.p99}' "$DIR/run-$i.json" >&2
 done
 med() { for f in "$DIR"/run-*.json; do jq "$1" "$f"; done | median; }
 jq -n --argjson machine "$(machine_json)" --argjson runs "$RUNS" \
     --arg command "RUNS=$RUNS RATE=$RATE BATCH=$BATCH KILL_AT=$KILL_AT DOWN=$DOWN DURATION=$DURATION loadtest/scripts/restart.sh" \
-    --argjson ready "$(med .restart.ready_s)" --argjson caught "$(med .restart.caught_up_s)" \
+    --argjson ready "$(med .restart.ready_s)" --argjson caught "$(med .restart.caught_up_s)" --argjson owned "$(med .restart.owns_partitions_s)" \
     --argjson lost "$(jq -s '[.[].exactness.lost] | add' "$DIR"/run-*.json)" \
     --argjson duplicated "$(jq -s '[.[].exactness.duplicated] | add' "$DIR"/run-*.json)" \
-    '{figure: "restart (kill -9) to caught up", runs: $runs, median_ready_s: $ready, median_caught_up_s: $caught,
+    '{figure: "restart (kill -9) to caught up", runs: $runs, median_ready_s: $ready, median_owns_partitions_s: $owned, median_caught_up_s: $caught,
       lost_over_all_runs: $lost, duplicated_over_all_runs: $duplicated, command: $command, machine: $machine}' \
     | tee "$DIR/summary.json"
