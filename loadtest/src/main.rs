@@ -1,47 +1,75 @@
-//! `tally-loadgen`: an open-loop load generator for the ingest API.
+//! `tally-loadgen`: a load generator for Tally.
 //!
-//! Requests are scheduled at a constant arrival rate and each one's latency
-//! is measured from its *intended* send time, so a slow server shows up as
-//! latency instead of silently lowering the offered load (coordinated
-//! omission). Video ids follow a zipf-like distribution (hot keys), a share of
-//! events resend an earlier event id, and every batch is retried with the same
-//! ids until the gateway answers 202. With `--query`, it then waits until the
-//! query API's counts equal what was acknowledged and reports lost and
-//! duplicated views.
+//! Ingest load is open loop by default: requests are scheduled at a constant
+//! arrival rate and each one's latency is measured from its *intended* send
+//! time, so a slow server shows up as latency instead of silently lowering
+//! the offered load (coordinated omission). `--mode closed` runs
+//! `--connections` workers that each send as soon as the previous request
+//! completed (the server's throughput at that concurrency). Video ids follow
+//! a zipf-like distribution (hot keys), a share of events resend an earlier
+//! event id, and every batch is retried with the same ids until the gateway
+//! answers 202.
+//!
+//! At the same time, optionally: query load at a fixed rate (`--query-rate`),
+//! freshness probes (`--freshness-every-ms`: post one event of a new video,
+//! poll until the query API shows it), and the partition spread of the views
+//! topic (`--broker`: watermarks before and after). Afterwards, with
+//! `--query`, the exactness check waits until the query API's counts equal
+//! what was acknowledged and reports lost and duplicated views.
 //!
 //! Bounded in time (`--duration`) and count (`--max-requests`), and refuses
 //! any target outside the loopback range.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
-use hdrhistogram::Histogram;
+use clap::{Parser, ValueEnum};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::{json, Value};
+use tally_loadgen::record::Recorder;
+use tally_loadgen::{closed, imbalance, loopback, plot, prometheus_value, Rng, Zipf};
 
-/// Open-loop load against the ingest API.
+/// How ingest requests are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// A constant arrival rate (`--rate`), latency from the intended send time.
+    Open,
+    /// `--connections` workers, each sending when its previous request completed.
+    Closed,
+}
+
+/// Load against Tally's ingest and query APIs.
 #[derive(Debug, Parser)]
 #[command(name = "tally-loadgen")]
 struct Args {
     /// Gateway address (loopback only).
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingest: String,
-    /// Query API address for the exactness check (loopback only); no check when absent.
+    /// Query API address (loopback only), for the exactness check, query load and freshness probes.
     #[arg(long)]
     query: Option<String>,
-    /// Requests per second offered (open loop).
+    /// Ingest pacing.
+    #[arg(long, value_enum, default_value_t = Mode::Open)]
+    mode: Mode,
+    /// Ingest requests per second offered (open loop); 0 = no ingest load.
     #[arg(long, default_value_t = 200)]
     rate: u64,
+    /// Workers in closed loop.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
     /// Events per request.
     #[arg(long, default_value_t = 10)]
     batch: usize,
     /// How long to offer load, in seconds.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Hard bound on requests sent (retries included).
+    /// Seconds at the start left out of the "steady" percentiles.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Hard bound on ingest requests sent (retries included).
     #[arg(long, default_value_t = 1_000_000)]
     max_requests: u64,
     /// Distinct videos.
@@ -53,203 +81,487 @@ struct Args {
     /// Share of events that resend an earlier event id (0..1).
     #[arg(long, default_value_t = 0.05)]
     duplicates: f64,
-    /// Requests allowed in flight at once.
+    /// Ingest requests allowed in flight at once (open loop).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// Query requests per second offered (open loop, `GET /v1/videos/{id}/views`, zipf ids); 0 = none.
+    #[arg(long, default_value_t = 0)]
+    query_rate: u64,
+    /// Query requests allowed in flight at once.
+    #[arg(long, default_value_t = 512)]
+    query_concurrency: usize,
+    /// Send a freshness probe this often, in milliseconds; 0 = none.
+    #[arg(long, default_value_t = 0)]
+    freshness_every_ms: u64,
+    /// How often a probe polls the query API, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    freshness_poll_ms: u64,
+    /// Kafka-protocol broker (loopback only): report how the run's records spread over the views topic's partitions.
+    #[arg(long)]
+    broker: Option<String>,
+    /// The views topic.
+    #[arg(long, default_value = "tally.views")]
+    topic: String,
+    /// The gateway's metrics address (loopback only): report events salted during the run.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Skip the exactness check even with `--query`.
+    #[arg(long)]
+    no_exactness: bool,
     /// Write the result as JSON here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-}
-
-fn loopback(address: &str) -> anyhow::Result<()> {
-    let host = address.rsplit_once(':').map_or(address, |(h, _)| h).trim_matches(['[', ']']);
-    let ok = host == "localhost" || host == "::1" || host.starts_with("127.");
-    if !ok {
-        bail!("{address}: load may only target loopback addresses (127.0.0.0/8, ::1)");
-    }
-    Ok(())
-}
-
-/// Zipf-like sampler over `n` items by inverse CDF on precomputed weights.
-struct Zipf {
-    cumulative: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: u64, exponent: f64) -> Self {
-        let mut total = 0.0;
-        let cumulative = (1..=n)
-            .map(|k| {
-                total += 1.0 / (k as f64).powf(exponent);
-                total
-            })
-            .collect::<Vec<_>>();
-        Self { cumulative: cumulative.into_iter().map(|c| c / total).collect() }
-    }
-
-    fn sample(&self, uniform: f64) -> usize {
-        self.cumulative.partition_point(|c| *c < uniform)
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+    /// Write an SVG plot of the ingest (or, without ingest, query) throughput and latency here.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
 struct Shared {
-    acknowledged: BTreeMap<String, i64>,
     /// Distinct `(video, id)` acknowledged: what a correct pipeline counts.
-    distinct: std::collections::HashSet<(String, u64)>,
+    distinct: HashSet<(String, u64)>,
+    events_acknowledged: u64,
     statuses: BTreeMap<u16, u64>,
     errors: u64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes batches of events: zipf videos, fresh ids and resends.
+struct Generator {
+    run: u128,
+    rng: Rng,
+    zipf: Zipf,
+    next_id: u64,
+    duplicates: f64,
+}
+
+impl Generator {
+    fn batch(&mut self, n: usize) -> Vec<(String, u64)> {
+        (0..n)
+            .map(|_| {
+                let resend = self.next_id > 0 && self.rng.uniform() < self.duplicates;
+                let id = if resend { self.rng.next_u64() % self.next_id } else { self.next_id };
+                if !resend {
+                    self.next_id += 1;
+                }
+                // The video is a function of the id, so a resend is the same view.
+                let video = self.zipf.sample(Rng(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1).uniform());
+                (format!("r{}-video-{video}", self.run), id)
+            })
+            .collect()
+    }
+}
+
+/// Posts `events` until the gateway answers 202 (same ids every time) or the
+/// request budget is spent; says whether they were acknowledged.
+async fn post_until_acked(
+    http: &reqwest::Client,
+    url: &str,
+    run: u128,
+    events: &[(String, u64)],
+    sent: &AtomicU64,
+    max: u64,
+    shared: &Mutex<Shared>,
+) -> bool {
+    let body: Vec<Value> =
+        events.iter().map(|(v, id)| json!({"video_id": v, "event_id": format!("r{run}-{id}")})).collect();
+    loop {
+        if sent.fetch_add(1, Ordering::Relaxed) >= max {
+            return false;
+        }
+        match http.post(url).json(&body).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let mut s = lock(shared);
+                *s.statuses.entry(status).or_default() += 1;
+                if status == 202 {
+                    s.events_acknowledged += events.len() as u64;
+                    for (video, id) in events {
+                        s.distinct.insert((video.clone(), *id));
+                    }
+                    return true;
+                }
+            }
+            Err(_) => lock(shared).errors += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn micros_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Per-partition high watermarks of `topic`.
+fn watermarks(broker: &str, topic: &str) -> anyhow::Result<Vec<i64>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", "tally-loadgen-watermarks")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("Kafka client")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).context("topic metadata")?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else { bail!("no topic {topic}") };
+    let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    partitions.sort_unstable();
+    if partitions.is_empty() {
+        bail!("topic {topic} has no partitions (not created yet?)");
+    }
+    partitions.iter().map(|p| Ok(consumer.fetch_watermarks(topic, *p, timeout).context("watermarks")?.1)).collect()
+}
+
+async fn scrape(http: &reqwest::Client, address: &str, name: &str) -> Option<f64> {
+    let text = http.get(format!("http://{address}/metrics")).send().await.ok()?.text().await.ok()?;
+    prometheus_value(&text, name)
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    loopback(&args.ingest)?;
-    if let Some(query) = &args.query {
-        loopback(query)?;
+    let args = Arc::new(Args::parse());
+    for address in
+        [Some(&args.ingest), args.query.as_ref(), args.broker.as_ref(), args.metrics.as_ref()].into_iter().flatten()
+    {
+        loopback(address)?;
     }
-    let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(args.concurrency).build()?;
-    let zipf = Zipf::new(args.videos, args.zipf);
-    // Videos and event ids are unique to this run, so its exactness check is not
+    if (args.query_rate > 0 || args.freshness_every_ms > 0) && args.query.is_none() {
+        bail!("--query-rate and --freshness-every-ms need --query");
+    }
+    let ingesting = match args.mode {
+        Mode::Open => args.rate > 0,
+        Mode::Closed => args.connections > 0,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(args.concurrency.max(args.query_concurrency))
+        .build()?;
+    // Videos and event ids are unique to this run, so its checks are not
     // confused by counts of earlier runs against the same pipeline.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 1_000_000_000;
-    let mut rng = Rng(0x5eed_1234_abcd_0001 ^ run as u64);
+    let generator = Arc::new(Mutex::new(Generator {
+        run,
+        rng: Rng(0x5eed_1234_abcd_0001 ^ run as u64),
+        zipf: Zipf::new(args.videos, args.zipf),
+        next_id: 0,
+        duplicates: args.duplicates,
+    }));
+    let before_partitions = match &args.broker {
+        Some(broker) => Some(watermarks(broker, &args.topic)?),
+        None => None,
+    };
+    let salted_before = match &args.metrics {
+        Some(m) => scrape(&http, m, "tally_ingest_events_salted_total").await,
+        None => None,
+    };
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let ingest = Arc::new(Mutex::new(Recorder::new()));
+    let queries = Arc::new(Mutex::new(Recorder::new()));
+    let freshness = Arc::new(Mutex::new(Recorder::new()));
+    let query_failures = Arc::new(AtomicU64::new(0));
+    let probe_problems = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let sent = Arc::new(AtomicU64::new(0));
-    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let started = Instant::now();
     let end = started + Duration::from_secs(args.duration);
-    let mut next_id: u64 = 0;
-    let mut tasks = Vec::new();
-    let mut scheduled = 0u64;
-    let mut last_report = Instant::now();
-    while Instant::now() < end && sent.load(Ordering::Relaxed) < args.max_requests {
-        let intended = started + interval * u32::try_from(scheduled).unwrap_or(u32::MAX);
-        scheduled += 1;
+    let mut workloads = tokio::task::JoinSet::new();
+
+    let ingest_url = format!("http://{}/v1/events", args.ingest);
+    let closed_outcome = Arc::new(Mutex::new(None));
+    if ingesting {
+        let (args, http, generator, shared, ingest, sent, url, outcome) = (
+            args.clone(),
+            http.clone(),
+            generator.clone(),
+            shared.clone(),
+            ingest.clone(),
+            sent.clone(),
+            ingest_url.clone(),
+            closed_outcome.clone(),
+        );
+        workloads.spawn(async move {
+            match args.mode {
+                Mode::Open => open_ingest(&args, http, generator, shared, ingest, sent, url, started, end).await,
+                Mode::Closed => {
+                    let max = args.max_requests;
+                    let batch = args.batch;
+                    let o = closed::run(args.connections, started, end, max, ingest, move |_| {
+                        let (http, generator, shared, sent, url) =
+                            (http.clone(), generator.clone(), shared.clone(), sent.clone(), url.clone());
+                        async move {
+                            let events = lock(&generator).batch(batch);
+                            post_until_acked(&http, &url, run, &events, &sent, max, &shared)
+                                .await
+                                .then_some(events.len() as u64)
+                        }
+                    })
+                    .await;
+                    *lock(&outcome) = Some(o);
+                }
+            }
+        });
+    }
+    if let (true, Some(query)) = (args.query_rate > 0, &args.query) {
+        let (args, http, queries, failures, url) =
+            (args.clone(), http.clone(), queries.clone(), query_failures.clone(), format!("http://{query}/v1/videos"));
+        workloads.spawn(async move {
+            let zipf = Zipf::new(args.videos, args.zipf);
+            let mut rng = Rng(0x00dd_ba11_5eed ^ run as u64);
+            let permits = Arc::new(tokio::sync::Semaphore::new(args.query_concurrency));
+            let interval = Duration::from_secs_f64(1.0 / args.query_rate as f64);
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 0u32.. {
+                let intended = started + interval * n;
+                if intended >= end {
+                    break;
+                }
+                if intended > Instant::now() {
+                    tokio::time::sleep_until(intended.into()).await;
+                }
+                let url = format!("{url}/r{run}-video-{}/views", zipf.sample(rng.uniform()));
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let (http, queries, failures) = (http.clone(), queries.clone(), failures.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let ok = matches!(http.get(&url).send().await, Ok(r) if r.status().is_success());
+                    if ok {
+                        let latency = micros_since(intended);
+                        lock(&queries).record(started.elapsed().as_secs_f64(), latency, 1);
+                    } else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+    }
+    if let (true, Some(query)) = (args.freshness_every_ms > 0, &args.query) {
+        let (args, http, freshness, problems, query, ingest_url) =
+            (args.clone(), http.clone(), freshness.clone(), probe_problems.clone(), query.clone(), ingest_url.clone());
+        workloads.spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let every = Duration::from_millis(args.freshness_every_ms);
+            for n in 0u32.. {
+                let at = started + every * n;
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                let (http, freshness, problems, query, ingest_url) =
+                    (http.clone(), freshness.clone(), problems.clone(), query.clone(), ingest_url.clone());
+                let poll = Duration::from_millis(args.freshness_poll_ms.max(1));
+                tasks.spawn(async move {
+                    let problem = |what: &str| *lock(&problems).entry(what.to_owned()).or_default() += 1;
+                    let video = format!("r{run}-fresh-{n}");
+                    let body = json!({"video_id": video, "event_id": format!("r{run}-fresh-{n}")});
+                    let posted = Instant::now();
+                    let give_up = posted + Duration::from_secs(60);
+                    loop {
+                        match http.post(&ingest_url).json(&body).send().await {
+                            Ok(r) if r.status().as_u16() == 202 => break,
+                            _ if Instant::now() > give_up => return problem("not acknowledged in 60 s"),
+                            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
+                    let views_url = format!("http://{query}/v1/videos/{video}/views");
+                    loop {
+                        if let Ok(r) = http.get(&views_url).send().await {
+                            if let Ok(v) = r.json::<Value>().await {
+                                match v["views"].as_i64() {
+                                    Some(1) => break,
+                                    Some(0) | None => {}
+                                    Some(_) => {
+                                        problem("counted more than once");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        if Instant::now() > give_up {
+                            return problem("not visible in 60 s");
+                        }
+                        tokio::time::sleep(poll).await;
+                    }
+                    lock(&freshness).record(started.elapsed().as_secs_f64(), micros_since(posted), 1);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+    }
+    // Live progress, once a second, on stderr.
+    let progress = {
+        let (ingest, queries, freshness, sent) = (ingest.clone(), queries.clone(), freshness.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let t = started.elapsed().as_secs();
+                let last = |r: &Mutex<Recorder>| {
+                    let r = lock(r);
+                    r.timeline().get(t.saturating_sub(1) as usize).map_or((0, 0.0), |s| (s.events, s.p99_ms))
+                };
+                let (events, ingest_p99) = last(&ingest);
+                let (queries_done, query_p99) = last(&queries);
+                let fresh = lock(&freshness).overall();
+                eprint!(
+                    "\rloadgen {t:>4} s | ingest {events:>7} ev/s p99 {ingest_p99:>8.2} ms, {} req sent | query {queries_done:>6} req/s p99 {query_p99:>7.2} ms | freshness p50 {:.0} p99 {:.0} ms   ",
+                    sent.load(Ordering::Relaxed),
+                    fresh.p50,
+                    fresh.p99
+                );
+            }
+        })
+    };
+    while let Some(done) = workloads.join_next().await {
+        done.context("workload task")?;
+    }
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!();
+
+    let (expected, events_acknowledged, statuses, errors) = {
+        let s = lock(&shared);
+        // Resends of one id count once: expected views per video = distinct ids acknowledged.
+        let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+        for (video, _) in &s.distinct {
+            *expected.entry(video.clone()).or_default() += 1;
+        }
+        (expected, s.events_acknowledged, s.statuses.clone(), s.errors)
+    };
+    let steady = |r: &Recorder| {
+        let (p, requests, events) = r.window(args.warmup, args.duration);
+        let seconds = args.duration.saturating_sub(args.warmup).max(1) as f64;
+        json!({ "from_s": args.warmup, "to_s": args.duration, "requests_per_s": requests as f64 / seconds, "events_per_s": events as f64 / seconds, "latency_ms": p })
+    };
+    let mut result = json!({ "run": run, "duration_s": elapsed });
+    if ingesting {
+        let r = lock(&ingest);
+        result["ingest"] = json!({
+            "mode": format!("{:?}", args.mode).to_lowercase(),
+            "offered_rate_rps": (args.mode == Mode::Open).then_some(args.rate),
+            "connections": (args.mode == Mode::Closed).then_some(args.connections),
+            "batch": args.batch,
+            "requests_acknowledged": r.requests(),
+            "requests_sent": sent.load(Ordering::Relaxed),
+            "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "transport_errors": errors,
+            "events_acknowledged": events_acknowledged,
+            "events_per_s": events_acknowledged as f64 / elapsed,
+            "latency_ms": r.overall(),
+            "latency_from": if args.mode == Mode::Open { "intended send time" } else { "actual send time" },
+            "steady": steady(&r),
+            "timeline": r.timeline(),
+        });
+        if let Some(o) = *lock(&closed_outcome) {
+            result["ingest"]["closed_loop"] =
+                json!({"attempted": o.attempted, "succeeded": o.succeeded, "failed": o.failed});
+        }
+    }
+    if args.query_rate > 0 {
+        let r = lock(&queries);
+        result["query"] = json!({
+            "offered_rate_rps": args.query_rate,
+            "requests_ok": r.requests(),
+            "failures": query_failures.load(Ordering::Relaxed),
+            "requests_per_s": r.requests() as f64 / elapsed,
+            "latency_ms": r.overall(),
+            "latency_from": "intended send time",
+            "steady": steady(&r),
+            "timeline": r.timeline(),
+        });
+    }
+    if args.freshness_every_ms > 0 {
+        let r = lock(&freshness);
+        result["freshness"] = json!({
+            "what": "POST of one event of a new video until GET shows it (includes the ingest acknowledgement)",
+            "probes_every_ms": args.freshness_every_ms,
+            "poll_ms": args.freshness_poll_ms,
+            "probes_visible": r.requests(),
+            "problems": *lock(&probe_problems),
+            "latency_ms": r.overall(),
+        });
+    }
+    if let (Some(broker), Some(before)) = (&args.broker, &before_partitions) {
+        let after = watermarks(broker, &args.topic)?;
+        result["partitions"] = json!({ "topic": args.topic, "spread": imbalance(before, &after) });
+    }
+    if let (Some(m), Some(before)) = (&args.metrics, salted_before) {
+        let after = scrape(&http, m, "tally_ingest_events_salted_total").await.unwrap_or(before);
+        let hot = scrape(&http, m, "tally_ingest_hot_videos").await;
+        result["salting"] = json!({ "events_salted": after - before, "hot_videos_at_end": hot });
+    }
+    if let (Some(path), true) = (&args.plot, ingesting || args.query_rate > 0) {
+        let (name, unit, timeline) = if ingesting {
+            ("ingest", "events", lock(&ingest).timeline())
+        } else {
+            ("query", "requests", lock(&queries).timeline())
+        };
+        let mode = if ingesting { format!("{:?}", args.mode).to_lowercase() } else { "open".into() };
+        let title = format!("tally-loadgen run {run}: {name}, {mode} loop");
+        std::fs::write(path, plot::render(&title, unit, &timeline)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(query), true, false) = (&args.query, ingesting, args.no_exactness) {
+        let (lost, duplicated) = exactness(&http, query, &expected).await?;
+        result["exactness"] = json!({ "videos": expected.len(), "views": expected.values().sum::<i64>(), "lost": lost, "duplicated": duplicated });
+    }
+    // The summary without the per-second timelines, which go to --out.
+    let mut summary = result.clone();
+    for part in ["ingest", "query"] {
+        if let Some(o) = summary.get_mut(part).and_then(Value::as_object_mut) {
+            o.remove("timeline");
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+    }
+    Ok(())
+}
+
+/// Open-loop ingest at `--rate` requests per second.
+#[allow(clippy::too_many_arguments)]
+async fn open_ingest(
+    args: &Args,
+    http: reqwest::Client,
+    generator: Arc<Mutex<Generator>>,
+    shared: Arc<Mutex<Shared>>,
+    ingest: Arc<Mutex<Recorder>>,
+    sent: Arc<AtomicU64>,
+    url: String,
+    started: Instant,
+    end: Instant,
+) {
+    let run = lock(&generator).run;
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0u32.. {
+        let intended = started + interval * n;
+        if intended >= end || sent.load(Ordering::Relaxed) >= args.max_requests {
+            break;
+        }
         if intended > Instant::now() {
             tokio::time::sleep_until(intended.into()).await;
         }
-        let events: Vec<(String, u64)> = (0..args.batch)
-            .map(|_| {
-                let resend = next_id > 0 && rng.uniform() < args.duplicates;
-                let id = if resend { rng.next() % next_id } else { next_id };
-                if !resend {
-                    next_id += 1;
-                }
-                // The video is a function of the id, so a resend is the same view.
-                let video = zipf.sample(Rng(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1).uniform());
-                (format!("r{run}-video-{video}"), id)
-            })
-            .collect();
-        let body: Vec<Value> =
-            events.iter().map(|(v, id)| json!({"video_id": v, "event_id": format!("r{run}-{id}")})).collect();
-        let permit = permits.clone().acquire_owned().await?;
-        let (task_http, task_shared, task_histogram, task_sent) =
-            (http.clone(), shared.clone(), histogram.clone(), sent.clone());
-        let url = format!("http://{}/v1/events", args.ingest);
+        let events = lock(&generator).batch(args.batch);
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let (http, shared, ingest, sent, url) =
+            (http.clone(), shared.clone(), ingest.clone(), sent.clone(), url.clone());
         let max = args.max_requests;
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
-            loop {
-                if task_sent.fetch_add(1, Ordering::Relaxed) >= max {
-                    return;
-                }
-                match task_http.post(&url).json(&body).send().await {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let mut s = task_shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        *s.statuses.entry(status).or_default() += 1;
-                        if status == 202 {
-                            let micros = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
-                            let _ = task_histogram
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .record(micros.max(1));
-                            for (video, id) in &events {
-                                *s.acknowledged.entry(video.clone()).or_default() += 1;
-                                s.distinct.insert((video.clone(), *id));
-                            }
-                            return;
-                        }
-                    }
-                    Err(_) => task_shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).errors += 1,
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if post_until_acked(&http, &url, run, &events, &sent, max, &shared).await {
+                lock(&ingest).record(started.elapsed().as_secs_f64(), micros_since(intended), events.len() as u64);
             }
-        }));
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            let h = histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            eprint!(
-                "\rloadgen: {:>5.1} s, {} requests sent, p50 {:.2} ms, p99 {:.2} ms   ",
-                started.elapsed().as_secs_f64(),
-                sent.load(Ordering::Relaxed),
-                h.value_at_quantile(0.5) as f64 / 1000.0,
-                h.value_at_quantile(0.99) as f64 / 1000.0
-            );
-        }
+        });
+        while tasks.try_join_next().is_some() {}
     }
-    for task in tasks {
-        task.await.context("request task")?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!();
-    let (acknowledged, statuses, errors, distinct) = {
-        let s = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Resends of one id count once: expected views per video = distinct ids acknowledged.
-        let mut distinct: BTreeMap<String, i64> = BTreeMap::new();
-        for (video, _) in &s.distinct {
-            *distinct.entry(video.clone()).or_default() += 1;
-        }
-        (s.acknowledged.clone(), s.statuses.clone(), s.errors, distinct)
-    };
-    let h = histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let accepted_events: i64 = acknowledged.values().sum();
-    let mut result = json!({
-        "run": run,
-        "offered_rate_rps": args.rate,
-        "batch": args.batch,
-        "duration_s": elapsed,
-        "requests_acknowledged": statuses.get(&202).copied().unwrap_or(0),
-        "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "transport_errors": errors,
-        "events_acknowledged": accepted_events,
-        "events_per_s": accepted_events as f64 / elapsed,
-        "latency_ms": {
-            "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p90": h.value_at_quantile(0.9) as f64 / 1000.0,
-            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max": h.max() as f64 / 1000.0,
-        },
-    });
-    if let Some(query) = &args.query {
-        let (lost, duplicated) = exactness(&http, query, &distinct).await?;
-        result["exactness"] = json!({ "videos": distinct.len(), "views": distinct.values().sum::<i64>(), "lost": lost, "duplicated": duplicated });
-    }
-    let text = serde_json::to_string_pretty(&result)?;
-    println!("{text}");
-    if let Some(path) = &args.out {
-        std::fs::write(path, &text)?;
-    }
-    Ok(())
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn exactness(
