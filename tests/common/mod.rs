@@ -27,6 +27,8 @@ drain-timeout = "10s"
 [kafka]
 brokers = "{brokers}"
 idempotence = false
+# tansu 0.6 keeps a silently dead member's partitions (see kafka.rejoin-when-partition-stalled).
+rejoin-when-partition-stalled = "10s"
 consumer-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
 
 [kafka.topics]

@@ -34,6 +34,14 @@ pub struct KafkaConfig {
     /// more members than partitions it causes needless rebalances.
     #[serde(default, with = "humantime_serde")]
     pub rejoin_when_unassigned: Option<Duration>,
+    /// Rejoin the consumer group when a partition owned by another member
+    /// has not committed progress for this long while records wait
+    /// (`"30s"`); off when absent. A workaround for tansu 0.6, which never
+    /// takes the partitions of a member that died without leaving (kill -9)
+    /// away from it while other members stay; the rejoin starts the round
+    /// that evicts it. Used by the counter, the one group with several members.
+    #[serde(default, with = "humantime_serde")]
+    pub rejoin_when_partition_stalled: Option<Duration>,
     /// Extra librdkafka properties for consumers only (after `properties`),
     /// e.g. `"session.timeout.ms" = "10000"`.
     pub consumer_properties: BTreeMap<String, String>,
@@ -47,6 +55,7 @@ impl Default for KafkaConfig {
             topics: TopicsConfig::default(),
             idempotence: true,
             rejoin_when_unassigned: None,
+            rejoin_when_partition_stalled: None,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
         }

@@ -27,6 +27,7 @@ use crate::partition::{FlushJob, Rules};
 use crate::processor::{Batch, Processor, BATCH};
 use crate::recovery::{RecoveryContext, RecoveryError};
 use crate::shared::{CounterContext, Shared};
+use crate::stall::StallWatch;
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,10 @@ pub struct Worker {
     shared: Arc<Shared>,
     rules: Rules,
     lag_interval: Duration,
+    /// The consumer's configuration, for the stall watch's own client.
+    watch_config: rdkafka::ClientConfig,
+    /// Set by the stall watch: rejoin the group.
+    rejoin_wanted: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -93,7 +98,15 @@ impl Worker {
         let consumer: BaseConsumer<CounterContext> =
             consumer_config.create_with_context(CounterContext { shared: shared.clone() })?;
         consumer.subscribe(&[&shared.recovery.views_topic])?;
-        Ok(Self { consumer, shared, rules, lag_interval })
+        let watch_config = consumer_config.clone();
+        Ok(Self {
+            consumer,
+            shared,
+            rules,
+            lag_interval,
+            watch_config,
+            rejoin_wanted: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Counts until `shutdown`, then seals what it can (nothing after an
@@ -102,7 +115,19 @@ impl Worker {
     pub fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), WorkerError> {
         let watermarks = BrokerWatermarks::new(&self.shared.recovery.kafka, &self.shared.recovery.views_topic)?;
         let lag = LagMonitor::spawn(self.shared.positions.clone(), watermarks, self.lag_interval)?;
+        let stall = match self.shared.recovery.kafka.rejoin_when_partition_stalled {
+            Some(after) => Some(StallWatch::spawn(
+                self.watch_config.create()?,
+                self.shared.recovery.views_topic.clone(),
+                self.shared.positions.clone(),
+                after,
+                self.lag_interval.max(Duration::from_secs(1)),
+                self.rejoin_wanted.clone(),
+            )?),
+            None => None,
+        };
         let outcome = self.consume(&shutdown);
+        drop(stall);
         drop(lag);
         // After a failure (a halt at the dead-letter limit above all) the open
         // ranges must not be emitted: only in-flight flushes are finished.
@@ -152,6 +177,10 @@ impl Worker {
             }
             if !self.collect(&mut batch, batches, spare) {
                 break;
+            }
+            if self.rejoin_wanted.swap(false, Ordering::SeqCst) {
+                self.consumer.unsubscribe();
+                self.consumer.subscribe(&[&topic])?;
             }
             if last_assignment_check.elapsed() >= self.lag_interval {
                 last_assignment_check = Instant::now();
