@@ -99,6 +99,18 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The caller's key name and the request body, or the answer that refuses them
+/// (authorization first: nothing about the body is said to a caller without a key).
+fn accept<T>(
+    actions: &AdminActions,
+    headers: &HeaderMap,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<(String, T), Box<Response>> {
+    let caller = actions.authorize(headers).map_err(|refused| Box::new(refused.into_response()))?;
+    let Json(request) = body.map_err(|e| Box::new(bad_request(e.body_text())))?;
+    Ok((caller, request))
+}
+
 fn bad_request(detail: impl Into<String>) -> Response {
     Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", detail).into_response()
 }
@@ -131,13 +143,9 @@ async fn reconcile(
     headers: HeaderMap,
     body: Result<Json<ReconcileRequest>, JsonRejection>,
 ) -> Response {
-    let caller = match actions.authorize(&headers) {
-        Ok(caller) => caller,
-        Err(refused) => return refused.into_response(),
-    };
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(e) => return bad_request(e.body_text()),
+    let (caller, request) = match accept(&actions, &headers, body) {
+        Ok(accepted) => accepted,
+        Err(refused) => return *refused,
     };
     let (from, to) = match (time_of(&request.from, "from"), time_of(&request.to, "to")) {
         (Ok(from), Ok(to)) => (from, to),
@@ -176,13 +184,9 @@ async fn dlq_replay(
     headers: HeaderMap,
     body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Response {
-    let caller = match actions.authorize(&headers) {
-        Ok(caller) => caller,
-        Err(refused) => return refused.into_response(),
-    };
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(e) => return bad_request(e.body_text()),
+    let (caller, request) = match accept(&actions, &headers, body) {
+        Ok(accepted) => accepted,
+        Err(refused) => return *refused,
     };
     let topics = &actions.kafka.topics;
     let dlq_topic = match request.topic.as_deref() {
