@@ -104,11 +104,14 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
         Command::Reconciler => {
             let shared = Shared { config: &config, registry: &registry, readiness: &readiness };
             let store = open_store(&config).await?;
+            let options = reconcile_options(&config)?;
+            let archive = options.archive.describe();
             spawn_archiver(&mut supervisor, &shared)?;
-            spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone())?;
+            spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone(), options.clone())?;
             let admin =
-                spawn_admin_with_actions(&mut supervisor, &shared, config.reconciler.admin_listen, store).await?;
-            println!("tally reconciler: archive {}", reconcile_options(&config)?.archive.describe());
+                spawn_admin_with_actions(&mut supervisor, &shared, config.reconciler.admin_listen, store, options)
+                    .await?;
+            println!("tally reconciler: archive {archive}");
             println!("tally reconciler: admin http://{admin}/metrics");
             println!("tally reconciler: admin actions http://{admin}/v1/admin/{{reconcile,dlq-replay}}");
         }
@@ -140,10 +143,12 @@ async fn run_standalone(
     let ingest = spawn_ingest(&mut supervisor, &shared).await?;
     spawn_counter(&mut supervisor, &shared).await?;
     spawn_writer(&mut supervisor, &shared, store.clone(), cache.clone()).await?;
+    let options = reconcile_options(config)?;
     spawn_archiver(&mut supervisor, &shared)?;
-    spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone())?;
+    spawn_scheduled_reconcile(&mut supervisor, &shared, store.clone(), options.clone())?;
     let query = spawn_query(&mut supervisor, &shared, store.clone(), cache).await?;
-    let admin = spawn_admin_with_actions(&mut supervisor, &shared, config.standalone.admin_listen, store).await?;
+    let admin =
+        spawn_admin_with_actions(&mut supervisor, &shared, config.standalone.admin_listen, store, options).await?;
     println!("tally standalone: ingest  http://{ingest}/v1/events");
     println!("tally standalone: query   http://{query}/v1/videos/{{id}}/views");
     println!("tally standalone: metrics http://{admin}/metrics");

@@ -33,15 +33,16 @@ pub async fn spawn_admin(
     spawn_admin_with(supervisor, shared, addr, None).await
 }
 
-/// [`spawn_admin`] with the admin actions over `store` mounted too.
+/// [`spawn_admin`] with the admin actions over `store` and the archive of `options` mounted too.
 pub async fn spawn_admin_with_actions(
     supervisor: &mut Supervisor,
     shared: &Shared<'_>,
     addr: std::net::SocketAddr,
     store: AnyStore,
+    options: tally_reconciler::reconcile::ReconcileOptions,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let c = shared.config;
-    let actions = crate::admin_actions::AdminActions::new(&c.admin, store, reconcile_options(c)?, c.kafka.clone());
+    let actions = crate::admin_actions::AdminActions::new(&c.admin, store, options, c.kafka.clone());
     spawn_admin_with(supervisor, shared, addr, Some(actions.router())).await
 }
 
@@ -182,10 +183,10 @@ pub fn spawn_scheduled_reconcile(
     supervisor: &mut Supervisor,
     shared: &Shared<'_>,
     store: AnyStore,
+    options: tally_reconciler::reconcile::ReconcileOptions,
 ) -> anyhow::Result<()> {
     use tally_store::CountStore as _;
     let metrics = tally_reconciler::reconcile::ReconcileMetrics::register(shared.registry)?;
-    let options = reconcile_options(shared.config)?;
     let interval = shared.config.reconciler.interval;
     let lookback = i64::try_from(shared.config.reconciler.first_lookback.as_millis()).unwrap_or(i64::MAX);
     let token = supervisor.token();

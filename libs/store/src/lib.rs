@@ -51,6 +51,14 @@ impl StoreError {
     }
 }
 
+/// The one range rule of [`CountStore::series`]: `from` strictly before `to`.
+pub(crate) fn check_range(from_ms: i64, to_ms: i64) -> Result<(), StoreError> {
+    if from_ms >= to_ms {
+        return Err(StoreError::Invalid("`from` must be before `to`".into()));
+    }
+    Ok(())
+}
+
 /// What every count store offers. Implementations must make [`CountStore::apply`]
 /// idempotent under replay (see the crate documentation).
 pub trait CountStore: Send + Sync + 'static {

@@ -325,9 +325,7 @@ impl CountStore for SqliteStore {
         to_ms: i64,
         step: Granularity,
     ) -> Result<Vec<Point>, StoreError> {
-        if from_ms >= to_ms {
-            return Err(StoreError::Invalid("`from` must be before `to`".into()));
-        }
+        crate::check_range(from_ms, to_ms)?;
         self.with(move |c| {
             let (sql, granularity) = match step {
                 Granularity::Minute => (

@@ -79,7 +79,7 @@ pub struct Worker {
     lag_interval: Duration,
     /// The consumer's configuration, for the stall watch's own client.
     watch_config: rdkafka::ClientConfig,
-    /// Set by the stall watch: rejoin the group.
+    /// Set by the stall watch or the unassigned check: rejoin the group.
     rejoin_wanted: Arc<AtomicBool>,
 }
 
@@ -178,20 +178,20 @@ impl Worker {
             if !self.collect(&mut batch, batches, spare) {
                 break;
             }
-            if self.rejoin_wanted.swap(false, Ordering::SeqCst) {
-                self.consumer.unsubscribe();
-                self.consumer.subscribe(&[&topic])?;
-            }
             if last_assignment_check.elapsed() >= self.lag_interval {
                 last_assignment_check = Instant::now();
                 if !self.shared.lock().states.is_empty() {
                     unassigned_since = Instant::now();
                 } else if rejoin_after.is_some_and(|after| unassigned_since.elapsed() >= after) {
                     tracing::warn!("no partition assigned for too long; rejoining the group");
-                    self.consumer.unsubscribe();
-                    self.consumer.subscribe(&[&topic])?;
+                    self.rejoin_wanted.store(true, Ordering::SeqCst);
                     unassigned_since = Instant::now();
                 }
+            }
+            // Asked for above or by the stall watch.
+            if self.rejoin_wanted.swap(false, Ordering::SeqCst) {
+                self.consumer.unsubscribe();
+                self.consumer.subscribe(&[&topic])?;
             }
         }
         Ok(())

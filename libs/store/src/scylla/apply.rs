@@ -123,18 +123,15 @@ impl ScyllaStore {
     async fn read_current(&self, update: &VideoUpdate) -> Result<Current, StoreError> {
         let statements = &self.inner.statements;
         let (first, last) = update.minute_range();
-        let buckets: Vec<i64> = {
-            let mut b: Vec<i64> = update.rollup_keys().into_iter().map(|(_, bucket)| bucket).collect();
-            b.sort_unstable();
-            b.dedup();
-            b
-        };
+        let wanted = update.rollup_keys();
+        let mut buckets: Vec<i64> = wanted.iter().map(|(_, bucket)| *bucket).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
         let video = update.video_id.as_str();
         let (minutes, rollups) = futures::try_join!(
             self.select::<(i64, i16, i32, i64, Option<i64>)>(&statements.read_minutes, (video, first, last)),
             self.select::<(i8, i64, i32, i64)>(&statements.read_rollups, (video, buckets)),
         )?;
-        let wanted = update.rollup_keys();
         let mut current = Current::default();
         for (minute, salt, partition, views, version) in minutes {
             if partition == update.source_partition {

@@ -172,11 +172,6 @@ impl ScyllaStore {
         })
     }
 
-    /// The settings it was built with.
-    pub fn config(&self) -> &ScyllaConfig {
-        &self.inner.config
-    }
-
     /// Drops the keyspace (contract tests clean up after themselves).
     pub async fn drop_keyspace(&self) -> Result<(), StoreError> {
         let statement = format!("DROP KEYSPACE IF EXISTS {}", self.inner.config.keyspace);

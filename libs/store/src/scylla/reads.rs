@@ -60,9 +60,7 @@ impl ScyllaStore {
         to_ms: i64,
         step: Granularity,
     ) -> Result<Vec<Point>, StoreError> {
-        if from_ms >= to_ms {
-            return Err(StoreError::Invalid("`from` must be before `to`".into()));
-        }
+        crate::check_range(from_ms, to_ms)?;
         let granularity = match step {
             Granularity::Minute => MINUTE,
             Granularity::Hour => HOUR,

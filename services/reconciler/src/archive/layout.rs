@@ -17,11 +17,6 @@ pub fn hour_prefix(received_ms: i64) -> String {
     format!("dt={}/hour={}", &stamp[..10], &stamp[11..13])
 }
 
-/// The `dt=…/hour=…` directory of the hour holding `received_ms`.
-pub fn hour_dir(root: &Path, received_ms: i64) -> PathBuf {
-    root.join(hour_prefix(received_ms))
-}
-
 /// File name of partition `partition`'s range `[start, end)`.
 pub fn file_name(partition: i32, start: i64, end: i64) -> String {
     format!("views-p{partition:05}-{start:020}-{end:020}.parquet")
@@ -78,8 +73,6 @@ mod tests {
         assert_eq!(name, "views-p00003-00000000000000000100-00000000000000000250.parquet");
         assert_eq!(parse_file_name(&name), Some((3, 100, 250)));
         assert_eq!(parse_file_name(".tmp-views-p00003-1-2.parquet"), None);
-        let dir = hour_dir(Path::new("/a"), 1_795_341_659_000);
-        assert_eq!(dir, Path::new("/a/dt=2026-11-22/hour=10"));
         assert_eq!(hour_prefix(1_795_341_659_000), "dt=2026-11-22/hour=10");
     }
 }

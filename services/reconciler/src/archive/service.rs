@@ -74,12 +74,9 @@ pub enum ArchiverError {
     /// Kafka.
     #[error("archiver kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// Writing a file.
+    /// Listing, reading or writing the archive.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    /// Listing the archive.
-    #[error("listing the archive: {0}")]
-    List(#[from] std::io::Error),
     /// Metrics.
     #[error("archiver metrics: {0}")]
     Metrics(#[from] prometheus::Error),
