@@ -62,6 +62,8 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
                 "views": folded.totals.values().sum::<i64>(),
                 "rows": folded.rows,
                 "chunks": folded.chunks,
+                "claims": folded.claims,
+                "fenced_chunks": folded.fenced_chunks,
                 "stale_deltas": folded.stale_deltas,
                 "repeated_flushes": folded.repeated_flushes,
                 "overlaps": folded.overlaps,

@@ -2,7 +2,8 @@
 //! faults are injected at random moments (kill -9 of gateway, counter,
 //! writer, query; broker stop/start; Redis stop/start; a second counter
 //! joining the group and leaving it again, by SIGTERM or kill -9, so that
-//! partitions move mid-flush; the store locked by another process for longer
+//! partitions move mid-flush, or frozen past its session and thawed as a
+//! zombie; the store locked by another process for longer
 //! than the writer's busy timeout, so that it is unavailable). The client retries
 //! every batch with the same event ids until it gets a 202, as a well-behaved
 //! client does; at the end every acknowledged view must be counted exactly
@@ -127,15 +128,29 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
                         second_counter = Some(TallyProcess::spawn(&config, "counter"));
                         injected.push("second counter joins".to_owned());
                     }
-                    Some(process) if rng.rand() % 2 == 0 => {
-                        // Drains its partitions (flush, commit) before leaving.
-                        tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(40))).await.unwrap();
-                        injected.push("second counter leaves (SIGTERM)".to_owned());
-                    }
-                    Some(process) => {
-                        process.kill9();
-                        injected.push("second counter leaves (kill -9)".to_owned());
-                    }
+                    Some(process) => match rng.rand() % 3 {
+                        0 => {
+                            // Drains its partitions (flush, commit) before leaving.
+                            tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(40)))
+                                .await
+                                .unwrap();
+                            injected.push("second counter leaves (SIGTERM)".to_owned());
+                        }
+                        1 => {
+                            process.kill9();
+                            injected.push("second counter leaves (kill -9)".to_owned());
+                        }
+                        _ => {
+                            // Past its session and the other counter's takeover (stall
+                            // watch 10 s): thawed, it is a zombie with a range buffered.
+                            let pause = Duration::from_millis(12_000 + rng.rand() % 4_000);
+                            process.freeze();
+                            tokio::time::sleep(pause).await;
+                            process.thaw();
+                            second_counter = Some(process);
+                            injected.push(format!("second counter frozen {} ms (zombie)", pause.as_millis()));
+                        }
+                    },
                 },
                 _ => {
                     // Longer than the store's 5 s busy timeout: the writer's
@@ -190,8 +205,10 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let counted: i64 = got.values().sum();
         let lost: i64 = expected.iter().map(|(v, n)| (n - got.get(v).copied().unwrap_or(0)).max(0)).sum();
         let duplicated: i64 = expected.iter().map(|(v, n)| (got.get(v).copied().unwrap_or(0) - n).max(0)).sum();
+        // Since the writer's last restart; a zombie's chunks show here.
+        let fenced = services.iter().find(|(name, _)| *name == "writer").and_then(|(_, w)| w.metric("tally_writer_fenced_chunks_total"));
         eprintln!(
-            "chaos: {} faults in {:?} ({injected:?}); batches {batches}, retries {retries}; acknowledged {acknowledged}, counted {counted}, lost {lost}, duplicated {duplicated}",
+            "chaos: {} faults in {:?} ({injected:?}); batches {batches}, retries {retries}; acknowledged {acknowledged}, counted {counted}, lost {lost}, duplicated {duplicated}; chunks fenced (current writer) {fenced:?}",
             injected.len(),
             started.elapsed()
         );

@@ -102,7 +102,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
             header: FlushHeader { source_partition: 99, end: 1, chunk_count: 1, ..FlushHeader::default() },
             deltas: vec![Delta { video_id: "v1".into(), salt: Salt(0), minute: hour + 600_000, count: 5 }],
         };
-        store.apply(vec![tamper]).await.unwrap();
+        store.apply(vec![tally_store::CountsEntry::chunk(tamper)]).await.unwrap();
 
         let options = ReconcileOptions {
             archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive_dir.clone()),

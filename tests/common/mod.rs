@@ -156,6 +156,22 @@ impl TallyProcess {
         let _ = self.child.wait();
     }
 
+    /// Freezes the process (SIGSTOP): it keeps its sockets and its state but
+    /// neither heartbeats nor counts, like a long pause, until [`Self::thaw`].
+    pub fn freeze(&self) {
+        let _ = Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
     /// SIGTERM, then waits for the exit.
     pub fn terminate(mut self, limit: Duration) -> ExitStatus {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();

@@ -1,9 +1,9 @@
 //! The store a process is configured with, behind one type, so services stay
 //! generic over [`CountStore`] while the binary picks at run time.
 
-use tally_model::counts::FlushChunk;
+use tally_model::counts::Owner;
 
-use crate::model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
 use crate::{CountStore, ScyllaStore, SqliteStore, StoreError};
 
 /// The embedded store or the ScyllaDB store. Cheap to clone.
@@ -35,8 +35,12 @@ macro_rules! dispatch {
 }
 
 impl CountStore for AnyStore {
-    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
-        dispatch!(self, s => s.apply(chunks))
+    async fn apply(&self, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
+        dispatch!(self, s => s.apply(entries))
+    }
+
+    async fn owners(&self) -> Result<Vec<(u32, Owner)>, StoreError> {
+        dispatch!(self, s => s.owners())
     }
 
     async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {

@@ -8,19 +8,27 @@
 //! and the hour, day and all-time rollups move by exactly the deltas that
 //! were applied, in the same transaction. No blind `+n` counter columns.
 //!
+//! A chunk also names the counter that emitted it (its owner token); the
+//! claims on the counts topic say who owns each source partition, and
+//! [`fence`] drops the chunks of superseded owners (zombies) in the same
+//! transaction, so a counter that wakes up after losing its partitions cannot
+//! count a range twice. The current owners are stored with the counts.
+//!
 //! The batch layer (the reconciler's recount of closed periods) is stored
 //! beside it; a total is the batch count of every reconciled period plus the
 //! real-time count after the last one (`exact_through`).
 //!
 //! # Layout
 //!
-//! - [`model`]: what is stored and read ([`Granularity`], [`Total`], [`Point`]).
+//! - [`model`]: what is stored and read ([`Granularity`], [`Total`], [`Point`], [`CountsEntry`]).
+//! - [`fence`]: admitting the chunks of a batch in log order (both stores).
 //! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
 //! - [`scylla`]: the ScyllaDB / Cassandra store (`infra/scylla/schema.cql`).
 //! - [`any`]: [`AnyStore`], the configured one of the two.
 //! - this file: the [`CountStore`] interface and [`StoreError`].
 
 pub mod any;
+pub mod fence;
 pub mod model;
 pub mod scylla;
 pub mod sqlite;
@@ -28,10 +36,10 @@ pub mod sqlite;
 use std::future::Future;
 
 pub use any::AnyStore;
-pub use model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
+pub use model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
 pub use scylla::{ScyllaConfig, ScyllaStore};
 pub use sqlite::SqliteStore;
-use tally_model::counts::FlushChunk;
+use tally_model::counts::Owner;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +70,14 @@ pub(crate) fn check_range(from_ms: i64, to_ms: i64) -> Result<(), StoreError> {
 /// What every count store offers. Implementations must make [`CountStore::apply`]
 /// idempotent under replay (see the crate documentation).
 pub trait CountStore: Send + Sync + 'static {
-    /// Applies the deltas of `chunks` (in order) in one transaction where the
-    /// store has them; returns how many deltas were applied and how many were stale.
-    fn apply(&self, chunks: Vec<FlushChunk>) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
+    /// Applies counts records in log order, in one transaction where the
+    /// store has them: claims move the stored owners, chunks of a superseded
+    /// owner are fenced, and the deltas of the others are applied unless their
+    /// row already has their version. Returns what happened to the deltas.
+    fn apply(&self, entries: Vec<CountsEntry>) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
+
+    /// The stored owner of every source partition that has one.
+    fn owners(&self) -> impl Future<Output = Result<Vec<(u32, Owner)>, StoreError>> + Send;
 
     /// All-time totals of `videos` (0 for a video nobody watched).
     fn totals(&self, videos: Vec<String>) -> impl Future<Output = Result<Vec<Total>, StoreError>> + Send;

@@ -1,6 +1,7 @@
 //! Values stored and read.
 
 use serde::Serialize;
+use tally_model::counts::{CountsRecord, FlushChunk};
 
 /// Bucket sizes of a series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,4 +85,38 @@ pub struct ApplyOutcome {
     pub applied: u64,
     /// Deltas ignored because their row already had that version or newer.
     pub stale: u64,
+    /// Deltas dropped because their chunk's owner had been superseded (a zombie counter).
+    pub fenced: u64,
+    /// Chunks dropped for the same reason.
+    pub fenced_chunks: u64,
+}
+
+impl ApplyOutcome {
+    /// Both outcomes added up.
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            applied: self.applied + other.applied,
+            stale: self.stale + other.stale,
+            fenced: self.fenced + other.fenced,
+            fenced_chunks: self.fenced_chunks + other.fenced_chunks,
+        }
+    }
+}
+
+/// A counts record and the offset it was read at in its counts partition
+/// (the position that orders claims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountsEntry {
+    /// Offset in the counts partition.
+    pub offset: i64,
+    /// The record.
+    pub record: CountsRecord,
+}
+
+impl CountsEntry {
+    /// A chunk whose position does not matter (no claim in its batch).
+    pub fn chunk(chunk: FlushChunk) -> Self {
+        Self { offset: -1, record: CountsRecord::Chunk(chunk) }
+    }
 }

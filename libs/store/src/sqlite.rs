@@ -1,13 +1,15 @@
 //! The embedded store: SQLite through rusqlite (bundled library), WAL mode.
-//! A batch of chunks, its versions and its rollups commit in one transaction.
+//! A batch of chunks, its versions, its rollups and the owners its claims
+//! moved commit in one transaction.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tally_model::counts::FlushChunk;
+use tally_model::counts::{FlushChunk, Owner};
 
-use crate::model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
+use crate::fence::{admit, token_from_db, token_to_db};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
 use crate::{CountStore, StoreError};
 
 const SCHEMA: &str = "
@@ -49,6 +51,11 @@ CREATE TABLE IF NOT EXISTS progress (
     max_received_ms INTEGER NOT NULL,
     PRIMARY KEY (epoch, source_partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS source_owners (
+    source_partition INTEGER PRIMARY KEY,
+    owner INTEGER NOT NULL,
+    claim_offset INTEGER NOT NULL
+);
 ";
 
 /// Rollup granularities as stored; `TOTAL` has one bucket, 0.
@@ -101,8 +108,39 @@ impl SqliteStore {
     }
 }
 
-fn apply_chunks(connection: &mut Connection, chunks: &[FlushChunk]) -> Result<ApplyOutcome, StoreError> {
-    let tx = connection.transaction().map_err(unavailable)?;
+fn read_owners(connection: &Connection) -> Result<Vec<(u32, Owner)>, StoreError> {
+    let mut select =
+        connection.prepare_cached("SELECT source_partition, owner, claim_offset FROM source_owners").map_err(unavailable)?;
+    let rows = select
+        .query_map([], |row| {
+            let owner = Owner { owner: token_from_db(row.get(1)?), claim_offset: row.get(2)? };
+            Ok((row.get::<_, u32>(0)?, owner))
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+fn apply_entries(connection: &mut Connection, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
+    // Immediate: the owners read here must not change before this transaction commits.
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+    let admitted = admit(read_owners(&tx)?, entries);
+    let outcome = apply_chunks(&tx, &admitted.chunks)?;
+    {
+        let mut upsert_owner = tx
+            .prepare_cached(
+                "INSERT INTO source_owners (source_partition, owner, claim_offset) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (source_partition) DO UPDATE SET owner = excluded.owner, claim_offset = excluded.claim_offset",
+            )
+            .map_err(unavailable)?;
+        for (partition, owner) in &admitted.owners {
+            upsert_owner.execute(params![partition, token_to_db(owner.owner), owner.claim_offset]).map_err(unavailable)?;
+        }
+    }
+    tx.commit().map_err(unavailable)?;
+    Ok(outcome.plus(admitted.fenced))
+}
+
+fn apply_chunks(tx: &rusqlite::Transaction<'_>, chunks: &[FlushChunk]) -> Result<ApplyOutcome, StoreError> {
     let mut outcome = ApplyOutcome::default();
     {
         let mut upsert_minute = tx
@@ -161,7 +199,6 @@ fn apply_chunks(connection: &mut Connection, chunks: &[FlushChunk]) -> Result<Ap
             }
         }
     }
-    tx.commit().map_err(unavailable)?;
     Ok(outcome)
 }
 
@@ -178,8 +215,12 @@ fn as_of(connection: &Connection) -> Result<i64, StoreError> {
 }
 
 impl CountStore for SqliteStore {
-    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
-        self.with(move |c| apply_chunks(c, &chunks)).await
+    async fn apply(&self, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
+        self.with(move |c| apply_entries(c, entries)).await
+    }
+
+    async fn owners(&self) -> Result<Vec<(u32, Owner)>, StoreError> {
+        self.with(|c| read_owners(c)).await
     }
 
     async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {

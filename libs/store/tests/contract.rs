@@ -6,9 +6,9 @@
 //! `scripts/test` asks for them when the variable is set and says they were
 //! skipped when it is not.
 
-use tally_model::counts::{Delta, FlushChunk, FlushHeader};
+use tally_model::counts::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, Owner};
 use tally_model::Salt;
-use tally_store::{CountStore, Granularity, PeriodSummary, ScyllaConfig, ScyllaStore, SqliteStore};
+use tally_store::{CountStore, CountsEntry, Granularity, PeriodSummary, ScyllaConfig, ScyllaStore, SqliteStore};
 
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
@@ -18,6 +18,7 @@ fn chunk(partition: u32, start: i64, end: i64, index: u32, count: u32, deltas: &
         header: FlushHeader {
             epoch: 0,
             source_partition: partition,
+            owner: 0,
             start,
             end,
             chunk_index: index,
@@ -38,14 +39,19 @@ fn chunk(partition: u32, start: i64, end: i64, index: u32, count: u32, deltas: &
     }
 }
 
-fn history() -> Vec<FlushChunk> {
-    vec![
+/// Chunks as read from the topic (no claims among them).
+fn entries(chunks: Vec<FlushChunk>) -> Vec<CountsEntry> {
+    chunks.into_iter().map(CountsEntry::chunk).collect()
+}
+
+fn history() -> Vec<CountsEntry> {
+    entries(vec![
         chunk(0, 0, 10, 0, 1, &[("a", 0, T0, 4), ("b", 0, T0, 1)]),
         chunk(1, 0, 7, 0, 1, &[("a", 3, T0 + MINUTE, 2)]),
         chunk(0, 10, 20, 0, 2, &[("a", 0, T0, 1)]),
         chunk(0, 10, 20, 1, 2, &[("a", 0, T0 + 61 * MINUTE, 5)]),
         chunk(1, 7, 9, 0, 1, &[("a", 3, T0 + 25 * 60 * MINUTE, 1)]),
-    ]
+    ])
 }
 
 async fn total(store: &impl CountStore, video: &str) -> i64 {
@@ -59,8 +65,8 @@ async fn replayed_chunks_do_not_change_totals(store: impl CountStore) {
     // Replay the whole topic, then every chunk twice more, one at a time.
     let replay = store.apply(history()).await.unwrap();
     assert_eq!((replay.applied, replay.stale), (0, 6));
-    for chunk in history() {
-        store.apply(vec![chunk.clone(), chunk]).await.unwrap();
+    for entry in history() {
+        store.apply(vec![entry.clone(), entry]).await.unwrap();
     }
     assert_eq!((total(&store, "a").await, total(&store, "b").await), (13, 1));
 }
@@ -72,6 +78,48 @@ async fn a_partly_applied_flush_completes_when_re_emitted(store: impl CountStore
     let again = store.apply(all[2..].to_vec()).await.unwrap(); // the next owner re-emits from [10, 20)
     assert_eq!((again.applied, again.stale), (2, 1));
     assert_eq!(total(&store, "a").await, 13);
+}
+
+fn claim(offset: i64, partition: u32, owner: u64) -> CountsEntry {
+    let claim = Claim { source_partition: partition, owner, claimant: format!("counter-{owner}"), ..Claim::default() };
+    CountsEntry { offset, record: CountsRecord::Claim(claim) }
+}
+
+fn owned(offset: i64, owner: u64, mut chunk: FlushChunk) -> CountsEntry {
+    chunk.header.owner = owner;
+    CountsEntry { offset, record: CountsRecord::Chunk(chunk) }
+}
+
+async fn a_zombie_counters_chunks_after_a_newer_claim_change_nothing(store: impl CountStore) {
+    let log = [
+        claim(0, 0, 1),
+        owned(1, 1, chunk(0, 0, 10, 0, 1, &[("a", 0, T0, 4)])),
+        // Counter 1 froze past its session; counter 2 took partition 0 over from offset 10.
+        claim(2, 0, 2),
+        // Counter 1 wakes up and emits the range it had buffered: fenced.
+        owned(3, 1, chunk(0, 10, 30, 0, 1, &[("a", 0, T0, 100), ("z", 0, T0, 1)])),
+        owned(4, 2, chunk(0, 10, 20, 0, 1, &[("a", 0, T0, 3)])),
+        // Owners are per source partition: counter 1 still owns partition 1.
+        claim(5, 1, 1),
+        owned(6, 1, chunk(1, 0, 5, 0, 1, &[("a", 0, T0, 2)])),
+    ];
+    let outcome = store.apply(log[..4].to_vec()).await.unwrap();
+    assert_eq!((outcome.applied, outcome.fenced, outcome.fenced_chunks), (1, 2, 1));
+    let outcome = store.apply(log[4..].to_vec()).await.unwrap();
+    assert_eq!((outcome.applied, outcome.fenced), (2, 0));
+    assert_eq!((total(&store, "a").await, total(&store, "z").await), (9, 0));
+    let mut owners = store.owners().await.unwrap();
+    owners.sort_by_key(|(p, _)| *p);
+    assert_eq!(owners, vec![(0, Owner { owner: 2, claim_offset: 2 }), (1, Owner { owner: 1, claim_offset: 5 })]);
+    // Later zombie chunks stay fenced, and replaying the whole log from any
+    // point (the stored owners are newer than the replayed claims) changes nothing.
+    let late = store.apply(vec![owned(7, 1, chunk(0, 30, 40, 0, 1, &[("a", 0, T0, 50)]))]).await.unwrap();
+    assert_eq!(late.fenced_chunks, 1);
+    for from in 0..log.len() {
+        store.apply(log[from..].to_vec()).await.unwrap();
+    }
+    assert_eq!((total(&store, "a").await, total(&store, "z").await), (9, 0));
+    assert_eq!(store.owners().await.unwrap().len(), 2);
 }
 
 async fn series_and_rollups_agree_and_salts_are_merged(store: impl CountStore) {
@@ -162,6 +210,16 @@ macro_rules! contract {
 
             #[tokio::test]
             #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
+            async fn a_zombie_counters_chunks_after_a_newer_claim_change_nothing() {
+                run(
+                    "a_zombie_counters_chunks_after_a_newer_claim_change_nothing",
+                    super::a_zombie_counters_chunks_after_a_newer_claim_change_nothing,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
             async fn series_and_rollups_agree_and_salts_are_merged() {
                 run(
                     "series_and_rollups_agree_and_salts_are_merged",
@@ -203,6 +261,11 @@ macro_rules! contract {
             #[tokio::test]
             async fn a_partly_applied_flush_completes_when_re_emitted() {
                 super::a_partly_applied_flush_completes_when_re_emitted($make).await;
+            }
+
+            #[tokio::test]
+            async fn a_zombie_counters_chunks_after_a_newer_claim_change_nothing() {
+                super::a_zombie_counters_chunks_after_a_newer_claim_change_nothing($make).await;
             }
 
             #[tokio::test]

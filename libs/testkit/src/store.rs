@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_model::counts::FlushChunk;
-use tally_store::{ApplyOutcome, CountStore, Granularity, PeriodSummary, Point, StoreError, Total};
+use tally_model::counts::Owner;
+use tally_store::{ApplyOutcome, CountStore, CountsEntry, Granularity, PeriodSummary, Point, StoreError, Total};
 
 /// Wraps a store; while `down` is set every call fails as unavailable, and
 /// reads can be slowed down.
@@ -41,9 +41,13 @@ impl<S: CountStore> SwitchableStore<S> {
 }
 
 impl<S: CountStore> CountStore for SwitchableStore<S> {
-    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
+    async fn apply(&self, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
         self.check()?;
-        self.inner.apply(chunks).await
+        self.inner.apply(entries).await
+    }
+    async fn owners(&self) -> Result<Vec<(u32, Owner)>, StoreError> {
+        self.check()?;
+        self.inner.owners().await
     }
     async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
         self.check()?;

@@ -56,7 +56,7 @@ fn main() {
     let mut rates = Vec::new();
     let mut duplicates = 0;
     for _ in 0..RUNS {
-        let mut state = PartitionState::new(0, 0, 0, Dedup::new(600_000, 2_000_000), vec![]);
+        let mut state = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 2_000_000), vec![]);
         let started = Instant::now();
         for (offset, payload) in records.iter().enumerate() {
             state.process(offset as i64, None, Some(payload), &rules).expect("no poison");

@@ -14,6 +14,15 @@
 //! its state is the same as before. The writer applies a delta to a row only
 //! if its version is newer than the row's, so replays change nothing.
 //!
+//! # Zombies
+//!
+//! A counter frozen past its session (a long GC-like pause, a stopped VM)
+//! may wake up and emit a range its successor is already counting. Before
+//! taking a partition over, a counter therefore writes a claim with a fresh
+//! owner token to the counts partition and reads the tail only up to it;
+//! every chunk carries its owner's token, and the writer drops chunks whose
+//! owner a later claim superseded ([`tally_model::counts::fence`]).
+//!
 //! # Layout
 //!
 //! - [`config`]: the `[counter]` section.
@@ -26,12 +35,14 @@
 //! - [`partition`]: one partition's open range; classification of records.
 //! - [`aggregate`], [`dedup`]: pre-aggregation and the deterministic dedup window.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
+//! - [`claim`]: claiming a partition before taking it over (the zombie fence).
 //! - [`recovery`]: taking over a partition from the log.
 //! - [`dlq`]: dead letters with provenance, and the halt limit.
 //! - [`verify`]: folds the counts topic as the writer would (tests, audits).
 //! - [`metrics`]: the counter's Prometheus metrics.
 
 pub mod aggregate;
+pub mod claim;
 pub mod config;
 pub mod dedup;
 pub mod dlq;

@@ -75,6 +75,8 @@ pub struct PartitionState {
     pub partition: i32,
     /// Incarnation of the source topic.
     pub epoch: u32,
+    /// The token of this counter's claim on the partition (carried by every chunk).
+    pub owner: u64,
     range_start: i64,
     next: i64,
     dedup: Dedup,
@@ -98,12 +100,14 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    /// A partition starting at `start` with a rebuilt `dedup` window and the
-    /// ends a previous owner emitted beyond `start` (to be re-emitted exactly).
-    pub fn new(partition: i32, epoch: u32, start: i64, dedup: Dedup, forced_ends: Vec<i64>) -> Self {
+    /// A partition claimed as `owner`, starting at `start` with a rebuilt
+    /// `dedup` window and the ends a previous owner emitted beyond `start`
+    /// (to be re-emitted exactly).
+    pub fn new(partition: i32, epoch: u32, owner: u64, start: i64, dedup: Dedup, forced_ends: Vec<i64>) -> Self {
         Self {
             partition,
             epoch,
+            owner,
             range_start: start,
             next: start,
             dedup,
@@ -219,6 +223,7 @@ impl PartitionState {
         let header = FlushHeader {
             epoch: self.epoch,
             source_partition: u32::try_from(self.partition).unwrap_or(0),
+            owner: self.owner,
             start: self.range_start,
             end,
             chunk_index: 0,
@@ -289,7 +294,7 @@ mod tests {
     #[test]
     fn a_range_counts_dedups_and_dead_letters_then_seals() {
         let t = 1_795_341_600_000;
-        let mut p = PartitionState::new(0, 0, 10, Dedup::new(600_000, 1_000), vec![]);
+        let mut p = PartitionState::new(0, 0, 1, 10, Dedup::new(600_000, 1_000), vec![]);
         p.process(10, None, Some(&record("v", "e1", t, t)), &rules()).unwrap();
         p.process(11, None, Some(&record("v", "e1", t, t + 1_000)), &rules()).unwrap();
         p.process(12, None, Some(b"garbage"), &rules()).unwrap();
@@ -312,7 +317,7 @@ mod tests {
     #[test]
     fn a_forced_boundary_is_sealed_exactly_and_blocks_until_possible() {
         let t = 1_795_341_600_000;
-        let mut p = PartitionState::new(0, 0, 0, Dedup::new(600_000, 1_000), vec![2, 4]);
+        let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![2, 4]);
         p.process(0, None, Some(&record("v", "a", t, t)), &rules()).unwrap();
         assert!(!p.due(Instant::now() + Duration::from_secs(60), &rules()), "timers do not cut a forced range");
         p.process(1, None, Some(&record("v", "b", t, t)), &rules()).unwrap();
@@ -328,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_run_of_poison_trips_the_limit() {
-        let mut p = PartitionState::new(0, 0, 0, Dedup::new(600_000, 1_000), vec![]);
+        let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
         p.process(0, None, Some(b"x"), &rules()).unwrap();
         p.process(1, None, Some(b"x"), &rules()).unwrap();
         let err = p.process(2, None, Some(b"x"), &rules()).unwrap_err();

@@ -1,9 +1,10 @@
 //! Taking over a partition: learn from the counts topic how far earlier
 //! owners emitted, and rebuild the dedup window from the views topic.
 //!
-//! 1. The committed offset `C` of the group is where counting resumes.
-//! 2. The tail of the counts partition holding this source partition is read
-//!    backwards until the newest flush ending at or before `C` (the anchor).
+//! 1. The committed offset `C` of the group is where counting resumes. The
+//!    partition was claimed just before ([`crate::claim`]).
+//! 2. The counts partition holding this source partition is read backwards
+//!    from the claim until the newest flush ending at or before `C` (the anchor).
 //!    Flushes ending after `C` were emitted but not committed: their ends
 //!    become forced boundaries, so the same ranges are re-emitted with the
 //!    same versions.
@@ -19,8 +20,9 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::base_config;
 use tally_kafka::KafkaConfig;
-use tally_model::counts::{self, FlushHeader};
+use tally_model::counts::{self, FlushHeader, RecordHead};
 
+use crate::claim::Claimed;
 use crate::dedup::{dedup_key, Dedup};
 use crate::partition::{classify, PartitionState, Rules, Verdict};
 
@@ -85,14 +87,20 @@ pub struct Recovered {
 }
 
 /// Recovers source `partition` whose committed offset is `committed`
-/// (`None` when the group never committed it).
-pub fn recover(ctx: &RecoveryContext, partition: i32, committed: Option<i64>) -> Result<Recovered, RecoveryError> {
+/// (`None` when the group never committed it) and which this counter
+/// `claimed`: everything before the claim in the counts partition is read.
+pub fn recover(
+    ctx: &RecoveryContext,
+    partition: i32,
+    committed: Option<i64>,
+    claimed: Claimed,
+) -> Result<Recovered, RecoveryError> {
     let reader = reader(&ctx.kafka, partition)?;
     let kafka_err = |source| RecoveryError::Kafka { partition, source };
     let (low, high) = reader.fetch_watermarks(&ctx.views_topic, partition, ctx.read_timeout).map_err(kafka_err)?;
     let mut start = committed.unwrap_or(low).max(low);
     let counts_partition = partition % ctx.counts_partitions.max(1);
-    let headers = scan_tail(&reader, ctx, partition, counts_partition, start)?;
+    let headers = scan_tail(&reader, ctx, partition, counts_partition, start, claimed.offset)?;
     let newest = headers.iter().max_by_key(|h| h.version()).copied();
     let mut epoch = newest.map_or(0, |h| h.epoch);
     let mut anchor = headers.iter().filter(|h| h.epoch == epoch && h.end <= start).max_by_key(|h| h.end).copied();
@@ -121,7 +129,8 @@ pub fn recover(ctx: &RecoveryContext, partition: i32, committed: Option<i64>) ->
         dedup.restore_max_received(anchor.max_received_ms);
     }
     let count = forced.len();
-    Ok(Recovered { state: PartitionState::new(partition, epoch, start, dedup, forced), forced: count, replayed })
+    let state = PartitionState::new(partition, epoch, claimed.owner, start, dedup, forced);
+    Ok(Recovered { state, forced: count, replayed })
 }
 
 fn reader(kafka: &KafkaConfig, partition: i32) -> Result<BaseConsumer, RecoveryError> {
@@ -135,25 +144,28 @@ fn reader(kafka: &KafkaConfig, partition: i32) -> Result<BaseConsumer, RecoveryE
         .map_err(|source| RecoveryError::Kafka { partition, source })
 }
 
-/// Flush headers of source `partition` in its counts partition: every one
-/// ending after `start`, plus at least one ending at or before it when any exists.
+/// Flush headers of source `partition` in its counts partition before
+/// `claim_offset`: every one ending after `start`, plus at least one ending
+/// at or before it when any exists. Headers of fenced owners are included:
+/// re-emitting their boundaries is harmless, missing an admitted one is not.
 fn scan_tail(
     reader: &BaseConsumer,
     ctx: &RecoveryContext,
     partition: i32,
     counts_partition: i32,
     start: i64,
+    claim_offset: i64,
 ) -> Result<Vec<FlushHeader>, RecoveryError> {
     let (low, high) = reader
         .fetch_watermarks(&ctx.counts_topic, counts_partition, ctx.read_timeout)
         .map_err(|source| RecoveryError::Kafka { partition, source })?;
     let source = u32::try_from(partition).unwrap_or(0);
     let mut found = Vec::new();
-    let mut to = high;
+    let mut to = high.min(claim_offset);
     while to > low {
         let from = (to - SCAN_STEP).max(low);
         read_range(reader, &ctx.counts_topic, counts_partition, from, to, ctx.read_timeout, |_, _, payload| {
-            if let Ok(header) = counts::decode_header(payload.unwrap_or_default()) {
+            if let Ok(RecordHead::Chunk(header)) = counts::decode_head(payload.unwrap_or_default()) {
                 if header.source_partition == source {
                     found.push(header);
                 }

@@ -10,6 +10,7 @@ use tally_kafka::{KafkaConfig, KafkaSetupError};
 use tally_service::Readiness;
 use tokio_util::sync::CancellationToken;
 
+use crate::claim::{claimant_name, Claimer};
 use crate::config::CounterConfig;
 use crate::dlq::DlqLimits;
 use crate::emitter::{self, Destination};
@@ -132,8 +133,15 @@ impl CounterService {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         // The emitter outlives the worker's drain; it stops when the job channel closes.
         let emitter_stop = CancellationToken::new();
+        let claimer = Claimer::new(
+            self.producer.clone(),
+            topics.counts.clone(),
+            self.counts_partitions,
+            claimant_name(),
+            c.delivery_timeout.max(Duration::from_secs(10)),
+        );
         let emitter = tokio::spawn(emitter::run(self.producer, destination, jobs_rx, done_tx, emitter_stop.clone()));
-        let worker = Worker::new(consumer, recovery, self.metrics, done_rx, jobs_tx, c.lag_interval)?;
+        let worker = Worker::new(consumer, recovery, claimer, self.metrics, done_rx, jobs_tx, c.lag_interval)?;
         self.readiness.set(KAFKA_CHECK, Ok(()));
         let stop = shutdown.clone();
         let outcome = tokio::task::spawn_blocking(move || worker.run(stop, drain))

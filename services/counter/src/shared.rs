@@ -5,8 +5,9 @@
 //! Rebalance callbacks run inside `poll` on the consumer thread. On revoke,
 //! the in-flight flushes of the revoked partitions are awaited and committed;
 //! their unsealed records are dropped uncommitted (never emitted, so the next
-//! owner counts them once). On assign, each new partition is recovered
-//! ([`crate::recovery`]) before any of its records is processed.
+//! owner counts them once). On assign, each new partition is claimed
+//! ([`crate::claim`]) and recovered ([`crate::recovery`]) before any of its
+//! records is processed.
 //!
 //! # Marks
 //!
@@ -27,6 +28,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::claim::Claimer;
 use crate::emitter::Completion;
 use crate::lag::{Position, Positions};
 use crate::metrics::CounterMetrics;
@@ -39,6 +41,8 @@ pub struct Shared {
     inner: Mutex<Inner>,
     /// How partitions are taken over.
     pub recovery: RecoveryContext,
+    /// Claims partitions before they are taken over.
+    pub claimer: Claimer,
     /// The counter's metrics.
     pub metrics: CounterMetrics,
     /// Positions of owned partitions, read by the lag monitor.
@@ -95,6 +99,7 @@ impl Shared {
     /// Shared state with no partition owned yet.
     pub fn new(
         recovery: RecoveryContext,
+        claimer: Claimer,
         metrics: CounterMetrics,
         completions: Receiver<Completion>,
         jobs: UnboundedSender<FlushJob>,
@@ -102,6 +107,7 @@ impl Shared {
         Self {
             inner: Mutex::new(Inner { states: HashMap::default(), completions, jobs, failure: None }),
             recovery,
+            claimer,
             positions: Positions::new(metrics.clone()),
             metrics,
             marks: AtomicU64::new(0),
@@ -128,7 +134,9 @@ impl Shared {
             .collect();
         for p in assigned {
             let started = Instant::now();
-            let mut recovered = recovery::recover(&self.recovery, *p, committed.get(p).copied().flatten())?;
+            let committed = committed.get(p).copied().flatten();
+            let claimed = self.claimer.claim(*p, committed.unwrap_or(-1))?;
+            let mut recovered = recovery::recover(&self.recovery, *p, committed, claimed)?;
             self.metrics.recovery_duration.observe(started.elapsed().as_secs_f64());
             self.metrics.reemitted_ranges.inc_by(recovered.forced as u64);
             tracing::info!(
@@ -137,7 +145,9 @@ impl Shared {
                 epoch = recovered.state.epoch,
                 reemit = recovered.forced,
                 replayed = recovered.replayed,
-                "partition taken over"
+                owner = format_args!("{:016x}", claimed.owner),
+                claim_offset = claimed.offset,
+                "partition claimed and taken over"
             );
             recovered.state.valid_from_mark = self.marks.load(Ordering::SeqCst);
             let mut inner = self.lock();

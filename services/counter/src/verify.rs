@@ -2,11 +2,13 @@
 //! applies it, so counter exactness is testable (and checkable in
 //! production) without a database.
 //!
-//! Rule (the writer's): row `(video_id, salt, minute, source_partition)`
-//! takes a delta only when the delta's version (`epoch`, `end`) is newer than
-//! the row's; replayed and re-emitted chunks are therefore no-ops. The fold
-//! also reports overlapping ranges of one source partition, which would mean
-//! two owners emitted different ranges over the same records.
+//! Rules (the writer's): claims and chunks are folded in log order; a chunk
+//! whose owner a later claim superseded is fenced ([`Fences`]); row
+//! `(video_id, salt, minute, source_partition)` takes a delta of an admitted
+//! chunk only when the delta's version (`epoch`, `end`) is newer than the
+//! row's, so replayed and re-emitted chunks are no-ops. The fold also reports
+//! overlapping admitted ranges of one source partition, which would mean two
+//! owners' ranges over the same records both counted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::base_config;
 use tally_kafka::KafkaConfig;
-use tally_model::counts::{self, FlushChunk, FlushStats};
+use tally_model::counts::{self, Admission, CountsRecord, Fences, FlushChunk, FlushStats};
 
 /// The folded state of a counts topic.
 #[derive(Debug, Default)]
@@ -38,6 +40,10 @@ pub struct Folded {
     pub stats: FlushStats,
     /// Distinct flushes seen more than once (re-emitted or retried).
     pub repeated_flushes: usize,
+    /// Claims read (partitions taken over).
+    pub claims: usize,
+    /// Chunks of superseded owners, dropped.
+    pub fenced_chunks: usize,
 }
 
 type RowKey = (String, u16, i64, u32);
@@ -45,6 +51,7 @@ type RowKey = (String, u16, i64, u32);
 /// Folds chunks in topic order.
 #[derive(Debug, Default)]
 pub struct Fold {
+    fences: Fences,
     rows: HashMap<RowKey, (i64, i64)>,
     max_end: HashMap<(u32, u32), i64>,
     flushes: HashSet<(u32, u32, i64)>,
@@ -52,10 +59,26 @@ pub struct Fold {
 }
 
 impl Fold {
-    /// Applies one chunk.
-    pub fn apply(&mut self, chunk: &FlushChunk) {
+    /// Folds the record read at `offset` of its counts partition.
+    pub fn record(&mut self, offset: i64, record: &CountsRecord) {
+        match record {
+            CountsRecord::Claim(claim) => {
+                self.folded.claims += 1;
+                self.fences.claim(claim, offset);
+            }
+            CountsRecord::Chunk(chunk) => {
+                self.folded.chunks += 1;
+                match self.fences.admit(&chunk.header) {
+                    Admission::Admitted => self.apply(chunk),
+                    Admission::Fenced { .. } => self.folded.fenced_chunks += 1,
+                }
+            }
+        }
+    }
+
+    /// Applies one admitted chunk.
+    fn apply(&mut self, chunk: &FlushChunk) {
         let h = chunk.header;
-        self.folded.chunks += 1;
         let version = h.version();
         let max_end = self.max_end.entry((h.epoch, h.source_partition)).or_insert(h.start);
         if h.start < *max_end && h.end > *max_end {
@@ -130,7 +153,7 @@ pub fn fold_counts(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Resul
             Some(Ok(message)) => {
                 let p = message.partition();
                 match counts::decode(message.payload().unwrap_or_default()) {
-                    Ok(chunk) => fold.apply(&chunk),
+                    Ok(record) => fold.record(message.offset(), &record),
                     Err(_) => fold.folded.undecodable += 1,
                 }
                 if ends.get(&p).is_some_and(|end| message.offset() + 1 >= *end) {
@@ -149,32 +172,49 @@ pub fn fold_counts(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use tally_model::counts::{Delta, FlushHeader};
+    use tally_model::counts::{Claim, Delta, FlushHeader};
     use tally_model::Salt;
 
     use super::*;
 
-    fn chunk(start: i64, end: i64, index: u32, count: u32, deltas: &[(&str, u32)]) -> FlushChunk {
-        FlushChunk {
-            header: FlushHeader { start, end, chunk_index: index, chunk_count: count, ..FlushHeader::default() },
+    fn owned(owner: u64, start: i64, end: i64, index: u32, count: u32, deltas: &[(&str, u32)]) -> CountsRecord {
+        CountsRecord::Chunk(FlushChunk {
+            header: FlushHeader { owner, start, end, chunk_index: index, chunk_count: count, ..FlushHeader::default() },
             deltas: deltas
                 .iter()
                 .map(|(v, n)| Delta { video_id: (*v).into(), salt: Salt(0), minute: 0, count: *n })
                 .collect(),
+        })
+    }
+
+    fn chunk(start: i64, end: i64, index: u32, count: u32, deltas: &[(&str, u32)]) -> CountsRecord {
+        owned(0, start, end, index, count, deltas)
+    }
+
+    fn claim(owner: u64) -> CountsRecord {
+        CountsRecord::Claim(Claim { owner, ..Claim::default() })
+    }
+
+    /// Folds records as if read at consecutive offsets.
+    fn fold(records: &[CountsRecord]) -> Folded {
+        let mut fold = Fold::default();
+        for (offset, record) in records.iter().enumerate() {
+            fold.record(offset as i64, record);
         }
+        fold.finish()
     }
 
     #[test]
     fn replayed_and_reemitted_chunks_do_not_change_totals() {
-        let mut fold = Fold::default();
-        fold.apply(&chunk(0, 10, 0, 1, &[("a", 4), ("b", 6)]));
-        fold.apply(&chunk(10, 20, 0, 2, &[("a", 1)]));
-        // Crash before chunk 1; the next owner re-emits the whole flush.
-        fold.apply(&chunk(10, 20, 0, 2, &[("a", 1)]));
-        fold.apply(&chunk(10, 20, 1, 2, &[("b", 2)]));
-        // And a full replay of the topic from the start.
-        fold.apply(&chunk(0, 10, 0, 1, &[("a", 4), ("b", 6)]));
-        let folded = fold.finish();
+        let folded = fold(&[
+            chunk(0, 10, 0, 1, &[("a", 4), ("b", 6)]),
+            chunk(10, 20, 0, 2, &[("a", 1)]),
+            // Crash before chunk 1; the next owner re-emits the whole flush.
+            chunk(10, 20, 0, 2, &[("a", 1)]),
+            chunk(10, 20, 1, 2, &[("b", 2)]),
+            // And a full replay of the topic from the start.
+            chunk(0, 10, 0, 1, &[("a", 4), ("b", 6)]),
+        ]);
         assert_eq!(folded.totals["a"], 5);
         assert_eq!(folded.totals["b"], 8);
         assert_eq!(folded.stale_deltas, 3);
@@ -183,9 +223,23 @@ mod tests {
 
     #[test]
     fn overlapping_ranges_are_reported() {
-        let mut fold = Fold::default();
-        fold.apply(&chunk(0, 10, 0, 1, &[("a", 1)]));
-        fold.apply(&chunk(5, 15, 0, 1, &[("a", 1)]));
-        assert_eq!(fold.finish().overlaps.len(), 1);
+        let folded = fold(&[chunk(0, 10, 0, 1, &[("a", 1)]), chunk(5, 15, 0, 1, &[("a", 1)])]);
+        assert_eq!(folded.overlaps.len(), 1);
+    }
+
+    #[test]
+    fn a_zombies_range_after_its_successors_claim_is_fenced_not_counted() {
+        let folded = fold(&[
+            claim(1),
+            owned(1, 0, 10, 0, 1, &[("a", 4)]),
+            claim(2),
+            // Owner 1 was frozen with [10, 25) buffered; owner 2 resumed at 10.
+            owned(1, 10, 25, 0, 1, &[("a", 9)]),
+            owned(2, 10, 20, 0, 1, &[("a", 5)]),
+            owned(2, 20, 30, 0, 1, &[("a", 3)]),
+        ]);
+        assert_eq!(folded.totals["a"], 12);
+        assert_eq!((folded.claims, folded.fenced_chunks), (2, 1));
+        assert!(folded.overlaps.is_empty(), "{:?}", folded.overlaps);
     }
 }

@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::claim::{ClaimError, Claimer};
 use crate::dlq::DlqLimitExceeded;
 use crate::emitter::Completion;
 use crate::lag::{BrokerWatermarks, LagMonitor};
@@ -38,6 +39,9 @@ pub enum WorkerError {
     /// A partition could not be taken over.
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    /// A partition could not be claimed.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     /// Committing an offset failed.
     #[error("committing offset {offset} of partition {partition}: {source}")]
     Commit {
@@ -88,13 +92,14 @@ impl Worker {
     pub fn new(
         consumer_config: rdkafka::ClientConfig,
         recovery: RecoveryContext,
+        claimer: Claimer,
         metrics: CounterMetrics,
         completions: Receiver<Completion>,
         jobs: UnboundedSender<FlushJob>,
         lag_interval: Duration,
     ) -> Result<Self, WorkerError> {
         let rules = recovery.rules.clone();
-        let shared = Arc::new(Shared::new(recovery, metrics, completions, jobs));
+        let shared = Arc::new(Shared::new(recovery, claimer, metrics, completions, jobs));
         let consumer: BaseConsumer<CounterContext> =
             consumer_config.create_with_context(CounterContext { shared: shared.clone() })?;
         consumer.subscribe(&[&shared.recovery.views_topic])?;

@@ -68,7 +68,7 @@ async fn seeded_store() -> SqliteStore {
             Delta { video_id: "popular".into(), salt: Salt(0), minute: T0 + 3_600_000, count: 8 },
         ],
     };
-    store.apply(vec![chunk]).await.unwrap();
+    store.apply(vec![tally_store::CountsEntry::chunk(chunk)]).await.unwrap();
     store
 }
 

@@ -52,6 +52,7 @@ async fn main() {
                 let header = FlushHeader {
                     epoch: 0,
                     source_partition: partition,
+                    owner: 1,
                     start,
                     end,
                     chunk_index: chunk,

@@ -9,8 +9,10 @@ pub struct WriterMetrics {
     pub batches: IntCounter,
     /// Store transaction latency.
     pub batch_duration: Histogram,
-    /// Deltas by outcome (applied, stale).
+    /// Deltas by outcome (applied, stale, fenced).
     pub deltas: IntCounterVec,
+    /// Chunks of superseded owners (zombie counters) dropped.
+    pub fenced_chunks: IntCounter,
     /// Store retries after retryable errors.
     pub retries: IntCounter,
     /// Store circuit: 0 closed, 2 open (retrying with backoff).
@@ -34,8 +36,15 @@ impl WriterMetrics {
                     .buckets(buckets.clone()),
             )?,
             deltas: IntCounterVec::new(
-                Opts::new("tally_writer_deltas_total", "Deltas by outcome: applied, or stale (replayed, ignored)"),
+                Opts::new(
+                    "tally_writer_deltas_total",
+                    "Deltas by outcome: applied, stale (replayed, ignored), or fenced (emitted by a superseded owner)",
+                ),
                 &["outcome"],
+            )?,
+            fenced_chunks: IntCounter::new(
+                "tally_writer_fenced_chunks_total",
+                "Counts chunks dropped because a later claim superseded their owner (a zombie counter)",
             )?,
             retries: IntCounter::new("tally_writer_retries_total", "Store retries after retryable errors")?,
             breaker_state: IntGauge::new("tally_writer_breaker_state", "Store circuit: 0 closed, 2 open")?,
@@ -55,6 +64,7 @@ impl WriterMetrics {
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_duration.clone()))?;
         registry.register(Box::new(m.deltas.clone()))?;
+        registry.register(Box::new(m.fenced_chunks.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;

@@ -2,7 +2,8 @@
 //!
 //! Loop: gather a batch of counts records (up to `batch-max-records` or
 //! `batch-max-wait`), dead-letter the ones that do not decode, apply the rest
-//! to the store in one transaction (retrying retryable errors with
+//! (chunks and claims, in log order: the store fences the chunks of
+//! superseded owners) to the store in one transaction (retrying retryable errors with
 //! exponential backoff, for as long as it takes: lag grows visibly, nothing is
 //! lost), write the new totals of the touched videos through to the cache,
 //! and only then commit the offsets. A crash anywhere re-applies the batch,
@@ -21,9 +22,9 @@ use tally_kafka::clients::{group_consumer_config, idempotent_producer, is_transi
 use tally_kafka::dlq::Provenance;
 use tally_kafka::topics::{ensure_topics, tally_topics};
 use tally_kafka::{KafkaConfig, KafkaSetupError};
-use tally_model::counts::{self, FlushChunk};
+use tally_model::counts::{self, CountsRecord};
 use tally_service::Readiness;
-use tally_store::{CountStore, StoreError};
+use tally_store::{CountStore, CountsEntry, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WriterConfig;
@@ -162,14 +163,14 @@ impl<S: CountStore> WriterService<S> {
     async fn take(
         &self,
         message: BorrowedMessage<'_>,
-        batch: &mut Vec<FlushChunk>,
+        batch: &mut Vec<CountsEntry>,
         offsets: &mut HashMap<i32, i64>,
         shutdown: &CancellationToken,
     ) -> Result<(), WriterError> {
         let (partition, offset) = (message.partition(), message.offset());
         offsets.insert(partition, offset);
         match counts::decode(message.payload().unwrap_or_default()) {
-            Ok(chunk) => batch.push(chunk),
+            Ok(record) => batch.push(CountsEntry { offset, record }),
             Err(e) => {
                 let now = tally_model::timestamp::format_rfc3339_ms(tally_model::timestamp::now_ms());
                 let reason = e.to_string();
@@ -209,21 +210,28 @@ impl<S: CountStore> WriterService<S> {
 
     /// Applies a batch, retrying while the store is unavailable. `Ok(false)`
     /// when shutdown came first.
-    async fn apply(&self, chunks: Vec<FlushChunk>, shutdown: &CancellationToken) -> Result<bool, WriterError> {
-        if chunks.is_empty() {
+    async fn apply(&self, entries: Vec<CountsEntry>, shutdown: &CancellationToken) -> Result<bool, WriterError> {
+        if entries.is_empty() {
             return Ok(true);
         }
-        let videos: BTreeSet<String> =
-            chunks.iter().flat_map(|c| c.deltas.iter().map(|d| d.video_id.clone())).collect();
-        let newest_received = chunks.iter().map(|c| c.header.max_received_ms).max().unwrap_or(0);
+        let chunks = || {
+            entries.iter().filter_map(|e| match &e.record {
+                CountsRecord::Chunk(chunk) => Some(chunk),
+                CountsRecord::Claim(_) => None,
+            })
+        };
+        let videos: BTreeSet<String> = chunks().flat_map(|c| c.deltas.iter().map(|d| d.video_id.clone())).collect();
+        let newest_received = chunks().map(|c| c.header.max_received_ms).max().unwrap_or(0);
         let mut backoff = self.config.retry_initial_backoff;
         loop {
             let started = Instant::now();
-            match self.store.apply(chunks.clone()).await {
+            match self.store.apply(entries.clone()).await {
                 Ok(outcome) => {
                     self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
                     self.metrics.deltas.with_label_values(&["applied"]).inc_by(outcome.applied);
                     self.metrics.deltas.with_label_values(&["stale"]).inc_by(outcome.stale);
+                    self.metrics.deltas.with_label_values(&["fenced"]).inc_by(outcome.fenced);
+                    self.metrics.fenced_chunks.inc_by(outcome.fenced_chunks);
                     self.metrics.breaker_state.set(0);
                     self.readiness.set(STORE_CHECK, Ok(()));
                     break;

@@ -1,16 +1,18 @@
-//! The write path: chunks → per-video updates → read, plan, one
-//! single-partition batch each; then the `as_of` progress.
+//! The write path: fence the batch, then chunks → per-video updates → read,
+//! plan, one single-partition batch each; then the `as_of` progress, then
+//! the owners the batch's claims moved.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchType};
-use tally_model::counts::FlushChunk;
+use tally_model::counts::{FlushChunk, Owner};
 
 use super::plan::{self, Current, VideoUpdate, MINUTE};
 use super::{from_execution, ScyllaStore, INDEXED_MEMORY, INDEX_SHARDS};
-use crate::model::ApplyOutcome;
+use crate::fence::{admit, token_from_db, token_to_db};
+use crate::model::{ApplyOutcome, CountsEntry};
 use crate::StoreError;
 
 /// `videos_by_hour` shard of a video.
@@ -24,7 +26,33 @@ fn ttl_seconds(ttl: Duration) -> i32 {
 }
 
 impl ScyllaStore {
-    pub(super) async fn apply_chunks(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
+    pub(super) async fn apply_entries(&self, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
+        let admitted = admit(self.read_owners().await?, entries);
+        let outcome = self.apply_chunks(admitted.chunks).await?;
+        for (partition, owner) in admitted.owners {
+            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+            // Adopted owners (claim offset -1) get timestamp 0: any claim beats them.
+            let timestamp = owner.claim_offset.saturating_add(1).max(0);
+            self.run(
+                &self.inner.statements.write_owner,
+                (partition, token_to_db(owner.owner), owner.claim_offset, timestamp),
+            )
+            .await?;
+        }
+        Ok(outcome.plus(admitted.fenced))
+    }
+
+    pub(super) async fn read_owners(&self) -> Result<Vec<(u32, Owner)>, StoreError> {
+        let rows = self.select::<(i32, i64, i64)>(&self.inner.statements.read_owners, ()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(partition, owner, claim_offset)| {
+                (u32::try_from(partition).unwrap_or(0), Owner { owner: token_from_db(owner), claim_offset })
+            })
+            .collect())
+    }
+
+    async fn apply_chunks(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
         // Updates of one (video, source partition) must run in log order; they
         // read what the previous one wrote.
         let mut groups: BTreeMap<(String, i32), Vec<VideoUpdate>> = BTreeMap::new();
@@ -60,10 +88,7 @@ impl ScyllaStore {
             let timestamp = max_received_ms.saturating_mul(1000);
             self.run(&self.inner.statements.write_progress, (epoch, partition, max_received_ms, timestamp)).await?;
         }
-        Ok(outcomes.into_iter().fold(ApplyOutcome::default(), |total, o| ApplyOutcome {
-            applied: total.applied + o.applied,
-            stale: total.stale + o.stale,
-        }))
+        Ok(outcomes.into_iter().fold(ApplyOutcome::default(), ApplyOutcome::plus))
     }
 
     async fn index_videos(&self, updates: impl Iterator<Item = &VideoUpdate>) -> Result<(), StoreError> {
@@ -117,7 +142,7 @@ impl ScyllaStore {
             batch.set_is_idempotent(true);
             self.inner.session.batch(&batch, values).await.map_err(from_execution)?;
         }
-        Ok(ApplyOutcome { applied: plan.applied, stale: plan.stale })
+        Ok(ApplyOutcome { applied: plan.applied, stale: plan.stale, ..ApplyOutcome::default() })
     }
 
     async fn read_current(&self, update: &VideoUpdate) -> Result<Current, StoreError> {

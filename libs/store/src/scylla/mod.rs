@@ -16,6 +16,13 @@
 //! counter crash or a writer retry after a timeout changes nothing. Updates of
 //! one (video, source partition) run in log order; others run concurrently.
 //!
+//! Fencing: the owners of source partitions live in `source_owners`. A
+//! batch reads them, folds its claims and chunks in log order
+//! ([`crate::fence`]), applies the admitted chunks, and only then writes the
+//! owners its claims moved (cell timestamp = claim offset + 1, so the latest
+//! claim wins whatever the order of writes). A crash in between leaves the
+//! old owners, and the replayed batch folds the same way.
+//!
 //! Reads and writes use one consistency level (`local-quorum` by default), so
 //! a read after a completed write sees it. The remaining window, two writers
 //! owning one counts partition at once during a rebalance, is bounded by the
@@ -52,10 +59,10 @@ use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use tally_model::counts::FlushChunk;
+use tally_model::counts::Owner;
 
 pub use self::config::{ConsistencyLevel, ScyllaConfig};
-use crate::model::{ApplyOutcome, Granularity, PeriodSummary, Point, Total};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
 use crate::{CountStore, StoreError};
 
 /// The ScyllaDB store. Cheap to clone.
@@ -82,6 +89,8 @@ struct Statements {
     index_video: PreparedStatement,
     write_progress: PreparedStatement,
     read_progress: PreparedStatement,
+    write_owner: PreparedStatement,
+    read_owners: PreparedStatement,
     read_totals: PreparedStatement,
     read_minutes_from: PreparedStatement,
     read_series: PreparedStatement,
@@ -234,6 +243,15 @@ impl Statements {
                 "SELECT epoch, source_partition, max_received_ms FROM {ks}.progress WHERE scope = 'all'"
             ))
             .await?,
+            write_owner: prepare(format!(
+                "INSERT INTO {ks}.source_owners (scope, source_partition, owner, claim_offset) \
+                 VALUES ('all', ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            read_owners: prepare(format!(
+                "SELECT source_partition, owner, claim_offset FROM {ks}.source_owners WHERE scope = 'all'"
+            ))
+            .await?,
             read_totals: prepare(format!(
                 "SELECT views FROM {ks}.view_counts WHERE video_id = ? AND granularity = 3 AND bucket = 0"
             ))
@@ -287,8 +305,12 @@ impl Statements {
 }
 
 impl CountStore for ScyllaStore {
-    async fn apply(&self, chunks: Vec<FlushChunk>) -> Result<ApplyOutcome, StoreError> {
-        self.apply_chunks(chunks).await
+    async fn apply(&self, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
+        self.apply_entries(entries).await
+    }
+
+    async fn owners(&self) -> Result<Vec<(u32, Owner)>, StoreError> {
+        self.read_owners().await
     }
 
     async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {

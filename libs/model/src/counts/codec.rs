@@ -1,17 +1,14 @@
-//! The record format of the `tally.counts` topic, version 1: one chunk of one
-//! counter flush.
+//! The bytes of counts records, format version 2. All integers big-endian.
 //!
-//! A flush covers a contiguous offset range `[start, end)` of one source
-//! partition of `tally.views` and holds one delta per `(video_id, salt,
-//! minute)` counted in that range. Big flushes are split into chunks; each
-//! chunk carries the whole flush header, so any record says which range it
-//! belongs to. All integers are big-endian.
+//! Every record starts with the format version (`2`) and a kind byte.
+//!
+//! A flush chunk (kind `0`):
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | format version (`1`) |
 //! | 4 | `epoch`: incarnation of the source topic (bumped when it is recreated) |
 //! | 4 | `source_partition` |
+//! | 8 | `owner`: token of the claim the emitting counter made |
 //! | 8 | `start` offset (inclusive) |
 //! | 8 | `end` offset (exclusive): with `epoch`, the version of every delta |
 //! | 4 | `chunk_index`, 4 | `chunk_count` |
@@ -20,86 +17,22 @@
 //! | 4 × 4 | flush statistics: events read, counted, duplicates, dead-lettered (whole flush; chunk 0 only, 0 elsewhere) |
 //! | 4 | number of deltas, then per delta: 1 + n `video_id`, 2 `salt`, 8 `minute` (epoch ms), 4 `count` |
 //!
-//! The writer applies a delta to row `(video_id, salt, minute, source_partition)`
-//! only if [`FlushHeader::version`] is newer than the row's stored version, so a
-//! replayed or re-emitted chunk changes nothing.
+//! A claim (kind `1`): 4 `source_partition`, 8 `owner`, 8 `resume_from`,
+//! 8 `claimed_at_ms`, 1 + n `claimant`.
+//!
+//! Version 1 (no owners, no claims) is refused: its records could not be fenced.
 
+use super::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, FlushStats, RecordHead};
 use crate::salt::Salt;
 
 /// The version this build writes.
-pub const COUNTS_VERSION: u8 = 1;
+pub const COUNTS_VERSION: u8 = 2;
 
-/// Bytes of an encoded header.
-pub const HEADER_LEN: usize = 65;
+/// Bytes of an encoded chunk header (version and kind included).
+pub const HEADER_LEN: usize = 74;
 
-/// Bits of a packed version given to the end offset.
-const OFFSET_BITS: u32 = 48;
-
-/// Which range of which source partition a chunk belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FlushHeader {
-    /// Incarnation of the source topic.
-    pub epoch: u32,
-    /// Partition of `tally.views` the range is from.
-    pub source_partition: u32,
-    /// First offset of the range.
-    pub start: i64,
-    /// One past the last offset of the range.
-    pub end: i64,
-    /// This chunk's position in the flush.
-    pub chunk_index: u32,
-    /// Chunks in the flush.
-    pub chunk_count: u32,
-    /// Oldest source offset the dedup state needs after `end`.
-    pub dedup_horizon: i64,
-    /// Newest gateway receive time seen up to `end`.
-    pub max_received_ms: i64,
-    /// Statistics of the whole flush (on chunk 0).
-    pub stats: FlushStats,
-}
-
-/// What happened to the records of one flush.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FlushStats {
-    /// Records read.
-    pub read: u32,
-    /// Views counted.
-    pub counted: u32,
-    /// Duplicates dropped.
-    pub duplicates: u32,
-    /// Records sent to the dead-letter topic (late or malformed).
-    pub dead_lettered: u32,
-}
-
-impl FlushHeader {
-    /// The version of every delta of the flush: `epoch` then `end`, packed so
-    /// that integer order is version order.
-    pub fn version(&self) -> i64 {
-        (i64::from(self.epoch) << OFFSET_BITS) | (self.end & ((1 << OFFSET_BITS) - 1))
-    }
-}
-
-/// One count increment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delta {
-    /// The video.
-    pub video_id: String,
-    /// The salt its events were keyed with.
-    pub salt: Salt,
-    /// Start of the minute bucket, epoch ms.
-    pub minute: i64,
-    /// Views counted in the range.
-    pub count: u32,
-}
-
-/// A decoded chunk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlushChunk {
-    /// The flush it belongs to.
-    pub header: FlushHeader,
-    /// Its deltas.
-    pub deltas: Vec<Delta>,
-}
+const KIND_CHUNK: u8 = 0;
+const KIND_CLAIM: u8 = 1;
 
 /// Why a counts record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +40,9 @@ pub enum CountsError {
     /// Written by a format this build does not know.
     #[error("unsupported counts format version {0}")]
     UnsupportedVersion(u8),
+    /// A record kind this build does not know.
+    #[error("unknown counts record kind {0}")]
+    UnknownKind(u8),
     /// The record ends early or has bytes left over.
     #[error("counts record malformed: {0}")]
     Malformed(&'static str),
@@ -119,10 +55,11 @@ pub fn encoded_delta_len(video_id: &str) -> usize {
 
 /// Encodes a chunk header followed by `deltas`.
 pub fn encode<'a>(header: &FlushHeader, deltas: impl ExactSizeIterator<Item = (&'a str, Salt, i64, u32)>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80 + deltas.len() * 32);
-    out.push(COUNTS_VERSION);
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + deltas.len() * 32);
+    out.extend_from_slice(&[COUNTS_VERSION, KIND_CHUNK]);
     out.extend_from_slice(&header.epoch.to_be_bytes());
     out.extend_from_slice(&header.source_partition.to_be_bytes());
+    out.extend_from_slice(&header.owner.to_be_bytes());
     out.extend_from_slice(&header.start.to_be_bytes());
     out.extend_from_slice(&header.end.to_be_bytes());
     out.extend_from_slice(&header.chunk_index.to_be_bytes());
@@ -144,43 +81,69 @@ pub fn encode<'a>(header: &FlushHeader, deltas: impl ExactSizeIterator<Item = (&
     out
 }
 
-/// Decodes only the header (cheap: for scanning a partition's tail).
-pub fn decode_header(bytes: &[u8]) -> Result<FlushHeader, CountsError> {
-    let mut r = Reader { bytes, pos: 0 };
-    read_header(&mut r)
+/// Encodes a claim (a claimant name longer than 255 bytes is cut at a character boundary).
+pub fn encode_claim(claim: &Claim) -> Vec<u8> {
+    let mut name = claim.claimant.as_str();
+    while name.len() > usize::from(u8::MAX) {
+        let mut cut = usize::from(u8::MAX);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name = &name[..cut];
+    }
+    let mut out = Vec::with_capacity(2 + 28 + 1 + name.len());
+    out.extend_from_slice(&[COUNTS_VERSION, KIND_CLAIM]);
+    out.extend_from_slice(&claim.source_partition.to_be_bytes());
+    out.extend_from_slice(&claim.owner.to_be_bytes());
+    out.extend_from_slice(&claim.resume_from.to_be_bytes());
+    out.extend_from_slice(&claim.claimed_at_ms.to_be_bytes());
+    out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(name.as_bytes());
+    out
 }
 
-/// Decodes a whole chunk.
-pub fn decode(bytes: &[u8]) -> Result<FlushChunk, CountsError> {
+/// Decodes a chunk's header or a claim, not a chunk's deltas (cheap: for
+/// scanning a partition's tail).
+pub fn decode_head(bytes: &[u8]) -> Result<RecordHead, CountsError> {
     let mut r = Reader { bytes, pos: 0 };
-    let header = read_header(&mut r)?;
-    let n = r.u32()? as usize;
-    let mut deltas = Vec::with_capacity(n.min(bytes.len() / 15));
-    for _ in 0..n {
-        let len = usize::from(r.take(1)?[0]);
-        let video_id = std::str::from_utf8(r.take(len)?).map_err(|_| CountsError::Malformed("video_id not UTF-8"))?;
-        if crate::video_id::validate(video_id).is_err() {
-            return Err(CountsError::Malformed("invalid video_id"));
-        }
-        let salt = Salt(u16::from_be_bytes(r.array()?));
-        let minute = i64::from_be_bytes(r.array()?);
-        let count = r.u32()?;
-        deltas.push(Delta { video_id: video_id.to_owned(), salt, minute, count });
+    match read_kind(&mut r)? {
+        KIND_CHUNK => Ok(RecordHead::Chunk(read_header(&mut r)?)),
+        _ => Ok(RecordHead::Claim(read_claim(&mut r)?)),
     }
+}
+
+/// Decodes a whole record.
+pub fn decode(bytes: &[u8]) -> Result<CountsRecord, CountsError> {
+    let mut r = Reader { bytes, pos: 0 };
+    let record = match read_kind(&mut r)? {
+        KIND_CHUNK => {
+            let header = read_header(&mut r)?;
+            CountsRecord::Chunk(FlushChunk { header, deltas: read_deltas(&mut r)? })
+        }
+        _ => CountsRecord::Claim(read_claim(&mut r)?),
+    };
     if r.pos != bytes.len() {
         return Err(CountsError::Malformed("trailing bytes"));
     }
-    Ok(FlushChunk { header, deltas })
+    Ok(record)
 }
 
-fn read_header(r: &mut Reader<'_>) -> Result<FlushHeader, CountsError> {
+fn read_kind(r: &mut Reader<'_>) -> Result<u8, CountsError> {
     let version = r.take(1)?[0];
     if version != COUNTS_VERSION {
         return Err(CountsError::UnsupportedVersion(version));
     }
+    match r.take(1)?[0] {
+        kind @ (KIND_CHUNK | KIND_CLAIM) => Ok(kind),
+        other => Err(CountsError::UnknownKind(other)),
+    }
+}
+
+fn read_header(r: &mut Reader<'_>) -> Result<FlushHeader, CountsError> {
     let header = FlushHeader {
         epoch: r.u32()?,
         source_partition: r.u32()?,
+        owner: r.u64()?,
         start: r.i64()?,
         end: r.i64()?,
         chunk_index: r.u32()?,
@@ -193,6 +156,33 @@ fn read_header(r: &mut Reader<'_>) -> Result<FlushHeader, CountsError> {
         return Err(CountsError::Malformed("inconsistent header"));
     }
     Ok(header)
+}
+
+fn read_deltas(r: &mut Reader<'_>) -> Result<Vec<Delta>, CountsError> {
+    let n = r.u32()? as usize;
+    let mut deltas = Vec::with_capacity(n.min(r.bytes.len() / 15));
+    for _ in 0..n {
+        let len = usize::from(r.take(1)?[0]);
+        let video_id = std::str::from_utf8(r.take(len)?).map_err(|_| CountsError::Malformed("video_id not UTF-8"))?;
+        if crate::video_id::validate(video_id).is_err() {
+            return Err(CountsError::Malformed("invalid video_id"));
+        }
+        let salt = Salt(u16::from_be_bytes(r.array()?));
+        let minute = i64::from_be_bytes(r.array()?);
+        let count = r.u32()?;
+        deltas.push(Delta { video_id: video_id.to_owned(), salt, minute, count });
+    }
+    Ok(deltas)
+}
+
+fn read_claim(r: &mut Reader<'_>) -> Result<Claim, CountsError> {
+    let source_partition = r.u32()?;
+    let owner = r.u64()?;
+    let resume_from = r.i64()?;
+    let claimed_at_ms = r.i64()?;
+    let len = usize::from(r.take(1)?[0]);
+    let claimant = std::str::from_utf8(r.take(len)?).map_err(|_| CountsError::Malformed("claimant not UTF-8"))?;
+    Ok(Claim { source_partition, owner, resume_from, claimed_at_ms, claimant: claimant.to_owned() })
 }
 
 struct Reader<'a> {
@@ -219,6 +209,10 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
+    fn u64(&mut self) -> Result<u64, CountsError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
     fn i64(&mut self) -> Result<i64, CountsError> {
         Ok(i64::from_be_bytes(self.array()?))
     }
@@ -232,6 +226,7 @@ mod tests {
         FlushHeader {
             epoch: 2,
             source_partition: 3,
+            owner: 0xfeed_beef_0000_0001,
             start: 100,
             end: 250,
             chunk_index: 1,
@@ -242,19 +237,43 @@ mod tests {
         }
     }
 
+    fn chunk_of(record: CountsRecord) -> FlushChunk {
+        match record {
+            CountsRecord::Chunk(chunk) => chunk,
+            CountsRecord::Claim(claim) => panic!("expected a chunk, got {claim:?}"),
+        }
+    }
+
     #[test]
     fn chunks_round_trip() {
         let deltas = [("v1", Salt(0), 1_795_341_600_000, 7u32), ("v2", Salt(9), 1_795_341_660_000, 1)];
         let bytes = encode(&header(), deltas.iter().copied());
-        let chunk = decode(&bytes).unwrap();
+        let chunk = chunk_of(decode(&bytes).unwrap());
         assert_eq!(chunk.header, header());
-        assert_eq!(decode_header(&bytes).unwrap(), header());
+        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Chunk(header()));
         assert_eq!(chunk.deltas.len(), 2);
         assert_eq!(
             chunk.deltas[1],
             Delta { video_id: "v2".into(), salt: Salt(9), minute: 1_795_341_660_000, count: 1 }
         );
         assert_eq!(bytes.len(), HEADER_LEN + 4 + encoded_delta_len("v1") + encoded_delta_len("v2"));
+    }
+
+    #[test]
+    fn claims_round_trip_and_long_claimant_names_are_cut() {
+        let claim = Claim {
+            source_partition: 7,
+            owner: u64::MAX - 3,
+            resume_from: 12_345,
+            claimed_at_ms: 1_795_341_600_000,
+            claimant: "host-a/4242".into(),
+        };
+        let bytes = encode_claim(&claim);
+        assert_eq!(decode(&bytes).unwrap(), CountsRecord::Claim(claim.clone()));
+        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Claim(claim.clone()));
+        let long = Claim { claimant: "é".repeat(200), ..claim };
+        let CountsRecord::Claim(decoded) = decode(&encode_claim(&long)).unwrap() else { panic!("not a claim") };
+        assert_eq!(decoded.claimant, "é".repeat(127));
     }
 
     #[test]
@@ -266,13 +285,19 @@ mod tests {
     }
 
     #[test]
-    fn damaged_chunks_are_rejected() {
+    fn damaged_and_unknown_records_are_rejected() {
         let bytes = encode(&header(), [("v1", Salt(0), 0, 1u32)].into_iter());
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         let mut versioned = bytes.clone();
-        versioned[0] = 7;
-        assert_eq!(decode(&versioned), Err(CountsError::UnsupportedVersion(7)));
+        versioned[0] = 1;
+        assert_eq!(decode(&versioned), Err(CountsError::UnsupportedVersion(1)), "version 1 cannot be fenced");
+        let mut kind = bytes.clone();
+        kind[1] = 9;
+        assert_eq!(decode(&kind), Err(CountsError::UnknownKind(9)));
         let inverted = FlushHeader { start: 300, ..header() };
         assert!(decode(&encode(&inverted, std::iter::empty())).is_err());
+        let mut trailing = encode_claim(&Claim::default());
+        trailing.push(0);
+        assert_eq!(decode(&trailing), Err(CountsError::Malformed("trailing bytes")));
     }
 }

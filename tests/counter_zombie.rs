@@ -1,0 +1,134 @@
+//! A zombie counter: frozen (SIGSTOP) past its session while another counter
+//! takes its partitions over, then thawed with a range still buffered. It
+//! emits that range under its old claim; the fence must drop it (the
+//! successor has recounted it), so the totals stay exact.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{write_config, Load, TallyProcess, ViewsProducer};
+use tally_counter::verify::{fold_counts, Folded};
+use tally_kafka::KafkaConfig;
+use tally_testkit::{bounded, Broker};
+
+/// The survivor flushes often.
+const SURVIVOR: &str = r#"
+[counter]
+admin-listen = "127.0.0.1:0"
+flush-interval = "200ms"
+chunk-rows = 50
+"#;
+
+/// The future zombie flushes rarely, so it is frozen with a range buffered.
+const ZOMBIE: &str = r#"
+[counter]
+admin-listen = "127.0.0.1:0"
+flush-interval = "3s"
+chunk-rows = 50
+"#;
+
+async fn fold(kafka: &KafkaConfig) -> Folded {
+    let k = kafka.clone();
+    tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(60)))
+        .await
+        .expect("fold task")
+        .expect("fold counts")
+}
+
+fn owned(process: &TallyProcess) -> Option<f64> {
+    process.metric("tally_counter_owned_partitions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_zombie_counters_range_is_fenced_and_counted_once() {
+    bounded(Duration::from_secs(400), async {
+        let broker = Broker::start();
+        let kafka = tally_testkit::kafka_config(&broker);
+        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let survivor_dir = tempfile::tempdir().unwrap();
+        let zombie_dir = tempfile::tempdir().unwrap();
+        let survivor_config = write_config(survivor_dir.path(), &kafka, SURVIVOR);
+        let zombie_config = write_config(zombie_dir.path(), &kafka, ZOMBIE);
+        let mut load = Load::new(0x2011_b1e5);
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+
+        let survivor = TallyProcess::spawn(&survivor_config, "counter");
+        assert!(survivor.wait_for_metric("tally_counter_owned_partitions", 4.0, Duration::from_secs(30)));
+        // Whether the thawed zombie emits before it notices it was fenced
+        // out of the group is a race; try a few zombies until one did.
+        let mut fenced = 0;
+        for attempt in 1..=3 {
+            let mut zombie = TallyProcess::spawn(&zombie_config, "counter");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !(owned(&survivor) == Some(2.0) && owned(&zombie) == Some(2.0)) {
+                assert!(Instant::now() < deadline, "the two counters never split the partitions");
+                producer.send(&load.batch(50, tally_model::timestamp::now_ms(), 10)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            producer.send(&load.batch(1_000, tally_model::timestamp::now_ms(), 10)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            zombie.freeze();
+            let frozen_at = Instant::now();
+            let deadline = frozen_at + Duration::from_secs(90);
+            while owned(&survivor) != Some(4.0) {
+                assert!(Instant::now() < deadline, "the frozen counter's partitions were never taken over");
+                producer.send(&load.batch(100, tally_model::timestamp::now_ms(), 10)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            // Let the survivor count past the zombie's buffered range.
+            producer.send(&load.batch(500, tally_model::timestamp::now_ms(), 10)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            zombie.thaw();
+            eprintln!("attempt {attempt}: taken over after {:?} frozen; thawed", frozen_at.elapsed());
+            // The zombie emits what it had, finds its commit refused, and stops or rejoins.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !zombie.exited() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if !zombie.exited() {
+                zombie.terminate(Duration::from_secs(30));
+            }
+            fenced = fold(&kafka).await.fenced_chunks;
+            eprintln!("attempt {attempt}: fenced chunks so far: {fenced}");
+            if fenced > 0 {
+                break;
+            }
+            // Back to one member before the next zombie joins.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while owned(&survivor) != Some(4.0) {
+                assert!(Instant::now() < deadline, "the survivor never owned every partition again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        assert!(fenced > 0, "no thawed zombie emitted a range in three attempts: the fence was never exercised");
+
+        producer.send(&load.batch(500, tally_model::timestamp::now_ms(), 10)).await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let folded = loop {
+            let folded = fold(&kafka).await;
+            if folded.totals == producer.expected || Instant::now() > deadline {
+                break folded;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(folded.overlaps.is_empty(), "admitted ranges overlap: {:?}", folded.overlaps);
+        let wrong: Vec<String> = producer
+            .expected
+            .iter()
+            .filter(|(video, want)| folded.totals.get(*video) != Some(want))
+            .map(|(video, want)| format!("{video}: counted {:?}, sent {want}", folded.totals.get(video)))
+            .collect();
+        assert!(wrong.is_empty(), "not exact after a zombie: {wrong:?}");
+        assert_eq!(folded.totals.len(), producer.expected.len(), "no video counted that was not sent");
+        eprintln!(
+            "views: {}, claims: {}, fenced chunks: {}, stale deltas: {}",
+            producer.expected.values().sum::<i64>(),
+            folded.claims,
+            folded.fenced_chunks,
+            folded.stale_deltas
+        );
+        assert!(survivor.terminate(Duration::from_secs(30)).success());
+    })
+    .await;
+}
