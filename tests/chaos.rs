@@ -141,14 +141,29 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
                             injected.push("second counter leaves (kill -9)".to_owned());
                         }
                         _ => {
-                            // Past its session and the other counter's takeover (stall
-                            // watch 10 s): thawed, it is a zombie with a range buffered.
-                            let pause = Duration::from_millis(12_000 + rng.rand() % 4_000);
+                            // Frozen until the other counter took every partition over
+                            // (its stall watch, 10 s, then a rejoin): thawed, it is a
+                            // zombie with a range buffered.
+                            // Only a member that owns partitions can become a zombie.
+                            let joined = Instant::now();
+                            while process.metric("tally_counter_owned_partitions").unwrap_or(0.0) < 1.0
+                                && joined.elapsed() < Duration::from_secs(20)
+                            {
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                            let frozen_at = Instant::now();
                             process.freeze();
-                            tokio::time::sleep(pause).await;
+                            let main = &services.iter().find(|(name, _)| *name == "counter").unwrap().1;
+                            let partitions = f64::from(kafka.topics.views_partitions);
+                            while main.metric("tally_counter_owned_partitions") != Some(partitions)
+                                && frozen_at.elapsed() < Duration::from_secs(40)
+                            {
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                            tokio::time::sleep(Duration::from_millis(500 + rng.rand() % 1_000)).await;
                             process.thaw();
                             second_counter = Some(process);
-                            injected.push(format!("second counter frozen {} ms (zombie)", pause.as_millis()));
+                            injected.push(format!("second counter frozen {} ms (zombie)", frozen_at.elapsed().as_millis()));
                         }
                     },
                 },
