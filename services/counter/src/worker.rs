@@ -2,7 +2,7 @@
 //! `poll`, see [`crate::shared`]), copies records into batches for the
 //! processing thread ([`crate::processor`]), resumes and seeks partitions
 //! paused for backpressure, and at shutdown seals what it can, waits for the
-//! acknowledgements and commits them.
+//! acknowledgements and commits them synchronously.
 //!
 //! Lag is measured on a thread of its own ([`crate::lag`]), so a slow broker
 //! never stalls polling.
@@ -38,7 +38,7 @@ pub enum WorkerError {
     /// A partition could not be taken over.
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
-    /// Committing an offset failed.
+    /// Storing or committing an offset failed.
     #[error("committing offset {offset} of partition {partition}: {source}")]
     Commit {
         /// Partition.
@@ -48,6 +48,10 @@ pub enum WorkerError {
         /// The error.
         source: rdkafka::error::KafkaError,
     },
+    /// The group coordinator rejected a background offset commit because
+    /// this member no longer owns its partitions (see [`crate::commits`]).
+    #[error("offset commit rejected, this member was fenced out of the group: {0}")]
+    Fenced(rdkafka::error::RDKafkaErrorCode),
     /// The emitter stopped.
     #[error("the flush emitter stopped")]
     EmitterGone,
@@ -272,7 +276,10 @@ impl Worker {
                 }
             }
         }
+        // The background commit may not have sent the last ends yet.
+        let committed = self.shared.commit_acknowledged(&mut inner, &self.consumer, |_| true);
         inner.states.clear();
-        Ok(())
+        inner.acknowledged.clear();
+        committed
     }
 }
