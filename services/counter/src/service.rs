@@ -136,6 +136,11 @@ impl CounterService {
         if !self.kafka.consumer_properties.contains_key("auto.commit.interval.ms") {
             consumer.set("auto.commit.interval.ms", millis(COMMIT_INTERVAL));
         }
+        // KIP-714 client telemetry costs a locked histogram update on every
+        // poll (one per record here); the counter exports its own metrics.
+        if !self.kafka.consumer_properties.contains_key("enable.metrics.push") {
+            consumer.set("enable.metrics.push", "false");
+        }
         // Rebalance callbacks recover partitions inside poll: allow them time.
         if !self.kafka.consumer_properties.contains_key("max.poll.interval.ms") {
             consumer.set("max.poll.interval.ms", millis(Duration::from_secs(300)));
