@@ -14,12 +14,13 @@
 //! `commit_callback` (fede1024/rust-rdkafka#856) and a failure would pass
 //! unseen. librdkafka's own background commits do reach it.
 //!
-//! On revoke and at shutdown the acknowledged ends are committed
-//! synchronously ([`commit_sync`]), so the next owner re-emits no more than
-//! the flushes still unacknowledged.
+//! On revoke and at shutdown the acknowledged ends the background commit has
+//! not confirmed yet are committed synchronously
+//! ([`crate::shared::Shared::commit_acknowledged`]), so the next owner
+//! re-emits no more than the flushes still unacknowledged.
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// What a failed commit means for the counter.
@@ -96,23 +97,38 @@ pub fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partit
     consumer.store_offsets(&list)
 }
 
-/// Commits `ends` (partition, flush end) now and waits for the coordinator.
-/// Does nothing when `ends` is empty.
-pub fn commit_sync<C: ConsumerContext>(
+/// Clears the offsets stored for `partitions`, so librdkafka commits
+/// nothing more for them, not even while the consumer closes: after the
+/// final commit at shutdown, a close that tried again against an
+/// unreachable coordinator would wait out the group session timeout.
+pub fn forget_stored<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
-    ends: &[(i32, i64)],
-) -> Result<(), (i32, i64, KafkaError)> {
-    let Some(&(first_partition, first_end)) = ends.first() else { return Ok(()) };
+    partitions: &[i32],
+) -> KafkaResult<()> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition_offset(topic, partition, Offset::Invalid)?;
+    }
+    consumer.store_offsets(&list)
+}
+
+/// The offsets `ends` (partition, flush end) of `topic`, to commit.
+pub fn offsets(topic: &str, ends: &[(i32, i64)]) -> KafkaResult<TopicPartitionList> {
     let mut list = TopicPartitionList::new();
     for &(partition, end) in ends {
-        list.add_partition_offset(topic, partition, Offset::Offset(end)).map_err(|e| (partition, end, e))?;
+        list.add_partition_offset(topic, partition, Offset::Offset(end))?;
     }
-    consumer.commit(&list, CommitMode::Sync).map_err(|e| (first_partition, first_end, e))
+    Ok(list)
 }
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::error::KafkaError;
+
     use super::*;
 
     fn list(partitions: &[i32]) -> TopicPartitionList {

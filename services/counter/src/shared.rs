@@ -26,7 +26,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
@@ -62,9 +62,9 @@ pub struct Inner {
     pub jobs: UnboundedSender<FlushJob>,
     /// An error raised inside a callback, surfaced by the processing thread.
     pub failure: Option<WorkerError>,
-    /// Per owned partition, the end of its last acknowledged flush: stored
-    /// for the background commit, committed synchronously on revoke and at
-    /// shutdown.
+    /// Per owned partition, the end of its last acknowledged flush while the
+    /// background commit has not confirmed it: committed synchronously on
+    /// revoke and at shutdown.
     pub acknowledged: HashMap<i32, i64, foldhash::fast::FixedState>,
 }
 
@@ -189,7 +189,11 @@ impl Shared {
             }
         }
         // Forgotten even when the commit fails: they are not ours any more.
-        let committed = self.commit_acknowledged(inner, consumer, |p| partitions.contains(&p));
+        let committed = self.commit_acknowledged(
+            inner,
+            |p| partitions.contains(&p),
+            |list| consumer.commit(&list, CommitMode::Sync),
+        );
         inner.acknowledged.retain(|p, _| !partitions.contains(p));
         for p in partitions {
             if let Some(state) = inner.states.remove(p) {
@@ -220,36 +224,63 @@ impl Shared {
         Ok(())
     }
 
-    /// Commits, and waits for, the acknowledged ends of the partitions
-    /// `selected` picks (revoke, shutdown): whatever the background commit
-    /// has not sent yet is durable when this returns.
+    /// Commits, and waits for, the acknowledged ends the background commit
+    /// has not confirmed yet, of the partitions `selected` picks (revoke,
+    /// shutdown), so the next owner starts as late as possible. A failure is
+    /// logged and counted and, unless this member was fenced out of the
+    /// group, not an error: the next owner re-emits the flushes after the
+    /// last committed end, exactly.
+    /// `commit` commits the list it is given and waits (on revoke: a
+    /// synchronous commit; at shutdown: one bounded by the drain budget).
     pub fn commit_acknowledged(
         &self,
         inner: &mut Inner,
-        consumer: &BaseConsumer<CounterContext>,
         selected: impl Fn(i32) -> bool,
+        commit: impl FnOnce(TopicPartitionList) -> KafkaResult<()>,
     ) -> Result<(), WorkerError> {
         let mut ends: Vec<(i32, i64)> = inner.acknowledged.iter().map(|(p, end)| (*p, *end)).collect();
         ends.retain(|(p, _)| selected(*p));
+        let Some(&(partition, offset)) = ends.iter().min() else { return Ok(()) };
         ends.sort_unstable();
-        if let Err((partition, offset, source)) = commits::commit_sync(consumer, &self.recovery.views_topic, &ends) {
-            self.metrics.commit_failures.inc();
-            tracing::error!(partition, offset, error = %source, "committing acknowledged flushes failed");
-            return Err(WorkerError::Commit { partition, offset, source });
+        let topic = &self.recovery.views_topic;
+        let list =
+            commits::offsets(topic, &ends).map_err(|source| WorkerError::Commit { partition, offset, source })?;
+        let result = commit(list.clone());
+        match commits::judge(&result, &list, topic, |p| inner.states.contains_key(&p)) {
+            Verdict::Committed => {
+                inner.acknowledged.retain(|p, _| !selected(*p));
+                Ok(())
+            }
+            Verdict::Retried(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %code, ?ends, "final offset commit failed; the next owner re-emits the flushes after the last committed end");
+                Ok(())
+            }
+            Verdict::Fenced(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::error!(error = %code, ?ends, "final offset commit rejected: this member was fenced out of the group");
+                Err(WorkerError::Fenced(code))
+            }
         }
-        inner.acknowledged.retain(|p, _| !selected(*p));
-        Ok(())
     }
 
     /// Handles the result of a background commit (inside `poll`, on the
-    /// consumer thread): a failure is logged and counted; a member fenced
-    /// out of the group stops the counter, which must not count partitions
-    /// it no longer owns.
+    /// consumer thread): a success confirms the acknowledged ends it covers;
+    /// a failure is logged and counted; a member fenced out of the group
+    /// stops the counter, which must not count partitions it no longer owns.
     pub fn committed(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
+        let topic = &self.recovery.views_topic;
         let mut inner = self.lock();
-        let verdict = commits::judge(result, offsets, &self.recovery.views_topic, |p| inner.states.contains_key(&p));
+        let verdict = commits::judge(result, offsets, topic, |p| inner.states.contains_key(&p));
         match verdict {
-            Verdict::Committed => {}
+            Verdict::Committed => {
+                for element in offsets.elements_for_topic(topic) {
+                    let (partition, Offset::Offset(done)) = (element.partition(), element.offset()) else { continue };
+                    if inner.acknowledged.get(&partition).is_some_and(|end| *end <= done) {
+                        inner.acknowledged.remove(&partition);
+                    }
+                }
+            }
             Verdict::Retried(code) => {
                 self.metrics.commit_failures.inc();
                 tracing::warn!(error = %code, offsets = ?offsets, "offset commit failed; the stored offsets are committed again on the next tick");

@@ -283,3 +283,33 @@ async fn acknowledged_flush_ends_are_committed_in_the_background_while_counting(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_whose_broker_is_gone_still_stops_within_its_drain_budget() {
+    bounded(LIMIT, async {
+        let (mut broker, mut kafka) = setup().await;
+        // No background commit during the test: the acknowledged ends are
+        // left for the final commit, which finds no broker.
+        kafka.consumer_properties.insert("auto.commit.interval.ms".into(), "3600000".into());
+        // Flushes in flight fail after 2 s (the emitter's own wait is not under test).
+        let counter = start(&kafka, |c| c.delivery_timeout = Duration::from_secs(2)).await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let now = tally_model::timestamp::now_ms();
+        let events: Vec<_> = (0..50).map(|i| event("clip", &format!("e{i}"), now, now, true)).collect();
+        producer.send(&events).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tally_testkit::metrics::value(&counter.registry, "tally_counter_flushes_total", None) < 1.0 {
+            assert!(Instant::now() < deadline, "no flush acknowledged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        broker.stop();
+        let stopping = Instant::now();
+        counter.shutdown.cancel();
+        let _ = counter.task.await.unwrap();
+        // 10 s of drain waiting for acknowledgements, 2 s for the final
+        // commit, then the emitter's retries; waiting out the group session
+        // (45 s) for a coordinator, on commit or on close, would pass 55 s.
+        assert!(stopping.elapsed() < Duration::from_secs(40), "stopped after {:?}", stopping.elapsed());
+    })
+    .await;
+}
