@@ -230,6 +230,7 @@ impl Shared {
     /// logged and counted and, unless this member was fenced out of the
     /// group, not an error: the next owner re-emits the flushes after the
     /// last committed end, exactly.
+    ///
     /// `commit` commits the list it is given and waits (on revoke: a
     /// synchronous commit; at shutdown: one bounded by the drain budget).
     pub fn commit_acknowledged(
