@@ -37,6 +37,15 @@ impl VideoId {
     }
 }
 
+/// Whether `raw` is a valid video id, checked on its bytes (valid ids are
+/// ASCII): the decoder's hot path, which needs no reason.
+#[inline]
+pub fn valid_bytes(raw: &[u8]) -> bool {
+    !raw.is_empty()
+        && raw.len() <= MAX_VIDEO_ID_LEN
+        && raw.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+}
+
 /// Checks `raw` against the video-id rules without allocating.
 pub fn validate(raw: &str) -> Result<(), VideoIdError> {
     if raw.is_empty() {
@@ -44,6 +53,10 @@ pub fn validate(raw: &str) -> Result<(), VideoIdError> {
     }
     if raw.len() > MAX_VIDEO_ID_LEN {
         return Err(VideoIdError::TooLong(raw.chars().count()));
+    }
+    // Fast path on bytes; the char walk below only runs to name the offending character.
+    if valid_bytes(raw.as_bytes()) {
+        return Ok(());
     }
     match raw.char_indices().find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
         Some((position, c)) => Err(VideoIdError::BadChar(c, position)),

@@ -104,10 +104,7 @@ pub fn decode(bytes: &[u8]) -> Result<WireView<'_>, WireError> {
     let salt = Salt(u16::from_be_bytes(cursor.array("salt")?));
     let ts_ms = i64::from_be_bytes(cursor.array("ts_ms")?);
     let received_ms = i64::from_be_bytes(cursor.array("received_ms")?);
-    let video_id = cursor.short_str("video_id")?;
-    if crate::video_id::validate(video_id).is_err() {
-        return Err(WireError::InvalidField { field: "video_id", reason: "not a valid video id" });
-    }
+    let video_id = cursor.video_id()?;
     let event_id = cursor.short_str("event_id")?;
     if event_id.is_empty() {
         return Err(WireError::InvalidField { field: "event_id", reason: "empty" });
@@ -142,14 +139,35 @@ impl<'a> Cursor<'a> {
         Ok(out)
     }
 
+    #[inline]
     fn short_str(&mut self, field: &'static str) -> Result<&'a str, WireError> {
         let [len] = self.array::<1>(field)?;
         self.str_of(usize::from(len), field)
     }
 
+    #[inline]
     fn str_of(&mut self, len: usize, field: &'static str) -> Result<&'a str, WireError> {
         let slice = self.take(len, field)?;
+        // Absent optional fields are empty: no need to call the UTF-8 check.
+        if slice.is_empty() {
+            return Ok("");
+        }
         std::str::from_utf8(slice).map_err(|_| WireError::InvalidField { field, reason: "not UTF-8" })
+    }
+
+    /// The video id, checked against the id rules on its bytes (valid ids
+    /// are ASCII, hence UTF-8); a rejected one gets the same error as a
+    /// UTF-8 check followed by the rules would give.
+    #[inline]
+    fn video_id(&mut self) -> Result<&'a str, WireError> {
+        let [len] = self.array::<1>("video_id")?;
+        let slice = self.take(usize::from(len), "video_id")?;
+        let text = std::str::from_utf8(slice);
+        match text {
+            Ok(text) if crate::video_id::valid_bytes(slice) => Ok(text),
+            Ok(_) => Err(WireError::InvalidField { field: "video_id", reason: "not a valid video id" }),
+            Err(_) => Err(WireError::InvalidField { field: "video_id", reason: "not UTF-8" }),
+        }
     }
 }
 
@@ -208,5 +226,24 @@ mod tests {
         bad_id[20] = b' ';
         assert!(matches!(decode(&bad_id), Err(WireError::InvalidField { field: "video_id", .. })));
         assert!(decode(b"{\"video_id\":\"v\"}").is_err(), "JSON is not a v1 record");
+    }
+
+    #[test]
+    fn a_bad_video_id_is_named_for_what_is_wrong_with_it() {
+        let mut buf = Vec::new();
+        encode(&sample(), Salt(0), &mut buf);
+        // "video-1" starts at byte 20 (after version, salt, two times and its length).
+        let mut not_utf8 = buf.clone();
+        not_utf8[20] = 0xff;
+        assert_eq!(decode(&not_utf8), Err(WireError::InvalidField { field: "video_id", reason: "not UTF-8" }));
+        let mut not_an_id = buf.clone();
+        not_an_id[20..22].copy_from_slice("é".as_bytes());
+        assert_eq!(
+            decode(&not_an_id),
+            Err(WireError::InvalidField { field: "video_id", reason: "not a valid video id" })
+        );
+        let mut empty_viewer = Vec::new();
+        encode(&ViewEvent { viewer_id: Some(Arc::from("")), ..sample() }, Salt(0), &mut empty_viewer);
+        assert_eq!(decode(&empty_viewer).map(|v| v.viewer_id), Ok(None), "an empty viewer is absent");
     }
 }

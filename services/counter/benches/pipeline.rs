@@ -24,6 +24,10 @@ use tally_testkit::views::{Load, ViewsProducer};
 use tally_testkit::Broker;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator the `tally` binary runs with (malloc overridden for librdkafka too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECORDS: usize = 1_000_000;
 
 /// CPU seconds (user + system, all threads) of process `pid` so far, from

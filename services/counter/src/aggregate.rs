@@ -5,11 +5,16 @@ use std::collections::HashMap;
 
 use tally_model::Salt;
 
+/// One row's position and count: (salt, minute, views).
+type Cell = (Salt, i64, u32);
+
 /// Counts of one open range.
 #[derive(Debug)]
 pub struct Aggregate {
-    /// Per video: (salt, minute, count); almost always one or two entries.
-    rows: HashMap<Box<str>, Vec<(Salt, i64, u32)>, foldhash::fast::RandomState>,
+    /// Per video: its first cell inline and any others after it (almost
+    /// always none: one minute of an unsalted video), so a video costs one
+    /// allocation, its id, which moves into its last flushed row.
+    rows: HashMap<Box<str>, (Cell, Vec<Cell>), foldhash::fast::RandomState>,
     distinct: usize,
 }
 
@@ -22,14 +27,19 @@ impl Default for Aggregate {
 impl Aggregate {
     /// Counts one view.
     pub fn add(&mut self, video_id: &str, salt: Salt, minute: i64) {
-        let cells = match self.rows.get_mut(video_id) {
-            Some(cells) => cells,
-            None => self.rows.entry(Box::from(video_id)).or_default(),
+        let Some((first, more)) = self.rows.get_mut(video_id) else {
+            self.rows.insert(Box::from(video_id), ((salt, minute, 1), Vec::new()));
+            self.distinct += 1;
+            return;
         };
-        match cells.iter_mut().find(|(s, m, _)| *s == salt && *m == minute) {
+        if first.0 == salt && first.1 == minute {
+            first.2 += 1;
+            return;
+        }
+        match more.iter_mut().find(|(s, m, _)| *s == salt && *m == minute) {
             Some(cell) => cell.2 += 1,
             None => {
-                cells.push((salt, minute, 1));
+                more.push((salt, minute, 1));
                 self.distinct += 1;
             }
         }
@@ -43,10 +53,11 @@ impl Aggregate {
     /// Takes every row out, sorted (so a re-emitted flush is byte-identical).
     pub fn drain_sorted(&mut self) -> Vec<(Box<str>, Salt, i64, u32)> {
         let mut out = Vec::with_capacity(self.distinct);
-        for (video, cells) in self.rows.drain() {
-            for (salt, minute, count) in cells {
+        for (video, (first, more)) in self.rows.drain() {
+            for (salt, minute, count) in more {
                 out.push((video.clone(), salt, minute, count));
             }
+            out.push((video, first.0, first.1, first.2));
         }
         self.distinct = 0;
         out.sort_unstable_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));

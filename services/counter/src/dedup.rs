@@ -30,9 +30,12 @@ struct Entry {
 pub struct Dedup {
     window_ms: i64,
     max_entries: usize,
+    /// The window, oldest first: `ring[i]` has sequence number `front_seq + i`.
     ring: VecDeque<Entry>,
-    /// Newest entry (offset, received) per key.
-    latest: HashMap<u64, (i64, i64), foldhash::fast::FixedState>,
+    front_seq: u64,
+    /// Sequence number of the newest entry per key (8 bytes a value, not
+    /// the entry itself: the map is most of the window's memory).
+    latest: HashMap<u64, u64, foldhash::fast::FixedState>,
     max_received_ms: i64,
 }
 
@@ -41,23 +44,33 @@ pub struct Dedup {
 /// ids fit a stack buffer, so it is hashed in one shot (no streaming state).
 pub fn dedup_key(video_id: &str, event_id: &str) -> u64 {
     let (video, event) = (video_id.as_bytes(), event_id.as_bytes());
-    let len = video.len() + 1 + event.len();
-    let mut buffer = [0u8; 256];
-    if len > buffer.len() {
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        hasher.update(video);
-        hasher.update(&[0xff]);
-        hasher.update(event);
-        return hasher.digest();
+    // Most ids are short: zero a small stack buffer, not the largest one.
+    match video.len() + 1 + event.len() {
+        0..=64 => hash_joined::<64>(video, event),
+        65..=256 => hash_joined::<256>(video, event),
+        _ => {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            hasher.update(video);
+            hasher.update(&[0xff]);
+            hasher.update(event);
+            hasher.digest()
+        }
     }
+}
+
+/// XXH3-64 of `video`, `0xff`, `event`, joined in a stack buffer of `N` bytes (which must fit them).
+fn hash_joined<const N: usize>(video: &[u8], event: &[u8]) -> u64 {
+    let len = video.len() + 1 + event.len();
+    let mut buffer = [0u8; N];
     buffer[..video.len()].copy_from_slice(video);
     buffer[video.len()] = 0xff;
     buffer[video.len() + 1..len].copy_from_slice(event);
     xxhash_rust::xxh3::xxh3_64(&buffer[..len])
 }
 
-/// Approximate bytes per window entry (ring slot plus map slot with overhead).
-pub const BYTES_PER_ENTRY: usize = 24 + 40;
+/// Approximate bytes per window entry (ring slot, plus a 16-byte map slot
+/// and its control byte at hashbrown's load of 1/2 to 7/8).
+pub const BYTES_PER_ENTRY: usize = 24 + 24;
 
 impl Dedup {
     /// An empty window.
@@ -66,6 +79,7 @@ impl Dedup {
             window_ms,
             max_entries: max_entries.max(1),
             ring: VecDeque::new(),
+            front_seq: 0,
             latest: HashMap::with_hasher(foldhash::fast::FixedState::default()),
             max_received_ms: i64::MIN,
         }
@@ -74,15 +88,14 @@ impl Dedup {
     /// Checks the record at `offset` and adds it to the window; `true` when it
     /// is a duplicate.
     pub fn check(&mut self, offset: i64, key: u64, received_ms: i64) -> bool {
-        let duplicate = match self.latest.entry(key) {
-            MapEntry::Occupied(mut latest) => {
-                let seen = latest.insert((offset, received_ms)).1;
+        let seq = self.front_seq + self.ring.len() as u64;
+        let duplicate = match self.latest.insert(key, seq) {
+            // A key's newest entry is always in the ring: trimming it forgets the key.
+            Some(previous) => {
+                let seen = self.ring[(previous - self.front_seq) as usize].received_ms;
                 (received_ms - seen).abs() <= self.window_ms
             }
-            MapEntry::Vacant(latest) => {
-                latest.insert((offset, received_ms));
-                false
-            }
+            None => false,
         };
         self.ring.push_back(Entry { offset, received_ms, key });
         self.max_received_ms = self.max_received_ms.max(received_ms);
@@ -98,10 +111,11 @@ impl Dedup {
             }
             self.ring.pop_front();
             if let MapEntry::Occupied(latest) = self.latest.entry(front.key) {
-                if latest.get().0 == front.offset {
+                if *latest.get() == self.front_seq {
                     latest.remove();
                 }
             }
+            self.front_seq += 1;
         }
     }
 
@@ -150,7 +164,16 @@ mod tests {
         };
         let long_video = "v".repeat(128);
         let long_event = "e".repeat(200);
-        for (video, event) in [("v", "e1"), ("clip-1", ""), (long_video.as_str(), "e"), ("v", long_event.as_str())] {
+        let edge_video = "v".repeat(62); // joined: exactly 64 bytes, the small buffer
+        for (video, event) in [
+            ("v", "e1"),
+            ("clip-1", ""),
+            (edge_video.as_str(), "e"),
+            (edge_video.as_str(), "ee"),
+            (long_video.as_str(), "e"),
+            ("v", long_event.as_str()),
+            (long_video.as_str(), long_event.as_str()), // past every buffer: streamed
+        ] {
             assert_eq!(dedup_key(video, event), streaming(video, event), "{video}/{event}");
         }
         assert_ne!(dedup_key("ab", "c"), dedup_key("a", "bc"));

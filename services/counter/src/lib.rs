@@ -7,7 +7,8 @@
 //! `[start, end)`. A flush emits one delta per `(video_id, salt, minute)` of
 //! the range, versioned `(epoch, end)`, to the counts partition
 //! `source % counts_partitions`, and the input offset `end` is committed only
-//! once every record of the flush is acknowledged. After a crash or
+//! once every record of the flush is acknowledged (stored at once, committed
+//! in the background, and synchronously on revoke and shutdown). After a crash or
 //! rebalance, the new owner reads the tail of that counts partition: ranges
 //! emitted but not committed are re-emitted exactly (same boundaries, same
 //! deltas, same versions), and the dedup window is rebuilt from the log, so
@@ -36,6 +37,7 @@
 //! - [`aggregate`], [`dedup`]: pre-aggregation and the deterministic dedup window.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
 //! - [`claim`]: claiming a partition before taking it over (the zombie fence).
+//! - [`commits`]: committing acknowledged ends off the processing thread; judging commit failures.
 //! - [`recovery`]: taking over a partition from the log.
 //! - [`dlq`]: dead letters with provenance, and the halt limit.
 //! - [`verify`]: folds the counts topic as the writer would (tests, audits).
@@ -43,6 +45,7 @@
 
 pub mod aggregate;
 pub mod claim;
+pub mod commits;
 pub mod config;
 pub mod dedup;
 pub mod dlq;

@@ -14,8 +14,10 @@ pub struct CounterMetrics {
     pub flushes: IntCounter,
     /// Delta rows per flush.
     pub flush_rows: Histogram,
-    /// Time from sealing a flush to its offset commit.
+    /// Time from sealing a flush to its end being stored for commit (every record acknowledged).
     pub flush_duration: Histogram,
+    /// Offset commits that failed (background or synchronous), each also logged.
+    pub commit_failures: IntCounter,
     /// Ranges re-emitted exactly after a restart or rebalance.
     pub reemitted_ranges: IntCounter,
     /// Time to recover a partition (tail scan and dedup replay).
@@ -68,8 +70,15 @@ impl CounterMetrics {
                 ]),
             )?,
             flush_duration: Histogram::with_opts(
-                HistogramOpts::new("tally_counter_flush_duration_seconds", "From sealing a flush to its offset commit")
-                    .buckets(buckets.clone()),
+                HistogramOpts::new(
+                    "tally_counter_flush_duration_seconds",
+                    "From sealing a flush to its end being stored for commit (every record acknowledged)",
+                )
+                .buckets(buckets.clone()),
+            )?,
+            commit_failures: IntCounter::new(
+                "tally_counter_commit_failures_total",
+                "Offset commits that failed; a member fenced out of the group also stops the counter",
             )?,
             reemitted_ranges: IntCounter::new(
                 "tally_counter_reemitted_ranges_total",
@@ -119,6 +128,7 @@ impl CounterMetrics {
         registry.register(Box::new(m.flushes.clone()))?;
         registry.register(Box::new(m.flush_rows.clone()))?;
         registry.register(Box::new(m.flush_duration.clone()))?;
+        registry.register(Box::new(m.commit_failures.clone()))?;
         registry.register(Box::new(m.reemitted_ranges.clone()))?;
         registry.register(Box::new(m.recovery_duration.clone()))?;
         registry.register(Box::new(m.lag_records.clone()))?;

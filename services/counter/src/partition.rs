@@ -53,6 +53,40 @@ pub fn classify(payload: Option<&[u8]>, allowed_lateness_ms: i64) -> Verdict<'_>
     Verdict::Count(view)
 }
 
+/// Most records one pass of [`PartitionState::process_run`] decodes before deduplicating them.
+const PASS: usize = 16;
+
+/// A record to count, decoded and hashed, waiting for its dedup check.
+#[derive(Debug, Clone, Copy)]
+struct Pending<'a> {
+    offset: i64,
+    key: u64,
+    received_ms: i64,
+    video_id: &'a str,
+    salt: Salt,
+    minute: i64,
+}
+
+/// The records of one pass waiting for [`PartitionState::settle`].
+struct Pass<'a> {
+    records: [Pending<'a>; PASS],
+    len: usize,
+}
+
+impl Default for Pass<'_> {
+    fn default() -> Self {
+        let empty = Pending { offset: 0, key: 0, received_ms: 0, video_id: "", salt: Salt::NONE, minute: 0 };
+        Self { records: [empty; PASS], len: 0 }
+    }
+}
+
+impl<'a> Pass<'a> {
+    fn push(&mut self, record: Pending<'a>) {
+        self.records[self.len] = record;
+        self.len += 1;
+    }
+}
+
 /// A sealed range, ready to emit.
 #[derive(Debug)]
 pub struct FlushJob {
@@ -157,11 +191,78 @@ impl PartitionState {
         payload: Option<&[u8]>,
         rules: &Rules,
     ) -> Result<(), DlqLimitExceeded> {
+        let mut pass = Pass::default();
+        let outcome =
+            self.classify_into(offset, key.unwrap_or_default(), payload.unwrap_or_default(), rules, &mut pass);
+        self.settle(&pass);
+        outcome
+    }
+
+    /// Processes the first records of `records` (all of this partition, in
+    /// offset order; `view` gives offset, key and payload) exactly as
+    /// [`Self::process`] would one by one, and returns how many it took:
+    /// at least one, and never past a record after which [`Self::due`] or
+    /// [`Self::blocked`] could change, so the caller checks them between calls
+    /// just as it would between records.
+    ///
+    /// Why in passes: decoding and hashing a pass first, then deduplicating
+    /// it in a loop of its own, lets the CPU overlap the dedup window's cache
+    /// misses (independent lookups in a row) instead of waiting for each.
+    pub fn process_run<'a, T>(
+        &mut self,
+        records: &'a [T],
+        view: impl Fn(&'a T) -> (i64, &'a [u8], &'a [u8]),
+        now: Instant,
+        rules: &Rules,
+    ) -> Result<usize, DlqLimitExceeded> {
+        let limit = self.unchecked_records(now, rules).min(PASS).min(records.len());
+        let mut pass = Pass::default();
+        let mut taken = 0;
+        let mut outcome = Ok(());
+        while taken < limit {
+            let (offset, key, payload) = view(&records[taken]);
+            taken += 1;
+            outcome = self.classify_into(offset, key, payload, rules, &mut pass);
+            if outcome.is_err() || self.forced_ends.front() == Some(&self.next) {
+                break;
+            }
+        }
+        self.settle(&pass);
+        outcome.map(|()| taken)
+    }
+
+    /// How many records may be processed before [`Self::due`] or
+    /// [`Self::blocked`] must be asked again (at least 1). A record adds at
+    /// most one distinct row, so the row limits cannot be crossed sooner; a
+    /// flush due by time is due after the next record; forced boundaries
+    /// are checked record by record in [`Self::process_run`].
+    fn unchecked_records(&self, now: Instant, rules: &Rules) -> usize {
+        let rows = self.aggregate.distinct_rows();
+        let mut room = rules.max_rows_per_flush.saturating_sub(rows);
+        if self.in_flight.is_some() {
+            room = room.min(rules.max_buffered_rows.saturating_sub(rows));
+        } else if now >= self.last_flush + rules.flush_interval {
+            room = 0;
+        }
+        room.max(1)
+    }
+
+    /// The first half of processing one record, in offset order: range,
+    /// classification, dead letters, the dead-letter limit; a record to
+    /// count goes into `pass` for [`Self::settle`].
+    fn classify_into<'a>(
+        &mut self,
+        offset: i64,
+        key: &[u8],
+        payload: &'a [u8],
+        rules: &Rules,
+        pass: &mut Pass<'a>,
+    ) -> Result<(), DlqLimitExceeded> {
         if offset < self.next {
             return Ok(());
         }
         self.stats.read += 1;
-        match classify(payload, rules.allowed_lateness_ms) {
+        match classify(Some(payload), rules.allowed_lateness_ms) {
             Verdict::Dead(reason, message) => {
                 self.stats.dead_lettered += 1;
                 self.dead.push(DeadLetter {
@@ -169,20 +270,22 @@ impl PartitionState {
                     message,
                     partition: self.partition,
                     offset,
-                    key: key.unwrap_or_default().to_vec(),
-                    payload: payload.unwrap_or_default().to_vec(),
+                    key: key.to_vec(),
+                    payload: payload.to_vec(),
                 });
                 self.guard.record(reason == DeadReason::Malformed);
             }
             Verdict::Count(view) => {
                 self.guard.record(false);
                 self.last_received_ms = view.received_ms;
-                if self.dedup.check(offset, dedup_key(view.video_id, view.event_id), view.received_ms) {
-                    self.stats.duplicates += 1;
-                } else {
-                    self.stats.counted += 1;
-                    self.aggregate.add(view.video_id, view.salt, minute_bucket(view.ts_ms));
-                }
+                pass.push(Pending {
+                    offset,
+                    key: dedup_key(view.video_id, view.event_id),
+                    received_ms: view.received_ms,
+                    video_id: view.video_id,
+                    salt: view.salt,
+                    minute: minute_bucket(view.ts_ms),
+                });
             }
         }
         self.next = offset + 1;
@@ -190,6 +293,24 @@ impl PartitionState {
             return Err(self.guard.error(self.partition, self.range_start));
         }
         Ok(())
+    }
+
+    /// The second half: deduplicates the pass in offset order, then counts
+    /// what is new (the aggregate is a sum: its order does not matter).
+    fn settle(&mut self, pass: &Pass<'_>) {
+        let records = &pass.records[..pass.len];
+        let mut duplicate = [false; PASS];
+        for (record, duplicate) in records.iter().zip(&mut duplicate) {
+            *duplicate = self.dedup.check(record.offset, record.key, record.received_ms);
+        }
+        for (record, duplicate) in records.iter().zip(duplicate) {
+            if duplicate {
+                self.stats.duplicates += 1;
+            } else {
+                self.stats.counted += 1;
+                self.aggregate.add(record.video_id, record.salt, record.minute);
+            }
+        }
     }
 
     /// Whether the open range should be sealed now.
@@ -329,6 +450,80 @@ mod tests {
         p.complete(2);
         assert!(!p.blocked(&rules()));
         assert_eq!(p.seal(Instant::now()).header.end, 4);
+    }
+
+    /// Seals, with the checks the processing thread makes, the records
+    /// `(offset, payload)` processed one by one (`passes` false) or in runs.
+    fn sealed<'a>(records: &'a [(i64, Vec<u8>)], forced: Vec<i64>, passes: bool) -> Vec<String> {
+        let rules = Rules {
+            max_rows_per_flush: 5,
+            max_buffered_rows: 1_000,
+            flush_interval: Duration::from_secs(3_600),
+            ..rules()
+        };
+        let now = Instant::now();
+        let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 8), forced);
+        let mut jobs = Vec::new();
+        let mut seal_if_due = |p: &mut PartitionState| {
+            if p.due(now, &rules) {
+                let job = p.seal(now);
+                p.complete(job.header.end);
+                let dead: Vec<(i64, &str)> = job.dead.iter().map(|d| (d.offset, d.reason.as_str())).collect();
+                jobs.push(format!("{:?} {:?} {:?}", job.header, job.rows, dead));
+            }
+        };
+        let mut i = 0;
+        while i < records.len() {
+            if passes {
+                let view = |r: &'a (i64, Vec<u8>)| (r.0, &b"key"[..], &r.1[..]);
+                i += p.process_run(&records[i..], view, now, &rules).unwrap();
+            } else {
+                p.process(records[i].0, Some(b"key"), Some(&records[i].1), &rules).unwrap();
+                i += 1;
+            }
+            seal_if_due(&mut p);
+        }
+        jobs
+    }
+
+    #[test]
+    fn runs_in_passes_seal_exactly_what_one_by_one_seals() {
+        let t = 1_795_341_600_000;
+        let mut records = Vec::new();
+        let mut offset = 0;
+        for i in 0..200i64 {
+            let payload = match i % 23 {
+                7 => b"garbage".to_vec(),
+                11 => record("v", "late", t - 7_200_000, t + i),
+                // Resends, some inside the (8-entry) window and some after it.
+                _ if i % 5 == 0 => record(&format!("v{}", i % 7), &format!("e{}", i / 2), t, t + i),
+                _ => record(&format!("v{}", i % 7), &format!("e{i}"), t + (i % 3) * 60_000, t + i),
+            };
+            records.push((offset, payload));
+            // Gaps in offsets (compaction, control records) and a redelivered record.
+            offset += if i % 17 == 0 { 3 } else { 1 };
+            if i == 90 {
+                records.push((offset - 5, record("v", "redelivered", t, t)));
+            }
+        }
+        // Ends a previous owner emitted: after records 4, 9, 10, 40, 41 and 120.
+        let forced: Vec<i64> = [4, 9, 10, 40, 41, 120].iter().map(|i| records[*i].0 + 1).collect();
+        let one_by_one = sealed(&records, forced.clone(), false);
+        assert!(one_by_one.len() > 15, "row limits and forced boundaries cut many flushes: {}", one_by_one.len());
+        assert_eq!(sealed(&records, forced, true), one_by_one);
+    }
+
+    #[test]
+    fn a_run_stops_at_the_record_that_trips_the_dead_letter_limit() {
+        let t = 1_795_341_600_000;
+        let records: Vec<(i64, Vec<u8>)> = (0..10)
+            .map(|i| (i, if (2..5).contains(&i) { b"x".to_vec() } else { record("v", &format!("e{i}"), t, t) }))
+            .collect();
+        let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
+        let err = p.process_run(&records, |r| (r.0, &b""[..], &r.1[..]), Instant::now(), &rules()).unwrap_err();
+        assert_eq!(err.consecutive, 3);
+        assert_eq!(p.next_offset(), 5, "nothing after the tripping record");
+        assert_eq!(p.buffered_rows(), 1, "the records before it were counted");
     }
 
     #[test]

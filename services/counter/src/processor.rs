@@ -135,26 +135,37 @@ impl Processor<'_> {
         now: Instant,
         outcomes: &mut [u64; 4],
     ) -> Result<(), WorkerError> {
-        for record in &batch.records {
-            let Some(state) = inner.states.get_mut(&record.partition) else { continue };
+        let records = &batch.records;
+        let mut i = 0;
+        while i < records.len() {
+            // Records come in runs of one partition (one fetched message set each).
+            let partition = records[i].partition;
+            let end = records[i..].iter().position(|r| r.partition != partition).map_or(records.len(), |n| i + n);
+            let Some(state) = inner.states.get_mut(&partition) else {
+                i = end;
+                continue;
+            };
             if batch.mark < state.valid_from_mark {
-                continue; // fetched before the partition was (re)assigned or sought
-            }
-            if state.paused || state.blocked(self.rules) {
-                // Not now: pause, and the record is refetched from `next` after resume.
-                if !state.paused {
-                    self.pause(state)?;
-                }
+                i = end; // fetched before the partition was (re)assigned or sought
                 continue;
             }
-            let key = &batch.bytes[record.key.clone()];
-            let payload = &batch.bytes[record.payload.clone()];
-            state.process(record.offset, Some(key), Some(payload), self.rules)?;
-            // Checked after every record: a forced boundary must be sealed exactly there.
-            if state.due(now, self.rules) {
-                let job = state.seal(now);
-                publish_job_stats(outcomes, &job);
-                inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
+            while i < end {
+                if state.paused || state.blocked(self.rules) {
+                    // Not now: pause; the rest of the run is refetched from `next` after resume.
+                    if !state.paused {
+                        self.pause(state)?;
+                    }
+                    i = end;
+                    break;
+                }
+                let view = |r: &Record| (r.offset, &batch.bytes[r.key.clone()], &batch.bytes[r.payload.clone()]);
+                i += state.process_run(&records[i..end], view, now, self.rules)?;
+                // Checked after every run: a forced boundary must be sealed exactly there.
+                if state.due(now, self.rules) {
+                    let job = state.seal(now);
+                    publish_job_stats(outcomes, &job);
+                    inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
+                }
             }
         }
         Ok(())

@@ -19,6 +19,11 @@ use crate::partition::Rules;
 use crate::recovery::RecoveryContext;
 use crate::worker::{Worker, WorkerError};
 
+/// How often stored offsets are committed in the background unless the
+/// operator sets `auto.commit.interval.ms`: well under the flush interval,
+/// so a restart re-emits little, and one request for all partitions.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Name of the counter's readiness check.
 pub const KAFKA_CHECK: &str = "counter.kafka";
 
@@ -125,6 +130,18 @@ impl CounterService {
             chunk_rows: c.chunk_rows,
         };
         let mut consumer = group_consumer_config(&self.kafka, "tally-counter", &c.group_id);
+        // Offsets are committed in the background, but only those the counter
+        // stores (ends of acknowledged flushes, see `commits`); these two are
+        // not the operator's to change, or exactly-once would break.
+        consumer.set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
+        if !self.kafka.consumer_properties.contains_key("auto.commit.interval.ms") {
+            consumer.set("auto.commit.interval.ms", millis(COMMIT_INTERVAL));
+        }
+        // KIP-714 client telemetry costs a locked histogram update on every
+        // poll (one per record here); the counter exports its own metrics.
+        if !self.kafka.consumer_properties.contains_key("enable.metrics.push") {
+            consumer.set("enable.metrics.push", "false");
+        }
         // Rebalance callbacks recover partitions inside poll: allow them time.
         if !self.kafka.consumer_properties.contains_key("max.poll.interval.ms") {
             consumer.set("max.poll.interval.ms", millis(Duration::from_secs(300)));

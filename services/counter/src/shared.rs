@@ -3,11 +3,14 @@
 //! that tell fresh records from stale ones.
 //!
 //! Rebalance callbacks run inside `poll` on the consumer thread. On revoke,
-//! the in-flight flushes of the revoked partitions are awaited and committed;
-//! their unsealed records are dropped uncommitted (never emitted, so the next
-//! owner counts them once). On assign, each new partition is claimed
-//! ([`crate::claim`]) and recovered ([`crate::recovery`]) before any of its
-//! records is processed.
+//! the in-flight flushes of the revoked partitions are awaited and their
+//! ends committed synchronously; their unsealed records are dropped
+//! uncommitted (never emitted, so the next owner counts them once). On
+//! assign, each new partition is claimed ([`crate::claim`]) and recovered
+//! ([`crate::recovery`]) before any of its records is processed. Between
+//! rebalances, acknowledged ends are committed in the background
+//! ([`crate::commits`]); the results come back through the commit callback,
+//! also inside `poll`.
 //!
 //! # Marks
 //!
@@ -25,10 +28,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::claim::Claimer;
+use crate::commits::{self, Verdict};
 use crate::emitter::Completion;
 use crate::lag::{Position, Positions};
 use crate::metrics::CounterMetrics;
@@ -61,9 +66,13 @@ pub struct Inner {
     pub jobs: UnboundedSender<FlushJob>,
     /// An error raised inside a callback, surfaced by the processing thread.
     pub failure: Option<WorkerError>,
+    /// Per owned partition, the end of its last acknowledged flush while the
+    /// background commit has not confirmed it: committed synchronously on
+    /// revoke and at shutdown.
+    pub acknowledged: HashMap<i32, i64, foldhash::fast::FixedState>,
 }
 
-/// The consumer context: rebalance handling.
+/// The consumer context: rebalance handling and commit results.
 pub struct CounterContext {
     /// The shared state.
     pub shared: std::sync::Arc<Shared>,
@@ -93,6 +102,10 @@ impl ConsumerContext for CounterContext {
             }
         }
     }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.shared.committed(&result, offsets);
+    }
 }
 
 impl Shared {
@@ -105,7 +118,13 @@ impl Shared {
         jobs: UnboundedSender<FlushJob>,
     ) -> Self {
         Self {
-            inner: Mutex::new(Inner { states: HashMap::default(), completions, jobs, failure: None }),
+            inner: Mutex::new(Inner {
+                states: HashMap::default(),
+                completions,
+                jobs,
+                failure: None,
+                acknowledged: HashMap::default(),
+            }),
             recovery,
             claimer,
             positions: Positions::new(metrics.clone()),
@@ -158,7 +177,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Waits for the in-flight flushes of `partitions`, commits them, and forgets the partitions.
+    /// Waits for the in-flight flushes of `partitions`, commits their
+    /// acknowledged ends synchronously (the next owner starts there), and
+    /// forgets the partitions.
     fn release(
         &self,
         inner: &mut Inner,
@@ -177,6 +198,13 @@ impl Shared {
                 Err(RecvTimeoutError::Disconnected) => return Err(WorkerError::EmitterGone),
             }
         }
+        // Forgotten even when the commit fails: they are not ours any more.
+        let committed = self.commit_acknowledged(
+            inner,
+            |p| partitions.contains(&p),
+            |list| consumer.commit(&list, CommitMode::Sync),
+        );
+        inner.acknowledged.retain(|p, _| !partitions.contains(p));
         for p in partitions {
             if let Some(state) = inner.states.remove(p) {
                 tracing::info!(partition = p, dropped_rows = state.buffered_rows(), "partition released");
@@ -184,10 +212,11 @@ impl Shared {
             }
         }
         self.metrics.owned_partitions.set(inner.states.len() as i64);
-        Ok(())
+        committed
     }
 
-    /// Commits an acknowledged flush and lets its partition seal the next one.
+    /// Stores an acknowledged flush's end for the background commit (no
+    /// broker round trip on this thread) and lets its partition seal the next one.
     pub fn complete(
         &self,
         inner: &mut Inner,
@@ -195,19 +224,84 @@ impl Shared {
         done: Completion,
     ) -> Result<(), WorkerError> {
         let Some(state) = inner.states.get_mut(&done.partition) else { return Ok(()) };
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.recovery.views_topic, done.partition, Offset::Offset(done.end))
+        commits::store(consumer, &self.recovery.views_topic, done.partition, done.end)
             .map_err(|source| WorkerError::Commit { partition: done.partition, offset: done.end, source })?;
-        consumer.commit(&list, CommitMode::Sync).map_err(|source| WorkerError::Commit {
-            partition: done.partition,
-            offset: done.end,
-            source,
-        })?;
         state.complete(done.end);
+        inner.acknowledged.insert(done.partition, done.end);
         self.metrics.flushes.inc();
         self.metrics.flush_rows.observe(done.rows as f64);
         self.metrics.flush_duration.observe(done.sealed_at.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Commits, and waits for, the acknowledged ends the background commit
+    /// has not confirmed yet, of the partitions `selected` picks (revoke,
+    /// shutdown), so the next owner starts as late as possible. A failure is
+    /// logged and counted and, unless this member was fenced out of the
+    /// group, not an error: the next owner re-emits the flushes after the
+    /// last committed end, exactly.
+    ///
+    /// `commit` commits the list it is given and waits (on revoke: a
+    /// synchronous commit; at shutdown: one bounded by the drain budget).
+    pub fn commit_acknowledged(
+        &self,
+        inner: &mut Inner,
+        selected: impl Fn(i32) -> bool,
+        commit: impl FnOnce(TopicPartitionList) -> KafkaResult<()>,
+    ) -> Result<(), WorkerError> {
+        let mut ends: Vec<(i32, i64)> = inner.acknowledged.iter().map(|(p, end)| (*p, *end)).collect();
+        ends.retain(|(p, _)| selected(*p));
+        let Some(&(partition, offset)) = ends.iter().min() else { return Ok(()) };
+        ends.sort_unstable();
+        let topic = &self.recovery.views_topic;
+        let list =
+            commits::offsets(topic, &ends).map_err(|source| WorkerError::Commit { partition, offset, source })?;
+        let result = commit(list.clone());
+        match commits::judge(&result, &list, topic, |p| inner.states.contains_key(&p)) {
+            Verdict::Committed => {
+                inner.acknowledged.retain(|p, _| !selected(*p));
+                Ok(())
+            }
+            Verdict::Retried(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %code, ?ends, "final offset commit failed; the next owner re-emits the flushes after the last committed end");
+                Ok(())
+            }
+            Verdict::Fenced(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::error!(error = %code, ?ends, "final offset commit rejected: this member was fenced out of the group");
+                Err(WorkerError::Fenced(code))
+            }
+        }
+    }
+
+    /// Handles the result of a background commit (inside `poll`, on the
+    /// consumer thread): a success confirms the acknowledged ends it covers;
+    /// a failure is logged and counted; a member fenced out of the group
+    /// stops the counter, which must not count partitions it no longer owns.
+    pub fn committed(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
+        let topic = &self.recovery.views_topic;
+        let mut inner = self.lock();
+        let verdict = commits::judge(result, offsets, topic, |p| inner.states.contains_key(&p));
+        match verdict {
+            Verdict::Committed => {
+                for element in offsets.elements_for_topic(topic) {
+                    let (partition, Offset::Offset(done)) = (element.partition(), element.offset()) else { continue };
+                    if inner.acknowledged.get(&partition).is_some_and(|end| *end <= done) {
+                        inner.acknowledged.remove(&partition);
+                    }
+                }
+            }
+            Verdict::Retried(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %code, offsets = ?offsets, "offset commit failed; the stored offsets are committed again on the next tick");
+            }
+            Verdict::Fenced(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::error!(error = %code, offsets = ?offsets, "offset commit rejected: this member was fenced out of the group; stopping");
+                inner.failure.get_or_insert(WorkerError::Fenced(code));
+            }
+        }
     }
 
     /// Handles every acknowledgement already received.

@@ -2,7 +2,7 @@
 //! `poll`, see [`crate::shared`]), copies records into batches for the
 //! processing thread ([`crate::processor`]), resumes and seeks partitions
 //! paused for backpressure, and at shutdown seals what it can, waits for the
-//! acknowledgements and commits them.
+//! acknowledgements and commits them synchronously.
 //!
 //! Lag is measured on a thread of its own ([`crate::lag`]), so a slow broker
 //! never stalls polling.
@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
@@ -42,7 +43,7 @@ pub enum WorkerError {
     /// A partition could not be claimed.
     #[error(transparent)]
     Claim(#[from] ClaimError),
-    /// Committing an offset failed.
+    /// Storing or committing an offset failed.
     #[error("committing offset {offset} of partition {partition}: {source}")]
     Commit {
         /// Partition.
@@ -52,6 +53,10 @@ pub enum WorkerError {
         /// The error.
         source: rdkafka::error::KafkaError,
     },
+    /// The group coordinator rejected a background offset commit because
+    /// this member no longer owns its partitions (see [`crate::commits`]).
+    #[error("offset commit rejected, this member was fenced out of the group: {0}")]
+    Fenced(rdkafka::error::RDKafkaErrorCode),
     /// The emitter stopped.
     #[error("the flush emitter stopped")]
     EmitterGone,
@@ -72,12 +77,17 @@ const QUEUED_BATCHES: usize = 4;
 /// Bytes reserved per batch for keys and payloads (grows when needed).
 const BATCH_BYTES: usize = BATCH * 128;
 
+/// The least time the final commit at shutdown gets, even when waiting for
+/// acknowledgements used up the drain budget.
+const FINAL_COMMIT_AT_LEAST: Duration = Duration::from_secs(2);
+
 /// How long one poll waits for the first record of a batch.
 const POLL_WAIT: Duration = Duration::from_millis(20);
 
 /// The consumer, its shared state and the rules.
 pub struct Worker {
-    consumer: BaseConsumer<CounterContext>,
+    /// Shared with the thread of the final commit at shutdown, which may outlive the drain.
+    consumer: Arc<BaseConsumer<CounterContext>>,
     shared: Arc<Shared>,
     rules: Rules,
     lag_interval: Duration,
@@ -105,7 +115,7 @@ impl Worker {
         consumer.subscribe(&[&shared.recovery.views_topic])?;
         let watch_config = consumer_config.clone();
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             shared,
             rules,
             lag_interval,
@@ -277,7 +287,37 @@ impl Worker {
                 }
             }
         }
+        // The background commit may not have sent the last ends yet. Without
+        // a reachable coordinator a synchronous commit waits out the group
+        // session (45 s by default): wait for it within the drain budget only.
+        let budget = deadline.saturating_duration_since(Instant::now()).max(FINAL_COMMIT_AT_LEAST);
+        let consumer = self.consumer.clone();
+        let committed =
+            self.shared.commit_acknowledged(&mut inner, |_| true, |list| commit_within(consumer, list, budget));
+        let owned: Vec<i32> = inner.states.keys().copied().collect();
+        if let Err(e) = crate::commits::forget_stored(&self.consumer, &self.shared.recovery.views_topic, &owned) {
+            tracing::warn!(error = %e, "clearing stored offsets before closing the consumer failed");
+        }
         inner.states.clear();
-        Ok(())
+        inner.acknowledged.clear();
+        committed
     }
+}
+
+/// Commits `list` synchronously on a thread of its own and waits for it at
+/// most `budget`; past it the commit is left to finish (or fail) on its own,
+/// and the flushes after the last committed end are re-emitted by the next owner.
+fn commit_within(
+    consumer: Arc<BaseConsumer<CounterContext>>,
+    list: TopicPartitionList,
+    budget: Duration,
+) -> KafkaResult<()> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("tally-counter-final-commit".into()).spawn(move || {
+        let _ = done_tx.send(consumer.commit(&list, CommitMode::Sync));
+    });
+    if spawned.is_err() {
+        return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::Fail));
+    }
+    done_rx.recv_timeout(budget).unwrap_or(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::OperationTimedOut)))
 }

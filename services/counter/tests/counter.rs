@@ -240,3 +240,76 @@ async fn partitions_paused_for_backpressure_resume_where_they_stopped_and_count_
     })
     .await;
 }
+
+/// Sum over the views partitions of the offsets group `group` committed.
+fn committed_sum(kafka: &KafkaConfig, group: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let topic = &kafka.topics.views;
+    let partitions = tally_kafka::topics::partition_count(kafka, topic, Duration::from_secs(10)).unwrap();
+    let probe: BaseConsumer = tally_kafka::clients::group_consumer_config(kafka, "probe", group).create().unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, i32::try_from(p).unwrap());
+    }
+    let committed = probe.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_flush_ends_are_committed_in_the_background_while_counting() {
+    bounded(LIMIT, async {
+        let (_broker, kafka) = setup().await;
+        let counter = start(&kafka, |_| {}).await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let now = tally_model::timestamp::now_ms();
+        let events: Vec<_> =
+            (0..200).map(|i| event(&format!("v{}", i % 13), &format!("e{i}"), now, now, true)).collect();
+        producer.send(&events).await;
+        let group = CounterConfig::default().group_id;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut committed = 0;
+        while committed < 200 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (k, g) = (kafka.clone(), group.clone());
+            committed = tokio::task::spawn_blocking(move || committed_sum(&k, &g)).await.unwrap();
+        }
+        // Still running: only the background commit can have moved the offsets.
+        assert!(!counter.task.is_finished(), "the counter is still counting");
+        assert_eq!(committed, 200, "every record's flush end is committed without a shutdown");
+        let failures = tally_testkit::metrics::value(&counter.registry, "tally_counter_commit_failures_total", None);
+        assert_eq!(failures, 0.0);
+        counter.shutdown.cancel();
+        counter.task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_whose_broker_is_gone_still_stops_within_its_drain_budget() {
+    bounded(LIMIT, async {
+        let (mut broker, mut kafka) = setup().await;
+        // No background commit during the test: the acknowledged ends are
+        // left for the final commit, which finds no broker.
+        kafka.consumer_properties.insert("auto.commit.interval.ms".into(), "3600000".into());
+        // Flushes in flight fail after 2 s (the emitter's own wait is not under test).
+        let counter = start(&kafka, |c| c.delivery_timeout = Duration::from_secs(2)).await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let now = tally_model::timestamp::now_ms();
+        let events: Vec<_> = (0..50).map(|i| event("clip", &format!("e{i}"), now, now, true)).collect();
+        producer.send(&events).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tally_testkit::metrics::value(&counter.registry, "tally_counter_flushes_total", None) < 1.0 {
+            assert!(Instant::now() < deadline, "no flush acknowledged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        broker.stop();
+        let stopping = Instant::now();
+        counter.shutdown.cancel();
+        let _ = counter.task.await.unwrap();
+        // 10 s of drain waiting for acknowledgements, 2 s for the final
+        // commit, then the emitter's retries; waiting out the group session
+        // (45 s) for a coordinator, on commit or on close, would pass 55 s.
+        assert!(stopping.elapsed() < Duration::from_secs(40), "stopped after {:?}", stopping.elapsed());
+    })
+    .await;
+}

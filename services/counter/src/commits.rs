@@ -1,0 +1,198 @@
+//! Offset commits off the processing thread.
+//!
+//! An acknowledged flush end is *stored* with librdkafka (a local call, no
+//! broker round trip); librdkafka's background commit (`enable.auto.commit`
+//! with `enable.auto.offset.store=false`, see [`crate::service`]) sends the
+//! stored offsets to the group coordinator and reports each result to
+//! [`crate::shared::CounterContext`]'s `commit_callback`, where
+//! [`judge`] decides what a failure means. Only offsets the counter stored
+//! are ever committed, so the committed offset is always the end of a flush
+//! whose every record was acknowledged.
+//!
+//! Why not `commit(.., CommitMode::Async)`: rdkafka 0.39 submits manual
+//! asynchronous commits without a reply queue, so their results never reach
+//! `commit_callback` (fede1024/rust-rdkafka#856) and a failure would pass
+//! unseen. librdkafka's own background commits do reach it.
+//!
+//! On revoke and at shutdown the acknowledged ends the background commit has
+//! not confirmed yet are committed synchronously
+//! ([`crate::shared::Shared::commit_acknowledged`]), so the next owner
+//! re-emits no more than the flushes still unacknowledged.
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// What a failed commit means for the counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The offsets are committed.
+    Committed,
+    /// Not committed this time; librdkafka commits the stored offsets again
+    /// on its next tick (or the revoke does), so counting goes on.
+    Retried(RDKafkaErrorCode),
+    /// This member no longer owns (some of) the partitions: counting on
+    /// would emit ranges another member also emits. The counter must stop.
+    Fenced(RDKafkaErrorCode),
+}
+
+/// Judges the result of a commit of `offsets` on `topic`; `owned` says
+/// whether this counter still owns a partition.
+///
+/// Fatal: the coordinator no longer knows this member or its generation
+/// (`UNKNOWN_MEMBER_ID`, `ILLEGAL_GENERATION`, `FENCED_INSTANCE_ID`,
+/// `STALE_MEMBER_EPOCH`), or a rebalance is in progress and a partition of
+/// the commit is already gone (its flush end may never be committed while
+/// its records were emitted). Anything else is retried.
+pub fn judge(
+    result: &KafkaResult<()>,
+    offsets: &TopicPartitionList,
+    topic: &str,
+    owned: impl Fn(i32) -> bool,
+) -> Verdict {
+    let mut codes: Vec<RDKafkaErrorCode> = Vec::new();
+    if let Err(e) = result {
+        codes.push(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail));
+    }
+    let mut gone = false;
+    for element in offsets.elements() {
+        if element.topic() != topic {
+            continue;
+        }
+        if let Err(e) = element.error() {
+            codes.push(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail));
+        }
+        gone |= !owned(element.partition());
+    }
+    // Nothing to commit is not a failure (librdkafka reports it for empty commits).
+    codes.retain(|code| *code != RDKafkaErrorCode::NoOffset);
+    if let Some(code) = codes.iter().copied().find(|code| is_fenced(*code)) {
+        return Verdict::Fenced(code);
+    }
+    if gone && codes.contains(&RDKafkaErrorCode::RebalanceInProgress) {
+        return Verdict::Fenced(RDKafkaErrorCode::RebalanceInProgress);
+    }
+    match codes.first() {
+        Some(code) => Verdict::Retried(*code),
+        None => Verdict::Committed,
+    }
+}
+
+/// Whether `code` says the coordinator has fenced this member out of the group.
+fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::FencedInstanceId
+            | RDKafkaErrorCode::StaleMemberEpoch
+    )
+}
+
+/// Stores `end` as the offset to commit for `partition`; librdkafka's
+/// background commit sends it.
+pub fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32, end: i64) -> KafkaResult<()> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(end))?;
+    consumer.store_offsets(&list)
+}
+
+/// Clears the offsets stored for `partitions`, so librdkafka commits
+/// nothing more for them, not even while the consumer closes: after the
+/// final commit at shutdown, a close that tried again against an
+/// unreachable coordinator would wait out the group session timeout.
+pub fn forget_stored<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+) -> KafkaResult<()> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition_offset(topic, partition, Offset::Invalid)?;
+    }
+    consumer.store_offsets(&list)
+}
+
+/// The offsets `ends` (partition, flush end) of `topic`, to commit.
+pub fn offsets(topic: &str, ends: &[(i32, i64)]) -> KafkaResult<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for &(partition, end) in ends {
+        list.add_partition_offset(topic, partition, Offset::Offset(end))?;
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+
+    use super::*;
+
+    fn list(partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition_offset("views", partition, Offset::Offset(10)).unwrap();
+        }
+        list
+    }
+
+    fn failed(code: RDKafkaErrorCode) -> KafkaResult<()> {
+        Err(KafkaError::ConsumerCommit(code))
+    }
+
+    #[test]
+    fn a_successful_or_empty_commit_is_committed() {
+        let offsets = list(&[0, 1]);
+        assert_eq!(judge(&Ok(()), &offsets, "views", |_| true), Verdict::Committed);
+        let nothing = failed(RDKafkaErrorCode::NoOffset);
+        assert_eq!(judge(&nothing, &TopicPartitionList::new(), "views", |_| true), Verdict::Committed);
+    }
+
+    #[test]
+    fn a_member_fenced_out_of_the_group_is_fatal_whoever_owns_what() {
+        for code in [
+            RDKafkaErrorCode::UnknownMemberId,
+            RDKafkaErrorCode::IllegalGeneration,
+            RDKafkaErrorCode::FencedInstanceId,
+            RDKafkaErrorCode::StaleMemberEpoch,
+        ] {
+            let offsets = list(&[0]);
+            assert_eq!(judge(&failed(code), &offsets, "views", |_| true), Verdict::Fenced(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_rebalance_in_progress_is_fatal_only_once_a_partition_is_gone() {
+        let offsets = list(&[0, 3]);
+        let rebalancing = failed(RDKafkaErrorCode::RebalanceInProgress);
+        assert_eq!(
+            judge(&rebalancing, &offsets, "views", |_| true),
+            Verdict::Retried(RDKafkaErrorCode::RebalanceInProgress)
+        );
+        assert_eq!(
+            judge(&rebalancing, &offsets, "views", |p| p != 3),
+            Verdict::Fenced(RDKafkaErrorCode::RebalanceInProgress)
+        );
+    }
+
+    #[test]
+    fn transient_errors_are_retried_and_other_topics_are_not_ours_to_judge() {
+        let offsets = list(&[0]);
+        let timeout = failed(RDKafkaErrorCode::CoordinatorNotAvailable);
+        assert_eq!(
+            judge(&timeout, &offsets, "views", |_| true),
+            Verdict::Retried(RDKafkaErrorCode::CoordinatorNotAvailable)
+        );
+        let mut other = list(&[0]);
+        other.add_partition_offset("elsewhere", 7, Offset::Offset(1)).unwrap();
+        let rebalancing = failed(RDKafkaErrorCode::RebalanceInProgress);
+        assert_eq!(
+            judge(&rebalancing, &other, "views", |p| p == 0),
+            Verdict::Retried(RDKafkaErrorCode::RebalanceInProgress),
+            "partition 7 of another topic is not one of ours"
+        );
+    }
+}
