@@ -141,3 +141,40 @@ async fn two_counters_in_one_group_one_leaving_and_rejoining_lose_and_repeat_not
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_revoked_in_a_rebalance_are_flushed_not_dropped() {
+    // Neither counter flushes on its timer during the test: whatever reaches
+    // the counts topic before a minute has passed was flushed by the revoke.
+    const SLOW_FLUSH: &str = r#"
+[counter]
+admin-listen = "127.0.0.1:0"
+flush-interval = "60s"
+lag-interval = "200ms"
+"#;
+    bounded(Duration::from_secs(120), async {
+        let (_broker, kafka, dir) = setup().await;
+        let config = write_config(dir.path(), &kafka, SLOW_FLUSH);
+        let mut load = Load::new(seed());
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let first = TallyProcess::spawn(&config, "counter");
+        assert!(first.wait_for_metric("tally_counter_owned_partitions", 4.0, Duration::from_secs(30)));
+        producer.send(&load.batch(2_000, tally_model::timestamp::now_ms(), 10)).await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        while !(first.metric("tally_counter_consumer_lag_records_sum") == Some(0.0)
+            && first.metric("tally_counter_buffered_rows").is_some_and(|rows| rows > 0.0))
+        {
+            assert!(Instant::now() < deadline, "the first counter never caught up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let second = TallyProcess::spawn(&config, "counter");
+        let folded = wait_for_totals(&kafka, &producer.expected, Duration::from_secs(40)).await;
+        assert!(started.elapsed() < Duration::from_secs(55), "the test outlived the flush interval");
+        assert_exact(&folded, &producer.expected);
+        assert!(first.metric("tally_counter_revoke_flushes_total").is_some_and(|n| n >= 1.0));
+        assert!(first.terminate(Duration::from_secs(30)).success());
+        assert!(second.terminate(Duration::from_secs(30)).success());
+    })
+    .await;
+}

@@ -20,6 +20,8 @@ pub struct CounterMetrics {
     pub commit_failures: IntCounter,
     /// Ranges re-emitted exactly after a restart or rebalance.
     pub reemitted_ranges: IntCounter,
+    /// Open ranges sealed because their partition was revoked.
+    pub revoke_flushes: IntCounter,
     /// Time to recover a partition (tail scan and dedup replay).
     pub recovery_duration: Histogram,
     /// Lag per partition in records.
@@ -84,6 +86,10 @@ impl CounterMetrics {
                 "tally_counter_reemitted_ranges_total",
                 "Offset ranges re-emitted with their original version after a restart or rebalance",
             )?,
+            revoke_flushes: IntCounter::new(
+                "tally_counter_revoke_flushes_total",
+                "Open ranges flushed because their partition was revoked in a rebalance (instead of recounted by the next owner)",
+            )?,
             recovery_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "tally_counter_recovery_duration_seconds",
@@ -130,6 +136,7 @@ impl CounterMetrics {
         registry.register(Box::new(m.flush_duration.clone()))?;
         registry.register(Box::new(m.commit_failures.clone()))?;
         registry.register(Box::new(m.reemitted_ranges.clone()))?;
+        registry.register(Box::new(m.revoke_flushes.clone()))?;
         registry.register(Box::new(m.recovery_duration.clone()))?;
         registry.register(Box::new(m.lag_records.clone()))?;
         registry.register(Box::new(m.lag_seconds.clone()))?;

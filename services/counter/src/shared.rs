@@ -3,9 +3,11 @@
 //! that tell fresh records from stale ones.
 //!
 //! Rebalance callbacks run inside `poll` on the consumer thread. On revoke,
-//! the in-flight flushes of the revoked partitions are awaited and their
-//! ends committed synchronously; their unsealed records are dropped
-//! uncommitted (never emitted, so the next owner counts them once). On
+//! the revoked partitions are drained: their in-flight flushes are awaited,
+//! what they counted since is sealed and emitted, and the ends are committed
+//! synchronously, so the next owner starts where this one stopped. Records
+//! polled but not yet processed are dropped uncommitted (the next owner
+//! counts them once); so are open ranges after a lost assignment. On
 //! assign, each new partition is claimed ([`crate::claim`]) and recovered
 //! ([`crate::recovery`]) before any of its records is processed. Between
 //! rebalances, acknowledged ends are committed in the background
@@ -177,9 +179,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Waits for the in-flight flushes of `partitions`, commits their
-    /// acknowledged ends synchronously (the next owner starts there), and
-    /// forgets the partitions.
+    /// Drains `partitions` before they go: waits for their in-flight
+    /// flushes, seals what they counted since and waits for that flush too,
+    /// commits the acknowledged ends synchronously (the next owner starts
+    /// there, with nothing to count again), and forgets the partitions.
+    /// A lost assignment (the group moved on without us) or a failure is not
+    /// sealed: the partitions may already be counted by their next owner.
     fn release(
         &self,
         inner: &mut Inner,
@@ -187,15 +192,36 @@ impl Shared {
         partitions: &[i32],
     ) -> Result<(), WorkerError> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while partitions.iter().any(|p| inner.states.get(p).is_some_and(|s| s.in_flight().is_some())) {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match inner.completions.recv_timeout(wait) {
-                Ok(done) => self.complete(inner, consumer, done)?,
-                Err(RecvTimeoutError::Timeout) => {
-                    tracing::warn!("revoking with a flush still unacknowledged; the next owner re-emits it");
-                    break;
+        let mut may_seal = !consumer.assignment_lost() && inner.failure.is_none();
+        loop {
+            while partitions.iter().any(|p| inner.states.get(p).is_some_and(|s| s.in_flight().is_some())) {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                match inner.completions.recv_timeout(wait) {
+                    Ok(done) => self.complete(inner, consumer, done)?,
+                    Err(RecvTimeoutError::Timeout) => {
+                        tracing::warn!("revoking with a flush still unacknowledged; the next owner re-emits it");
+                        may_seal = false;
+                        break;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return Err(WorkerError::EmitterGone),
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(WorkerError::EmitterGone),
+            }
+            if !std::mem::take(&mut may_seal) {
+                break;
+            }
+            let now = Instant::now();
+            let jobs: Vec<FlushJob> = inner
+                .states
+                .iter_mut()
+                .filter(|(p, state)| partitions.contains(p) && state.can_seal_at_shutdown())
+                .map(|(_, state)| state.seal(now))
+                .collect();
+            if jobs.is_empty() {
+                break;
+            }
+            self.metrics.revoke_flushes.inc_by(jobs.len() as u64);
+            for job in jobs {
+                inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
             }
         }
         // Forgotten even when the commit fails: they are not ours any more.
