@@ -51,7 +51,10 @@ async fn main() {
         for (rates, expect_applied) in [(&mut fresh, true), (&mut replay, false)] {
             let started = Instant::now();
             for batch in chunks.chunks(CHUNKS_PER_BATCH) {
-                let outcome = store.apply(batch.iter().cloned().map(tally_store::CountsEntry::chunk).collect()).await.expect("apply");
+                let outcome = store
+                    .apply(batch.iter().cloned().map(tally_store::CountsEntry::chunk).collect())
+                    .await
+                    .expect("apply");
                 assert_eq!(outcome.applied > 0, expect_applied);
             }
             rates.push(ROWS as f64 / started.elapsed().as_secs_f64());

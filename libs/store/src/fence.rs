@@ -73,10 +73,7 @@ mod tests {
     use super::*;
 
     fn claim(offset: i64, owner: u64) -> CountsEntry {
-        CountsEntry {
-            offset,
-            record: CountsRecord::Claim(Claim { source_partition: 0, owner, ..Claim::default() }),
-        }
+        CountsEntry { offset, record: CountsRecord::Claim(Claim { source_partition: 0, owner, ..Claim::default() }) }
     }
 
     fn chunk(offset: i64, owner: u64, start: i64, end: i64) -> CountsEntry {
@@ -88,7 +85,14 @@ mod tests {
     fn chunks_before_a_claim_are_admitted_and_after_it_fenced() {
         let admitted = admit(
             vec![],
-            vec![claim(0, 1), chunk(1, 1, 0, 10), chunk(2, 1, 10, 20), claim(3, 2), chunk(4, 1, 20, 30), chunk(5, 2, 10, 20)],
+            vec![
+                claim(0, 1),
+                chunk(1, 1, 0, 10),
+                chunk(2, 1, 10, 20),
+                claim(3, 2),
+                chunk(4, 1, 20, 30),
+                chunk(5, 2, 10, 20),
+            ],
         );
         let ranges: Vec<(u64, i64)> = admitted.chunks.iter().map(|c| (c.header.owner, c.header.start)).collect();
         assert_eq!(ranges, vec![(1, 0), (1, 10), (2, 10)]);

@@ -109,8 +109,9 @@ impl SqliteStore {
 }
 
 fn read_owners(connection: &Connection) -> Result<Vec<(u32, Owner)>, StoreError> {
-    let mut select =
-        connection.prepare_cached("SELECT source_partition, owner, claim_offset FROM source_owners").map_err(unavailable)?;
+    let mut select = connection
+        .prepare_cached("SELECT source_partition, owner, claim_offset FROM source_owners")
+        .map_err(unavailable)?;
     let rows = select
         .query_map([], |row| {
             let owner = Owner { owner: token_from_db(row.get(1)?), claim_offset: row.get(2)? };
@@ -133,7 +134,9 @@ fn apply_entries(connection: &mut Connection, entries: Vec<CountsEntry>) -> Resu
             )
             .map_err(unavailable)?;
         for (partition, owner) in &admitted.owners {
-            upsert_owner.execute(params![partition, token_to_db(owner.owner), owner.claim_offset]).map_err(unavailable)?;
+            upsert_owner
+                .execute(params![partition, token_to_db(owner.owner), owner.claim_offset])
+                .map_err(unavailable)?;
         }
     }
     tx.commit().map_err(unavailable)?;

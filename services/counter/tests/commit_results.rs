@@ -64,7 +64,8 @@ fn fixture(end: i64) -> Fixture {
     // Never used: partitions are assigned by hand, not claimed.
     let producer: rdkafka::producer::FutureProducer =
         ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().expect("producer");
-    let claimer = Claimer::new(producer, "tally.counts".into(), 1, "commit-results-test".into(), Duration::from_secs(5));
+    let claimer =
+        Claimer::new(producer, "tally.counts".into(), 1, "commit-results-test".into(), Duration::from_secs(5));
     let shared = Arc::new(Shared::new(recovery, claimer, metrics, done_rx, jobs_tx));
     let consumer: BaseConsumer<CounterContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())

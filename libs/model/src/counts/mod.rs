@@ -24,7 +24,9 @@
 pub mod codec;
 pub mod fence;
 
-pub use codec::{decode, decode_head, encode, encode_claim, encoded_delta_len, CountsError, COUNTS_VERSION, HEADER_LEN};
+pub use codec::{
+    decode, decode_head, encode, encode_claim, encoded_delta_len, CountsError, COUNTS_VERSION, HEADER_LEN,
+};
 pub use fence::{Admission, Fences, Owner};
 
 use crate::salt::Salt;

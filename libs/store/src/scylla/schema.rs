@@ -36,7 +36,15 @@ mod tests {
         let statements = statements("tally_test_1", "{'class': 'NetworkTopologyStrategy', 'dc1': 3}");
         assert_eq!(statements.len(), 8, "{statements:#?}");
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS tally_test_1 WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3}"));
-        for table in ["view_counts", "videos_by_hour", "progress", "source_owners", "batch_minutes", "batch_by_video", "batch_periods"] {
+        for table in [
+            "view_counts",
+            "videos_by_hour",
+            "progress",
+            "source_owners",
+            "batch_minutes",
+            "batch_by_video",
+            "batch_periods",
+        ] {
             let wanted = format!("CREATE TABLE IF NOT EXISTS tally_test_1.{table} (");
             assert!(statements.iter().any(|s| s.starts_with(&wanted)), "{table} missing");
         }
