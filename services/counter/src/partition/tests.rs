@@ -1,0 +1,154 @@
+//! Unit tests of one partition's processing, sealing and forced boundaries.
+
+use std::sync::Arc;
+
+use tally_model::{EventId, VideoId, ViewEvent};
+
+use super::*;
+
+fn rules() -> Rules {
+    Rules {
+        allowed_lateness_ms: 3_600_000,
+        dlq: DlqLimits { max_ratio: 0.5, min_records: 10, max_consecutive: 3 },
+        max_rows_per_flush: 1_000,
+        max_buffered_rows: 2,
+        flush_interval: Duration::from_secs(1),
+    }
+}
+
+fn record(video: &str, id: &str, ts_ms: i64, received_ms: i64) -> Vec<u8> {
+    let event = ViewEvent {
+        video_id: VideoId::parse(video).unwrap(),
+        ts_ms,
+        event_id: EventId::parse(id).unwrap(),
+        viewer_id: None,
+        attributes: None::<Arc<str>>,
+        received_ms,
+    };
+    let mut out = Vec::new();
+    wire::encode(&event, Salt(0), &mut out);
+    out
+}
+
+#[test]
+fn a_range_counts_dedups_and_dead_letters_then_seals() {
+    let t = 1_795_341_600_000;
+    let mut p = PartitionState::new(0, 0, 1, 10, Dedup::new(600_000, 1_000), vec![]);
+    p.process(10, None, Some(&record("v", "e1", t, t)), &rules()).unwrap();
+    p.process(11, None, Some(&record("v", "e1", t, t + 1_000)), &rules()).unwrap();
+    p.process(12, None, Some(b"garbage"), &rules()).unwrap();
+    p.process(13, None, Some(&record("v", "e2", t - 7_200_000, t)), &rules()).unwrap();
+    p.process(14, None, Some(&record("v", "e3", t + 60_000, t + 60_000)), &rules()).unwrap();
+    p.process(12, None, Some(b"redelivered"), &rules()).unwrap();
+    let job = p.seal(Instant::now());
+    assert_eq!((job.header.start, job.header.end), (10, 15));
+    assert_eq!(job.header.stats, FlushStats { read: 5, counted: 2, duplicates: 1, dead_lettered: 2 });
+    let rows: Vec<(i64, u32)> = job.rows.iter().map(|r| (r.2, r.3)).collect();
+    assert_eq!(rows, vec![(t, 1), (t + 60_000, 1)]);
+    let reasons: Vec<(&str, i64)> = job.dead.iter().map(|d| (d.reason.as_str(), d.offset)).collect();
+    assert_eq!(reasons, vec![("malformed", 12), ("late", 13)]);
+    assert_eq!(job.header.dedup_horizon, 10);
+    assert!(!p.due(Instant::now() + Duration::from_secs(5), &rules()), "one flush in flight at a time");
+    p.complete(15);
+    assert_eq!(p.in_flight(), None);
+}
+
+#[test]
+fn a_forced_boundary_is_sealed_exactly_and_blocks_until_possible() {
+    let t = 1_795_341_600_000;
+    let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![2, 4]);
+    p.process(0, None, Some(&record("v", "a", t, t)), &rules()).unwrap();
+    assert!(!p.due(Instant::now() + Duration::from_secs(60), &rules()), "timers do not cut a forced range");
+    p.process(1, None, Some(&record("v", "b", t, t)), &rules()).unwrap();
+    assert!(p.due(Instant::now(), &rules()));
+    assert_eq!(p.seal(Instant::now()).header.end, 2);
+    p.process(2, None, Some(&record("v", "c", t, t)), &rules()).unwrap();
+    p.process(3, None, Some(&record("v", "d", t, t)), &rules()).unwrap();
+    assert!(p.blocked(&rules()), "at the next boundary while the first flush is in flight");
+    p.complete(2);
+    assert!(!p.blocked(&rules()));
+    assert_eq!(p.seal(Instant::now()).header.end, 4);
+}
+
+/// Seals, with the checks the processing thread makes, the records
+/// `(offset, payload)` processed one by one (`passes` false) or in runs.
+fn sealed<'a>(records: &'a [(i64, Vec<u8>)], forced: Vec<i64>, passes: bool) -> Vec<String> {
+    let rules = Rules {
+        max_rows_per_flush: 5,
+        max_buffered_rows: 1_000,
+        flush_interval: Duration::from_secs(3_600),
+        ..rules()
+    };
+    let now = Instant::now();
+    let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 8), forced);
+    let mut jobs = Vec::new();
+    let mut seal_if_due = |p: &mut PartitionState| {
+        if p.due(now, &rules) {
+            let job = p.seal(now);
+            p.complete(job.header.end);
+            let dead: Vec<(i64, &str)> = job.dead.iter().map(|d| (d.offset, d.reason.as_str())).collect();
+            jobs.push(format!("{:?} {:?} {:?}", job.header, job.rows, dead));
+        }
+    };
+    let mut i = 0;
+    while i < records.len() {
+        if passes {
+            let view = |r: &'a (i64, Vec<u8>)| (r.0, &b"key"[..], &r.1[..]);
+            i += p.process_run(&records[i..], view, now, &rules).unwrap();
+        } else {
+            p.process(records[i].0, Some(b"key"), Some(&records[i].1), &rules).unwrap();
+            i += 1;
+        }
+        seal_if_due(&mut p);
+    }
+    jobs
+}
+
+#[test]
+fn runs_in_passes_seal_exactly_what_one_by_one_seals() {
+    let t = 1_795_341_600_000;
+    let mut records = Vec::new();
+    let mut offset = 0;
+    for i in 0..200i64 {
+        let payload = match i % 23 {
+            7 => b"garbage".to_vec(),
+            11 => record("v", "late", t - 7_200_000, t + i),
+            // Resends, some inside the (8-entry) window and some after it.
+            _ if i % 5 == 0 => record(&format!("v{}", i % 7), &format!("e{}", i / 2), t, t + i),
+            _ => record(&format!("v{}", i % 7), &format!("e{i}"), t + (i % 3) * 60_000, t + i),
+        };
+        records.push((offset, payload));
+        // Gaps in offsets (compaction, control records) and a redelivered record.
+        offset += if i % 17 == 0 { 3 } else { 1 };
+        if i == 90 {
+            records.push((offset - 5, record("v", "redelivered", t, t)));
+        }
+    }
+    // Ends a previous owner emitted: after records 4, 9, 10, 40, 41 and 120.
+    let forced: Vec<i64> = [4, 9, 10, 40, 41, 120].iter().map(|i| records[*i].0 + 1).collect();
+    let one_by_one = sealed(&records, forced.clone(), false);
+    assert!(one_by_one.len() > 15, "row limits and forced boundaries cut many flushes: {}", one_by_one.len());
+    assert_eq!(sealed(&records, forced, true), one_by_one);
+}
+
+#[test]
+fn a_run_stops_at_the_record_that_trips_the_dead_letter_limit() {
+    let t = 1_795_341_600_000;
+    let records: Vec<(i64, Vec<u8>)> = (0..10)
+        .map(|i| (i, if (2..5).contains(&i) { b"x".to_vec() } else { record("v", &format!("e{i}"), t, t) }))
+        .collect();
+    let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
+    let err = p.process_run(&records, |r| (r.0, &b""[..], &r.1[..]), Instant::now(), &rules()).unwrap_err();
+    assert_eq!(err.consecutive, 3);
+    assert_eq!(p.next_offset(), 5, "nothing after the tripping record");
+    assert_eq!(p.buffered_rows(), 1, "the records before it were counted");
+}
+
+#[test]
+fn a_run_of_poison_trips_the_limit() {
+    let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
+    p.process(0, None, Some(b"x"), &rules()).unwrap();
+    p.process(1, None, Some(b"x"), &rules()).unwrap();
+    let err = p.process(2, None, Some(b"x"), &rules()).unwrap_err();
+    assert_eq!(err.consecutive, 3);
+}
