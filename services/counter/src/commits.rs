@@ -92,9 +92,7 @@ fn is_fenced(code: RDKafkaErrorCode) -> bool {
 /// Stores `end` as the offset to commit for `partition`; librdkafka's
 /// background commit sends it.
 pub fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32, end: i64) -> KafkaResult<()> {
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(end))?;
-    consumer.store_offsets(&list)
+    consumer.store_offsets(&offsets(topic, &[(partition, end)])?)
 }
 
 /// Clears the offsets stored for `partitions`, so librdkafka commits

@@ -209,20 +209,11 @@ impl Shared {
             if !std::mem::take(&mut may_seal) {
                 break;
             }
-            let now = Instant::now();
-            let jobs: Vec<FlushJob> = inner
-                .states
-                .iter_mut()
-                .filter(|(p, state)| partitions.contains(p) && state.can_seal_at_shutdown())
-                .map(|(_, state)| state.seal(now))
-                .collect();
-            if jobs.is_empty() {
+            let sealed = self.seal_open_ranges(inner, |p| partitions.contains(&p))?;
+            if sealed == 0 {
                 break;
             }
-            self.metrics.revoke_flushes.inc_by(jobs.len() as u64);
-            for job in jobs {
-                inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
-            }
+            self.metrics.revoke_flushes.inc_by(sealed as u64);
         }
         // Forgotten even when the commit fails: they are not ours any more.
         let committed = self.commit_acknowledged(
@@ -239,6 +230,25 @@ impl Shared {
         }
         self.metrics.owned_partitions.set(inner.states.len() as i64);
         committed
+    }
+
+    /// Seals the open range of every partition `selected` picks that can be
+    /// sealed without cutting a previous life's boundary (no flush in
+    /// flight, records counted) and hands the flushes to the emitter (revoke,
+    /// shutdown). Returns how many were sealed.
+    pub fn seal_open_ranges(&self, inner: &mut Inner, selected: impl Fn(i32) -> bool) -> Result<usize, WorkerError> {
+        let now = Instant::now();
+        let jobs: Vec<FlushJob> = inner
+            .states
+            .iter_mut()
+            .filter(|(p, state)| selected(**p) && state.can_seal_at_shutdown())
+            .map(|(_, state)| state.seal(now))
+            .collect();
+        let sealed = jobs.len();
+        for job in jobs {
+            inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
+        }
+        Ok(sealed)
     }
 
     /// Stores an acknowledged flush's end for the background commit (no

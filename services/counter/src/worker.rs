@@ -265,17 +265,8 @@ impl Worker {
 
     fn drain(&self, drain: Duration, seal_open_ranges: bool) -> Result<(), WorkerError> {
         let mut inner = self.shared.lock();
-        let now = Instant::now();
-        let mut jobs = Vec::new();
-        for state in inner.states.values_mut() {
-            if seal_open_ranges && state.can_seal_at_shutdown() {
-                jobs.push(state.seal(now));
-            }
-        }
-        for job in jobs {
-            if inner.jobs.send(job).is_err() {
-                return Err(WorkerError::EmitterGone);
-            }
+        if seal_open_ranges {
+            self.shared.seal_open_ranges(&mut inner, |_| true)?;
         }
         let deadline = Instant::now() + drain;
         while inner.states.values().any(|s| s.in_flight().is_some()) {
