@@ -10,6 +10,9 @@ use tally::config::TallyConfig;
 /// allocates and frees one operation per consumed record on two different
 /// threads, which glibc's allocator serialises on an arena lock (the
 /// counter's CPU per record drops by about a seventh, see BENCHMARKS.md).
+/// Built without transparent huge pages (`no_thp`): librdkafka's per-record
+/// churn made the kernel zero whole 2 MiB pages over and over, a sixth of
+/// the counter's CPU (BENCHMARKS.md, "mimalloc without transparent huge pages").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -14,6 +14,11 @@ use tally_counter::dlq::DlqLimits;
 use tally_counter::partition::{PartitionState, Rules};
 use tally_model::{wire, EventId, Salt, VideoId, ViewEvent};
 
+/// The allocator the `tally` binary runs with, so the dedup window's memory
+/// (and its page size) is what production gets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECORDS: usize = 2_000_000;
 const RUNS: usize = 7;
 
