@@ -39,6 +39,8 @@ pub fn prepare(config: &mut TallyConfig) {
     }
     // One member per group, so an empty assignment is always tansu's stuck-leader case.
     config.kafka.rejoin_when_unassigned.get_or_insert(Duration::from_secs(10));
+    // Successive crashes can leave dead members holding partitions (see KafkaConfig).
+    config.kafka.rejoin_when_partition_stalled.get_or_insert(Duration::from_secs(15));
     if config.archiver.dir == tally_reconciler::ArchiverConfig::default().dir {
         config.archiver.dir = s.data_dir.join("archive");
     }

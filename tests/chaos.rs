@@ -78,7 +78,10 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let gateway = format!("127.0.0.1:{ingest_port}");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        // TALLY_CHAOS_SEED replays a run's draw of faults and pauses (not its timing).
+        let seed = std::env::var("TALLY_CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
         eprintln!("chaos seed {seed}");
         let load = tokio::spawn(client(gateway, stop.clone(), tally.clone(), seed));
         let mut rng = Load::new(seed ^ 0xc4a05);

@@ -9,8 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{process_sections, write_config, TallyProcess};
-use tally_testkit::views::{Load, ViewsProducer};
+use common::{feed_until, process_sections, write_config, Load, TallyProcess, ViewsProducer};
 use tally_testkit::{bounded, Broker, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,14 +36,12 @@ async fn a_counter_killed_without_leaving_has_its_partitions_taken_over() {
         // Records keep arriving on every partition, the dead member's too.
         let mut producer = ViewsProducer::new(&kafka, &[]);
         let mut load = Load::new(7);
-        let killed_at = Instant::now();
-        let deadline = killed_at + Duration::from_secs(90);
-        while owned(&survivor) != Some(4.0) {
-            assert!(Instant::now() < deadline, "the dead counter's partitions were never taken over");
-            producer.send(&load.batch(20, tally_model::timestamp::now_ms(), 0)).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        eprintln!("partitions taken over {:?} after the kill", killed_at.elapsed());
+        let feed = (20, Duration::from_millis(500));
+        let what = "the dead counter's partitions were taken over";
+        let took =
+            feed_until(&mut producer, &mut load, feed, Duration::from_secs(90), what, || owned(&survivor) == Some(4.0))
+                .await;
+        eprintln!("partitions taken over {took:?} after the kill");
         survivor.kill9();
     })
     .await;

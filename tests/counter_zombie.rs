@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{write_config, Load, TallyProcess, ViewsProducer};
+use common::{feed_until, write_config, Load, TallyProcess, ViewsProducer};
 use tally_counter::verify::{fold_counts, Folded};
 use tally_kafka::KafkaConfig;
 use tally_testkit::{bounded, Broker};
@@ -60,27 +60,31 @@ async fn a_thawed_zombie_counters_range_is_fenced_and_counted_once() {
         let mut fenced = 0;
         for attempt in 1..=3 {
             let mut zombie = TallyProcess::spawn(&zombie_config, "counter");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !(owned(&survivor) == Some(2.0) && owned(&zombie) == Some(2.0)) {
-                assert!(Instant::now() < deadline, "the two counters never split the partitions");
-                producer.send(&load.batch(50, tally_model::timestamp::now_ms(), 10)).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let split = || owned(&survivor) == Some(2.0) && owned(&zombie) == Some(2.0);
+            let feed = (50, Duration::from_millis(200));
+            feed_until(
+                &mut producer,
+                &mut load,
+                feed,
+                Duration::from_secs(60),
+                "the two counters split the partitions",
+                split,
+            )
+            .await;
             producer.send(&load.batch(1_000, tally_model::timestamp::now_ms(), 10)).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             zombie.freeze();
-            let frozen_at = Instant::now();
-            let deadline = frozen_at + Duration::from_secs(90);
-            while owned(&survivor) != Some(4.0) {
-                assert!(Instant::now() < deadline, "the frozen counter's partitions were never taken over");
-                producer.send(&load.batch(100, tally_model::timestamp::now_ms(), 10)).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let feed = (100, Duration::from_millis(500));
+            let what = "the frozen counter's partitions were taken over";
+            let frozen_for = feed_until(&mut producer, &mut load, feed, Duration::from_secs(90), what, || {
+                owned(&survivor) == Some(4.0)
+            })
+            .await;
             // Let the survivor count past the zombie's buffered range.
             producer.send(&load.batch(500, tally_model::timestamp::now_ms(), 10)).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             zombie.thaw();
-            eprintln!("attempt {attempt}: taken over after {:?} frozen; thawed", frozen_at.elapsed());
+            eprintln!("attempt {attempt}: taken over after {frozen_for:?} frozen; thawed");
             // The zombie emits what it had, finds its commit refused, and stops or rejoins.
             let deadline = Instant::now() + Duration::from_secs(20);
             while !zombie.exited() && Instant::now() < deadline {

@@ -1,12 +1,15 @@
 //! The writer killed with `kill -9` at random moments under load: the store
 //! ends with the exact counts (replays are no-ops, nothing committed is lost).
+//! And one of two writers in a group killed without leaving: the other takes
+//! its partitions over (`kafka.rejoin-when-partition-stalled`, 10 s in the
+//! test configuration; tansu 0.6 would leave them with the dead member).
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{write_config, Load, TallyProcess, ViewsProducer};
+use common::{feed_until, write_config, Load, TallyProcess, ViewsProducer};
 use tally_store::{CountStore, SqliteStore};
 use tally_testkit::{bounded, Broker};
 
@@ -54,6 +57,55 @@ async fn writer_killed_at_random_moments_leaves_exact_totals() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert!(writer.terminate(Duration::from_secs(30)).success());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_without_leaving_has_its_partitions_taken_over() {
+    bounded(Duration::from_secs(240), async {
+        let broker = Broker::start();
+        let kafka = tally_testkit::kafka_config(&broker);
+        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("counts.db");
+        let sections = format!(
+            "[counter]\nadmin-listen = \"127.0.0.1:0\"\nflush-interval = \"200ms\"\n\n[writer]\nadmin-listen = \"127.0.0.1:0\"\n\n[store]\nsqlite-path = \"{}\"\n",
+            db.display()
+        );
+        let config = write_config(dir.path(), &kafka, &sections);
+        let owned = |p: &TallyProcess| p.metric("tally_writer_owned_partitions");
+        let mut load = Load::new(0x3717_e575);
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let _counter = TallyProcess::spawn(&config, "counter");
+        let survivor = TallyProcess::spawn(&config, "writer");
+        assert!(survivor.wait_for_metric("tally_writer_owned_partitions", 4.0, Duration::from_secs(30)));
+        let doomed = TallyProcess::spawn(&config, "writer");
+        let split = || owned(&survivor) == Some(2.0) && owned(&doomed) == Some(2.0);
+        let feed = (50, Duration::from_millis(200));
+        feed_until(&mut producer, &mut load, feed, Duration::from_secs(60), "the two writers split the partitions", split)
+            .await;
+        doomed.kill9();
+        // Counts keep arriving on every partition, the dead writer's too.
+        let feed = (50, Duration::from_millis(500));
+        let what = "the dead writer's partitions were taken over";
+        let took =
+            feed_until(&mut producer, &mut load, feed, Duration::from_secs(90), what, || owned(&survivor) == Some(4.0))
+                .await;
+        eprintln!("partitions taken over {took:?} after the kill");
+        let store = SqliteStore::open(&db).unwrap();
+        let videos: Vec<String> = producer.expected.keys().cloned().collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let totals: BTreeMap<String, i64> =
+                store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
+            if totals == producer.expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not exact after the takeover: {totals:?} vs {:?}", producer.expected);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(survivor.terminate(Duration::from_secs(30)).success());
     })
     .await;
 }

@@ -241,3 +241,24 @@ mod reqwest {
         response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
     }
 }
+
+/// Sends `size` views (a tenth of them resends) every `every` until
+/// `settled()` holds, so records keep arriving on every partition while a
+/// group rebalances; fails the test, saying `what` never happened, after
+/// `limit`. Returns how long it took.
+pub async fn feed_until(
+    producer: &mut ViewsProducer,
+    load: &mut Load,
+    (size, every): (usize, Duration),
+    limit: Duration,
+    what: &str,
+    mut settled: impl FnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !settled() {
+        assert!(started.elapsed() < limit, "waited {limit:?} for: {what}");
+        producer.send(&load.batch(size, tally_model::timestamp::now_ms(), 10)).await;
+        tokio::time::sleep(every).await;
+    }
+    started.elapsed()
+}

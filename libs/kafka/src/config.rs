@@ -31,7 +31,8 @@ pub struct KafkaConfig {
     /// (`"15s"`); off when absent. A workaround for tansu 0.6, which can
     /// settle a group on an empty assignment when its leader died (kill -9):
     /// correct for single-member groups (standalone), but in a group with
-    /// more members than partitions it causes needless rebalances.
+    /// more members than partitions it causes needless rebalances. Used by
+    /// the counter, the writer and the archiver.
     #[serde(default, with = "humantime_serde")]
     pub rejoin_when_unassigned: Option<Duration>,
     /// Rejoin the consumer group when a partition owned by another member
@@ -39,7 +40,8 @@ pub struct KafkaConfig {
     /// (`"30s"`); off when absent. A workaround for tansu 0.6, which never
     /// takes the partitions of a member that died without leaving (kill -9)
     /// away from it while other members stay; the rejoin starts the round
-    /// that evicts it. Used by the counter, the one group with several members.
+    /// that evicts it. Used by the counter and the writer (not the archiver,
+    /// which commits only when it seals a file).
     #[serde(default, with = "humantime_serde")]
     pub rejoin_when_partition_stalled: Option<Duration>,
     /// Extra librdkafka properties for consumers only (after `properties`),

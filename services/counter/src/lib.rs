@@ -32,7 +32,6 @@
 //! - [`processor`]: the processing thread: counts batches, seals flushes, commits, pauses.
 //! - [`shared`]: state of both threads, rebalance callbacks, stale-record marks.
 //! - [`lag`]: consumer lag, measured on a thread of its own.
-//! - [`stall`]: rejoining when another member's partitions stall (tansu workaround).
 //! - [`partition`]: one partition's open range; classification of records.
 //! - [`aggregate`], [`dedup`]: pre-aggregation and the deterministic dedup window.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
@@ -57,7 +56,6 @@ pub mod processor;
 pub mod recovery;
 pub mod service;
 pub mod shared;
-pub mod stall;
 pub mod verify;
 pub mod worker;
 

@@ -17,6 +17,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tally_kafka::rejoin::UnassignedWatch;
+use tally_kafka::stall::StallWatch;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +31,6 @@ use crate::partition::{FlushJob, Rules};
 use crate::processor::{Batch, Processor, BATCH};
 use crate::recovery::{RecoveryContext, RecoveryError};
 use crate::shared::{CounterContext, Shared};
-use crate::stall::StallWatch;
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -131,14 +132,17 @@ impl Worker {
         let watermarks = BrokerWatermarks::new(&self.shared.recovery.kafka, &self.shared.recovery.views_topic)?;
         let lag = LagMonitor::spawn(self.shared.positions.clone(), watermarks, self.lag_interval)?;
         let stall = match self.shared.recovery.kafka.rejoin_when_partition_stalled {
-            Some(after) => Some(StallWatch::spawn(
-                self.watch_config.create()?,
-                self.shared.recovery.views_topic.clone(),
-                self.shared.positions.clone(),
-                after,
-                self.lag_interval.max(Duration::from_secs(1)),
-                self.rejoin_wanted.clone(),
-            )?),
+            Some(after) => {
+                let positions = self.shared.positions.clone();
+                Some(StallWatch::spawn(
+                    "tally-counter-stall",
+                    self.watch_config.create()?,
+                    self.shared.recovery.views_topic.clone(),
+                    move || positions.partitions(),
+                    (after, self.lag_interval.max(Duration::from_secs(1))),
+                    self.rejoin_wanted.clone(),
+                )?)
+            }
             None => None,
         };
         let outcome = self.consume(&shutdown);
@@ -183,8 +187,7 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let topic = self.shared.recovery.views_topic.clone();
         let mut last_assignment_check = Instant::now();
-        let mut unassigned_since = Instant::now();
-        let rejoin_after = self.shared.recovery.kafka.rejoin_when_unassigned;
+        let mut unassigned = UnassignedWatch::new(self.shared.recovery.kafka.rejoin_when_unassigned);
         let mut batch = Batch::with_capacity(BATCH, BATCH_BYTES);
         while !shutdown.is_cancelled() && !processor.is_finished() {
             if resume_wanted.swap(false, Ordering::SeqCst) {
@@ -195,12 +198,9 @@ impl Worker {
             }
             if last_assignment_check.elapsed() >= self.lag_interval {
                 last_assignment_check = Instant::now();
-                if !self.shared.lock().states.is_empty() {
-                    unassigned_since = Instant::now();
-                } else if rejoin_after.is_some_and(|after| unassigned_since.elapsed() >= after) {
-                    tracing::warn!("no partition assigned for too long; rejoining the group");
+                let assigned = !self.shared.lock().states.is_empty();
+                if unassigned.should_rejoin(assigned) {
                     self.rejoin_wanted.store(true, Ordering::SeqCst);
-                    unassigned_since = Instant::now();
                 }
             }
             // Asked for above or by the stall watch.

@@ -23,6 +23,8 @@ pub struct WriterMetrics {
     pub cache_errors: IntCounter,
     /// Delay from a flush's newest receive time to its store commit.
     pub freshness: Histogram,
+    /// Partitions of the counts topic this writer holds (checked every second).
+    pub owned_partitions: IntGauge,
 }
 
 impl WriterMetrics {
@@ -60,6 +62,10 @@ impl WriterMetrics {
                 )
                 .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
             )?,
+            owned_partitions: IntGauge::new(
+                "tally_writer_owned_partitions",
+                "Partitions of the counts topic assigned to this writer",
+            )?,
         };
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_duration.clone()))?;
@@ -70,6 +76,7 @@ impl WriterMetrics {
         registry.register(Box::new(m.dead_letters.clone()))?;
         registry.register(Box::new(m.cache_errors.clone()))?;
         registry.register(Box::new(m.freshness.clone()))?;
+        registry.register(Box::new(m.owned_partitions.clone()))?;
         Ok(m)
     }
 }

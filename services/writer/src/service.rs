@@ -10,6 +10,8 @@
 //! which the store's versions make a no-op.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
@@ -20,6 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tally_cache::{CacheBackend, CachedTotal};
 use tally_kafka::clients::{group_consumer_config, idempotent_producer, is_transient, ProducerSettings};
 use tally_kafka::dlq::Provenance;
+use tally_kafka::rejoin::UnassignedWatch;
+use tally_kafka::stall::StallWatch;
 use tally_kafka::topics::{ensure_topics, tally_topics};
 use tally_kafka::{KafkaConfig, KafkaSetupError};
 use tally_model::counts::{self, CountsRecord};
@@ -48,6 +52,9 @@ pub enum WriterError {
     /// The store rejected a batch for a reason retrying cannot fix.
     #[error("store refused a batch: {0}")]
     Store(StoreError),
+    /// The stall watch's thread could not be started.
+    #[error("starting the writer's stall watch: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// A built writer.
@@ -94,19 +101,53 @@ impl<S: CountStore> WriterService<S> {
 
     /// Writes until `shutdown`; the batch in hand is finished first.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WriterError> {
-        let consumer: StreamConsumer =
-            group_consumer_config(&self.kafka, "tally-writer", &self.config.group_id).create()?;
+        let consumer_config = group_consumer_config(&self.kafka, "tally-writer", &self.config.group_id);
+        let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
         consumer.subscribe(&[&self.kafka.topics.counts])?;
         self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));
-        let mut unassigned_since = Instant::now();
+        let mut unassigned = UnassignedWatch::new(self.kafka.rejoin_when_unassigned);
+        let rejoin_wanted = Arc::new(AtomicBool::new(false));
+        let _stall_watch = match self.kafka.rejoin_when_partition_stalled {
+            Some(after) => {
+                let assigned = consumer.clone();
+                let owned = move || {
+                    assigned
+                        .assignment()
+                        .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+                        .unwrap_or_default()
+                };
+                let watch = (after, Duration::from_secs(1));
+                let topic = self.kafka.topics.counts.clone();
+                Some(StallWatch::spawn(
+                    "tally-writer-stall",
+                    consumer_config.create()?,
+                    topic,
+                    owned,
+                    watch,
+                    rejoin_wanted.clone(),
+                )?)
+            }
+            None => None,
+        };
+        let mut last_assignment_check = Instant::now();
         loop {
+            if last_assignment_check.elapsed() >= Duration::from_secs(1) {
+                last_assignment_check = Instant::now();
+                let owned = consumer.assignment()?.count();
+                self.metrics.owned_partitions.set(i64::try_from(owned).unwrap_or(i64::MAX));
+                if unassigned.should_rejoin(owned > 0) {
+                    rejoin_wanted.store(true, Ordering::SeqCst);
+                }
+            }
+            // Asked for above or by the stall watch.
+            if rejoin_wanted.swap(false, Ordering::SeqCst) {
+                consumer.unsubscribe();
+                consumer.subscribe(&[&self.kafka.topics.counts])?;
+            }
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
                 message = consumer.recv() => message,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {
-                    self.rejoin_if_stuck(&consumer, &mut unassigned_since)?;
-                    continue;
-                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
             };
             let first = match first {
                 Ok(message) => message,
@@ -142,20 +183,6 @@ impl<S: CountStore> WriterService<S> {
                 tracing::warn!(error = %e, "offset commit failed; the batch will be re-applied harmlessly");
             }
             self.metrics.batches.inc();
-        }
-        Ok(())
-    }
-
-    /// See [`KafkaConfig::rejoin_when_unassigned`].
-    fn rejoin_if_stuck(&self, consumer: &StreamConsumer, unassigned_since: &mut Instant) -> Result<(), WriterError> {
-        let Some(after) = self.kafka.rejoin_when_unassigned else { return Ok(()) };
-        if consumer.assignment()?.count() > 0 {
-            *unassigned_since = Instant::now();
-        } else if unassigned_since.elapsed() >= after {
-            tracing::warn!("no partition assigned for too long; rejoining the group");
-            consumer.unsubscribe();
-            consumer.subscribe(&[&self.kafka.topics.counts])?;
-            *unassigned_since = Instant::now();
         }
         Ok(())
     }

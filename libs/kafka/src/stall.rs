@@ -9,7 +9,12 @@
 //! own: one whose committed offset has not moved for the configured time
 //! while records wait behind it is presumed orphaned, and the member rejoins
 //! the group, which starts that round. Off unless configured (standalone and
-//! the tests turn it on); on a healthy broker it only costs an offset fetch.
+//! the tests turn it on); on a healthy broker it only costs an offset fetch,
+//! and a member that owns every partition observes nothing.
+//!
+//! Used by the counter and the writer, whose groups commit after every flush
+//! or batch. Not by the archiver: it commits when a file is sealed (hourly by
+//! default), so its committed offsets stand still for long stretches by design.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +25,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-
-use crate::lag::Positions;
 
 /// Bound on each request to the broker.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,19 +79,20 @@ pub struct StallWatch {
 
 impl StallWatch {
     /// Watches `topic` through `client` (configured with the group's id, never
-    /// subscribed) every `interval`; sets `rejoin` when a partition owned by
-    /// another member is stalled for `after`.
+    /// subscribed) every `interval`; `owned` tells which partitions this
+    /// member holds; sets `rejoin` when a partition owned by another member
+    /// is stalled for `after`. The thread is named `thread_name`.
     pub fn spawn(
+        thread_name: &str,
         client: BaseConsumer,
         topic: String,
-        positions: Positions,
-        after: Duration,
-        interval: Duration,
+        owned: impl Fn() -> Vec<i32> + Send + 'static,
+        (after, interval): (Duration, Duration),
         rejoin: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("tally-counter-stall".into()).spawn(move || {
-            watch(&client, &topic, &positions, after, interval, &rejoin, &stopped);
+        let thread = std::thread::Builder::new().name(thread_name.into()).spawn(move || {
+            watch(&client, &topic, &owned, (after, interval), &rejoin, &stopped);
         })?;
         Ok(Self { stop: Some(stop), thread: Some(thread) })
     }
@@ -106,9 +110,8 @@ impl Drop for StallWatch {
 fn watch(
     client: &BaseConsumer,
     topic: &str,
-    positions: &Positions,
-    after: Duration,
-    interval: Duration,
+    owned: &dyn Fn() -> Vec<i32>,
+    (after, interval): (Duration, Duration),
     rejoin: &AtomicBool,
     stopped: &Receiver<()>,
 ) {
@@ -118,7 +121,7 @@ fn watch(
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
-        let Ok(observations) = observe_others(client, topic, &positions.partitions()) else { continue };
+        let Ok(observations) = observe_others(client, topic, &owned()) else { continue };
         let stalled = tracker.observe(&observations, Instant::now(), after);
         if !stalled.is_empty() {
             tracing::warn!(?stalled, "partitions owned by another member made no progress; rejoining the group");
