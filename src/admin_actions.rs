@@ -156,9 +156,19 @@ async fn reconcile(
     }
     tracing::info!(caller = %caller, action = "reconcile", from, to, "admin action");
     match tally_reconciler::reconcile::reconcile(&actions.store, &actions.reconcile, from, to, None, |_, _| {}).await {
-        Ok(reports) => {
+        Ok(reconciled) => {
+            let reports = reconciled.reports;
             let drift: i64 = reports.iter().map(|r| r.drift).sum();
-            Json(serde_json::json!({ "periods": reports.len(), "drift": drift, "reports": reports })).into_response()
+            let through = reconciled.archive.complete_through_ms;
+            Json(serde_json::json!({
+                "periods": reports.len(),
+                "drift": drift,
+                "reports": reports,
+                "waiting_for_archive": reconciled.waiting_for_archive.len(),
+                "archive_complete_through": (through != i64::MIN).then(|| tally_model::timestamp::format_rfc3339_ms(through)),
+                "archive_behind_partition": reconciled.archive.behind_partition,
+            }))
+            .into_response()
         }
         Err(e) => failed(e.to_string()),
     }
@@ -234,6 +244,8 @@ mod tests {
             archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive.to_owned()),
             allowed_lateness: std::time::Duration::from_secs(60),
             late_lookahead: std::time::Duration::from_secs(3600),
+            views: tally_reconciler::coverage::ViewsLog::Known(Default::default()),
+            in_flight: std::time::Duration::from_secs(30),
         };
         AdminActions::new(&config, store, options, KafkaConfig::default()).router()
     }

@@ -216,7 +216,7 @@ async fn reconcile_now(
     anyhow::ensure!(from < to, "--from must be before --to");
     let store = open_store(config).await?;
     let options = reconcile_options(config)?;
-    let reports = tally_reconciler::reconcile::reconcile(&store, &options, from, to, None, |done, total| {
+    let reconciled = tally_reconciler::reconcile::reconcile(&store, &options, from, to, None, |done, total| {
         let width = 30;
         let filled = width * done / total.max(1);
         eprint!("\rreconcile: [{}{}] {done}/{total} periods", "#".repeat(filled), ".".repeat(width - filled));
@@ -224,11 +224,27 @@ async fn reconcile_now(
     })
     .await?;
     eprintln!();
-    if reports.is_empty() {
+    let waiting = &reconciled.waiting_for_archive;
+    if let Some((start, _)) = waiting.first() {
+        let through = reconciled.archive.complete_through_ms;
+        let through =
+            if through == i64::MIN { "nothing".to_owned() } else { tally_model::timestamp::format_rfc3339_ms(through) };
+        let behind =
+            reconciled.archive.behind_partition.map_or_else(String::new, |p| format!(", partition {p} behind"));
         println!(
-            "tally reconcile: no closed period in that range (a period closes {} after its end)",
-            humantime_duration(config)
+            "tally reconcile: {} closed periods from {} wait for the archive (complete through {through}{behind}); run again later",
+            waiting.len(),
+            tally_model::timestamp::format_rfc3339_ms(*start),
         );
+    }
+    let reports = reconciled.reports;
+    if reports.is_empty() {
+        if waiting.is_empty() {
+            println!(
+                "tally reconcile: no closed period in that range (a period closes {} after its end)",
+                humantime_duration(config)
+            );
+        }
         return Ok(0);
     }
     println!("{:<22} {:>12} {:>12} {:>8}  drifting videos", "period (UTC)", "batch", "real time", "drift");

@@ -174,6 +174,8 @@ pub fn reconcile_options(config: &TallyConfig) -> anyhow::Result<tally_reconcile
         archive,
         allowed_lateness: config.counter.allowed_lateness,
         late_lookahead: config.reconciler.late_lookahead,
+        views: tally_reconciler::coverage::ViewsLog::Kafka(Box::new(config.kafka.clone())),
+        in_flight: config.ingest.delivery_timeout,
     })
 }
 
@@ -201,8 +203,8 @@ pub fn spawn_scheduled_reconcile(
                 }
             };
             match tally_reconciler::reconcile::reconcile(&store, &options, from, now, Some(&metrics), |_, _| {}).await {
-                Ok(reports) => {
-                    for r in reports {
+                Ok(reconciled) => {
+                    for r in reconciled.reports {
                         tracing::info!(
                             start = r.start_ms,
                             batch = r.batch_views,

@@ -11,6 +11,7 @@ use tally_counter::{CounterConfig, CounterService};
 use tally_model::counts::{Delta, FlushChunk, FlushHeader};
 use tally_model::Salt;
 use tally_reconciler::archive::layout;
+use tally_reconciler::coverage::ViewsLog;
 use tally_reconciler::reconcile::{reconcile, ReconcileOptions};
 use tally_reconciler::{ArchiverConfig, ArchiverService};
 use tally_service::Readiness;
@@ -108,8 +109,10 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
             archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive_dir.clone()),
             allowed_lateness: Duration::from_secs(3600),
             late_lookahead: Duration::from_secs(2 * 3600),
+            views: ViewsLog::Kafka(Box::new(kafka.clone())),
+            in_flight: Duration::from_secs(30),
         };
-        let reports = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap();
+        let reports = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap().reports;
         assert_eq!(reports.len(), 1);
         let report = &reports[0];
         assert_eq!((report.batch_views, report.realtime_views), (200, 212));
@@ -122,10 +125,74 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
         assert_eq!(totals[0].exact_through_ms, Some(hour + 3_600_000));
 
         // Reconciling the same period again changes nothing.
-        let again = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap();
+        let again = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap().reports;
         assert_eq!(again[0].batch_views, 200);
         assert_eq!(store.totals(videos.clone()).await.unwrap(), totals);
         assert_eq!(store.periods().await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_period_the_archive_does_not_cover_yet_waits_instead_of_being_corrected_down() {
+    bounded(Duration::from_secs(120), async {
+        let broker = Broker::start();
+        let kafka = tally_testkit::kafka_config(&broker);
+        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let archive_dir = dir.path().join("archive");
+        let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
+
+        // 40 views of one closed hour are in the log, and the real-time path counted them.
+        let hour = (tally_model::timestamp::now_ms() / 3_600_000 - 3) * 3_600_000;
+        let events: Vec<_> = (0..40)
+            .map(|i| ("w1".to_owned(), format!("e{i}"), hour + i * 60_000, hour + i * 60_000 + 50, true))
+            .collect();
+        ViewsProducer::new(&kafka, &[]).send(&events).await;
+        let counted = FlushChunk {
+            header: FlushHeader { source_partition: 0, end: 1, chunk_count: 1, ..FlushHeader::default() },
+            deltas: vec![Delta { video_id: "w1".into(), salt: Salt(0), minute: hour, count: 40 }],
+        };
+        store.apply(vec![tally_store::CountsEntry::chunk(counted)]).await.unwrap();
+        let options = ReconcileOptions {
+            archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive_dir.clone()),
+            allowed_lateness: Duration::from_secs(3600),
+            late_lookahead: Duration::from_secs(2 * 3600),
+            views: ViewsLog::Kafka(Box::new(kafka.clone())),
+            in_flight: Duration::from_secs(30),
+        };
+
+        // No archiver has run: the hour is closed, but recounting it would find nothing.
+        let early = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap();
+        assert!(early.reports.is_empty(), "recounted an unarchived hour: {:?}", early.reports);
+        assert_eq!(early.waiting_for_archive, vec![(hour, hour + 3_600_000)]);
+        assert!(early.archive.behind_partition.is_some());
+        assert!(store.periods().await.unwrap().is_empty(), "nothing written to the batch layer");
+        let totals = store.totals(vec!["w1".into()]).await.unwrap();
+        assert_eq!((totals[0].views, totals[0].exact_through_ms), (40, None), "reads keep the real-time count");
+
+        // Once the archiver has caught up, the same run recounts the hour.
+        let stop = CancellationToken::new();
+        let archiver_config = ArchiverConfig {
+            dir: archive_dir.clone(),
+            seal_grace: Duration::from_millis(1),
+            ..ArchiverConfig::default()
+        };
+        let archiver = ArchiverService::build(&archiver_config, &kafka, &Registry::new()).unwrap();
+        tokio::spawn(archiver.run(stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while archived(&archive_dir) < 40 {
+            assert!(Instant::now() < deadline, "the archiver did not archive the hour");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop.cancel();
+        let later = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap();
+        assert!(later.waiting_for_archive.is_empty());
+        assert_eq!(later.archive.behind_partition, None);
+        assert_eq!(later.reports.len(), 1);
+        assert_eq!((later.reports[0].batch_views, later.reports[0].drift), (40, 0));
+        let totals = store.totals(vec!["w1".into()]).await.unwrap();
+        assert_eq!((totals[0].views, totals[0].exact_through_ms), (40, Some(hour + 3_600_000)));
     })
     .await;
 }

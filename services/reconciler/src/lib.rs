@@ -5,9 +5,11 @@
 //!
 //! - [`archive`]: the archiver (`tally archiver`): layout, Parquet I/O, service.
 //! - [`recount`]: distinct views per `(video, minute)` of a period, from the archive.
+//! - [`coverage`]: how far the archive is complete, so that only fully archived periods are recounted.
 //! - [`reconcile`]: closed periods recounted, compared, written to the batch layer, drift reported.
 
 pub mod archive;
+pub mod coverage;
 pub mod reconcile;
 pub mod recount;
 

@@ -2,9 +2,12 @@
 //! real-time counts, write the batch layer (idempotently) and report drift.
 //!
 //! A period (one hour of event time) is closed once its end is more than the
-//! allowed lateness ago: no on-time event of it can still arrive. Reads then
-//! use the batch counts up to the last reconciled period (`exact_through`) and
-//! real-time counts after it.
+//! allowed lateness ago: no on-time event of it can still arrive. It is
+//! recounted once it is closed *and* the archive holds every event received
+//! up to the allowed lateness after it ([`crate::coverage`]); until then it
+//! waits, however long the archiver is behind. Reads then use the batch
+//! counts up to the last reconciled period (`exact_through`) and real-time
+//! counts after it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use tally_store::{CountStore, PeriodSummary, StoreError};
 use crate::archive::layout::HOUR_MS;
 use crate::archive::parquet_io::ArchiveError;
 use crate::archive::storage::ArchiveStorage;
+use crate::coverage::{self, Coverage, ViewsLog};
 use crate::recount;
 
 /// How reconciliation runs.
@@ -28,6 +32,11 @@ pub struct ReconcileOptions {
     /// How far past a period files are read for its late events (received
     /// late, dead-lettered and replayed, archived in their receive hour).
     pub late_lookahead: Duration,
+    /// The views topic, whose high watermarks say how far the archive must reach.
+    pub views: ViewsLog,
+    /// The longest a gateway may still be delivering an event it received
+    /// (its delivery timeout): a fully archived partition is complete up to this long ago.
+    pub in_flight: Duration,
 }
 
 /// Why reconciliation failed.
@@ -39,6 +48,21 @@ pub enum ReconcileError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The views topic's watermarks could not be read.
+    #[error("reading the views topic's watermarks: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reconciled {
+    /// The periods recounted, oldest first.
+    pub reports: Vec<PeriodReport>,
+    /// Closed periods `(start_ms, end_ms)` left for a later run because the
+    /// archive does not reach past them yet; always after the recounted ones.
+    pub waiting_for_archive: Vec<(i64, i64)>,
+    /// How far the archive was complete.
+    pub archive: Coverage,
 }
 
 /// Drift of one video in one period.
@@ -82,6 +106,10 @@ pub struct ReconcileMetrics {
     pub periods: IntCounter,
     /// End of the last reconciled period, epoch seconds.
     pub exact_through: IntGauge,
+    /// Receive time up to which the archive is complete, epoch seconds.
+    pub archive_complete_through: IntGauge,
+    /// Closed periods waiting for the archive.
+    pub waiting_periods: IntGauge,
 }
 
 impl ReconcileMetrics {
@@ -101,11 +129,21 @@ impl ReconcileMetrics {
                 "tally_reconciler_exact_through_seconds",
                 "End of the last reconciled period (epoch seconds): counts before it are batch-verified",
             )?,
+            archive_complete_through: IntGauge::new(
+                "tally_reconciler_archive_complete_through_seconds",
+                "Gateway receive time (epoch seconds) up to which every partition is archived; 0 when one has records and no file",
+            )?,
+            waiting_periods: IntGauge::new(
+                "tally_reconciler_periods_waiting_for_archive",
+                "Closed periods not recounted yet because the archive does not reach past them",
+            )?,
         };
         registry.register(Box::new(m.drift.clone()))?;
         registry.register(Box::new(m.drift_total.clone()))?;
         registry.register(Box::new(m.periods.clone()))?;
         registry.register(Box::new(m.exact_through.clone()))?;
+        registry.register(Box::new(m.archive_complete_through.clone()))?;
+        registry.register(Box::new(m.waiting_periods.clone()))?;
         Ok(m)
     }
 }
@@ -125,8 +163,8 @@ pub fn closed_periods(from_ms: i64, to_ms: i64, now_ms: i64, lateness: Duration)
     out
 }
 
-/// Reconciles every closed hour of `[from_ms, to_ms)`; `progress(done, total)`
-/// is called after each period.
+/// Reconciles every closed hour of `[from_ms, to_ms)` the archive covers;
+/// `progress(done, total)` is called after each period.
 pub async fn reconcile<S: CountStore>(
     store: &S,
     options: &ReconcileOptions,
@@ -134,8 +172,41 @@ pub async fn reconcile<S: CountStore>(
     to_ms: i64,
     metrics: Option<&ReconcileMetrics>,
     mut progress: impl FnMut(usize, usize),
+) -> Result<Reconciled, ReconcileError> {
+    // In this order: an event received before `now - in_flight` is below the
+    // watermarks read after `now`, and files listed after them reach at least as far.
+    let now = tally_model::timestamp::now_ms();
+    let watermarks = options.views.watermarks().await?;
+    let files = options.archive.list().await?;
+    let archive = coverage::coverage(&files, &watermarks, now, options.in_flight);
+    let (periods, waiting_for_archive): (Vec<_>, Vec<_>) =
+        closed_periods(from_ms, to_ms, now, options.allowed_lateness)
+            .into_iter()
+            .partition(|(_, end)| coverage::covers(&archive, *end, options.allowed_lateness));
+    if let Some(m) = metrics {
+        m.archive_complete_through.set(archive.complete_through_ms.max(0) / 1000);
+        m.waiting_periods.set(i64::try_from(waiting_for_archive.len()).unwrap_or(i64::MAX));
+    }
+    if let Some((start, _)) = waiting_for_archive.first() {
+        tracing::info!(
+            waiting = waiting_for_archive.len(),
+            first_start_ms = start,
+            complete_through_ms = archive.complete_through_ms,
+            behind_partition = ?archive.behind_partition,
+            "closed periods wait for the archive"
+        );
+    }
+    let reports = recount_periods(store, options, &periods, metrics, &mut progress).await?;
+    Ok(Reconciled { reports, waiting_for_archive, archive })
+}
+
+async fn recount_periods<S: CountStore>(
+    store: &S,
+    options: &ReconcileOptions,
+    periods: &[(i64, i64)],
+    metrics: Option<&ReconcileMetrics>,
+    progress: &mut impl FnMut(usize, usize),
 ) -> Result<Vec<PeriodReport>, ReconcileError> {
-    let periods = closed_periods(from_ms, to_ms, tally_model::timestamp::now_ms(), options.allowed_lateness);
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else { return Ok(Vec::new()) };
     let lookahead = i64::try_from(options.late_lookahead.as_millis()).unwrap_or(i64::MAX);
     let counted = recount::recount(&options.archive, first.0, last.1, lookahead).await?;

@@ -17,6 +17,18 @@ pub fn hour_prefix(received_ms: i64) -> String {
     format!("dt={}/hour={}", &stamp[..10], &stamp[11..13])
 }
 
+/// The receive hour (its start, epoch ms) of a file at `relative` path
+/// `dt=YYYY-MM-DD/hour=HH/<file>`, the inverse of [`hour_prefix`].
+pub fn hour_of(relative: &str) -> Option<i64> {
+    let mut parts = relative.split('/');
+    let date = parts.next()?.strip_prefix("dt=")?;
+    let hour = parts.next()?.strip_prefix("hour=")?;
+    if date.len() != 10 || hour.len() != 2 {
+        return None;
+    }
+    tally_model::timestamp::parse_rfc3339_ms(&format!("{date}T{hour}:00:00Z")).ok()
+}
+
 /// File name of partition `partition`'s range `[start, end)`.
 pub fn file_name(partition: i32, start: i64, end: i64) -> String {
     format!("views-p{partition:05}-{start:020}-{end:020}.parquet")
@@ -74,5 +86,8 @@ mod tests {
         assert_eq!(parse_file_name(&name), Some((3, 100, 250)));
         assert_eq!(parse_file_name(".tmp-views-p00003-1-2.parquet"), None);
         assert_eq!(hour_prefix(1_795_341_659_000), "dt=2026-11-22/hour=10");
+        assert_eq!(hour_of(&format!("dt=2026-11-22/hour=10/{name}")), Some(1_795_341_600_000));
+        assert_eq!(hour_of(&name), None);
+        assert_eq!(hour_of("dt=2026-11-22/hour=1/x.parquet"), None);
     }
 }
