@@ -17,6 +17,20 @@ use crate::standalone;
 pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
     use anyhow::Context as _;
     let token = CancellationToken::new();
+    // Services listen for SIGTERM from the start: one that arrives while they
+    // are still starting up drains what has started instead of killing them.
+    let service = matches!(
+        command,
+        Command::Ingest
+            | Command::Counter
+            | Command::Writer
+            | Command::Query
+            | Command::Reconciler
+            | Command::Standalone
+    );
+    if service {
+        listen_for_shutdown(token.clone());
+    }
     let mut supervisor = Supervisor::new(token.clone());
     let registry = Registry::new();
     let readiness = Readiness::default();
@@ -124,18 +138,17 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             let mut config = config;
             standalone::prepare(&mut config);
             let broker = standalone::start_broker(&config.standalone).await?;
-            let outcome = run_standalone(&config, supervisor, token, &registry, &readiness).await;
+            let outcome = run_standalone(&config, supervisor, &registry, &readiness).await;
             broker.stop().await;
             return outcome;
         }
     }
-    supervise(supervisor, token, config.shutdown.drain_timeout).await
+    supervise(supervisor, config.shutdown.drain_timeout).await
 }
 
 async fn run_standalone(
     config: &TallyConfig,
     mut supervisor: Supervisor,
-    token: CancellationToken,
     registry: &Registry,
     readiness: &Readiness,
 ) -> anyhow::Result<u8> {
@@ -159,11 +172,10 @@ async fn run_standalone(
         config.standalone.broker_port,
         config.standalone.data_dir.display()
     );
-    supervise(supervisor, token, config.shutdown.drain_timeout).await
+    supervise(supervisor, config.shutdown.drain_timeout).await
 }
 
-async fn supervise(supervisor: Supervisor, token: CancellationToken, drain: std::time::Duration) -> anyhow::Result<u8> {
-    tokio::spawn(shutdown_on_signal(token));
+async fn supervise(supervisor: Supervisor, drain: std::time::Duration) -> anyhow::Result<u8> {
     match supervisor.run(drain).await {
         Ok(()) => Ok(0),
         Err(e) => {
@@ -174,28 +186,38 @@ async fn supervise(supervisor: Supervisor, token: CancellationToken, drain: std:
     }
 }
 
-async fn shutdown_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Listens for SIGTERM and Ctrl-C from now on (the handlers are installed
+/// before this returns): the first cancels `token`, a graceful drain; a
+/// second exits at once with code 130.
+fn listen_for_shutdown(token: CancellationToken) {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                token.cancel();
-                return;
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                    tracing::info!("shutdown requested; draining (a second signal exits at once)");
+                    token.cancel();
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                    tracing::warn!("second shutdown signal; exiting without draining");
+                    std::process::exit(130);
+                });
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "cannot listen for shutdown signals"),
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested; draining");
-    token.cancel();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
 }
 
 fn parse_time(raw: &str) -> anyhow::Result<i64> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus::Registry;
 use tally_cache::{CacheBackend, MemoryCache};
 use tally_counter::{CounterConfig, CounterService};
+use tally_kafka::KafkaConfig;
 use tally_model::counts::{Delta, FlushChunk, FlushHeader};
 use tally_model::Salt;
 use tally_reconciler::archive::layout;
@@ -25,13 +26,29 @@ fn archived(root: &Path) -> i64 {
     layout::list(root).unwrap().iter().map(|(_, (_, start, end))| end - start).sum()
 }
 
+/// A broker with Tally's topics, and a directory for the store and the archive.
+async fn broker_with_topics() -> (Broker, KafkaConfig, tempfile::TempDir) {
+    let broker = Broker::start();
+    let kafka = tally_testkit::kafka_config(&broker);
+    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+    (broker, kafka, tempfile::tempdir().unwrap())
+}
+
+/// Hours close one hour after their end; files up to two hours later are read.
+fn options(kafka: &KafkaConfig, archive_dir: &Path) -> ReconcileOptions {
+    ReconcileOptions {
+        archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive_dir.to_owned()),
+        allowed_lateness: Duration::from_secs(3600),
+        late_lookahead: Duration::from_secs(2 * 3600),
+        views: ViewsLog::Kafka(Box::new(kafka.clone())),
+        in_flight: Duration::from_secs(30),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
     bounded(Duration::from_secs(180), async {
-        let broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let (_broker, kafka, dir) = broker_with_topics().await;
         let archive_dir = dir.path().join("archive");
         let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
         let stop = CancellationToken::new();
@@ -105,13 +122,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
         };
         store.apply(vec![tally_store::CountsEntry::chunk(tamper)]).await.unwrap();
 
-        let options = ReconcileOptions {
-            archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive_dir.clone()),
-            allowed_lateness: Duration::from_secs(3600),
-            late_lookahead: Duration::from_secs(2 * 3600),
-            views: ViewsLog::Kafka(Box::new(kafka.clone())),
-            in_flight: Duration::from_secs(30),
-        };
+        let options = options(&kafka, &archive_dir);
         let reports = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap().reports;
         assert_eq!(reports.len(), 1);
         let report = &reports[0];
@@ -136,10 +147,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_period_the_archive_does_not_cover_yet_waits_instead_of_being_corrected_down() {
     bounded(Duration::from_secs(120), async {
-        let broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let (_broker, kafka, dir) = broker_with_topics().await;
         let archive_dir = dir.path().join("archive");
         let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
 
@@ -154,13 +162,7 @@ async fn a_closed_period_the_archive_does_not_cover_yet_waits_instead_of_being_c
             deltas: vec![Delta { video_id: "w1".into(), salt: Salt(0), minute: hour, count: 40 }],
         };
         store.apply(vec![tally_store::CountsEntry::chunk(counted)]).await.unwrap();
-        let options = ReconcileOptions {
-            archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive_dir.clone()),
-            allowed_lateness: Duration::from_secs(3600),
-            late_lookahead: Duration::from_secs(2 * 3600),
-            views: ViewsLog::Kafka(Box::new(kafka.clone())),
-            in_flight: Duration::from_secs(30),
-        };
+        let options = options(&kafka, &archive_dir);
 
         // No archiver has run: the hour is closed, but recounting it would find nothing.
         let early = reconcile(&store, &options, hour, hour + 3_600_000, None, |_, _| {}).await.unwrap();

@@ -7,11 +7,29 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{feed_until, write_config, Load, TallyProcess, ViewsProducer};
 use tally_store::{CountStore, SqliteStore};
 use tally_testkit::{bounded, Broker};
+
+/// Waits until the store at `db` holds exactly `expected`; fails the test
+/// saying `when` after `limit`.
+async fn store_totals_become(db: &Path, expected: &BTreeMap<String, i64>, limit: Duration, when: &str) {
+    let store = SqliteStore::open(db).unwrap();
+    let videos: Vec<String> = expected.keys().cloned().collect();
+    let deadline = Instant::now() + limit;
+    loop {
+        let totals: BTreeMap<String, i64> =
+            store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
+        if &totals == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not exact {when}: {totals:?} vs {expected:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_killed_at_random_moments_leaves_exact_totals() {
@@ -44,18 +62,7 @@ async fn writer_killed_at_random_moments_leaves_exact_totals() {
             writer.kill9();
             writer = TallyProcess::spawn(&config, "writer");
         }
-        let store = SqliteStore::open(&db).unwrap();
-        let videos: Vec<String> = producer.expected.keys().cloned().collect();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let totals: BTreeMap<String, i64> =
-                store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
-            if totals == producer.expected {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not exact after the kills: {totals:?} vs {:?}", producer.expected);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        store_totals_become(&db, &producer.expected, Duration::from_secs(90), "after the kills").await;
         assert!(writer.terminate(Duration::from_secs(30)).success());
     })
     .await;
@@ -93,18 +100,7 @@ async fn a_writer_killed_without_leaving_has_its_partitions_taken_over() {
             feed_until(&mut producer, &mut load, feed, Duration::from_secs(90), what, || owned(&survivor) == Some(4.0))
                 .await;
         eprintln!("partitions taken over {took:?} after the kill");
-        let store = SqliteStore::open(&db).unwrap();
-        let videos: Vec<String> = producer.expected.keys().cloned().collect();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let totals: BTreeMap<String, i64> =
-                store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
-            if totals == producer.expected {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not exact after the takeover: {totals:?} vs {:?}", producer.expected);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        store_totals_become(&db, &producer.expected, Duration::from_secs(60), "after the takeover").await;
         assert!(survivor.terminate(Duration::from_secs(30)).success());
     })
     .await;
