@@ -48,8 +48,10 @@ pub struct Destination {
     pub chunk_rows: usize,
 }
 
-/// Runs until the job channel closes or `shutdown`; an unfinished job is
-/// abandoned uncommitted (the next owner re-emits it exactly).
+/// Runs until the job channel closes or `shutdown`, whichever comes first
+/// (the channel's senders live as long as the consumer, whose close may wait
+/// for an unreachable coordinator); an unfinished job is abandoned
+/// uncommitted (the next owner re-emits it exactly).
 pub async fn run(
     producer: FutureProducer,
     destination: Destination,
@@ -57,10 +59,21 @@ pub async fn run(
     done: Sender<Completion>,
     shutdown: CancellationToken,
 ) {
-    while let Some(job) = jobs.recv().await {
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match emit(&producer, &destination, &job).await {
+            let emitted = tokio::select! {
+                emitted = emit(&producer, &destination, &job) => emitted,
+                () = shutdown.cancelled() => return,
+            };
+            match emitted {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(partition = job.partition, end = job.header.end, error = %e, "flush not acknowledged; retrying");

@@ -82,6 +82,10 @@ const BATCH_BYTES: usize = BATCH * 128;
 /// acknowledgements used up the drain budget.
 const FINAL_COMMIT_AT_LEAST: Duration = Duration::from_secs(2);
 
+/// The longest the worker waits for the consumer to leave its group at the
+/// end; without a reachable coordinator librdkafka may wait out the session.
+const CLOSE_AT_MOST: Duration = Duration::from_secs(5);
+
 /// How long one poll waits for the first record of a batch.
 const POLL_WAIT: Duration = Duration::from_millis(20);
 
@@ -151,6 +155,7 @@ impl Worker {
         // After a failure (a halt at the dead-letter limit above all) the open
         // ranges must not be emitted: only in-flight flushes are finished.
         let drained = self.drain(drain, outcome.is_ok());
+        close_within(self.consumer, CLOSE_AT_MOST);
         outcome.and(drained)
     }
 
@@ -311,4 +316,27 @@ fn commit_within(
         return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::Fail));
     }
     done_rx.recv_timeout(budget).unwrap_or(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::OperationTimedOut)))
+}
+
+/// Releases the worker's handle on the consumer on a thread of its own and
+/// waits at most `budget`: when it is the last handle, dropping it closes the
+/// consumer (leaving the group), which without a coordinator may take the
+/// session timeout. Past the budget the broker drops this member when its
+/// session expires, as after a crash, and the committed offsets say where the
+/// next owner starts. (A final commit still running past its own budget holds
+/// another handle; the consumer then closes when that commit gives up.)
+fn close_within(consumer: Arc<BaseConsumer<CounterContext>>, budget: Duration) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new().name("tally-counter-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = done_tx.send(());
+    });
+    match spawned {
+        Ok(_) => {
+            if done_rx.recv_timeout(budget).is_err() {
+                tracing::warn!(?budget, "leaving the consumer group did not finish in time; the session will expire");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot start a thread to close the consumer; not waiting for it"),
+    }
 }
