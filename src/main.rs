@@ -16,6 +16,9 @@ use tally::config::TallyConfig;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long blocked threads may hold the exit up after the services stopped.
+const SHUTDOWN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config: TallyConfig = match tally_config::load(cli.config.as_deref(), &cli.overrides) {
@@ -33,7 +36,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(tally::run::run(cli.command, config)) {
+    let outcome = runtime.block_on(tally::run::run(cli.command, config));
+    // The drain budget has been spent: a thread still blocked in a client
+    // (a consumer waiting for an absent coordinator) must not keep the
+    // process alive past it.
+    runtime.shutdown_timeout(SHUTDOWN_AT_MOST);
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tally: {e:#}");

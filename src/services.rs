@@ -79,7 +79,9 @@ pub async fn spawn_counter(supervisor: &mut Supervisor, shared: &Shared<'_>) -> 
     let counter = CounterService::build(&c.counter, &c.kafka, shared.registry, shared.readiness)
         .await
         .context("Failed to start the counter")?;
-    supervisor.spawn("counter", counter.run(supervisor.token(), c.shutdown.drain_timeout));
+    // The counter's own drain ends a second before the supervisor's deadline.
+    let drain = c.shutdown.drain_timeout.saturating_sub(Duration::from_secs(1)).max(Duration::from_secs(1));
+    supervisor.spawn("counter", counter.run(supervisor.token(), drain));
     Ok(())
 }
 

@@ -96,3 +96,18 @@ pub fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::error::KafkaError;
     matches!(error, KafkaError::MessageConsumption(_) | KafkaError::PartitionEOF(_) | KafkaError::Global(_))
 }
+
+/// Drops `client` on a thread of its own and waits at most `budget`; true
+/// when the drop finished. Dropping a group consumer leaves the group, and
+/// without a reachable coordinator librdkafka may wait out the session
+/// (45 s by default): a service bounds that by its drain budget, and the
+/// broker expires the member as after a crash. A client other handles still
+/// share closes when the last one goes.
+pub fn drop_within<T: Send + 'static>(client: T, budget: Duration) -> bool {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new().name("tally-kafka-close".into()).spawn(move || {
+        drop(client);
+        let _ = done_tx.send(());
+    });
+    spawned.is_ok() && done_rx.recv_timeout(budget).is_ok()
+}

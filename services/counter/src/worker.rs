@@ -78,13 +78,12 @@ const QUEUED_BATCHES: usize = 4;
 /// Bytes reserved per batch for keys and payloads (grows when needed).
 const BATCH_BYTES: usize = BATCH * 128;
 
-/// The least time the final commit at shutdown gets, even when waiting for
-/// acknowledgements used up the drain budget.
-const FINAL_COMMIT_AT_LEAST: Duration = Duration::from_secs(2);
+/// Of the drain budget, what the final commit keeps for itself: waiting for
+/// acknowledgements stops this long (plus [`CLOSE_RESERVE`]) before the end.
+const COMMIT_RESERVE: Duration = Duration::from_secs(2);
 
-/// The longest the worker waits for the consumer to leave its group at the
-/// end; without a reachable coordinator librdkafka may wait out the session.
-const CLOSE_AT_MOST: Duration = Duration::from_secs(5);
+/// Of the drain budget, what closing the consumer keeps for itself.
+const CLOSE_RESERVE: Duration = Duration::from_secs(1);
 
 /// How long one poll waits for the first record of a batch.
 const POLL_WAIT: Duration = Duration::from_millis(20);
@@ -130,8 +129,8 @@ impl Worker {
     }
 
     /// Counts until `shutdown`, then seals what it can (nothing after an
-    /// error), waits for the acknowledgements (up to `drain`), commits, and
-    /// leaves the group.
+    /// error), waits for the acknowledgements, commits, and leaves the group,
+    /// all within `drain` (the final commit keeps at least 1 s).
     pub fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), WorkerError> {
         let watermarks = BrokerWatermarks::new(&self.shared.recovery.kafka, &self.shared.recovery.views_topic)?;
         let lag = LagMonitor::spawn(self.shared.positions.clone(), watermarks, self.lag_interval)?;
@@ -154,8 +153,13 @@ impl Worker {
         drop(lag);
         // After a failure (a halt at the dead-letter limit above all) the open
         // ranges must not be emitted: only in-flight flushes are finished.
-        let drained = self.drain(drain, outcome.is_ok());
-        close_within(self.consumer, CLOSE_AT_MOST);
+        let deadline = Instant::now() + drain;
+        let drained = self.drain(deadline, outcome.is_ok());
+        // Without a reachable coordinator, leaving the group may wait out the session.
+        let budget = deadline.saturating_duration_since(Instant::now()).max(CLOSE_RESERVE);
+        if !tally_kafka::clients::drop_within(self.consumer, budget) {
+            tracing::warn!(?budget, "leaving the consumer group did not finish in time; the session will expire");
+        }
         outcome.and(drained)
     }
 
@@ -268,14 +272,16 @@ impl Worker {
         Ok(())
     }
 
-    fn drain(&self, drain: Duration, seal_open_ranges: bool) -> Result<(), WorkerError> {
+    /// Everything before `deadline`: acknowledgements, the final commit; the
+    /// caller closes the consumer in what is left.
+    fn drain(&self, deadline: Instant, seal_open_ranges: bool) -> Result<(), WorkerError> {
         let mut inner = self.shared.lock();
         if seal_open_ranges {
             self.shared.seal_open_ranges(&mut inner, |_| true)?;
         }
-        let deadline = Instant::now() + drain;
+        let acknowledged_by = deadline.checked_sub(COMMIT_RESERVE + CLOSE_RESERVE).unwrap_or(deadline);
         while inner.states.values().any(|s| s.in_flight().is_some()) {
-            match inner.completions.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match inner.completions.recv_timeout(acknowledged_by.saturating_duration_since(Instant::now())) {
                 Ok(done) => self.shared.complete(&mut inner, &self.consumer, done)?,
                 Err(_) => {
                     tracing::warn!("shutdown with flushes unacknowledged; they are re-emitted on restart");
@@ -286,7 +292,7 @@ impl Worker {
         // The background commit may not have sent the last ends yet. Without
         // a reachable coordinator a synchronous commit waits out the group
         // session (45 s by default): wait for it within the drain budget only.
-        let budget = deadline.saturating_duration_since(Instant::now()).max(FINAL_COMMIT_AT_LEAST);
+        let budget = deadline.saturating_duration_since(Instant::now() + CLOSE_RESERVE).max(CLOSE_RESERVE);
         let consumer = self.consumer.clone();
         let committed =
             self.shared.commit_acknowledged(&mut inner, |_| true, |list| commit_within(consumer, list, budget));
@@ -316,27 +322,4 @@ fn commit_within(
         return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::Fail));
     }
     done_rx.recv_timeout(budget).unwrap_or(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::OperationTimedOut)))
-}
-
-/// Releases the worker's handle on the consumer on a thread of its own and
-/// waits at most `budget`: when it is the last handle, dropping it closes the
-/// consumer (leaving the group), which without a coordinator may take the
-/// session timeout. Past the budget the broker drops this member when its
-/// session expires, as after a crash, and the committed offsets say where the
-/// next owner starts. (A final commit still running past its own budget holds
-/// another handle; the consumer then closes when that commit gives up.)
-fn close_within(consumer: Arc<BaseConsumer<CounterContext>>, budget: Duration) {
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let spawned = std::thread::Builder::new().name("tally-counter-close".into()).spawn(move || {
-        drop(consumer);
-        let _ = done_tx.send(());
-    });
-    match spawned {
-        Ok(_) => {
-            if done_rx.recv_timeout(budget).is_err() {
-                tracing::warn!(?budget, "leaving the consumer group did not finish in time; the session will expire");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot start a thread to close the consumer; not waiting for it"),
-    }
 }

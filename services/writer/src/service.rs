@@ -57,6 +57,12 @@ pub enum WriterError {
     Thread(#[from] std::io::Error),
 }
 
+/// The longest a synchronous offset commit may hold up the next batch.
+const COMMIT_AT_MOST: Duration = Duration::from_secs(5);
+
+/// The longest shutdown waits for the consumer to leave its group.
+const CLOSE_AT_MOST: Duration = Duration::from_secs(2);
+
 /// A built writer.
 pub struct WriterService<S: CountStore> {
     config: WriterConfig,
@@ -107,7 +113,7 @@ impl<S: CountStore> WriterService<S> {
         self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));
         let mut unassigned = UnassignedWatch::new(self.kafka.rejoin_when_unassigned);
         let rejoin_wanted = Arc::new(AtomicBool::new(false));
-        let _stall_watch = match self.kafka.rejoin_when_partition_stalled {
+        let stall_watch = match self.kafka.rejoin_when_partition_stalled {
             Some(after) => {
                 let assigned = consumer.clone();
                 let owned = move || {
@@ -178,11 +184,30 @@ impl<S: CountStore> WriterService<S> {
             for (partition, offset) in offsets {
                 list.add_partition_offset(&self.kafka.topics.counts, partition, Offset::Offset(offset + 1))?;
             }
-            if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
-                // Re-applying after a lost commit is a no-op; log and go on.
-                tracing::warn!(error = %e, "offset commit failed; the batch will be re-applied harmlessly");
+            // Off the async threads and bounded: without a coordinator a
+            // synchronous commit can wait for minutes. Re-applying after a
+            // lost commit is a no-op; log and go on.
+            let committer = consumer.clone();
+            let commit = tokio::task::spawn_blocking(move || committer.commit(&list, CommitMode::Sync));
+            match tokio::time::timeout(COMMIT_AT_MOST, commit).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "offset commit failed; the batch will be re-applied harmlessly");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "offset commit task failed; the batch will be re-applied harmlessly")
+                }
+                Err(_) => tracing::warn!(
+                    limit = ?COMMIT_AT_MOST,
+                    "offset commit unanswered; the batch will be re-applied harmlessly"
+                ),
             }
             self.metrics.batches.inc();
+        }
+        drop(stall_watch);
+        // Leaving the group may wait out the session without a coordinator.
+        if !tally_kafka::clients::drop_within(consumer, CLOSE_AT_MOST) {
+            tracing::warn!(limit = ?CLOSE_AT_MOST, "leaving the consumer group did not finish in time; the session will expire");
         }
         Ok(())
     }
