@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{write_config, Load, TallyProcess, ViewsProducer};
+use common::{counter_writer_sections, write_config, Load, TallyProcess, ViewsProducer};
 use tally_testkit::{bounded, Broker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,10 +16,7 @@ async fn counter_and_writer_whose_broker_is_gone_exit_within_their_drain_budget(
         let kafka = tally_testkit::kafka_config(&broker);
         tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let sections = format!(
-            "[counter]\nadmin-listen = \"127.0.0.1:0\"\nflush-interval = \"200ms\"\n\n[writer]\nadmin-listen = \"127.0.0.1:0\"\n\n[store]\nsqlite-path = \"{}\"\n",
-            dir.path().join("counts.db").display()
-        );
+        let sections = counter_writer_sections(&dir.path().join("counts.db"), "");
         let config = write_config(dir.path(), &kafka, &sections);
         let counter = TallyProcess::spawn(&config, "counter");
         let writer = TallyProcess::spawn(&config, "writer");

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{feed_until, write_config, Load, TallyProcess, ViewsProducer};
+use common::{counter_writer_sections, feed_until, write_config, Load, TallyProcess, ViewsProducer};
 use tally_store::{CountStore, SqliteStore};
 use tally_testkit::{bounded, Broker};
 
@@ -39,11 +39,7 @@ async fn writer_killed_at_random_moments_leaves_exact_totals() {
         tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("counts.db");
-        let sections = format!(
-            "[counter]\nadmin-listen = \"127.0.0.1:0\"\nflush-interval = \"200ms\"\n\n[writer]\nadmin-listen = \"127.0.0.1:0\"\nbatch-max-records = 20\n\n[store]\nsqlite-path = \"{}\"\n",
-            db.display()
-        );
-        let config = write_config(dir.path(), &kafka, &sections);
+        let config = write_config(dir.path(), &kafka, &counter_writer_sections(&db, "batch-max-records = 20"));
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         eprintln!("seed {seed}");
         let mut rng = Load::new(seed ^ 0xdead);
@@ -76,11 +72,7 @@ async fn a_writer_killed_without_leaving_has_its_partitions_taken_over() {
         tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("counts.db");
-        let sections = format!(
-            "[counter]\nadmin-listen = \"127.0.0.1:0\"\nflush-interval = \"200ms\"\n\n[writer]\nadmin-listen = \"127.0.0.1:0\"\n\n[store]\nsqlite-path = \"{}\"\n",
-            db.display()
-        );
-        let config = write_config(dir.path(), &kafka, &sections);
+        let config = write_config(dir.path(), &kafka, &counter_writer_sections(&db, ""));
         let owned = |p: &TallyProcess| p.metric("tally_writer_owned_partitions");
         let mut load = Load::new(0x3717_e575);
         let mut producer = ViewsProducer::new(&kafka, &[]);
@@ -90,8 +82,15 @@ async fn a_writer_killed_without_leaving_has_its_partitions_taken_over() {
         let doomed = TallyProcess::spawn(&config, "writer");
         let split = || owned(&survivor) == Some(2.0) && owned(&doomed) == Some(2.0);
         let feed = (50, Duration::from_millis(200));
-        feed_until(&mut producer, &mut load, feed, Duration::from_secs(60), "the two writers split the partitions", split)
-            .await;
+        feed_until(
+            &mut producer,
+            &mut load,
+            feed,
+            Duration::from_secs(60),
+            "the two writers split the partitions",
+            split,
+        )
+        .await;
         doomed.kill9();
         // Counts keep arriving on every partition, the dead writer's too.
         let feed = (50, Duration::from_millis(500));

@@ -54,6 +54,15 @@ counts-partitions = {cp}
     path
 }
 
+/// Configuration sections for a counter (flushing every 200 ms) and a writer
+/// over the embedded store at `db`; `writer_extra` adds lines to `[writer]`.
+pub fn counter_writer_sections(db: &Path, writer_extra: &str) -> String {
+    format!(
+        "[counter]\nadmin-listen = \"127.0.0.1:0\"\nflush-interval = \"200ms\"\n\n[writer]\nadmin-listen = \"127.0.0.1:0\"\n{writer_extra}\n\n[store]\nsqlite-path = \"{}\"\n",
+        db.display()
+    )
+}
+
 /// Configuration sections for the pipeline as separate processes (gateway,
 /// counter, writer, query) over the embedded store in `dir` and Redis at
 /// `redis_url`; the gateway and query listen on the given ports (0: any),
