@@ -61,8 +61,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
     bounded(Duration::from_secs(120 + 40 * faults as u64), async {
         let mut broker = Broker::start();
         let mut redis = RedisServer::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
         let (ingest_port, query_port) = (free_port(), free_port());
         let ingest_timeouts = "ack-timeout = \"2s\"\ndelivery-timeout = \"10s\"";

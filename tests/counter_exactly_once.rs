@@ -30,8 +30,7 @@ fn rand_seed() -> u64 {
 
 async fn setup() -> (Broker, KafkaConfig, tempfile::TempDir) {
     let broker = Broker::start();
-    let kafka = tally_testkit::kafka_config(&broker);
-    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.expect("topics");
+    let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka, tempfile::tempdir().expect("tempdir"))
 }
 

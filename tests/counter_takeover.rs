@@ -17,8 +17,7 @@ async fn a_counter_killed_without_leaving_has_its_partitions_taken_over() {
     bounded(Duration::from_secs(200), async {
         let broker = Broker::start();
         let redis = RedisServer::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
         let sections = process_sections(dir.path(), &redis.url(), 0, 0, "");
         let config = write_config(dir.path(), &kafka, &sections);

@@ -44,8 +44,7 @@ fn owned(process: &TallyProcess) -> Option<f64> {
 async fn a_thawed_zombie_counters_range_is_fenced_and_counted_once() {
     bounded(Duration::from_secs(400), async {
         let broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let survivor_dir = tempfile::tempdir().unwrap();
         let zombie_dir = tempfile::tempdir().unwrap();
         let survivor_config = write_config(survivor_dir.path(), &kafka, SURVIVOR);

@@ -51,8 +51,7 @@ async fn wait_total(kafka: &tally_kafka::KafkaConfig, video: &str, want: i64) {
 async fn late_events_replayed_from_the_dlq_after_raising_the_limit_are_counted_once() {
     bounded(Duration::from_secs(180), async {
         let broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let mut producer = ViewsProducer::new(&kafka, &[]);
         let now = tally_model::timestamp::now_ms();
         let two_hours = 2 * 3_600_000;

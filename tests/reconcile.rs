@@ -29,8 +29,7 @@ fn archived(root: &Path) -> i64 {
 /// A broker with Tally's topics, and a directory for the store and the archive.
 async fn broker_with_topics() -> (Broker, KafkaConfig, tempfile::TempDir) {
     let broker = Broker::start();
-    let kafka = tally_testkit::kafka_config(&broker);
-    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+    let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka, tempfile::tempdir().unwrap())
 }
 

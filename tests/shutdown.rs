@@ -13,8 +13,7 @@ use tally_testkit::{bounded, Broker};
 async fn counter_and_writer_whose_broker_is_gone_exit_within_their_drain_budget() {
     bounded(Duration::from_secs(150), async {
         let mut broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
         let sections = counter_writer_sections(&dir.path().join("counts.db"), "");
         let config = write_config(dir.path(), &kafka, &sections);

@@ -35,8 +35,7 @@ async fn store_totals_become(db: &Path, expected: &BTreeMap<String, i64>, limit:
 async fn writer_killed_at_random_moments_leaves_exact_totals() {
     bounded(Duration::from_secs(280), async {
         let broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("counts.db");
         let config = write_config(dir.path(), &kafka, &counter_writer_sections(&db, "batch-max-records = 20"));
@@ -68,8 +67,7 @@ async fn writer_killed_at_random_moments_leaves_exact_totals() {
 async fn a_writer_killed_without_leaving_has_its_partitions_taken_over() {
     bounded(Duration::from_secs(240), async {
         let broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("counts.db");
         let config = write_config(dir.path(), &kafka, &counter_writer_sections(&db, ""));

@@ -4,7 +4,8 @@
 //! - [`Broker`]: the tansu Kafka-protocol broker, SQLite engine (data and
 //!   group offsets survive kill -9), in a temporary directory.
 //! - [`RedisServer`]: Debian's `redis-server`.
-//! - [`unique`] and [`kafka_config`]: random topic and group names per test.
+//! - [`unique`] and [`kafka_config`]: random topic and group names per test;
+//!   [`kafka_with_topics`] also creates Tally's topics.
 //! - [`bounded`]: the outer time bound every integration test runs under.
 //!
 //! A missing binary fails the test with the command that installs it
@@ -53,6 +54,15 @@ pub fn kafka_config(broker: &Broker) -> KafkaConfig {
     config.topics.views_partitions = 4;
     config.topics.counts_partitions = 4;
     config
+}
+
+/// [`kafka_config`] with Tally's topics created on `broker`.
+pub async fn kafka_with_topics(broker: &Broker) -> KafkaConfig {
+    let kafka = kafka_config(broker);
+    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka))
+        .await
+        .expect("creating Tally's topics");
+    kafka
 }
 
 /// Runs `test` under an outer time bound, failing loudly when it is exceeded

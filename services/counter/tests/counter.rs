@@ -54,8 +54,7 @@ async fn fold_until(kafka: &KafkaConfig, expected: &BTreeMap<String, i64>, limit
 
 async fn setup() -> (Broker, KafkaConfig) {
     let broker = Broker::start();
-    let kafka = tally_testkit::kafka_config(&broker);
-    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+    let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka)
 }
 

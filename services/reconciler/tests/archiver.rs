@@ -62,8 +62,7 @@ async fn run_archiver(
 async fn archiving_the_same_offsets_twice_yields_identical_files_and_no_duplicates() {
     bounded(Duration::from_secs(180), async {
         let broker = Broker::start();
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let mut producer = ViewsProducer::new(&kafka, &[]);
         // Received over two past hours, so hour cuts and sealing are exercised.
         let base = (tally_model::timestamp::now_ms() / 3_600_000 - 3) * 3_600_000;
@@ -113,8 +112,7 @@ async fn an_archive_in_object_storage_holds_the_same_files_and_a_replay_adds_non
     bounded(Duration::from_secs(180), async {
         let broker = Broker::start();
         let s3 = S3Server::start("tally-archive");
-        let kafka = tally_testkit::kafka_config(&broker);
-        tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let mut producer = ViewsProducer::new(&kafka, &[]);
         let base = (tally_model::timestamp::now_ms() / 3_600_000 - 3) * 3_600_000;
         let events: Vec<_> = (0..200)

@@ -34,8 +34,7 @@ fn applied(registry: &Registry) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let broker = Broker::start_in_memory();
-    let kafka = tally_testkit::kafka_config(&broker);
-    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.expect("topics");
+    let kafka = tally_testkit::kafka_with_topics(&broker).await;
     let settings = ProducerSettings {
         delivery_timeout: Duration::from_secs(60),
         linger: Duration::from_millis(5),

@@ -26,8 +26,7 @@ fn init_logs() {
 async fn setup() -> (Broker, KafkaConfig) {
     init_logs();
     let broker = Broker::start();
-    let kafka = tally_testkit::kafka_config(&broker);
-    tally_kafka::topics::ensure_topics(&kafka, &tally_kafka::topics::tally_topics(&kafka)).await.unwrap();
+    let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka)
 }
 
