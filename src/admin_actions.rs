@@ -159,13 +159,12 @@ async fn reconcile(
         Ok(reconciled) => {
             let reports = reconciled.reports;
             let drift: i64 = reports.iter().map(|r| r.drift).sum();
-            let through = reconciled.archive.complete_through_ms;
             Json(serde_json::json!({
                 "periods": reports.len(),
                 "drift": drift,
                 "reports": reports,
                 "waiting_for_archive": reconciled.waiting_for_archive.len(),
-                "archive_complete_through": (through != i64::MIN).then(|| tally_model::timestamp::format_rfc3339_ms(through)),
+                "archive_complete_through": reconciled.archive.complete_through(),
                 "archive_behind_partition": reconciled.archive.behind_partition,
             }))
             .into_response()

@@ -248,9 +248,7 @@ async fn reconcile_now(
     eprintln!();
     let waiting = &reconciled.waiting_for_archive;
     if let Some((start, _)) = waiting.first() {
-        let through = reconciled.archive.complete_through_ms;
-        let through =
-            if through == i64::MIN { "nothing".to_owned() } else { tally_model::timestamp::format_rfc3339_ms(through) };
+        let through = reconciled.archive.complete_through().unwrap_or_else(|| "nothing".to_owned());
         let behind =
             reconciled.archive.behind_partition.map_or_else(String::new, |p| format!(", partition {p} behind"));
         println!(

@@ -97,17 +97,38 @@ pub fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
     matches!(error, KafkaError::MessageConsumption(_) | KafkaError::PartitionEOF(_) | KafkaError::Global(_))
 }
 
-/// Drops `client` on a thread of its own and waits at most `budget`; true
-/// when the drop finished. Dropping a group consumer leaves the group, and
-/// without a reachable coordinator librdkafka may wait out the session
-/// (45 s by default): a service bounds that by its drain budget, and the
-/// broker expires the member as after a crash. A client other handles still
-/// share closes when the last one goes.
+/// Why [`run_within`] has no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished {
+    /// The thread could not be started.
+    NotStarted,
+    /// The budget ran out; the work goes on unobserved.
+    TimedOut,
+}
+
+/// Runs `work` on a thread named `name` and waits at most `budget` for its
+/// result. Blocking librdkafka calls (a synchronous commit, closing a group
+/// consumer) can wait out a group session when the coordinator is gone; a
+/// service shutting down bounds them this way and leaves the rest to the
+/// broker, which expires the member as after a crash.
+pub fn run_within<T: Send + 'static>(
+    name: &str,
+    budget: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Unfinished> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = done_tx.send(work());
+        })
+        .map_err(|_| Unfinished::NotStarted)?;
+    done_rx.recv_timeout(budget).map_err(|_| Unfinished::TimedOut)
+}
+
+/// Drops `client` (leaving its group, for a group consumer) within `budget`
+/// ([`run_within`]); true when the drop finished. A client other handles
+/// still share closes when the last one goes.
 pub fn drop_within<T: Send + 'static>(client: T, budget: Duration) -> bool {
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let spawned = std::thread::Builder::new().name("tally-kafka-close".into()).spawn(move || {
-        drop(client);
-        let _ = done_tx.send(());
-    });
-    spawned.is_ok() && done_rx.recv_timeout(budget).is_ok()
+    run_within("tally-kafka-close", budget, move || drop(client)).is_ok()
 }

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -71,10 +70,11 @@ impl StallTracker {
     }
 }
 
-/// The watching thread; told to stop on drop.
+/// The watching thread, told to stop when this is dropped (the channel
+/// closes). It is not waited for: with the broker gone its current look may
+/// take several request timeouts, and a service shutting down must not wait.
 pub struct StallWatch {
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _stop: Sender<()>,
 }
 
 impl StallWatch {
@@ -91,20 +91,10 @@ impl StallWatch {
         rejoin: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name(thread_name.into()).spawn(move || {
+        std::thread::Builder::new().name(thread_name.into()).spawn(move || {
             watch(&client, &topic, &owned, (after, interval), &rejoin, &stopped);
         })?;
-        Ok(Self { stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for StallWatch {
-    /// Tells the thread to stop without waiting for it: with the broker gone
-    /// its current look may take several request timeouts, and a service
-    /// shutting down must not wait for that.
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        drop(self.thread.take());
+        Ok(Self { _stop: stop })
     }
 }
 

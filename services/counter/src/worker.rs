@@ -17,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tally_kafka::clients::{drop_within, run_within, Unfinished};
 use tally_kafka::rejoin::UnassignedWatch;
 use tally_kafka::stall::StallWatch;
 use tokio::sync::mpsc::UnboundedSender;
@@ -157,7 +158,7 @@ impl Worker {
         let drained = self.drain(deadline, outcome.is_ok());
         // Without a reachable coordinator, leaving the group may wait out the session.
         let budget = deadline.saturating_duration_since(Instant::now()).max(CLOSE_RESERVE);
-        if !tally_kafka::clients::drop_within(self.consumer, budget) {
+        if !drop_within(self.consumer, budget) {
             tracing::warn!(?budget, "leaving the consumer group did not finish in time; the session will expire");
         }
         outcome.and(drained)
@@ -314,12 +315,10 @@ fn commit_within(
     list: TopicPartitionList,
     budget: Duration,
 ) -> KafkaResult<()> {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new().name("tally-counter-final-commit".into()).spawn(move || {
-        let _ = done_tx.send(consumer.commit(&list, CommitMode::Sync));
-    });
-    if spawned.is_err() {
-        return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::Fail));
+    let commit = move || consumer.commit(&list, CommitMode::Sync);
+    match run_within("tally-counter-final-commit", budget, commit) {
+        Ok(committed) => committed,
+        Err(Unfinished::NotStarted) => Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::Fail)),
+        Err(Unfinished::TimedOut) => Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::OperationTimedOut)),
     }
-    done_rx.recv_timeout(budget).unwrap_or(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::OperationTimedOut)))
 }

@@ -75,6 +75,14 @@ pub struct Coverage {
     pub behind_partition: Option<i32>,
 }
 
+impl Coverage {
+    /// [`Self::complete_through_ms`] as RFC 3339; `None` when nothing is covered.
+    pub fn complete_through(&self) -> Option<String> {
+        (self.complete_through_ms != i64::MIN)
+            .then(|| tally_model::timestamp::format_rfc3339_ms(self.complete_through_ms))
+    }
+}
+
 /// The coverage of the archive `files` (relative paths with their ranges)
 /// over a log with `watermarks`, at `now_ms`.
 pub fn coverage(files: &[(String, FileRange)], watermarks: &Watermarks, now_ms: i64, in_flight: Duration) -> Coverage {
