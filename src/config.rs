@@ -46,6 +46,18 @@ pub struct TallyConfig {
     pub reconciler: ReconcilerConfig,
 }
 
+impl TallyConfig {
+    /// Checks what the file's types cannot: the group settings of counter,
+    /// writer and archiver ([`KafkaConfig::validate_membership`]), so a
+    /// conflict fails start-up with the setting's name instead of a consumer
+    /// failing later.
+    pub fn validate(&self) -> Result<(), tally_kafka::MembershipError> {
+        self.kafka.validate_member("counter", self.counter.group_instance_id.as_deref())?;
+        self.kafka.validate_member("writer", self.writer.group_instance_id.as_deref())?;
+        self.kafka.validate_member("archiver", self.archiver.group_instance_id.as_deref())
+    }
+}
+
 /// The scheduled batch recount (`tally reconciler`) and `tally reconcile`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -229,6 +241,36 @@ sub-shards = 8
         assert_eq!(config.ingest.api_keys[0].key.expose(), "k1");
         assert_eq!(config.ingest.salting.sub_shards, 8);
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn group_settings_load_and_conflicts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            tally_config::load::<TallyConfig>(Some(&path), &[]).unwrap()
+        };
+        let config = load(
+            "[kafka]\ngroup-protocol = \"classic\"\nassignment-strategy = \"range\"\n\n[counter]\ngroup-instance-id = \"counter-0\"\n",
+        );
+        assert_eq!(config.kafka.assignment_strategy, Some(tally_kafka::AssignmentStrategy::Range));
+        assert_eq!(config.counter.group_instance_id.as_deref(), Some("counter-0"));
+        assert_eq!(config.validate(), Ok(()));
+
+        let config = load(
+            "[kafka]\ngroup-protocol = \"consumer\"\nconsumer-properties = { \"session.timeout.ms\" = \"6000\" }\n",
+        );
+        assert_eq!(config.kafka.group_protocol, tally_kafka::GroupProtocol::Consumer);
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("session.timeout.ms") && refused.contains("group.consumer.session.timeout.ms"),
+            "{refused}"
+        );
+
+        let config = load("[writer]\ngroup-instance-id = \"writer 0\"\n");
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.starts_with("writer.group-instance-id"), "{refused}");
     }
 
     #[test]

@@ -28,6 +28,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = config.validate() {
+        eprintln!("tally: invalid configuration: {e}");
+        return ExitCode::from(1);
+    }
     tally_service::logging::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -71,9 +71,12 @@ pub fn prepare(config: &mut TallyConfig) {
     let s = &config.standalone;
     config.kafka.brokers = format!("127.0.0.1:{}", s.broker_port);
     // One member per group: after a crash, the restarted member should not wait
-    // out the dead one's 45 s session before it gets its partitions back.
-    for (key, value) in [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")] {
-        config.kafka.consumer_properties.entry(key.into()).or_insert_with(|| value.into());
+    // out the dead one's 45 s session before it gets its partitions back. With
+    // the consumer protocol the broker sets sessions ([`node`]).
+    if config.kafka.group_protocol == tally_kafka::GroupProtocol::Classic {
+        for (key, value) in [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")] {
+            config.kafka.consumer_properties.entry(key.into()).or_insert_with(|| value.into());
+        }
     }
     if config.archiver.dir == tally_reconciler::ArchiverConfig::default().dir {
         config.archiver.dir = s.data_dir.join("archive");
@@ -89,8 +92,10 @@ fn node(config: &StandaloneConfig) -> anyhow::Result<KafkaNode> {
         .with_context(|| format!("Failed to resolve {}", config.data_dir.display()))?;
     let mut node = KafkaNode::single(&data_dir.join("broker"), config.broker_port, config.controller_port);
     node.heap = config.broker_heap.clone();
-    // Standalone's groups have one member that restarts after a crash: allow the 6 s session above.
+    // Standalone's groups have one member that restarts after a crash: allow
+    // the 6 s session above, and give consumer-protocol groups the same.
     node.overrides.insert("group.min.session.timeout.ms".into(), "6000".into());
+    node.overrides.extend(tally_servers::kafka::short_consumer_group_sessions());
     Ok(node)
 }
 

@@ -13,10 +13,23 @@ use tally_kafka::KafkaConfig;
 #[allow(unused_imports)]
 pub use tally_testkit::views::{Load, ViewsProducer};
 
+/// Group settings of the `[kafka]` section for classic groups (the default
+/// protocol): a killed member's partitions move to the others after 6 s (the
+/// broker's minimum), not 45 s.
+pub const CLASSIC_SHORT_SESSIONS: &str =
+    r#"consumer-properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#;
+
 /// Writes a tally.toml for `kafka` plus extra TOML `sections`. The consumer
 /// groups of counter, writer and archiver are named after the test's views
 /// topic: the broker may be shared by tests running at once.
 pub fn write_config(dir: &Path, kafka: &KafkaConfig, sections: &str) -> PathBuf {
+    write_config_with_groups(dir, kafka, CLASSIC_SHORT_SESSIONS, sections)
+}
+
+/// [`write_config`] with `group_settings` as the group lines of the
+/// `[kafka]` section (protocol, strategy, session) instead of
+/// [`CLASSIC_SHORT_SESSIONS`].
+pub fn write_config_with_groups(dir: &Path, kafka: &KafkaConfig, group_settings: &str, sections: &str) -> PathBuf {
     let mut sections = sections.to_owned();
     for service in ["counter", "writer", "archiver"] {
         let header = format!("[{service}]\n");
@@ -37,8 +50,7 @@ drain-timeout = "10s"
 
 [kafka]
 brokers = "{brokers}"
-# A killed member's partitions move to the others after 6 s (the broker's minimum), not 45 s.
-consumer-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+{group_settings}
 
 [kafka.topics]
 views = "{views}"

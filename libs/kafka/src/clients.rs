@@ -9,7 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientContext;
 
-use crate::{KafkaConfig, KafkaSetupError};
+use crate::{GroupMember, GroupProtocol, KafkaConfig, KafkaSetupError};
 
 /// The base configuration of any client.
 pub fn base_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
@@ -22,19 +22,29 @@ pub fn base_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     client
 }
 
-/// A consumer of group `group_id` that commits by hand (only once its output
-/// is durable) and starts from the earliest offset when the group has none.
+/// A consumer of `member`'s group that commits by hand (only once its output
+/// is durable) and starts from the earliest offset when the group has none,
+/// with the configured group protocol, assignment strategy (`classic` only:
+/// librdkafka refuses one with the `consumer` protocol) and static identity.
 /// Fetching keeps librdkafka's defaults, which suit Apache Kafka: the broker
 /// answers a fetch as soon as one byte is there (`fetch.min.bytes=1`) or
 /// after `fetch.wait.max.ms` (500 ms) on an idle partition. The operator's
-/// consumer properties come last.
-pub fn group_consumer_config(config: &KafkaConfig, client_id: &str, group_id: &str) -> ClientConfig {
+/// consumer properties come last (those that conflict are refused by
+/// [`KafkaConfig::validate_membership`] at start-up).
+pub fn group_consumer_config(config: &KafkaConfig, client_id: &str, member: &GroupMember<'_>) -> ClientConfig {
     let mut client = base_config(config, client_id);
     client
-        .set("group.id", group_id)
+        .set("group.id", member.group_id)
+        .set("group.protocol", config.group_protocol.name())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
+    if config.group_protocol == GroupProtocol::Classic {
+        client.set("partition.assignment.strategy", config.classic_strategy().name());
+    }
+    if let Some(instance_id) = member.instance_id {
+        client.set("group.instance.id", instance_id);
+    }
     for (key, value) in &config.consumer_properties {
         client.set(key, value);
     }

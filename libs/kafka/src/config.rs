@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::membership::{AssignmentStrategy, GroupProtocol};
+
 /// How Tally reaches its Kafka-protocol broker.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -20,8 +22,23 @@ pub struct KafkaConfig {
     /// tuning), e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
     /// Extra librdkafka properties for consumers only (after `properties`),
-    /// e.g. `"session.timeout.ms" = "10000"`.
+    /// e.g. `"session.timeout.ms" = "10000"` (classic groups only: with the
+    /// `consumer` protocol the broker sets sessions). Properties that the
+    /// settings below or a service's `group-id` and `group-instance-id`
+    /// govern are refused at start-up.
     pub consumer_properties: BTreeMap<String, String>,
+    /// The consumer group protocol of counter, writer and archiver:
+    /// `classic` (every Kafka-protocol broker) or `consumer` (KIP-848,
+    /// Apache Kafka 4.0 or later: the broker assigns partitions and
+    /// rebalances are incremental; session timeout and heartbeat interval
+    /// are the broker's `group.consumer.*` settings).
+    pub group_protocol: GroupProtocol,
+    /// How `classic` groups assign partitions: `cooperative-sticky`
+    /// (incremental: a rebalance stops only the partitions that move),
+    /// `range` or `roundrobin` (eager: every rebalance stops every
+    /// partition). Absent: `cooperative-sticky`. Not allowed with the
+    /// `consumer` protocol, where the broker assigns.
+    pub assignment_strategy: Option<AssignmentStrategy>,
 }
 
 impl Default for KafkaConfig {
@@ -32,6 +49,8 @@ impl Default for KafkaConfig {
             topics: TopicsConfig::default(),
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
+            group_protocol: GroupProtocol::Classic,
+            assignment_strategy: None,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`config`]: [`KafkaConfig`] and [`TopicsConfig`], the `[kafka]` section.
 //! - [`clients`]: building producers (idempotent, `acks=all`) and consumers
 //!   (manual offset commits) from the configuration.
+//! - [`membership`]: group protocol, assignment strategy, static membership,
+//!   and the start-up check of their combinations.
 //! - [`topics`]: creating Tally's topics with explicit settings.
 //! - [`dlq`]: provenance headers of dead letters.
 //! - [`fatal`]: librdkafka's fatal errors, which stop a service.
@@ -15,9 +17,11 @@ pub mod clients;
 pub mod config;
 pub mod dlq;
 pub mod fatal;
+pub mod membership;
 pub mod topics;
 
 pub use config::{KafkaConfig, TopicsConfig};
+pub use membership::{AssignmentStrategy, GroupMember, GroupProtocol, MembershipError};
 
 /// Errors from the Kafka helpers.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,9 @@ pub enum KafkaSetupError {
         /// Why.
         reason: String,
     },
+    /// The group settings conflict ([`membership`]).
+    #[error("invalid Kafka group settings: {0}")]
+    Membership(#[from] MembershipError),
     /// The broker did not answer a metadata request.
     #[error("broker metadata unavailable: {0}")]
     Metadata(rdkafka::error::KafkaError),

@@ -207,6 +207,24 @@ impl KafkaNode {
     }
 }
 
+/// Broker settings that give `consumer`-protocol groups (KIP-848) the short
+/// sessions classic groups get from their clients' `session.timeout.ms`:
+/// 6 s sessions (the broker's minimum is 45 s otherwise) and 1 s heartbeats
+/// (5 s otherwise). The heartbeat interval also bounds how soon members learn
+/// of a new assignment. For nodes whose groups must notice a dead member
+/// quickly: tests, `tally standalone`.
+pub fn short_consumer_group_sessions() -> BTreeMap<String, String> {
+    [
+        ("group.consumer.min.session.timeout.ms", "6000"),
+        ("group.consumer.session.timeout.ms", "6000"),
+        ("group.consumer.min.heartbeat.interval.ms", "1000"),
+        ("group.consumer.heartbeat.interval.ms", "1000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// The version of Apache Kafka these nodes run.
 pub fn version() -> &'static str {
     KAFKA_VERSION

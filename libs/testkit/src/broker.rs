@@ -44,7 +44,9 @@ impl Broker {
         let mut last_error = String::new();
         for attempt in 0..3 {
             let dir = ServerDir::create("kafka");
-            let node = KafkaNode::single(dir.path(), free_port(), free_port());
+            let mut node = KafkaNode::single(dir.path(), free_port(), free_port());
+            // Tests' consumer-protocol groups get the 6 s sessions their classic groups set themselves.
+            node.overrides = tally_servers::kafka::short_consumer_group_sessions();
             match node.start(&tools, START_LIMIT) {
                 Ok(process) => {
                     return Self {

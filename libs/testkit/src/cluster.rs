@@ -3,7 +3,6 @@
 //! `min.insync.replicas=2` by default, so one broker down is tolerated and
 //! two down stop `acks=all` writes.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -48,7 +47,7 @@ impl KafkaCluster {
                 cluster_id: cluster_id.clone(),
                 dir: dir.path().join(format!("node-{}", i + 1)),
                 heap: "512m".into(),
-                overrides: BTreeMap::new(),
+                overrides: tally_servers::kafka::short_consumer_group_sessions(),
             })
             .collect();
         // The quorum forms only once a majority runs: start every node before waiting for any.

@@ -13,6 +13,13 @@ pub struct CounterConfig {
     pub admin_listen: SocketAddr,
     /// Consumer group of all counter instances.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a stable name per
+    /// instance, unique in the group, typically the pod name of a
+    /// StatefulSet (`TALLY_COUNTER__GROUP_INSTANCE_ID` from `metadata.name`).
+    /// An instance that restarts within the group's session timeout gets its
+    /// partitions back without a rebalance; one that stops keeps them
+    /// (uncounted) until its session expires. Absent: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// How often each partition's open range is flushed to the counts topic:
     /// the main term of freshness.
     #[serde(with = "humantime_serde")]
@@ -55,6 +62,7 @@ impl Default for CounterConfig {
         Self {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9081)),
             group_id: "tally-counter".into(),
+            group_instance_id: None,
             flush_interval: Duration::from_secs(1),
             max_rows_per_flush: 100_000,
             max_buffered_rows: 1_000_000,

@@ -6,7 +6,7 @@ use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
 use tally_kafka::clients::{group_consumer_config, idempotent_producer, millis, ProducerSettings};
 use tally_kafka::topics::{ensure_topics, partition_count, tally_topics};
-use tally_kafka::{KafkaConfig, KafkaSetupError};
+use tally_kafka::{GroupMember, KafkaConfig, KafkaSetupError};
 use tally_service::Readiness;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,7 @@ impl CounterService {
         registry: &Registry,
         readiness: &Readiness,
     ) -> Result<Self, CounterError> {
+        kafka.validate_member("counter", config.group_instance_id.as_deref()).map_err(KafkaSetupError::from)?;
         if kafka.create_topics {
             ensure_topics(kafka, &tally_topics(kafka)).await?;
         }
@@ -132,7 +133,8 @@ impl CounterService {
             dlq_topic: topics.views_dlq.clone(),
             chunk_rows: c.chunk_rows,
         };
-        let mut consumer = group_consumer_config(&self.kafka, "tally-counter", &c.group_id);
+        let member = GroupMember { group_id: &c.group_id, instance_id: c.group_instance_id.as_deref() };
+        let mut consumer = group_consumer_config(&self.kafka, "tally-counter", &member);
         // Offsets are committed in the background, but only those the counter
         // stores (ends of acknowledged flushes, see `commits`); these two are
         // not the operator's to change, or exactly-once would break.

@@ -258,7 +258,8 @@ fn committed_sum(kafka: &KafkaConfig, group: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let topic = &kafka.topics.views;
     let partitions = tally_kafka::topics::partition_count(kafka, topic, Duration::from_secs(10)).unwrap();
-    let probe: BaseConsumer = tally_kafka::clients::group_consumer_config(kafka, "probe", group).create().unwrap();
+    let member = tally_kafka::GroupMember { group_id: group, instance_id: None };
+    let probe: BaseConsumer = tally_kafka::clients::group_consumer_config(kafka, "probe", &member).create().unwrap();
     let mut list = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition(topic, i32::try_from(p).unwrap());

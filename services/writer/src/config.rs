@@ -13,6 +13,13 @@ pub struct WriterConfig {
     pub admin_listen: SocketAddr,
     /// Consumer group of all writer instances.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a stable name per
+    /// instance, unique in the group, typically the pod name of a
+    /// StatefulSet (`TALLY_WRITER__GROUP_INSTANCE_ID` from `metadata.name`).
+    /// An instance that restarts within the group's session timeout gets its
+    /// partitions back without a rebalance; one that stops keeps them
+    /// (uncounted) until its session expires. Absent: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// Most counts records applied in one store transaction.
     pub batch_max_records: usize,
     /// Longest wait to fill a batch.
@@ -34,6 +41,7 @@ impl Default for WriterConfig {
         Self {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9082)),
             group_id: "tally-writer".into(),
+            group_instance_id: None,
             batch_max_records: 500,
             batch_max_wait: Duration::from_millis(100),
             retry_initial_backoff: Duration::from_millis(100),

@@ -22,7 +22,7 @@ use tally_cache::{CacheBackend, CachedTotal};
 use tally_kafka::clients::{group_consumer_config, idempotent_producer, is_transient, ProducerSettings};
 use tally_kafka::dlq::Provenance;
 use tally_kafka::topics::{ensure_topics, tally_topics};
-use tally_kafka::{KafkaConfig, KafkaSetupError};
+use tally_kafka::{GroupMember, KafkaConfig, KafkaSetupError};
 use tally_model::counts::{self, CountsRecord};
 use tally_service::Readiness;
 use tally_store::{CountStore, CountsEntry, StoreError};
@@ -78,6 +78,7 @@ impl<S: CountStore> WriterService<S> {
         registry: &Registry,
         readiness: &Readiness,
     ) -> Result<Self, WriterError> {
+        kafka.validate_member("writer", config.group_instance_id.as_deref()).map_err(KafkaSetupError::from)?;
         if kafka.create_topics {
             ensure_topics(kafka, &tally_topics(kafka)).await?;
         }
@@ -101,7 +102,9 @@ impl<S: CountStore> WriterService<S> {
 
     /// Writes until `shutdown`; the batch in hand is finished first.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WriterError> {
-        let consumer_config = group_consumer_config(&self.kafka, "tally-writer", &self.config.group_id);
+        let member =
+            GroupMember { group_id: &self.config.group_id, instance_id: self.config.group_instance_id.as_deref() };
+        let consumer_config = group_consumer_config(&self.kafka, "tally-writer", &member);
         let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
         consumer.subscribe(&[&self.kafka.topics.counts])?;
         self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tally_config::Secret;
 use tally_kafka::clients::{group_consumer_config, is_transient};
-use tally_kafka::KafkaConfig;
+use tally_kafka::{GroupMember, KafkaConfig, MembershipError};
 use tokio_util::sync::CancellationToken;
 
 use super::layout::{self, HOUR_MS};
@@ -38,6 +38,13 @@ pub struct ArchiverConfig {
     pub admin_listen: SocketAddr,
     /// Consumer group of the archiver.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a stable name per
+    /// instance, unique in the group, typically the pod name of a
+    /// StatefulSet (`TALLY_ARCHIVER__GROUP_INSTANCE_ID` from `metadata.name`).
+    /// An instance that restarts within the group's session timeout gets its
+    /// partitions back without a rebalance; one that stops keeps them
+    /// (uncounted) until its session expires. Absent: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// Root of the Parquet archive (Hive layout below it), when `url` is empty.
     pub dir: PathBuf,
     /// Object storage for the archive instead of `dir`, e.g. `s3://bucket/tally-archive`
@@ -59,6 +66,7 @@ impl Default for ArchiverConfig {
         Self {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9084)),
             group_id: "tally-archiver".into(),
+            group_instance_id: None,
             dir: PathBuf::from("tally-data/archive"),
             url: String::new(),
             object_store_options: BTreeMap::new(),
@@ -80,6 +88,9 @@ pub enum ArchiverError {
     /// Metrics.
     #[error("archiver metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The group settings conflict.
+    #[error("invalid Kafka group settings: {0}")]
+    Membership(#[from] MembershipError),
 }
 
 #[derive(Clone)]
@@ -134,6 +145,7 @@ pub struct ArchiverService {
 impl ArchiverService {
     /// Registers metrics.
     pub fn build(config: &ArchiverConfig, kafka: &KafkaConfig, registry: &Registry) -> Result<Self, ArchiverError> {
+        kafka.validate_member("archiver", config.group_instance_id.as_deref())?;
         let storage = ArchiveStorage::from_config(&config.dir, &config.url, &config.object_store_options)?;
         Ok(Self { config: config.clone(), kafka: kafka.clone(), metrics: Metrics::register(registry)?, storage })
     }
@@ -146,8 +158,9 @@ impl ArchiverService {
             let entry = archived.entry(partition).or_insert(end);
             *entry = (*entry).max(end);
         }
-        let consumer: StreamConsumer =
-            group_consumer_config(&self.kafka, "tally-archiver", &self.config.group_id).create()?;
+        let member =
+            GroupMember { group_id: &self.config.group_id, instance_id: self.config.group_instance_id.as_deref() };
+        let consumer: StreamConsumer = group_consumer_config(&self.kafka, "tally-archiver", &member).create()?;
         consumer.subscribe(&[&self.kafka.topics.views])?;
         let mut open: HashMap<i32, OpenFile> = HashMap::new();
         let mut last_tick = Instant::now();
