@@ -44,6 +44,12 @@ pub struct CounterMetrics {
     pub buffered_rows: IntGauge,
     /// Partitions this instance owns.
     pub owned_partitions: IntGauge,
+    /// Partitions assigned to this instance by rebalances.
+    pub partitions_assigned: IntCounter,
+    /// Partitions revoked from this instance by rebalances (an eager
+    /// rebalance revokes every owned partition, a cooperative one only those
+    /// that move).
+    pub partitions_revoked: IntCounter,
 }
 
 impl CounterMetrics {
@@ -128,6 +134,14 @@ impl CounterMetrics {
                 "tally_counter_owned_partitions",
                 "Partitions of the views topic this instance counts",
             )?,
+            partitions_assigned: IntCounter::new(
+                "tally_counter_partitions_assigned_total",
+                "Partitions of the views topic assigned to this instance by rebalances",
+            )?,
+            partitions_revoked: IntCounter::new(
+                "tally_counter_partitions_revoked_total",
+                "Partitions of the views topic revoked from this instance by rebalances (eager: all it owned; cooperative: those that move)",
+            )?,
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
@@ -148,6 +162,8 @@ impl CounterMetrics {
         registry.register(Box::new(m.dedup_bytes.clone()))?;
         registry.register(Box::new(m.buffered_rows.clone()))?;
         registry.register(Box::new(m.owned_partitions.clone()))?;
+        registry.register(Box::new(m.partitions_assigned.clone()))?;
+        registry.register(Box::new(m.partitions_revoked.clone()))?;
         Ok(m)
     }
 }

@@ -87,6 +87,7 @@ impl ConsumerContext for CounterContext {
         self.shared.marks.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Revoke(list) = rebalance {
             let revoked: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            self.shared.metrics.partitions_revoked.inc_by(revoked.len() as u64);
             let mut inner = self.shared.lock();
             if let Err(e) = self.shared.release(&mut inner, consumer, &revoked) {
                 inner.failure.get_or_insert(e);
@@ -98,6 +99,7 @@ impl ConsumerContext for CounterContext {
         self.shared.marks.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Assign(list) = rebalance {
             let assigned: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            self.shared.metrics.partitions_assigned.inc_by(assigned.len() as u64);
             if let Err(e) = self.shared.take_over(consumer, &assigned) {
                 tracing::error!(error = %e, "taking over partitions failed");
                 self.shared.lock().failure.get_or_insert(e);

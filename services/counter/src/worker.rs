@@ -204,6 +204,14 @@ impl Worker {
                 Some(Ok(message)) => {
                     batch.push(message.partition(), message.offset(), message.key(), message.payload())
                 }
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    // Fenced (a duplicate group-instance-id, say): this consumer
+                    // will never fetch again. Stop, so the supervisor or an
+                    // operator sees it, rather than run without partitions.
+                    tracing::error!(error = %e, "the consumer failed fatally; stopping");
+                    self.shared.lock().failure.get_or_insert(WorkerError::Kafka(e));
+                    break;
+                }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => break,
             }
