@@ -149,6 +149,9 @@ impl Shared {
         for p in assigned {
             list.add_partition(topic, *p);
         }
+        // librdkafka keeps a partition's pause across unassign and assign: one
+        // paused for backpressure when it was revoked would never be fetched again.
+        consumer.resume(&list)?;
         let committed: HashMap<i32, Option<i64>> = consumer
             .committed_offsets(list, Duration::from_secs(10))?
             .elements()
