@@ -7,6 +7,7 @@
 //! test keeps to its own random topic and group names. A test that stops,
 //! kills or restarts its broker starts one of its own ([`Broker::start`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -38,15 +39,22 @@ struct OwnBroker {
 
 impl Broker {
     /// Starts a broker of this test's own, on fresh ports with empty storage,
-    /// and waits until it answers metadata requests.
+    /// and waits until it answers metadata requests. Consumer-protocol groups
+    /// get 6 s sessions and 1 s heartbeats, as the tests' classic groups do
+    /// (`tally_servers::kafka::short_consumer_group_sessions`).
     pub fn start() -> Self {
+        Self::start_with(tally_servers::kafka::short_consumer_group_sessions())
+    }
+
+    /// [`Broker::start`] with `overrides` as the broker properties over the
+    /// node's defaults (none: Apache Kafka's own group settings).
+    pub fn start_with(overrides: BTreeMap<String, String>) -> Self {
         let tools = Tools::find().unwrap_or_else(|e| panic!("{e}"));
         let mut last_error = String::new();
         for attempt in 0..3 {
             let dir = ServerDir::create("kafka");
             let mut node = KafkaNode::single(dir.path(), free_port(), free_port());
-            // Tests' consumer-protocol groups get the 6 s sessions their classic groups set themselves.
-            node.overrides = tally_servers::kafka::short_consumer_group_sessions();
+            node.overrides = overrides.clone();
             match node.start(&tools, START_LIMIT) {
                 Ok(process) => {
                     return Self {
