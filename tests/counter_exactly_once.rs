@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{write_config, Load, TallyProcess, ViewsProducer};
+use common::{write_config, write_config_with_groups, Load, TallyProcess, ViewsProducer, CLASSIC_SHORT_SESSIONS};
 use tally_counter::verify::{fold_counts, Folded};
 use tally_kafka::KafkaConfig;
 use tally_testkit::{bounded, Broker};
@@ -141,19 +141,27 @@ async fn two_counters_in_one_group_one_leaving_and_rejoining_lose_and_repeat_not
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_revoked_in_a_rebalance_are_flushed_not_dropped() {
-    // Neither counter flushes on its timer during the test: whatever reaches
-    // the counts topic before a minute has passed was flushed by the revoke.
-    const SLOW_FLUSH: &str = r#"
+/// A counter that flushes on its timer only after a minute: whatever reaches
+/// the counts topic sooner was flushed by a revoke (or a drain).
+const SLOW_FLUSH: &str = r#"
 [counter]
 admin-listen = "127.0.0.1:0"
 flush-interval = "60s"
 lag-interval = "200ms"
 "#;
+
+/// The `[kafka]` group lines of an eager classic group.
+fn eager() -> String {
+    format!("{CLASSIC_SHORT_SESSIONS}\nassignment-strategy = \"range\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_revoked_in_a_rebalance_are_flushed_not_dropped() {
+    // Eager: the join revokes every partition, so every counted range is
+    // flushed by the revoke and the totals are exact long before the timer.
     bounded(Duration::from_secs(120), async {
         let (_broker, kafka, dir) = setup().await;
-        let config = write_config(dir.path(), &kafka, SLOW_FLUSH);
+        let config = write_config_with_groups(dir.path(), &kafka, &eager(), SLOW_FLUSH);
         let mut load = Load::new(seed());
         let mut producer = ViewsProducer::new(&kafka, &[]);
         let first = TallyProcess::spawn(&config, "counter");
@@ -174,6 +182,44 @@ lag-interval = "200ms"
         assert!(first.metric("tally_counter_revoke_flushes_total").is_some_and(|n| n >= 1.0));
         assert!(first.terminate(Duration::from_secs(30)).success());
         assert!(second.terminate(Duration::from_secs(30)).success());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cooperative_rebalance_drains_only_the_revoked_partitions() {
+    bounded(Duration::from_secs(120), async {
+        let (_broker, kafka, dir) = setup().await;
+        let config = write_config(dir.path(), &kafka, SLOW_FLUSH);
+        let mut load = Load::new(seed());
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let first = TallyProcess::spawn(&config, "counter");
+        assert!(first.wait_for_metric("tally_counter_owned_partitions", 4.0, Duration::from_secs(30)));
+        producer.send(&load.batch(2_000, tally_model::timestamp::now_ms(), 10)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(first.metric("tally_counter_consumer_lag_records_sum") == Some(0.0)
+            && first.metric("tally_counter_buffered_rows").is_some_and(|rows| rows > 0.0))
+        {
+            assert!(Instant::now() < deadline, "the first counter never caught up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let buffered_alone = first.metric("tally_counter_buffered_rows").expect("buffered rows");
+        let second = TallyProcess::spawn(&config, "counter");
+        assert!(second.wait_for_metric("tally_counter_owned_partitions", 2.0, Duration::from_secs(30)));
+        let metric = |name| first.metric(name).unwrap_or(f64::NAN);
+        assert_eq!(metric("tally_counter_owned_partitions"), 2.0);
+        assert_eq!(metric("tally_counter_partitions_revoked_total"), 2.0, "only the two moving partitions");
+        assert_eq!(metric("tally_counter_revoke_flushes_total"), 2.0, "each revoked range flushed");
+        let buffered_kept = metric("tally_counter_buffered_rows");
+        assert!(
+            buffered_kept > 0.0 && buffered_kept < buffered_alone,
+            "the kept partitions still hold their open ranges: {buffered_alone} -> {buffered_kept}"
+        );
+        // Draining both flushes the rest: exact totals.
+        assert!(first.terminate(Duration::from_secs(30)).success());
+        assert!(second.terminate(Duration::from_secs(30)).success());
+        let folded = wait_for_totals(&kafka, &producer.expected, Duration::from_secs(40)).await;
+        assert_exact(&folded, &producer.expected);
     })
     .await;
 }

@@ -39,11 +39,18 @@ pub enum Verdict {
 /// Judges the result of a commit of `offsets` on `topic`; `owned` says
 /// whether this counter still owns a partition.
 ///
-/// Fatal: the coordinator no longer knows this member or its generation
-/// (`UNKNOWN_MEMBER_ID`, `ILLEGAL_GENERATION`, `FENCED_INSTANCE_ID`,
-/// `STALE_MEMBER_EPOCH`), or a rebalance is in progress and a partition of
-/// the commit is already gone (its flush end may never be committed while
-/// its records were emitted). Anything else is retried.
+/// Fatal: the coordinator no longer knows this member (`UNKNOWN_MEMBER_ID`,
+/// `FENCED_INSTANCE_ID`), or the group moved on (`REBALANCE_IN_PROGRESS`,
+/// a newer generation, `ILLEGAL_GENERATION`, or member epoch,
+/// `STALE_MEMBER_EPOCH`) and a partition of the commit is already gone (its
+/// flush end may never be committed while its records were emitted).
+/// While this counter still owns every partition of the commit, the group
+/// moving on is no fencing: members of incremental groups (cooperative-sticky,
+/// the consumer protocol) keep their partitions through a rebalance, a
+/// commit racing the new generation is refused, and librdkafka commits the
+/// stored offsets again under the new one (or, if the member really was
+/// fenced, revokes its partitions as lost, which stops their counting).
+/// Anything else is retried.
 pub fn judge(
     result: &KafkaResult<()>,
     offsets: &TopicPartitionList,
@@ -69,8 +76,8 @@ pub fn judge(
     if let Some(code) = codes.iter().copied().find(|code| is_fenced(*code)) {
         return Verdict::Fenced(code);
     }
-    if gone && codes.contains(&RDKafkaErrorCode::RebalanceInProgress) {
-        return Verdict::Fenced(RDKafkaErrorCode::RebalanceInProgress);
+    if let Some(code) = codes.iter().copied().find(|code| gone && group_moved_on(*code)) {
+        return Verdict::Fenced(code);
     }
     match codes.first() {
         Some(code) => Verdict::Retried(*code),
@@ -80,11 +87,16 @@ pub fn judge(
 
 /// Whether `code` says the coordinator has fenced this member out of the group.
 fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId)
+}
+
+/// Whether `code` says the group rebalanced (or is rebalancing) since this
+/// member's generation or epoch.
+fn group_moved_on(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
-        RDKafkaErrorCode::UnknownMemberId
+        RDKafkaErrorCode::RebalanceInProgress
             | RDKafkaErrorCode::IllegalGeneration
-            | RDKafkaErrorCode::FencedInstanceId
             | RDKafkaErrorCode::StaleMemberEpoch
     )
 }
@@ -151,14 +163,22 @@ mod tests {
 
     #[test]
     fn a_member_fenced_out_of_the_group_is_fatal_whoever_owns_what() {
-        for code in [
-            RDKafkaErrorCode::UnknownMemberId,
-            RDKafkaErrorCode::IllegalGeneration,
-            RDKafkaErrorCode::FencedInstanceId,
-            RDKafkaErrorCode::StaleMemberEpoch,
-        ] {
+        for code in [RDKafkaErrorCode::UnknownMemberId, RDKafkaErrorCode::FencedInstanceId] {
             let offsets = list(&[0]);
             assert_eq!(judge(&failed(code), &offsets, "views", |_| true), Verdict::Fenced(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_generation_moved_on_by_an_incremental_rebalance_is_retried_while_the_partitions_are_owned() {
+        // Cooperative and consumer-protocol members keep their partitions
+        // while the group rebalances; a commit racing the new generation
+        // (classic) or member epoch (KIP-848) is refused, and librdkafka
+        // commits the stored offsets again under the new one.
+        for code in [RDKafkaErrorCode::IllegalGeneration, RDKafkaErrorCode::StaleMemberEpoch] {
+            let offsets = list(&[0, 3]);
+            assert_eq!(judge(&failed(code), &offsets, "views", |_| true), Verdict::Retried(code), "{code:?}");
+            assert_eq!(judge(&failed(code), &offsets, "views", |p| p != 3), Verdict::Fenced(code), "{code:?}");
         }
     }
 

@@ -125,11 +125,9 @@ fn a_rejected_background_commit_is_counted_and_committed_on_a_later_tick() {
 #[test]
 fn a_member_fenced_out_of_the_group_stops_the_counter() {
     let fixture = fixture(3);
-    fixture
-        .cluster
-        .request_errors(RDKafkaApiKey::OffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION]);
+    fixture.cluster.request_errors(RDKafkaApiKey::OffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID]);
     assert!(poll_until(&fixture, |f| f.shared.lock().failure.is_some()), "commit_callback raised a failure");
     let failure = fixture.shared.lock().failure.take();
-    assert!(matches!(failure, Some(WorkerError::Fenced(RDKafkaErrorCode::IllegalGeneration))), "fenced: {failure:?}");
+    assert!(matches!(failure, Some(WorkerError::Fenced(RDKafkaErrorCode::UnknownMemberId))), "fenced: {failure:?}");
     assert!(failures(&fixture.registry) >= 1.0);
 }
