@@ -6,8 +6,9 @@
 //! `cargo bench -p tally --bench rebalance_pause` (needs Kafka: scripts/setup).
 //! A broker of its own (one KRaft node); per protocol, counter processes (the
 //! release `tally` binary, flushing every 100 ms) on a 6-partition views
-//! topic under steady load (about 1,000 views/s), cycling 1 -> 2 -> 3
-//! counters, then a restart of one of the three, then back to 1.
+//! topic under steady load (about 1,000 views/s of 600 videos, uniform, so
+//! every partition carries the same), cycling 1 -> 2 -> 3 counters, then a
+//! restart of one of the three, then back to 1.
 //!
 //! The measure comes from the counts topic, not from the counters: every
 //! flush is a record there, stamped by the producer when the counter emitted
@@ -24,8 +25,9 @@
 //! Taking a partition over replays its dedup window from the views topic
 //! (the counter's `recovery`), so what a rebalance costs grows with the
 //! records in the window: `TALLY_BENCH_PREFILL` views (default 300,000,
-//! 50,000 per partition, five minutes of this load) are produced before the
-//! first counter starts, so every takeover replays about that much.
+//! 50,000 per partition) are produced before the first counter starts, so
+//! every takeover replays about that much (3,000,000: 500,000 a partition,
+//! a full 10-minute window at 10,000 views/s over 12 partitions).
 //!
 //! Other knobs: `TALLY_BENCH_PROTOCOLS` (comma-separated of `eager`,
 //! `cooperative`, `static`, `consumer`; default all), `TALLY_BENCH_CYCLES`
@@ -43,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{write_config_with_groups, Load, TallyProcess, ViewsProducer, CLASSIC_SHORT_SESSIONS};
+use common::{write_config_with_groups, TallyProcess, ViewsProducer, CLASSIC_SHORT_SESSIONS};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -59,6 +61,26 @@ const HOLD: Duration = Duration::from_secs(4);
 /// A gap longer than this means the partition was stopped by the rebalance
 /// (steady gaps stay under 200 ms with a 100 ms flush interval).
 const STOPPED: i64 = 500;
+
+/// Views of 600 videos drawn uniformly, so that every partition carries the
+/// same load and holds the same dedup window (a zipf load would put half the
+/// views, and most of the takeover work, on one partition).
+#[derive(Default)]
+struct Uniform {
+    next: u64,
+}
+
+impl Uniform {
+    fn batch(&mut self, n: usize) -> Vec<(String, String, i64, i64, bool)> {
+        let now = now_ms();
+        (0..n)
+            .map(|_| {
+                self.next += 1;
+                (format!("video-{}", self.next % 600), format!("evt-{}", self.next), now, now, true)
+            })
+            .collect()
+    }
+}
 
 /// One way of running the group.
 #[derive(Clone)]
@@ -278,9 +300,9 @@ async fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let filled = Instant::now();
         let mut producer = ViewsProducer::new(&kafka, &[]);
-        let mut load = Load::new(0x00c0_ffee);
+        let mut load = Uniform::default();
         for _ in 0..prefill / 10_000 {
-            producer.send(&load.batch(10_000, now_ms(), 10)).await;
+            producer.send(&load.batch(10_000)).await;
         }
         println!("\n{}: {prefill} views produced in {:.1} s", protocol.name, filled.elapsed().as_secs_f64());
         let feeding = Arc::new(AtomicBool::new(true));
@@ -288,7 +310,7 @@ async fn main() {
             let feeding = feeding.clone();
             async move {
                 while feeding.load(Ordering::SeqCst) {
-                    producer.send(&load.batch(100, now_ms(), 10)).await;
+                    producer.send(&load.batch(100)).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
