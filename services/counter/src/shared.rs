@@ -9,7 +9,10 @@
 //! polled but not yet processed are dropped uncommitted (the next owner
 //! counts them once); so are open ranges after a lost assignment. On
 //! assign, each new partition is claimed ([`crate::claim`]) and recovered
-//! ([`crate::recovery`]) before any of its records is processed. Between
+//! ([`crate::recovery`]) before any of its records is processed. With an
+//! incremental protocol (`cooperative-sticky`, or the `consumer` protocol)
+//! both callbacks name only the partitions that move: the others keep
+//! counting through the rebalance, their marks still valid. Between
 //! rebalances, acknowledged ends are committed in the background
 //! ([`crate::commits`]); the results come back through the commit callback,
 //! also inside `poll`.
