@@ -32,6 +32,7 @@
 //! - [`processor`]: the processing thread: counts batches, seals flushes, commits, pauses.
 //! - [`shared`]: state of both threads, rebalance callbacks, stale-record marks.
 //! - [`lag`]: consumer lag, measured on a thread of its own.
+//! - [`ownership`]: a partition's life in this counter: owned, draining, released.
 //! - [`partition`]: one partition's open range; classification of records.
 //! - [`aggregate`], [`dedup`]: pre-aggregation and the deterministic dedup window.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
@@ -51,6 +52,7 @@ pub mod dlq;
 pub mod emitter;
 pub mod lag;
 pub mod metrics;
+pub mod ownership;
 pub mod partition;
 pub mod processor;
 pub mod recovery;

@@ -44,6 +44,8 @@ pub struct CounterMetrics {
     pub buffered_rows: IntGauge,
     /// Partitions this instance owns.
     pub owned_partitions: IntGauge,
+    /// Acknowledged flushes of an owner that no longer held the partition, ignored.
+    pub stale_completions: IntCounter,
 }
 
 impl CounterMetrics {
@@ -128,6 +130,10 @@ impl CounterMetrics {
                 "tally_counter_owned_partitions",
                 "Partitions of the views topic this instance counts",
             )?,
+            stale_completions: IntCounter::new(
+                "tally_counter_stale_completions_total",
+                "Flushes acknowledged after their owner released the partition (a revoke gave up waiting); their ends are not committed",
+            )?,
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
@@ -148,6 +154,7 @@ impl CounterMetrics {
         registry.register(Box::new(m.dedup_bytes.clone()))?;
         registry.register(Box::new(m.buffered_rows.clone()))?;
         registry.register(Box::new(m.owned_partitions.clone()))?;
+        registry.register(Box::new(m.stale_completions.clone()))?;
         Ok(m)
     }
 }

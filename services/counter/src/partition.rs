@@ -87,7 +87,7 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// A sealed range, ready to emit.
+/// A sealed range, ready to emit; its header names the owner that sealed it.
 #[derive(Debug)]
 pub struct FlushJob {
     /// Source partition.
@@ -100,6 +100,25 @@ pub struct FlushJob {
     pub dead: Vec<DeadLetter>,
     /// When it was sealed.
     pub sealed_at: Instant,
+}
+
+/// Whether the consumer delivers a partition's records (backpressure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Its records are fetched and counted.
+    Flowing,
+    /// Paused by the processing thread: it cannot take more records now.
+    Paused,
+    /// Paused and no longer blocked: waiting for the consumer thread to
+    /// resume it and seek back to `next`.
+    ResumeWanted,
+}
+
+impl FlushJob {
+    /// The owner that sealed it (the token of its claim).
+    pub fn owner(&self) -> u64 {
+        self.header.owner
+    }
 }
 
 /// State of one owned partition.
@@ -121,13 +140,14 @@ pub struct PartitionState {
     forced_ends: VecDeque<i64>,
     in_flight: Option<i64>,
     last_flush: Instant,
+    /// End of the last acknowledged flush, stored for commit, while the
+    /// background commit has not confirmed it (committed synchronously on
+    /// revoke and at shutdown).
+    acknowledged: Option<i64>,
     /// Receive time of the last record processed.
     pub last_received_ms: i64,
-    /// Whether the worker paused it.
-    pub paused: bool,
-    /// Paused, and no longer blocked: waiting for the consumer thread to
-    /// resume it and seek back to `next`.
-    pub resume_pending: bool,
+    /// Whether the consumer delivers its records (backpressure).
+    pub flow: Flow,
     /// Records of batches polled before this mark (before the partition was
     /// assigned or last sought) are stale (see [`crate::shared`]).
     pub valid_from_mark: u64,
@@ -152,9 +172,9 @@ impl PartitionState {
             forced_ends: forced_ends.into(),
             in_flight: None,
             last_flush: Instant::now(),
+            acknowledged: None,
             last_received_ms: 0,
-            paused: false,
-            resume_pending: false,
+            flow: Flow::Flowing,
             valid_from_mark: 0,
         }
     }
@@ -367,10 +387,24 @@ impl PartitionState {
         job
     }
 
-    /// Marks the flush ending at `end` as acknowledged and committed.
+    /// Marks the flush ending at `end` as acknowledged: the next one may be
+    /// sealed, and `end` awaits its commit.
     pub fn complete(&mut self, end: i64) {
         if self.in_flight == Some(end) {
             self.in_flight = None;
+        }
+        self.acknowledged = Some(self.acknowledged.map_or(end, |before| before.max(end)));
+    }
+
+    /// The acknowledged end the background commit has not confirmed yet.
+    pub fn acknowledged(&self) -> Option<i64> {
+        self.acknowledged
+    }
+
+    /// A commit of `committed` succeeded: an acknowledged end up to it is confirmed.
+    pub fn confirm_committed(&mut self, committed: i64) {
+        if self.acknowledged.is_some_and(|end| end <= committed) {
+            self.acknowledged = None;
         }
     }
 

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 
 use crate::dedup::BYTES_PER_ENTRY;
-use crate::partition::{FlushJob, PartitionState, Rules};
+use crate::partition::{Flow, FlushJob, PartitionState, Rules};
 use crate::shared::{position, CounterContext, Inner, Shared};
 use crate::worker::WorkerError;
 
@@ -123,7 +123,7 @@ impl Processor<'_> {
                 self.seal_due(&mut inner, &mut outcomes)?;
                 self.apply_backpressure(&mut inner)?;
                 publish_outcomes(self.shared, &mut outcomes);
-                self.shared.positions.update_all(inner.states.values().map(|s| (s.partition, position(s))));
+                self.shared.positions.update_all(inner.partitions.owned().map(|s| (s.partition, position(s))));
             }
         }
     }
@@ -141,7 +141,7 @@ impl Processor<'_> {
             // Records come in runs of one partition (one fetched message set each).
             let partition = records[i].partition;
             let end = records[i..].iter().position(|r| r.partition != partition).map_or(records.len(), |n| i + n);
-            let Some(state) = inner.states.get_mut(&partition) else {
+            let Some(state) = inner.partitions.owned_mut(partition) else {
                 i = end;
                 continue;
             };
@@ -150,9 +150,9 @@ impl Processor<'_> {
                 continue;
             }
             while i < end {
-                if state.paused || state.blocked(self.rules) {
+                if state.flow != Flow::Flowing || state.blocked(self.rules) {
                     // Not now: pause; the rest of the run is refetched from `next` after resume.
-                    if !state.paused {
+                    if state.flow == Flow::Flowing {
                         self.pause(state)?;
                     }
                     i = end;
@@ -175,8 +175,7 @@ impl Processor<'_> {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.shared.recovery.views_topic, state.partition);
         self.consumer.pause(&list)?;
-        state.paused = true;
-        state.resume_pending = false;
+        state.flow = Flow::Paused;
         self.shared.metrics.pauses.inc();
         Ok(())
     }
@@ -184,7 +183,7 @@ impl Processor<'_> {
     fn seal_due(&self, inner: &mut Inner, outcomes: &mut [u64; 4]) -> Result<(), WorkerError> {
         let now = Instant::now();
         let mut jobs = Vec::new();
-        for state in inner.states.values_mut() {
+        for state in inner.partitions.owned_iter_mut() {
             if state.due(now, self.rules) {
                 jobs.push(state.seal(now));
             }
@@ -198,22 +197,22 @@ impl Processor<'_> {
 
     fn apply_backpressure(&self, inner: &mut Inner) -> Result<(), WorkerError> {
         let mut paused = 0;
-        for state in inner.states.values_mut() {
+        for state in inner.partitions.owned_iter_mut() {
             let blocked = state.blocked(self.rules);
-            if blocked && !state.paused {
+            if blocked && state.flow == Flow::Flowing {
                 self.pause(state)?;
-            } else if !blocked && state.paused && !state.resume_pending {
-                state.resume_pending = true;
+            } else if !blocked && state.flow == Flow::Paused {
+                state.flow = Flow::ResumeWanted;
                 self.resume_wanted.store(true, Ordering::SeqCst);
             }
-            paused += i64::from(state.paused);
+            paused += i64::from(state.flow != Flow::Flowing);
         }
         let metrics = &self.shared.metrics;
         metrics.paused_partitions.set(paused);
-        let entries: usize = inner.states.values().map(PartitionState::dedup_len).sum();
+        let entries: usize = inner.partitions.owned().map(PartitionState::dedup_len).sum();
         metrics.dedup_entries.set(entries as i64);
         metrics.dedup_bytes.set((entries * BYTES_PER_ENTRY) as i64);
-        metrics.buffered_rows.set(inner.states.values().map(PartitionState::buffered_rows).sum::<usize>() as i64);
+        metrics.buffered_rows.set(inner.partitions.owned().map(PartitionState::buffered_rows).sum::<usize>() as i64);
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ use crate::dlq::DlqLimitExceeded;
 use crate::emitter::Completion;
 use crate::lag::{BrokerWatermarks, LagMonitor};
 use crate::metrics::CounterMetrics;
-use crate::partition::{FlushJob, Rules};
+use crate::partition::{Flow, FlushJob, Rules};
 use crate::processor::{Batch, Processor, BATCH};
 use crate::recovery::{RecoveryContext, RecoveryError};
 use crate::shared::{CounterContext, Shared};
@@ -45,6 +45,9 @@ pub enum WorkerError {
     /// A partition could not be claimed.
     #[error(transparent)]
     Claim(#[from] ClaimError),
+    /// A partition's state machine was driven out of order.
+    #[error(transparent)]
+    Ownership(#[from] crate::ownership::OwnershipError),
     /// Storing or committing an offset failed.
     #[error("committing offset {offset} of partition {partition}: {source}")]
     Commit {
@@ -208,7 +211,7 @@ impl Worker {
             }
             if last_assignment_check.elapsed() >= self.lag_interval {
                 last_assignment_check = Instant::now();
-                let assigned = !self.shared.lock().states.is_empty();
+                let assigned = self.shared.lock().partitions.owned_count() > 0;
                 if unassigned.should_rejoin(assigned) {
                     self.rejoin_wanted.store(true, Ordering::SeqCst);
                 }
@@ -258,8 +261,8 @@ impl Worker {
     /// back to its next offset; records polled before are stale from now on.
     fn resume_ready(&self, topic: &str) -> Result<(), WorkerError> {
         let mut inner = self.shared.lock();
-        for state in inner.states.values_mut() {
-            if !(state.paused && state.resume_pending) {
+        for state in inner.partitions.owned_iter_mut() {
+            if state.flow != Flow::ResumeWanted {
                 continue;
             }
             let mut list = TopicPartitionList::new();
@@ -267,8 +270,7 @@ impl Worker {
             self.consumer.resume(&list)?;
             self.consumer.seek(topic, state.partition, Offset::Offset(state.next_offset()), Duration::from_secs(5))?;
             state.valid_from_mark = self.shared.marks.fetch_add(1, Ordering::SeqCst) + 1;
-            state.paused = false;
-            state.resume_pending = false;
+            state.flow = Flow::Flowing;
         }
         Ok(())
     }
@@ -277,11 +279,12 @@ impl Worker {
     /// caller closes the consumer in what is left.
     fn drain(&self, deadline: Instant, seal_open_ranges: bool) -> Result<(), WorkerError> {
         let mut inner = self.shared.lock();
+        inner.partitions.drain(|_| true);
         if seal_open_ranges {
-            self.shared.seal_open_ranges(&mut inner, |_| true)?;
+            self.shared.seal_draining(&mut inner, |_| true)?;
         }
         let acknowledged_by = deadline.checked_sub(COMMIT_RESERVE + CLOSE_RESERVE).unwrap_or(deadline);
-        while inner.states.values().any(|s| s.in_flight().is_some()) {
+        while inner.partitions.draining_in_flight(|_| true) {
             match inner.completions.recv_timeout(acknowledged_by.saturating_duration_since(Instant::now())) {
                 Ok(done) => self.shared.complete(&mut inner, &self.consumer, done)?,
                 Err(_) => {
@@ -297,12 +300,11 @@ impl Worker {
         let consumer = self.consumer.clone();
         let committed =
             self.shared.commit_acknowledged(&mut inner, |_| true, |list| commit_within(consumer, list, budget));
-        let owned: Vec<i32> = inner.states.keys().copied().collect();
-        if let Err(e) = crate::commits::forget_stored(&self.consumer, &self.shared.recovery.views_topic, &owned) {
+        let held: Vec<i32> = inner.partitions.held_iter_mut().map(|s| s.partition).collect();
+        if let Err(e) = crate::commits::forget_stored(&self.consumer, &self.shared.recovery.views_topic, &held) {
             tracing::warn!(error = %e, "clearing stored offsets before closing the consumer failed");
         }
-        inner.states.clear();
-        inner.acknowledged.clear();
+        self.shared.forget(&mut inner, |_| true);
         committed
     }
 }
