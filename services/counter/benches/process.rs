@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_counter::dedup::Dedup;
 use tally_counter::dlq::DlqLimits;
 use tally_counter::partition::{PartitionState, Rules};
+use tally_model::counting::{CountingRule, Dedup};
 use tally_model::{wire, EventId, Salt, VideoId, ViewEvent};
 
 /// The allocator the `tally` binary runs with, so the dedup window's memory
@@ -53,7 +53,11 @@ fn records() -> Vec<Vec<u8>> {
 fn main() {
     let records = records();
     let rules = Rules {
-        allowed_lateness_ms: 3_600_000,
+        counting: CountingRule {
+            allowed_lateness_ms: 3_600_000,
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 2_000_000,
+        },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 100, max_consecutive: 1_000 },
         max_rows_per_flush: 100_000,
         max_buffered_rows: 1_000_000,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tally_model::counting::CountingRule;
 
 /// Counter settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -48,6 +49,19 @@ pub struct CounterConfig {
     /// own client: a slow broker never stalls polling).
     #[serde(with = "humantime_serde")]
     pub lag_interval: Duration,
+}
+
+impl CounterConfig {
+    /// The counting rule of this configuration (the reconciler's recount
+    /// applies it too, from the same `[counter]` section).
+    pub fn counting_rule(&self) -> CountingRule {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        CountingRule {
+            allowed_lateness_ms: millis(self.allowed_lateness),
+            dedup_window_ms: millis(self.dedup_window),
+            dedup_max_entries: self.dedup_max_entries,
+        }
+    }
 }
 
 impl Default for CounterConfig {

@@ -191,7 +191,7 @@ impl Partitions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dedup::Dedup;
+    use tally_model::counting::Dedup;
 
     fn state(partition: i32, owner: u64) -> PartitionState {
         PartitionState::new(partition, 0, owner, 0, Dedup::new(1_000, 10), vec![])

@@ -4,20 +4,20 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use tally_model::counting::{dedup_key, CountingRule, Dedup};
 use tally_model::counts::{FlushHeader, FlushStats};
 use tally_model::timestamp::minute_bucket;
 use tally_model::wire::{self, WireView};
 use tally_model::Salt;
 
 use crate::aggregate::Aggregate;
-use crate::dedup::{dedup_key, Dedup};
 use crate::dlq::{DeadLetter, DeadReason, DlqGuard, DlqLimitExceeded, DlqLimits};
 
 /// The rules every partition applies.
 #[derive(Debug, Clone)]
 pub struct Rules {
-    /// Events older than this (receive time minus event time) are late.
-    pub allowed_lateness_ms: i64,
+    /// Which records are views (lateness, dedup window): the batch recount's rule too.
+    pub counting: CountingRule,
     /// Dead-letter limits.
     pub dlq: DlqLimits,
     /// Flush early above this many distinct rows.
@@ -36,18 +36,20 @@ pub enum Verdict<'a> {
     Dead(DeadReason, String),
 }
 
-/// Classifies a payload; recovery replays the same function, so both lives
-/// of a partition decide alike.
-pub fn classify(payload: Option<&[u8]>, allowed_lateness_ms: i64) -> Verdict<'_> {
+/// Classifies a payload by `rule`; recovery replays the same function, so
+/// both lives of a partition decide alike.
+pub fn classify<'a>(payload: Option<&'a [u8]>, rule: &CountingRule) -> Verdict<'a> {
     let view = match wire::decode(payload.unwrap_or_default()) {
         Ok(view) => view,
         Err(e) => return Verdict::Dead(DeadReason::Malformed, e.to_string()),
     };
-    let lateness = view.received_ms.saturating_sub(view.ts_ms);
-    if lateness > allowed_lateness_ms {
+    if let Some(lateness) = rule.lateness(view.received_ms, view.ts_ms) {
         return Verdict::Dead(
             DeadReason::Late,
-            format!("event is {lateness} ms older than its receive time; allowed lateness is {allowed_lateness_ms} ms"),
+            format!(
+                "event is {lateness} ms older than its receive time; allowed lateness is {} ms",
+                rule.allowed_lateness_ms
+            ),
         );
     }
     Verdict::Count(view)
@@ -282,7 +284,7 @@ impl PartitionState {
             return Ok(());
         }
         self.stats.read += 1;
-        match classify(Some(payload), rules.allowed_lateness_ms) {
+        match classify(Some(payload), &rules.counting) {
             Verdict::Dead(reason, message) => {
                 self.stats.dead_lettered += 1;
                 self.dead.push(DeadLetter {

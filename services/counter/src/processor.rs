@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
+use tally_model::counting::BYTES_PER_ENTRY;
 
-use crate::dedup::BYTES_PER_ENTRY;
 use crate::partition::{Flow, FlushJob, PartitionState, Rules};
 use crate::shared::{position, CounterContext, Inner, Shared};
 use crate::worker::WorkerError;

@@ -20,10 +20,10 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::base_config;
 use tally_kafka::KafkaConfig;
+use tally_model::counting::dedup_key;
 use tally_model::counts::{self, FlushHeader, RecordHead};
 
 use crate::claim::Claimed;
-use crate::dedup::{dedup_key, Dedup};
 use crate::partition::{classify, PartitionState, Rules, Verdict};
 
 /// Records read per step when scanning a counts partition backwards.
@@ -65,11 +65,7 @@ pub struct RecoveryContext {
     pub counts_topic: String,
     /// Output partitions.
     pub counts_partitions: i32,
-    /// Dedup window, ms.
-    pub dedup_window_ms: i64,
-    /// Dedup bound.
-    pub dedup_max_entries: usize,
-    /// Classification rules.
+    /// Classification rules (the counting rule among them).
     pub rules: Rules,
     /// Longest time one read may take.
     pub read_timeout: Duration,
@@ -116,12 +112,12 @@ pub fn recover(
     }
     forced.sort_unstable();
     forced.dedup();
-    let mut dedup = Dedup::new(ctx.dedup_window_ms, ctx.dedup_max_entries);
+    let mut dedup = ctx.rules.counting.window();
     let mut replayed = 0;
     if let Some(anchor) = anchor {
         let from = anchor.dedup_horizon.max(low);
         read_range(&reader, &ctx.views_topic, partition, from, start, ctx.read_timeout, |offset, _, payload| {
-            if let Verdict::Count(view) = classify(payload, ctx.rules.allowed_lateness_ms) {
+            if let Verdict::Count(view) = classify(payload, &ctx.rules.counting) {
                 dedup.check(offset, dedup_key(view.video_id, view.event_id), view.received_ms);
             }
             replayed += 1;

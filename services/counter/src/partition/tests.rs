@@ -8,7 +8,7 @@ use super::*;
 
 fn rules() -> Rules {
     Rules {
-        allowed_lateness_ms: 3_600_000,
+        counting: CountingRule { allowed_lateness_ms: 3_600_000, dedup_window_ms: 600_000, dedup_max_entries: 1_000 },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 10, max_consecutive: 3 },
         max_rows_per_flush: 1_000,
         max_buffered_rows: 2,

@@ -15,15 +15,15 @@ use tally_model::{EventId, Salt, VideoId, ViewEvent};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
-use crate::dedup::Dedup;
 use crate::dlq::DlqLimits;
 use crate::partition::Rules;
+use tally_model::counting::{CountingRule, Dedup};
 
 const VIEWS: &str = "views";
 
 fn rules() -> Rules {
     Rules {
-        allowed_lateness_ms: 3_600_000,
+        counting: CountingRule { allowed_lateness_ms: 3_600_000, dedup_window_ms: 600_000, dedup_max_entries: 1_000 },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 10, max_consecutive: 3 },
         max_rows_per_flush: 1_000,
         max_buffered_rows: 1_000,
@@ -49,8 +49,6 @@ fn harness() -> Harness {
         views_topic: VIEWS.into(),
         counts_topic: "counts".into(),
         counts_partitions: 1,
-        dedup_window_ms: 600_000,
-        dedup_max_entries: 1_000,
         rules: rules(),
         read_timeout: Duration::from_secs(1),
     };
