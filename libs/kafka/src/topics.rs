@@ -41,9 +41,16 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(config.topics.replication))
+            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(config.topics.replication))
                 .set("retention.ms", &retention)
-                .set("cleanup.policy", "delete")
+                .set("cleanup.policy", "delete");
+            // The broker's clock stamps each view: the counter's dedup window
+            // trusts it over a gateway clock running ahead (tally_model::counting).
+            if t.name == config.topics.views {
+                topic.set("message.timestamp.type", "LogAppendTime")
+            } else {
+                topic
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

@@ -46,6 +46,8 @@ pub struct CounterMetrics {
     pub owned_partitions: IntGauge,
     /// Acknowledged flushes of an owner that no longer held the partition, ignored.
     pub stale_completions: IntCounter,
+    /// Records whose gateway receive time ran too far ahead of the broker's time.
+    pub clock_skew_clamped: IntCounter,
 }
 
 impl CounterMetrics {
@@ -134,6 +136,10 @@ impl CounterMetrics {
                 "tally_counter_stale_completions_total",
                 "Flushes acknowledged after their owner released the partition (a revoke gave up waiting); their ends are not committed",
             )?,
+            clock_skew_clamped: IntCounter::new(
+                "tally_counter_clock_skew_clamped_total",
+                "Records whose gateway receive time ran more than counter.max-clock-skew ahead of the broker's timestamp; the dedup window used the broker's time instead",
+            )?,
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
@@ -155,6 +161,7 @@ impl CounterMetrics {
         registry.register(Box::new(m.buffered_rows.clone()))?;
         registry.register(Box::new(m.owned_partitions.clone()))?;
         registry.register(Box::new(m.stale_completions.clone()))?;
+        registry.register(Box::new(m.clock_skew_clamped.clone()))?;
         Ok(m)
     }
 }

@@ -55,6 +55,19 @@ pub fn classify<'a>(payload: Option<&'a [u8]>, rule: &CountingRule) -> Verdict<'
     Verdict::Count(view)
 }
 
+/// One record of the partition, as the consumer delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Input<'a> {
+    /// Its offset.
+    pub offset: i64,
+    /// The broker's timestamp of the record, when it has one.
+    pub log_ms: Option<i64>,
+    /// Its key.
+    pub key: &'a [u8],
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
 /// Most records one pass of [`PartitionState::process_run`] decodes before deduplicating them.
 const PASS: usize = 16;
 
@@ -146,6 +159,10 @@ pub struct PartitionState {
     /// background commit has not confirmed it (committed synchronously on
     /// revoke and at shutdown).
     acknowledged: Option<i64>,
+    /// Records whose receive time the dedup window did not trust (clamped to
+    /// the broker's time plus the allowed skew) since the last
+    /// [`Self::take_clock_skew_clamped`].
+    clock_skew_clamped: u64,
     /// Receive time of the last record processed.
     pub last_received_ms: i64,
     /// Whether the consumer delivers its records (backpressure).
@@ -175,6 +192,7 @@ impl PartitionState {
             in_flight: None,
             last_flush: Instant::now(),
             acknowledged: None,
+            clock_skew_clamped: 0,
             last_received_ms: 0,
             flow: Flow::Flowing,
             valid_from_mark: 0,
@@ -204,24 +222,17 @@ impl PartitionState {
                 || self.aggregate.distinct_rows() >= rules.max_buffered_rows)
     }
 
-    /// Processes the record at `offset`. Records before `next` (redelivered
-    /// after a seek) are ignored.
-    pub fn process(
-        &mut self,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        rules: &Rules,
-    ) -> Result<(), DlqLimitExceeded> {
+    /// Processes one record. Records before `next` (redelivered after a
+    /// seek) are ignored.
+    pub fn process(&mut self, record: Input<'_>, rules: &Rules) -> Result<(), DlqLimitExceeded> {
         let mut pass = Pass::default();
-        let outcome =
-            self.classify_into(offset, key.unwrap_or_default(), payload.unwrap_or_default(), rules, &mut pass);
+        let outcome = self.classify_into(record, rules, &mut pass);
         self.settle(&pass);
         outcome
     }
 
     /// Processes the first records of `records` (all of this partition, in
-    /// offset order; `view` gives offset, key and payload) exactly as
+    /// offset order; `view` gives each as an [`Input`]) exactly as
     /// [`Self::process`] would one by one, and returns how many it took:
     /// at least one, and never past a record after which [`Self::due`] or
     /// [`Self::blocked`] could change, so the caller checks them between calls
@@ -233,7 +244,7 @@ impl PartitionState {
     pub fn process_run<'a, T>(
         &mut self,
         records: &'a [T],
-        view: impl Fn(&'a T) -> (i64, &'a [u8], &'a [u8]),
+        view: impl Fn(&'a T) -> Input<'a>,
         now: Instant,
         rules: &Rules,
     ) -> Result<usize, DlqLimitExceeded> {
@@ -242,9 +253,9 @@ impl PartitionState {
         let mut taken = 0;
         let mut outcome = Ok(());
         while taken < limit {
-            let (offset, key, payload) = view(&records[taken]);
+            let record = view(&records[taken]);
             taken += 1;
-            outcome = self.classify_into(offset, key, payload, rules, &mut pass);
+            outcome = self.classify_into(record, rules, &mut pass);
             if outcome.is_err() || self.forced_ends.front() == Some(&self.next) {
                 break;
             }
@@ -274,12 +285,11 @@ impl PartitionState {
     /// count goes into `pass` for [`Self::settle`].
     fn classify_into<'a>(
         &mut self,
-        offset: i64,
-        key: &[u8],
-        payload: &'a [u8],
+        record: Input<'a>,
         rules: &Rules,
         pass: &mut Pass<'a>,
     ) -> Result<(), DlqLimitExceeded> {
+        let Input { offset, log_ms, key, payload } = record;
         if offset < self.next {
             return Ok(());
         }
@@ -300,10 +310,12 @@ impl PartitionState {
             Verdict::Count(view) => {
                 self.guard.record(false);
                 self.last_received_ms = view.received_ms;
+                let received = rules.counting.trusted_received(view.received_ms, log_ms);
+                self.clock_skew_clamped += u64::from(received.clamped);
                 pass.push(Pending {
                     offset,
                     key: dedup_key(view.video_id, view.event_id),
-                    received_ms: view.received_ms,
+                    received_ms: received.received_ms,
                     video_id: view.video_id,
                     salt: view.salt,
                     minute: minute_bucket(view.ts_ms),
@@ -396,6 +408,11 @@ impl PartitionState {
             self.in_flight = None;
         }
         self.acknowledged = Some(self.acknowledged.map_or(end, |before| before.max(end)));
+    }
+
+    /// Records clamped since the last call (for the metric).
+    pub fn take_clock_skew_clamped(&mut self) -> u64 {
+        std::mem::take(&mut self.clock_skew_clamped)
     }
 
     /// The acknowledged end the background commit has not confirmed yet.

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 use tally_model::counting::BYTES_PER_ENTRY;
 
-use crate::partition::{Flow, FlushJob, PartitionState, Rules};
+use crate::partition::{Flow, FlushJob, Input, PartitionState, Rules};
 use crate::shared::{position, CounterContext, Inner, Shared};
 use crate::worker::WorkerError;
 
@@ -41,6 +41,7 @@ pub struct Batch {
 struct Record {
     partition: i32,
     offset: i64,
+    log_ms: Option<i64>,
     key: Range<usize>,
     payload: Range<usize>,
 }
@@ -51,11 +52,18 @@ impl Batch {
         Self { mark: 0, records: Vec::with_capacity(records), bytes: Vec::with_capacity(bytes) }
     }
 
-    /// Copies one record in.
-    pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    /// Copies one record in; `log_ms` is the broker's timestamp of it, when it has one.
+    pub fn push(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        log_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
         let key = self.append(key.unwrap_or_default());
         let payload = self.append(payload.unwrap_or_default());
-        self.records.push(Record { partition, offset, key, payload });
+        self.records.push(Record { partition, offset, log_ms, key, payload });
     }
 
     fn append(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -158,7 +166,12 @@ impl Processor<'_> {
                     i = end;
                     break;
                 }
-                let view = |r: &Record| (r.offset, &batch.bytes[r.key.clone()], &batch.bytes[r.payload.clone()]);
+                let view = |r: &Record| Input {
+                    offset: r.offset,
+                    log_ms: r.log_ms,
+                    key: &batch.bytes[r.key.clone()],
+                    payload: &batch.bytes[r.payload.clone()],
+                };
                 i += state.process_run(&records[i..end], view, now, self.rules)?;
                 // Checked after every run: a forced boundary must be sealed exactly there.
                 if state.due(now, self.rules) {
@@ -197,7 +210,9 @@ impl Processor<'_> {
 
     fn apply_backpressure(&self, inner: &mut Inner) -> Result<(), WorkerError> {
         let mut paused = 0;
+        let mut clamped = 0;
         for state in inner.partitions.owned_iter_mut() {
+            clamped += state.take_clock_skew_clamped();
             let blocked = state.blocked(self.rules);
             if blocked && state.flow == Flow::Flowing {
                 self.pause(state)?;
@@ -208,6 +223,7 @@ impl Processor<'_> {
             paused += i64::from(state.flow != Flow::Flowing);
         }
         let metrics = &self.shared.metrics;
+        metrics.clock_skew_clamped.inc_by(clamped);
         metrics.paused_partitions.set(paused);
         let entries: usize = inner.partitions.owned().map(PartitionState::dedup_len).sum();
         metrics.dedup_entries.set(entries as i64);
@@ -250,9 +266,9 @@ mod tests {
     #[test]
     fn a_batch_keeps_keys_and_payloads_apart_and_is_reused() {
         let mut batch = Batch::with_capacity(4, 64);
-        batch.push(1, 10, Some(b"k1"), Some(b"payload-1"));
-        batch.push(2, 20, None, Some(b""));
-        batch.push(1, 11, Some(b"k"), None);
+        batch.push(1, 10, Some(5), Some(b"k1"), Some(b"payload-1"));
+        batch.push(2, 20, None, None, Some(b""));
+        batch.push(1, 11, Some(6), Some(b"k"), None);
         let seen: Vec<(i32, i64, &[u8], &[u8])> = batch
             .records
             .iter()

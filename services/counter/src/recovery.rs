@@ -116,9 +116,10 @@ pub fn recover(
     let mut replayed = 0;
     if let Some(anchor) = anchor {
         let from = anchor.dedup_horizon.max(low);
-        read_range(&reader, &ctx.views_topic, partition, from, start, ctx.read_timeout, |offset, _, payload| {
+        read_range(&reader, &ctx.views_topic, partition, from, start, ctx.read_timeout, |offset, log_ms, payload| {
             if let Verdict::Count(view) = classify(payload, &ctx.rules.counting) {
-                dedup.check(offset, dedup_key(view.video_id, view.event_id), view.received_ms);
+                let received = ctx.rules.counting.trusted_received(view.received_ms, log_ms);
+                dedup.check(offset, dedup_key(view.video_id, view.event_id), received.received_ms);
             }
             replayed += 1;
         })?;
@@ -175,7 +176,8 @@ fn scan_tail(
     Ok(found)
 }
 
-/// Reads `[from, to)` of one partition, calling `visit` for each record.
+/// Reads `[from, to)` of one partition, calling `visit` with each record's
+/// offset, broker timestamp (when it has one) and payload.
 fn read_range(
     reader: &BaseConsumer,
     topic: &str,
@@ -183,7 +185,7 @@ fn read_range(
     from: i64,
     to: i64,
     timeout: Duration,
-    mut visit: impl FnMut(i64, Option<&[u8]>, Option<&[u8]>),
+    mut visit: impl FnMut(i64, Option<i64>, Option<&[u8]>),
 ) -> Result<(), RecoveryError> {
     if from >= to {
         return Ok(());
@@ -206,7 +208,7 @@ fn read_range(
                 let offset = message.offset();
                 deadline = Instant::now() + timeout;
                 if offset >= next && offset < to {
-                    visit(offset, message.key(), message.payload());
+                    visit(offset, message.timestamp().to_millis(), message.payload());
                 }
                 next = next.max(offset + 1);
             }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::{drop_within, run_within, Unfinished};
 use tally_kafka::rejoin::UnassignedWatch;
@@ -103,6 +103,8 @@ pub struct Worker {
     watch_config: rdkafka::ClientConfig,
     /// Set by the stall watch or the unassigned check: rejoin the group.
     rejoin_wanted: Arc<AtomicBool>,
+    /// Whether the warning about producer timestamps on the views topic was logged.
+    create_time_warned: AtomicBool,
 }
 
 impl Worker {
@@ -129,6 +131,7 @@ impl Worker {
             lag_interval,
             watch_config,
             rejoin_wanted: Arc::new(AtomicBool::new(false)),
+            create_time_warned: AtomicBool::new(false),
         })
     }
 
@@ -248,13 +251,35 @@ impl Worker {
             }
             match polled {
                 Some(Ok(message)) => {
-                    batch.push(message.partition(), message.offset(), message.key(), message.payload())
+                    let timestamp = message.timestamp();
+                    if let Timestamp::CreateTime(_) = timestamp {
+                        self.warn_create_time();
+                    }
+                    batch.push(
+                        message.partition(),
+                        message.offset(),
+                        timestamp.to_millis(),
+                        message.key(),
+                        message.payload(),
+                    )
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => break,
             }
         }
         batch.is_empty() || ship(batch)
+    }
+
+    /// Warns once that the views topic carries the producers' timestamps
+    /// (`CreateTime`): the gateways' own clocks, against which a gateway
+    /// clock running ahead cannot be told (see `tally_model::counting`).
+    fn warn_create_time(&self) {
+        if !self.create_time_warned.load(Ordering::Relaxed) && !self.create_time_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                topic = %self.shared.recovery.views_topic,
+                "the views topic keeps producer timestamps (CreateTime): the dedup window cannot guard against a gateway clock running ahead; set message.timestamp.type=LogAppendTime on it"
+            );
+        }
     }
 
     /// Resumes the partitions the processing thread unblocked, seeking each

@@ -42,7 +42,12 @@ fn fixture(end: i64) -> Fixture {
     cluster.create_topic(TOPIC, 1, 1).expect("topic");
     let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
     let rules = Rules {
-        counting: CountingRule { allowed_lateness_ms: 3_600_000, dedup_window_ms: 600_000, dedup_max_entries: 1_000 },
+        counting: CountingRule {
+            allowed_lateness_ms: 3_600_000,
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 1_000,
+            max_clock_skew_ms: 60_000,
+        },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 100, max_consecutive: 1_000 },
         max_rows_per_flush: 1_000,
         max_buffered_rows: 1_000,

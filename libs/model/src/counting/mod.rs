@@ -14,6 +14,17 @@
 //!    after it ([`dedup`]);
 //! 3. else **counted**, in the minute of its event time.
 //!
+//! The receive time the window uses is the gateway's, unless it runs more
+//! than `max_clock_skew_ms` ahead of the broker's timestamp of the record
+//! (the log-append time: `tally.views` is created with
+//! `message.timestamp.type=LogAppendTime`); then it is the broker's time
+//! plus that skew ([`CountingRule::trusted_received`]). Without this, one
+//! gateway whose clock runs 20 minutes ahead would push the window's newest
+//! time 20 minutes ahead and trim every record of the partitions it feeds.
+//! A clock running behind needs no guard here: the window is trimmed
+//! against its newest time only. Lateness is judged by the gateway's own
+//! receive time, as before: a dead letter replayed later keeps its lateness.
+//!
 //! The rule is a function of the partition's records alone (no clock, no
 //! process state), so a replay decides exactly as the first pass did.
 //!
@@ -36,6 +47,9 @@ pub struct CountingRule {
     /// Most records one partition's window holds (a memory bound that, at high
     /// rates, shortens the window below `dedup_window_ms`).
     pub dedup_max_entries: usize,
+    /// How far ahead of the broker's timestamp of a record its gateway receive
+    /// time may be before the window trusts the broker's time instead.
+    pub max_clock_skew_ms: i64,
 }
 
 impl CountingRule {
@@ -46,10 +60,30 @@ impl CountingRule {
         (lateness > self.allowed_lateness_ms).then_some(lateness)
     }
 
+    /// The receive time the dedup window uses for a record the gateway
+    /// received at `received_ms` and the broker logged at `log_ms` (when the
+    /// record has a timestamp): never more than the allowed skew ahead of
+    /// the broker's time.
+    pub fn trusted_received(&self, received_ms: i64, log_ms: Option<i64>) -> Trusted {
+        match log_ms.map(|log| log.saturating_add(self.max_clock_skew_ms)) {
+            Some(limit) if received_ms > limit => Trusted { received_ms: limit, clamped: true },
+            _ => Trusted { received_ms, clamped: false },
+        }
+    }
+
     /// An empty dedup window of this rule.
     pub fn window(&self) -> Dedup {
         Dedup::new(self.dedup_window_ms, self.dedup_max_entries)
     }
+}
+
+/// A record's receive time as the dedup window uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trusted {
+    /// The time, epoch ms.
+    pub received_ms: i64,
+    /// Whether the gateway's time ran too far ahead and the broker's was used.
+    pub clamped: bool,
 }
 
 /// What the rule decides about one record.
@@ -76,6 +110,8 @@ pub struct Observed<'a> {
     pub ts_ms: i64,
     /// Gateway receive time, epoch ms.
     pub received_ms: i64,
+    /// The broker's timestamp of the record, epoch ms, when known.
+    pub log_ms: Option<i64>,
 }
 
 /// The rule applied to one partition's records, one at a time, in offset
@@ -99,7 +135,8 @@ impl PartitionFold {
             return Decision::Late;
         }
         let key = dedup_key(record.video_id, record.event_id);
-        if self.window.check(record.offset, key, record.received_ms) {
+        let received = self.rule.trusted_received(record.received_ms, record.log_ms);
+        if self.window.check(record.offset, key, received.received_ms) {
             Decision::Duplicate
         } else {
             Decision::Counted
@@ -114,11 +151,16 @@ mod tests {
     const MIN: i64 = 60_000;
 
     fn rule() -> CountingRule {
-        CountingRule { allowed_lateness_ms: 60 * MIN, dedup_window_ms: 10 * MIN, dedup_max_entries: 1_000 }
+        CountingRule {
+            allowed_lateness_ms: 60 * MIN,
+            dedup_window_ms: 10 * MIN,
+            dedup_max_entries: 1_000,
+            max_clock_skew_ms: MIN,
+        }
     }
 
     fn observed(offset: i64, event_id: &str, ts_ms: i64, received_ms: i64) -> Observed<'_> {
-        Observed { offset, video_id: "v", event_id, ts_ms, received_ms }
+        Observed { offset, video_id: "v", event_id, ts_ms, received_ms, log_ms: Some(received_ms) }
     }
 
     #[test]
@@ -132,5 +174,29 @@ mod tests {
         );
         assert_eq!(fold.decide(&observed(2, "e1", 30 * MIN, 65 * MIN)), Decision::Duplicate);
         assert_eq!(fold.decide(&observed(3, "e1", 30 * MIN, 80 * MIN)), Decision::Counted, "past the window");
+    }
+
+    #[test]
+    fn a_receive_time_ahead_of_the_broker_by_more_than_the_skew_is_clamped() {
+        let rule = rule();
+        let t = 100 * MIN;
+        assert_eq!(rule.trusted_received(t + MIN, Some(t)), Trusted { received_ms: t + MIN, clamped: false });
+        assert_eq!(rule.trusted_received(t + 20 * MIN, Some(t)), Trusted { received_ms: t + MIN, clamped: true });
+        assert_eq!(rule.trusted_received(t - 20 * MIN, Some(t)), Trusted { received_ms: t - 20 * MIN, clamped: false });
+        assert_eq!(rule.trusted_received(t + 20 * MIN, None), Trusted { received_ms: t + 20 * MIN, clamped: false });
+
+        // One gateway 20 minutes ahead does not trim the window of the others.
+        let mut fold = PartitionFold::new(rule);
+        let at = |offset, event_id, received_ms, log_ms| Observed {
+            offset,
+            video_id: "v",
+            event_id,
+            ts_ms: t,
+            received_ms,
+            log_ms: Some(log_ms),
+        };
+        assert_eq!(fold.decide(&at(0, "e1", t, t)), Decision::Counted);
+        assert_eq!(fold.decide(&at(1, "x", t + 20 * MIN, t + 1_000)), Decision::Counted);
+        assert_eq!(fold.decide(&at(2, "e1", t + 2 * MIN, t + 2 * MIN)), Decision::Duplicate);
     }
 }

@@ -16,14 +16,19 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
 use crate::dlq::DlqLimits;
-use crate::partition::Rules;
+use crate::partition::{Input, Rules};
 use tally_model::counting::{CountingRule, Dedup};
 
 const VIEWS: &str = "views";
 
 fn rules() -> Rules {
     Rules {
-        counting: CountingRule { allowed_lateness_ms: 3_600_000, dedup_window_ms: 600_000, dedup_max_entries: 1_000 },
+        counting: CountingRule {
+            allowed_lateness_ms: 3_600_000,
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 1_000,
+            max_clock_skew_ms: 60_000,
+        },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 10, max_consecutive: 3 },
         max_rows_per_flush: 1_000,
         max_buffered_rows: 1_000,
@@ -103,7 +108,9 @@ fn count_and_seal(h: &Harness, range: std::ops::Range<i64>) -> FlushJob {
     let mut inner = h.shared.lock();
     let state = inner.partitions.owned_mut(0).expect("partition 0 is owned");
     for offset in range {
-        state.process(offset, None, Some(&record(&format!("e{offset}"))), &rules()).unwrap();
+        state
+            .process(Input { offset, log_ms: None, key: b"", payload: &record(&format!("e{offset}")) }, &rules())
+            .unwrap();
     }
     let job = state.seal(Instant::now());
     drop(inner);
