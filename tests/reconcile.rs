@@ -131,7 +131,11 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
         assert_eq!(report.drift, -5, "the 5 tampered views, nothing else");
         assert_eq!(report.drifting_videos.len(), 1, "{:?}", report.drifting_videos);
         let v1 = &report.drifting_videos[0];
-        assert_eq!((v1.video_id.as_str(), v1.batch, v1.realtime), ("v1", 52, 57), "v1: 50 views, 2 resends counted again");
+        assert_eq!(
+            (v1.video_id.as_str(), v1.batch, v1.realtime),
+            ("v1", 52, 57),
+            "v1: 50 views, 2 resends counted again"
+        );
 
         let totals = store.totals(videos.clone()).await.unwrap();
         let views: Vec<(i64, i64)> = totals.iter().map(|t| (t.views, t.batch_views)).collect();
