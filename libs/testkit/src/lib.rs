@@ -16,11 +16,13 @@
 //! - [`broker`], [`redis`]: the two servers.
 //! - [`process`]: locating binaries, free ports, waiting for a port.
 //! - [`topic`]: reading a topic back, counting its records.
+//! - [`counts`]: an oracle reading the counts topic independently of the writer's fold.
 //! - [`views`]: producing views records with known expected counts.
 //! - [`store`]: a count store a test can switch off.
 //! - [`metrics`]: reading metric values from a registry.
 
 pub mod broker;
+pub mod counts;
 pub mod metrics;
 pub mod process;
 pub mod redis;
