@@ -46,7 +46,7 @@ pub enum Command {
         #[arg(long)]
         report: Option<std::path::PathBuf>,
     },
-    /// Every service in one process on embedded defaults: a managed tansu
+    /// Every service in one process on embedded defaults: a managed Apache Kafka
     /// broker, the embedded store, an in-process cache (or Redis when configured).
     Standalone,
     /// Fold the counts topic as the writer would and print totals per video (JSON).

@@ -148,10 +148,13 @@ impl Default for CacheConfig {
 pub struct StandaloneConfig {
     /// Where the broker's data, the embedded store and the broker log live.
     pub data_dir: PathBuf,
-    /// Port of the managed Kafka-protocol broker (tansu) on 127.0.0.1.
+    /// Client port of the managed Apache Kafka broker on 127.0.0.1.
     pub broker_port: u16,
-    /// The tansu binary; empty means `PATH`, then `~/.cache/tally/tools/bin/tansu`.
-    pub broker_bin: String,
+    /// Controller (KRaft quorum) port of the managed broker on 127.0.0.1.
+    pub controller_port: u16,
+    /// The managed broker's JVM heap (Kafka serves reads from the page
+    /// cache, so a small heap is enough).
+    pub broker_heap: String,
     /// The single admin listener of all services.
     pub admin_listen: SocketAddr,
 }
@@ -161,7 +164,8 @@ impl Default for StandaloneConfig {
         Self {
             data_dir: PathBuf::from("tally-data"),
             broker_port: 19092,
-            broker_bin: String::new(),
+            controller_port: 19093,
+            broker_heap: "512m".into(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9099)),
         }
     }

@@ -138,6 +138,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             let mut config = config;
             standalone::prepare(&mut config);
             let broker = standalone::start_broker(&config.standalone).await?;
+            supervisor.spawn("broker", broker.clone().watch(supervisor.token()));
             let outcome = run_standalone(&config, supervisor, &registry, &readiness).await;
             broker.stop().await;
             return outcome;
@@ -168,8 +169,9 @@ async fn run_standalone(
     println!("tally standalone: query   http://{query}/v1/videos/{{id}}/views");
     println!("tally standalone: metrics http://{admin}/metrics");
     println!(
-        "tally standalone: broker  127.0.0.1:{} (tansu; data in {})",
+        "tally standalone: broker  127.0.0.1:{} (Apache Kafka {}; data in {})",
         config.standalone.broker_port,
+        tally_servers::kafka::version(),
         config.standalone.data_dir.display()
     );
     supervise(supervisor, config.shutdown.drain_timeout).await

@@ -155,7 +155,7 @@ pub fn memory_cache() -> Option<CacheBackend> {
 }
 
 /// How long to wait for a freshly started broker.
-pub const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const BROKER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts the archiver.
 pub fn spawn_archiver(supervisor: &mut Supervisor, shared: &Shared<'_>) -> anyhow::Result<()> {

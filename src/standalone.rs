@@ -1,29 +1,68 @@
-//! `tally standalone`: a managed tansu broker (SQLite engine, data in the
-//! data directory, so `kill -9` loses nothing) plus every service in this
-//! process, sharing one admin port and an in-process cache unless Redis is
-//! configured.
+//! `tally standalone`: a managed Apache Kafka broker (KRaft, one node, data
+//! under the data directory, so `kill -9` loses nothing) plus every service
+//! in this process, sharing one admin port and an in-process cache unless
+//! Redis is configured.
+//!
+//! Standalone owns its broker: a broker left running by an earlier standalone
+//! in the same data directory (its pidfile names it) is stopped first; a port
+//! held by anything else is refused with an error, never used; and when the
+//! broker exits while standalone runs, standalone stops with an error rather
+//! than count through whatever answers on that port next.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use tokio::process::{Child, Command};
+use anyhow::Context as _;
+use tally_servers::process::{kill_leftover, port_in_use};
+use tally_servers::{KafkaNode, ServerProcess, Tools};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{StandaloneConfig, StoreConfig, TallyConfig};
 
+/// How long the broker may take to stop cleanly before it is killed.
+const BROKER_STOP_GRACE: Duration = Duration::from_secs(20);
+
 /// The broker child process; killed when dropped.
+#[derive(Clone)]
 pub struct ManagedBroker {
-    child: Child,
-    pidfile: PathBuf,
+    process: Arc<Mutex<ServerProcess>>,
+    log: PathBuf,
+}
+
+/// The broker exited while standalone was running.
+#[derive(Debug, thiserror::Error)]
+#[error("the managed Kafka broker exited ({status}); see {}", log.display())]
+pub struct BrokerExited {
+    status: String,
+    log: PathBuf,
 }
 
 impl ManagedBroker {
-    /// Stops the broker (SIGKILL: it keeps its data in SQLite, and tansu may
-    /// ignore SIGTERM while busy).
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        let _ = std::fs::remove_file(&self.pidfile);
+    /// Stops the broker: SIGTERM (a clean shutdown, fast recovery at the
+    /// next start), SIGKILL after a bound.
+    pub async fn stop(self) {
+        let process = self.process.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            process.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stop(BROKER_STOP_GRACE)
+        })
+        .await;
+    }
+
+    /// Resolves with an error when the broker exits, or with `Ok` at
+    /// `shutdown` (the broker keeps running for the services' drain).
+    pub async fn watch(self, shutdown: CancellationToken) -> Result<(), BrokerExited> {
+        loop {
+            let exited = self.process.lock().unwrap_or_else(std::sync::PoisonError::into_inner).exit_status();
+            if let Some(status) = exited {
+                tracing::error!(%status, log = %self.log.display(), "the managed Kafka broker exited; stopping");
+                return Err(BrokerExited { status: status.to_string(), log: self.log.clone() });
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
     }
 }
 
@@ -31,16 +70,11 @@ impl ManagedBroker {
 pub fn prepare(config: &mut TallyConfig) {
     let s = &config.standalone;
     config.kafka.brokers = format!("127.0.0.1:{}", s.broker_port);
-    // tansu 0.6 crashes on an idempotent producer's epoch bump (see KafkaConfig::idempotence).
-    config.kafka.idempotence = false;
-    // One member per group: after a crash, rejoin quickly instead of waiting 45 s for the old session.
+    // One member per group: after a crash, the restarted member should not wait
+    // out the dead one's 45 s session before it gets its partitions back.
     for (key, value) in [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")] {
         config.kafka.consumer_properties.entry(key.into()).or_insert_with(|| value.into());
     }
-    // One member per group, so an empty assignment is always tansu's stuck-leader case.
-    config.kafka.rejoin_when_unassigned.get_or_insert(Duration::from_secs(10));
-    // Successive crashes can leave dead members holding partitions (see KafkaConfig).
-    config.kafka.rejoin_when_partition_stalled.get_or_insert(Duration::from_secs(15));
     if config.archiver.dir == tally_reconciler::ArchiverConfig::default().dir {
         config.archiver.dir = s.data_dir.join("archive");
     }
@@ -49,76 +83,44 @@ pub fn prepare(config: &mut TallyConfig) {
     }
 }
 
-fn tansu_binary(config: &StandaloneConfig) -> anyhow::Result<PathBuf> {
-    if !config.broker_bin.is_empty() {
-        return Ok(PathBuf::from(&config.broker_bin));
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("tansu"));
-    let cached = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tally/tools/bin/tansu"));
-    on_path.chain(cached).find(|p| p.is_file()).context(
-        "the tansu broker is not installed: run `scripts/setup` once (it builds tansu into ~/.cache/tally/tools), \
-         or set standalone.broker-bin",
-    )
+/// The broker's node description: one KRaft node in `<data-dir>/broker`.
+fn node(config: &StandaloneConfig) -> anyhow::Result<KafkaNode> {
+    let data_dir = std::path::absolute(&config.data_dir)
+        .with_context(|| format!("Failed to resolve {}", config.data_dir.display()))?;
+    let mut node = KafkaNode::single(&data_dir.join("broker"), config.broker_port, config.controller_port);
+    node.heap = config.broker_heap.clone();
+    // Standalone's groups have one member that restarts after a crash: allow the 6 s session above.
+    node.overrides.insert("group.min.session.timeout.ms".into(), "6000".into());
+    Ok(node)
 }
 
-/// A broker left running by a standalone process that was killed: stop it,
-/// so this one can own the port and the data.
-fn stop_leftover(pidfile: &Path) {
-    let Ok(pid) = std::fs::read_to_string(pidfile) else { return };
-    let pid = pid.trim();
-    let is_tansu = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("tansu"))
-        .unwrap_or(false);
-    if is_tansu {
-        tracing::warn!(pid, "stopping the broker a previous standalone run left behind");
-        let _ = std::process::Command::new("kill").args(["-9", pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let _ = std::fs::remove_file(pidfile);
-}
-
-/// Starts tansu on 127.0.0.1 with its data under the data directory.
+/// Starts Apache Kafka on 127.0.0.1 with its data under the data directory
+/// and waits until it serves clients.
 pub async fn start_broker(config: &StandaloneConfig) -> anyhow::Result<ManagedBroker> {
-    let dir = config.data_dir.join("broker");
-    std::fs::create_dir_all(&dir).with_context(|| format!("Failed to create {}", dir.display()))?;
-    let pidfile = dir.join("tansu.pid");
-    stop_leftover(&pidfile);
-    let binary = tansu_binary(config)?;
-    let url = format!("tcp://127.0.0.1:{}", config.broker_port);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log"))?;
-    let child = Command::new(&binary)
-        .current_dir(&dir)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://tansu.db", "--cluster-id", "tally-standalone"])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("Failed to start {}", binary.display()))?;
-    if let Some(pid) = child.id() {
-        std::fs::write(&pidfile, pid.to_string())?;
-    }
-    let mut broker = ManagedBroker { child, pidfile };
-    let deadline = Instant::now() + crate::services::BROKER_START_TIMEOUT;
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", config.broker_port)).await.is_ok() {
-            return Ok(broker);
+    let node = node(config)?;
+    std::fs::create_dir_all(&node.dir).with_context(|| format!("Failed to create {}", node.dir.display()))?;
+    let tools = Tools::find()?;
+    let marker = node.dir.display().to_string();
+    let started = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
+        if kill_leftover(&node.pidfile(), &marker) {
+            tracing::warn!("stopped the broker a previous standalone run in this data directory left behind");
         }
-        if let Ok(Some(status)) = broker.child.try_wait() {
-            bail!("the broker exited at start ({status}); see {}", dir.join("broker.log").display());
+        for (port, setting) in [(node.port, "standalone.broker-port"), (node.controller_port, "standalone.controller-port")]
+        {
+            if port_in_use(port) {
+                return Err(tally_servers::ServerError::PortTaken {
+                    port,
+                    hint: format!(
+                        "standalone runs its own broker and will not use another one; stop that process or choose another port ({setting})"
+                    ),
+                }
+                .into());
+            }
         }
-        if Instant::now() > deadline {
-            broker.stop().await;
-            bail!("the broker did not listen on port {} within 30 s", config.broker_port);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(node.start(&tools, crate::services::BROKER_START_TIMEOUT)?)
+    })
+    .await
+    .context("Failed to start the broker")??;
+    let log = started.log().to_path_buf();
+    Ok(ManagedBroker { process: Arc::new(Mutex::new(started)), log })
 }

@@ -31,7 +31,7 @@ fn rand_seed() -> u64 {
 }
 
 async fn setup() -> (Broker, KafkaConfig, tempfile::TempDir) {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka, tempfile::tempdir().expect("tempdir"))
 }

@@ -45,7 +45,7 @@ fn owned(process: &TallyProcess) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thawed_zombie_counters_range_is_fenced_and_counted_once() {
     bounded(Duration::from_secs(400), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let survivor_dir = tempfile::tempdir().unwrap();
         let zombie_dir = tempfile::tempdir().unwrap();

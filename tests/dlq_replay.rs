@@ -19,6 +19,7 @@ async fn run_counter(
     let config = CounterConfig {
         flush_interval: Duration::from_millis(200),
         allowed_lateness: lateness,
+        group_id: format!("tally-counter-{}", kafka.topics.views),
         ..CounterConfig::default()
     };
     let counter = CounterService::build(&config, kafka, &Registry::new(), &Readiness::default()).await.unwrap();
@@ -48,7 +49,7 @@ async fn wait_total(kafka: &tally_kafka::KafkaConfig, video: &str, want: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_events_replayed_from_the_dlq_after_raising_the_limit_are_counted_once() {
     bounded(Duration::from_secs(180), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let mut producer = ViewsProducer::new(&kafka, &[]);
         let now = tally_model::timestamp::now_ms();

@@ -27,7 +27,7 @@ struct BrokerReaper(std::path::PathBuf);
 
 impl Drop for BrokerReaper {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.0.join("data/broker/tansu.pid")) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("data/broker/kafka.pid")) {
             let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         }
     }
@@ -93,10 +93,11 @@ async fn every_dashboard_panel_returns_data_and_every_alert_parses_against_a_run
         std::fs::write(
             &config,
             format!(
-                "[log]\nlevel = \"warn\"\n[standalone]\ndata-dir = \"{}\"\nbroker-port = {}\nadmin-listen = \"127.0.0.1:0\"\n\
+                "[log]\nlevel = \"warn\"\n[standalone]\ndata-dir = \"{}\"\nbroker-port = {}\ncontroller-port = {}\nadmin-listen = \"127.0.0.1:0\"\n\
                  [ingest]\nlisten = \"127.0.0.1:0\"\n[query]\nlisten = \"127.0.0.1:0\"\nfresh-for = \"1s\"\n\
                  [counter]\nflush-interval = \"200ms\"\nlag-interval = \"500ms\"\n[kafka.topics]\nviews-partitions = 2\ncounts-partitions = 2\n",
                 dir.path().join("data").display(),
+                free_port(),
                 free_port()
             ),
         )

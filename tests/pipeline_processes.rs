@@ -15,7 +15,7 @@ use tally_testkit::{bounded, Broker, RedisServer};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_posted_to_the_gateway_are_queryable_with_the_exact_count() {
     bounded(Duration::from_secs(240), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let redis = RedisServer::start();
         let kafka = tally_testkit::kafka_config(&broker);
         let dir = tempfile::tempdir().unwrap();

@@ -28,7 +28,7 @@ fn archived(root: &Path) -> i64 {
 
 /// A broker with Tally's topics, and a directory for the store and the archive.
 async fn broker_with_topics() -> (Broker, KafkaConfig, tempfile::TempDir) {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka, tempfile::tempdir().unwrap())
 }
@@ -57,6 +57,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
         let counter_config = CounterConfig {
             flush_interval: Duration::from_millis(200),
             dedup_window: Duration::from_secs(60),
+            group_id: format!("tally-counter-{}", kafka.topics.views),
             ..CounterConfig::default()
         };
         let counter =
@@ -64,7 +65,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
         tokio::spawn(counter.run(stop.clone(), Duration::from_secs(5)));
         let cache = Some(CacheBackend::Memory(MemoryCache::default()));
         let writer = WriterService::build(
-            &WriterConfig::default(),
+            &WriterConfig { group_id: format!("tally-writer-{}", kafka.topics.views), ..WriterConfig::default() },
             &kafka,
             store.clone(),
             cache,
@@ -78,6 +79,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
             dir: archive_dir.clone(),
             records_per_file: 100,
             seal_grace: Duration::from_millis(1),
+            group_id: format!("tally-archiver-{}", kafka.topics.views),
             ..ArchiverConfig::default()
         };
         let archiver = ArchiverService::build(&archiver_config, &kafka, &Registry::new()).unwrap();
@@ -185,6 +187,7 @@ async fn a_closed_period_the_archive_does_not_cover_yet_waits_instead_of_being_c
         let archiver_config = ArchiverConfig {
             dir: archive_dir.clone(),
             seal_grace: Duration::from_millis(1),
+            group_id: format!("tally-archiver-{}", kafka.topics.views),
             ..ArchiverConfig::default()
         };
         let archiver = ArchiverService::build(&archiver_config, &kafka, &Registry::new()).unwrap();

@@ -23,7 +23,7 @@ async fn counter_and_writer_whose_broker_is_gone_exit_within_their_drain_budget(
         producer.send(&Load::new(11).batch(500, tally_model::timestamp::now_ms(), 10)).await;
         assert!(writer.wait_for_metric("tally_writer_batches_total", 1.0, Duration::from_secs(60)), "the writer wrote");
         drop(producer);
-        broker.stop();
+        broker.kill();
         let stopping = Instant::now();
         let (counter_exit, writer_exit) = tokio::join!(
             tokio::task::spawn_blocking(move || counter.terminate(Duration::from_secs(60))),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tally_testkit::bounded;
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let port = tally_testkit::process::free_port();
+    let (port, controller_port) = (tally_testkit::process::free_port(), tally_testkit::process::free_port());
     let text = format!(
         r#"
 [log]
@@ -20,6 +20,7 @@ level = "info,librdkafka=warn,rdkafka=warn"
 [standalone]
 data-dir = "{data}"
 broker-port = {port}
+controller-port = {controller_port}
 admin-listen = "127.0.0.1:0"
 
 [ingest]
@@ -74,7 +75,7 @@ struct BrokerReaper(std::path::PathBuf);
 
 impl Drop for BrokerReaper {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.0.join("data/broker/tansu.pid")) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("data/broker/kafka.pid")) {
             let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
         }
     }
@@ -113,6 +114,62 @@ async fn posted_views_become_queryable_and_survive_kill_9_and_restart() {
         wait_for(&http, &query, &expected, Duration::from_secs(90)).await;
         let status = tally.terminate(Duration::from_secs(30));
         assert!(status.success(), "graceful stop: {status:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_refuses_a_broker_port_held_by_another_process() {
+    bounded(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path());
+        // Someone else listens on the broker port (another broker, say).
+        let text = std::fs::read_to_string(&config).unwrap();
+        let port: u16 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("broker-port = "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("broker-port in the config");
+        let _squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the broker port");
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+                .arg("--config")
+                .arg(&config)
+                .arg("standalone")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run tally standalone")
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "standalone must not start on a foreign broker: {stderr}");
+        assert!(
+            stderr.contains(&format!("port {port} on 127.0.0.1 is already in use")),
+            "the error names the port: {stderr}"
+        );
+        assert!(!dir.path().join("data/broker/kafka.pid").exists(), "no broker of its own was left running");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_stops_with_an_error_when_its_broker_exits() {
+    bounded(Duration::from_secs(180), async {
+        let dir = tempfile::tempdir().unwrap();
+        let _reaper = BrokerReaper(dir.path().to_owned());
+        let config = write_config(dir.path());
+        let mut tally = TallyProcess::spawn(&config, "standalone");
+        let broker_pid = std::fs::read_to_string(dir.path().join("data/broker/kafka.pid")).expect("broker pidfile");
+        let _ = std::process::Command::new("kill").args(["-9", broker_pid.trim()]).status();
+        let status = tokio::task::spawn_blocking(move || {
+            let status = tally.wait(Duration::from_secs(60));
+            (status, tally)
+        })
+        .await
+        .unwrap()
+        .0;
+        assert!(!status.success(), "standalone must not run on without its broker: {status:?}");
     })
     .await;
 }

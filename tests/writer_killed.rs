@@ -1,8 +1,8 @@
 //! The writer killed with `kill -9` at random moments under load: the store
 //! ends with the exact counts (replays are no-ops, nothing committed is lost).
 //! And one of two writers in a group killed without leaving: the other takes
-//! its partitions over (`kafka.rejoin-when-partition-stalled`, 10 s in the
-//! test configuration; tansu 0.6 would leave them with the dead member).
+//! its partitions over once the dead member's session (6 s in the test
+//! configuration) expires.
 
 mod common;
 
@@ -34,7 +34,7 @@ async fn store_totals_become(db: &Path, expected: &BTreeMap<String, i64>, limit:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_killed_at_random_moments_leaves_exact_totals() {
     bounded(Duration::from_secs(280), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("counts.db");
@@ -66,7 +66,7 @@ async fn writer_killed_at_random_moments_leaves_exact_totals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_killed_without_leaving_has_its_partitions_taken_over() {
     bounded(Duration::from_secs(240), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("counts.db");

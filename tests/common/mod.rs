@@ -13,8 +13,19 @@ use tally_kafka::KafkaConfig;
 #[allow(unused_imports)]
 pub use tally_testkit::views::{Load, ViewsProducer};
 
-/// Writes a tally.toml for `kafka` plus extra TOML `sections`.
+/// Writes a tally.toml for `kafka` plus extra TOML `sections`. The consumer
+/// groups of counter, writer and archiver are named after the test's views
+/// topic: the broker may be shared by tests running at once.
 pub fn write_config(dir: &Path, kafka: &KafkaConfig, sections: &str) -> PathBuf {
+    let mut sections = sections.to_owned();
+    for service in ["counter", "writer", "archiver"] {
+        let header = format!("[{service}]\n");
+        let group = format!("group-id = \"tally-{service}-{}\"\n", kafka.topics.views);
+        match sections.find(&header).filter(|at| *at == 0 || sections[..*at].ends_with('\n')) {
+            Some(at) => sections.insert_str(at + header.len(), &group),
+            None => sections.push_str(&format!("\n{header}{group}")),
+        }
+    }
     let t = &kafka.topics;
     let text = format!(
         r#"
@@ -26,9 +37,7 @@ drain-timeout = "10s"
 
 [kafka]
 brokers = "{brokers}"
-idempotence = false
-# tansu 0.6 keeps a silently dead member's partitions (see kafka.rejoin-when-partition-stalled).
-rejoin-when-partition-stalled = "10s"
+# A killed member's partitions move to the others after 6 s (the broker's minimum), not 45 s.
 consumer-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
 
 [kafka.topics]
@@ -68,6 +77,18 @@ pub fn counter_writer_sections(db: &Path, writer_extra: &str) -> String {
 /// `redis_url`; the gateway and query listen on the given ports (0: any),
 /// `ingest_extra` adds lines to `[ingest]`.
 pub fn process_sections(dir: &Path, redis_url: &str, ingest_port: u16, query_port: u16, ingest_extra: &str) -> String {
+    let store = format!("[store]\nsqlite-path = \"{}\"\n", dir.join("counts.db").display());
+    process_sections_with_store(redis_url, ingest_port, query_port, ingest_extra, &store)
+}
+
+/// [`process_sections`] with `store` as the `[store]` section(s).
+pub fn process_sections_with_store(
+    redis_url: &str,
+    ingest_port: u16,
+    query_port: u16,
+    ingest_extra: &str,
+    store: &str,
+) -> String {
     format!(
         r#"
 [ingest]
@@ -87,13 +108,19 @@ listen = "127.0.0.1:{query_port}"
 admin-listen = "127.0.0.1:0"
 fresh-for = "100ms"
 
-[store]
-sqlite-path = "{store}"
+{store}
 
 [cache]
 redis-url = "{redis_url}"
 "#,
-        store = dir.join("counts.db").display(),
+    )
+}
+
+/// `[store]` sections for the ScyllaDB/Cassandra store at `contact_point`
+/// in a keyspace of this test's own (created by the services).
+pub fn cassandra_store_sections(contact_point: &str, keyspace: &str) -> String {
+    format!(
+        "[store]\nbackend = \"scylla\"\n\n[store.scylla]\nnodes = [\"{contact_point}\"]\nkeyspace = \"{keyspace}\"\ncreate-schema = true\n"
     )
 }
 

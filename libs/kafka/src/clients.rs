@@ -24,17 +24,17 @@ pub fn base_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 
 /// A consumer of group `group_id` that commits by hand (only once its output
 /// is durable) and starts from the earliest offset when the group has none.
-/// The fetch settings keep tansu from idling half a fetch wait after each
-/// fetch (see TEST-BROKER.md); the operator's consumer properties come last.
+/// Fetching keeps librdkafka's defaults, which suit Apache Kafka: the broker
+/// answers a fetch as soon as one byte is there (`fetch.min.bytes=1`) or
+/// after `fetch.wait.max.ms` (500 ms) on an idle partition. The operator's
+/// consumer properties come last.
 pub fn group_consumer_config(config: &KafkaConfig, client_id: &str, group_id: &str) -> ClientConfig {
     let mut client = base_config(config, client_id);
     client
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .set("fetch.queue.backoff.ms", "10");
+        .set("auto.offset.reset", "earliest");
     for (key, value) in &config.consumer_properties {
         client.set(key, value);
     }
@@ -52,9 +52,13 @@ pub struct ProducerSettings {
     pub queue_capacity: usize,
 }
 
-/// A producer with `acks=all`, idempotent unless the configuration turns it
-/// off, using the Java client's murmur2 partitioner, so keys land on the same
-/// partitions as with Kafka Streams or any JVM producer.
+/// An idempotent producer with `acks=all` (a retried batch is written once
+/// and in order), using the Java client's murmur2 partitioner, so keys land
+/// on the same partitions as with Kafka Streams or any JVM producer.
+/// An idempotent producer can fail fatally (the broker fenced its producer
+/// id, an unrecoverable sequence gap): callers check
+/// [`fatal_error`] on delivery failures and stop, so that their supervisor
+/// restarts them with a fresh producer.
 pub fn idempotent_producer(
     config: &KafkaConfig,
     client_id: &str,
@@ -72,7 +76,7 @@ pub fn idempotent_producer_with_context<C: ClientContext + 'static>(
 ) -> Result<FutureProducer<C>, KafkaSetupError> {
     let mut client = base_config(config, client_id);
     client
-        .set("enable.idempotence", config.idempotence.to_string())
+        .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", millis(settings.delivery_timeout))

@@ -9,14 +9,12 @@
 //!   (manual offset commits) from the configuration.
 //! - [`topics`]: creating Tally's topics with explicit settings.
 //! - [`dlq`]: provenance headers of dead letters.
-//! - [`rejoin`]: when a member holding no partition rejoins its group.
-//! - [`stall`]: rejoining when another member's partitions stall (a tansu 0.6 workaround).
+//! - [`fatal`]: librdkafka's fatal errors, which stop a service.
 
 pub mod clients;
 pub mod config;
 pub mod dlq;
-pub mod rejoin;
-pub mod stall;
+pub mod fatal;
 pub mod topics;
 
 pub use config::{KafkaConfig, TopicsConfig};

@@ -32,18 +32,53 @@ pub fn tally_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
     ]
 }
 
+/// How created topics are replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas of each partition.
+    pub factor: i32,
+    /// `min.insync.replicas`, when Tally sets it.
+    pub min_insync: Option<i32>,
+}
+
+impl Replication {
+    /// The configured values, else derived from the number of brokers: 3
+    /// replicas with 2 in sync from 3 brokers on, else one per broker.
+    pub fn for_cluster(config: &KafkaConfig, brokers: usize) -> Self {
+        let available = i32::try_from(brokers).unwrap_or(i32::MAX).max(1);
+        let factor = config.topics.replication.unwrap_or(available.min(3));
+        let min_insync = config.topics.min_insync_replicas.or((factor >= 3).then_some(2));
+        Self { factor, min_insync }
+    }
+}
+
 /// Creates the `topics` that do not exist yet; existing ones are left as they are.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = base_config(config, "tally-admin")
         .create()
         .map_err(|source| KafkaSetupError::Client { what: "admin client", source })?;
+    let brokers = {
+        let metadata_config = config.clone();
+        tokio::task::spawn_blocking(move || broker_count(&metadata_config, Duration::from_secs(10)))
+            .await
+            .map_err(|e| KafkaSetupError::CreateTopic { topic: "*".into(), reason: e.to_string() })??
+    };
+    let replication = Replication::for_cluster(config, brokers);
+    if replication.factor == 1 && brokers > 1 {
+        tracing::warn!(brokers, "creating topics with replication factor 1 on a multi-broker cluster, as configured");
+    }
     let retention = config.topics.retention.as_millis().to_string();
+    let min_insync = replication.min_insync.map(|n| n.to_string());
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(config.topics.replication))
+            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication.factor))
                 .set("retention.ms", &retention)
                 .set("cleanup.policy", "delete");
+            let topic = match &min_insync {
+                Some(n) => topic.set("min.insync.replicas", n),
+                None => topic,
+            };
             // The broker's clock stamps each view: the counter's dedup window
             // trusts it over a gateway clock running ahead (tally_model::counting).
             if t.name == config.topics.views {
@@ -68,6 +103,15 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
     Ok(())
 }
 
+/// Brokers in the cluster, from metadata (blocking).
+pub fn broker_count(config: &KafkaConfig, timeout: Duration) -> Result<usize, KafkaSetupError> {
+    let consumer: BaseConsumer = base_config(config, "tally-metadata")
+        .create()
+        .map_err(|source| KafkaSetupError::Client { what: "metadata client", source })?;
+    let metadata = consumer.fetch_metadata(None, timeout).map_err(KafkaSetupError::Metadata)?;
+    Ok(metadata.brokers().len())
+}
+
 /// Partition count of `topic`, from broker metadata (blocking; call from
 /// `spawn_blocking`).
 pub fn partition_count(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<usize, KafkaSetupError> {
@@ -76,4 +120,24 @@ pub fn partition_count(config: &KafkaConfig, topic: &str, timeout: Duration) -> 
         .map_err(|source| KafkaSetupError::Client { what: "metadata client", source })?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(KafkaSetupError::Metadata)?;
     Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_never_created_with_one_replica_on_a_multi_broker_cluster_unless_configured() {
+        let derived = KafkaConfig::default();
+        assert_eq!(Replication::for_cluster(&derived, 1), Replication { factor: 1, min_insync: None });
+        assert_eq!(Replication::for_cluster(&derived, 2), Replication { factor: 2, min_insync: None });
+        assert_eq!(Replication::for_cluster(&derived, 3), Replication { factor: 3, min_insync: Some(2) });
+        assert_eq!(Replication::for_cluster(&derived, 9), Replication { factor: 3, min_insync: Some(2) });
+        let mut explicit = KafkaConfig::default();
+        explicit.topics.replication = Some(1);
+        assert_eq!(Replication::for_cluster(&explicit, 3), Replication { factor: 1, min_insync: None });
+        explicit.topics.replication = Some(5);
+        explicit.topics.min_insync_replicas = Some(3);
+        assert_eq!(Replication::for_cluster(&explicit, 5), Replication { factor: 5, min_insync: Some(3) });
+    }
 }

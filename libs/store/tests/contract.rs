@@ -1,10 +1,8 @@
 //! The store contract: every implementation must pass these. The embedded
-//! store always runs; the ScyllaDB store runs the same suite against the
-//! cluster named by `TALLY_SCYLLA_URI` (`host:port[,host:port]`), each test in
-//! a keyspace of its own that it drops afterwards. Those tests are ignored
-//! unless asked for, so a run without a cluster reports them as skipped;
-//! `scripts/test` asks for them when the variable is set and says they were
-//! skipped when it is not.
+//! store runs in memory and on disk; the ScyllaDB/Cassandra store runs the
+//! same suite against a real Apache Cassandra 5.0 node (the run's shared node
+//! that `scripts/test` starts, else one of the test's own), each test in a
+//! keyspace of its own that it drops afterwards.
 
 use tally_model::counts::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, Owner};
 use tally_model::Salt;
@@ -164,17 +162,15 @@ async fn batch_counts_replace_closed_periods_and_reconciling_again_changes_nothi
     assert_eq!(store.periods().await.unwrap(), vec![period]);
 }
 
-/// A store in a fresh keyspace of the cluster at `TALLY_SCYLLA_URI`.
-async fn scylla_store(test: &str) -> ScyllaStore {
-    let uri = std::env::var("TALLY_SCYLLA_URI")
-        .unwrap_or_else(|_| panic!("{test} needs a ScyllaDB cluster: set TALLY_SCYLLA_URI=host:9042"));
+/// A store in a fresh keyspace of the Cassandra node at `uri`.
+async fn scylla_store(uri: &str) -> ScyllaStore {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut config = ScyllaConfig::from_uri(&uri);
+    let mut config = ScyllaConfig::from_uri(uri);
     config.keyspace = format!("tally_contract_{}_{nanos}_{n}", std::process::id());
     config.create_schema = true;
-    ScyllaStore::connect(config).await.expect("connect to TALLY_SCYLLA_URI")
+    ScyllaStore::connect(config).await.unwrap_or_else(|e| panic!("connect to Cassandra at {uri}: {e}"))
 }
 
 macro_rules! contract {
@@ -182,24 +178,24 @@ macro_rules! contract {
         mod $name {
             use super::*;
 
-            async fn run<F, Fut>(test: &str, body: F)
+            async fn run<F, Fut>(_test: &str, body: F)
             where
                 F: FnOnce(ScyllaStore) -> Fut,
                 Fut: std::future::Future<Output = ()>,
             {
-                let store = scylla_store(test).await;
+                let node = tally_testkit::Cassandra::shared();
+                let store = scylla_store(&node.contact_point()).await;
                 body(store.clone()).await;
                 store.drop_keyspace().await.unwrap();
+                drop(node);
             }
 
             #[tokio::test]
-            #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
             async fn replayed_chunks_do_not_change_totals() {
                 run("replayed_chunks_do_not_change_totals", super::replayed_chunks_do_not_change_totals).await;
             }
 
             #[tokio::test]
-            #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
             async fn a_partly_applied_flush_completes_when_re_emitted() {
                 run(
                     "a_partly_applied_flush_completes_when_re_emitted",
@@ -209,7 +205,6 @@ macro_rules! contract {
             }
 
             #[tokio::test]
-            #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
             async fn a_zombie_counters_chunks_after_a_newer_claim_change_nothing() {
                 run(
                     "a_zombie_counters_chunks_after_a_newer_claim_change_nothing",
@@ -219,7 +214,6 @@ macro_rules! contract {
             }
 
             #[tokio::test]
-            #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
             async fn series_and_rollups_agree_and_salts_are_merged() {
                 run(
                     "series_and_rollups_agree_and_salts_are_merged",
@@ -229,7 +223,6 @@ macro_rules! contract {
             }
 
             #[tokio::test]
-            #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
             async fn batch_counts_replace_closed_periods_and_reconciling_again_changes_nothing() {
                 run(
                     "batch_counts_replace_closed_periods_and_reconciling_again_changes_nothing",
@@ -239,7 +232,6 @@ macro_rules! contract {
             }
 
             #[tokio::test]
-            #[ignore = "needs a ScyllaDB cluster: TALLY_SCYLLA_URI"]
             async fn a_video_nobody_watched_has_zero_views_and_as_of_trails_the_slowest_partition() {
                 run(
                     "a_video_nobody_watched_has_zero_views_and_as_of_trails_the_slowest_partition",
@@ -293,4 +285,4 @@ contract!(sqlite_on_disk, {
     let path = dir.keep().join("tally.db");
     SqliteStore::open(&path).unwrap()
 });
-contract!(scylla scylla_cluster);
+contract!(scylla cassandra);

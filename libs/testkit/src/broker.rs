@@ -1,128 +1,133 @@
-//! A real tansu broker (SQLite engine) on a free loopback port.
+//! A real Apache Kafka broker (KRaft, broker and controller in one JVM) on
+//! free loopback ports.
+//!
+//! A JVM broker costs 8-12 s and a core to start on these machines, so tests
+//! that only need *a* broker share one: `scripts/test` starts it once for the
+//! whole run and names it in `TALLY_TEST_KAFKA` ([`Broker::shared`]); each
+//! test keeps to its own random topic and group names. A test that stops,
+//! kills or restarts its broker starts one of its own ([`Broker::start`]).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
-use tempfile::TempDir;
+use tally_servers::{KafkaNode, ServerProcess, Tools};
 
-use crate::process::{find_binary, free_port, wait_for_port};
+use crate::process::free_port;
+use crate::server_dir::ServerDir;
 
-/// A running (or stopped) broker. Killed when dropped.
+/// The environment variable naming the run's shared broker (`host:port`).
+pub const SHARED_BROKER_VAR: &str = "TALLY_TEST_KAFKA";
+
+/// How long a broker may take to start on a busy 2-core machine.
+const START_LIMIT: Duration = Duration::from_secs(90);
+
+/// A broker of this test, or the run's shared one.
 pub struct Broker {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-    engine: &'static str,
+    bootstrap: String,
+    own: Option<OwnBroker>,
+}
+
+/// A broker this test started; stopped when dropped.
+struct OwnBroker {
+    node: KafkaNode,
+    tools: Tools,
+    process: Option<ServerProcess>,
+    // Dropped last: the directory (and its logs, kept on failure) outlives the process.
+    dir: ServerDir,
 }
 
 impl Broker {
-    /// Starts a broker with a fresh SQLite database on a free port and waits
-    /// until it answers metadata requests.
+    /// Starts a broker of this test's own, on fresh ports with empty storage,
+    /// and waits until it answers metadata requests.
     pub fn start() -> Self {
-        Self::start_with_engine("sqlite://tansu.db")
-    }
-
-    /// Starts a broker on tansu's in-memory engine: 4-5x faster, keeps
-    /// nothing, and its watermarks are not trusted (see TEST-BROKER.md); for
-    /// throughput benchmarks only.
-    pub fn start_in_memory() -> Self {
-        Self::start_with_engine("memory://tansu/")
-    }
-
-    fn start_with_engine(engine: &'static str) -> Self {
+        let tools = Tools::find().unwrap_or_else(|e| panic!("{e}"));
+        let mut last_error = String::new();
         for attempt in 0..3 {
-            let dir = tempfile::Builder::new().prefix("tally-broker-").tempdir().expect("create broker data dir");
-            let mut broker = Self { child: None, port: free_port(), dir, engine };
-            if broker.spawn_and_wait() {
-                return broker;
+            let dir = ServerDir::create("kafka");
+            let node = KafkaNode::single(dir.path(), free_port(), free_port());
+            match node.start(&tools, START_LIMIT) {
+                Ok(process) => {
+                    return Self {
+                        bootstrap: node.bootstrap(),
+                        own: Some(OwnBroker { node, tools, process: Some(process), dir }),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("Apache Kafka did not start (attempt {attempt}): {e}");
+                    last_error = e.to_string();
+                }
             }
-            eprintln!("broker did not come up on port {} (attempt {attempt}); retrying", broker.port);
         }
-        panic!("tansu broker did not start after 3 attempts");
+        panic!("Apache Kafka did not start after 3 attempts: {last_error}");
+    }
+
+    /// The run's shared broker when `scripts/test` started one
+    /// (`TALLY_TEST_KAFKA`), else a broker of this test's own.
+    pub fn shared() -> Self {
+        match std::env::var(SHARED_BROKER_VAR) {
+            Ok(bootstrap) if !bootstrap.is_empty() => Self { bootstrap, own: None },
+            _ => Self::start(),
+        }
     }
 
     /// `127.0.0.1:<port>`, for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.bootstrap.clone()
     }
 
-    /// The broker process id while it runs (benchmarks read its CPU time).
+    /// The broker process id while it runs (benchmarks read its CPU time);
+    /// `None` for the shared broker.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.own.as_ref().and_then(|own| own.process.as_ref()).map(ServerProcess::pid)
     }
 
-    /// The broker's data directory.
+    /// The broker's directory (configuration, log, data).
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        self.own_broker("data_dir").dir.path()
     }
 
-    /// Kills the broker (SIGKILL: tansu may ignore SIGTERM when busy).
+    /// Stops the broker cleanly (SIGTERM; SIGKILL after 30 s).
     pub fn stop(&mut self) {
-        self.kill();
+        if let Some(mut process) = self.own_broker_mut("stop").process.take() {
+            process.stop(Duration::from_secs(30));
+        }
     }
 
-    /// Starts the broker again on the same port with the same data.
+    /// Kills the broker (SIGKILL), as a crash or power loss of its host would.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.own_broker_mut("kill").process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the broker again on the same ports with the same data (killing
+    /// it first when it runs).
     pub fn restart(&mut self) {
-        self.kill();
-        assert!(self.spawn_and_wait(), "tansu broker did not restart on port {}", self.port);
+        let own = self.own_broker_mut("restart");
+        if let Some(mut process) = own.process.take() {
+            process.kill();
+        }
+        let process = own.node.start(&own.tools, START_LIMIT).unwrap_or_else(|e| panic!("restarting Kafka: {e}"));
+        own.process = Some(process);
     }
 
-    /// Whether the broker process is running.
+    /// Whether the broker process is running (the shared one always counts as running).
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    fn spawn_and_wait(&mut self) -> bool {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("broker.log"))
-            .expect("open broker log");
-        let child = Command::new(find_binary("tansu", "TALLY_TANSU_BIN"))
-            .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", self.engine, "--cluster-id", "tally-test"])
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tansu broker");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_for_port(addr, Duration::from_secs(20)) && self.wait_for_metadata(Duration::from_secs(20))
-    }
-
-    fn wait_for_metadata(&mut self, limit: Duration) -> bool {
-        let consumer: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", self.bootstrap()).create().expect("metadata client");
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if !self.is_running() {
-                return false;
-            }
-            if consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
-                return true;
-            }
-        }
-        false
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        match &mut self.own {
+            Some(own) => own.process.as_mut().is_some_and(ServerProcess::is_running),
+            None => true,
         }
     }
-}
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
+    fn own_broker(&self, what: &str) -> &OwnBroker {
+        self.own
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: a test that needs this starts its own broker (Broker::start)"))
+    }
+
+    fn own_broker_mut(&mut self, what: &str) -> &mut OwnBroker {
+        self.own
+            .as_mut()
+            .unwrap_or_else(|| panic!("{what}: a test that needs this starts its own broker (Broker::start)"))
     }
 }

@@ -1,8 +1,9 @@
 //! Test harness: starts REAL dependencies on free loopback ports and stops
 //! them when dropped.
 //!
-//! - [`Broker`]: the tansu Kafka-protocol broker, SQLite engine (data and
-//!   group offsets survive kill -9), in a temporary directory.
+//! - [`Broker`]: an Apache Kafka broker (KRaft), the run's shared one or a
+//!   test's own; [`KafkaCluster`]: three brokers, replication factor 3.
+//! - [`Cassandra`]: an Apache Cassandra 5.0 node, shared by the run.
 //! - [`RedisServer`]: Debian's `redis-server`.
 //! - [`unique`] and [`kafka_config`]: random topic and group names per test;
 //!   [`kafka_with_topics`] also creates Tally's topics.
@@ -13,7 +14,9 @@
 //!
 //! # Layout
 //!
-//! - [`broker`], [`redis`]: the two servers.
+//! - [`broker`], [`cluster`], [`cassandra`], [`redis`], [`s3`]: the servers
+//!   (the JVM ones through the `tally-servers` crate).
+//! - [`server_dir`]: the servers' directories; the servers of killed tests reaped.
 //! - [`process`]: locating binaries, free ports, waiting for a port.
 //! - [`topic`]: reading a topic back, counting its records.
 //! - [`counts`]: an oracle reading the counts topic independently of the writer's fold.
@@ -22,11 +25,14 @@
 //! - [`metrics`]: reading metric values from a registry.
 
 pub mod broker;
+pub mod cassandra;
+pub mod cluster;
 pub mod counts;
 pub mod metrics;
 pub mod process;
 pub mod redis;
 pub mod s3;
+pub mod server_dir;
 pub mod store;
 pub mod topic;
 pub mod views;
@@ -35,6 +41,8 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use broker::Broker;
+pub use cassandra::Cassandra;
+pub use cluster::KafkaCluster;
 pub use redis::RedisServer;
 pub use s3::S3Server;
 use tally_kafka::KafkaConfig;
@@ -46,9 +54,13 @@ pub fn unique(prefix: &str) -> String {
 
 /// A Kafka configuration for `broker` with topic names unique to this test.
 pub fn kafka_config(broker: &Broker) -> KafkaConfig {
+    kafka_config_for(&broker.bootstrap())
+}
+
+/// [`kafka_config`] for any bootstrap list (a [`KafkaCluster`]'s, say).
+pub fn kafka_config_for(bootstrap: &str) -> KafkaConfig {
     let run = unique("t");
-    // tansu 0.6 crashes on an idempotent producer's epoch bump (see KafkaConfig::idempotence).
-    let mut config = KafkaConfig { brokers: broker.bootstrap(), idempotence: false, ..KafkaConfig::default() };
+    let mut config = KafkaConfig { brokers: bootstrap.to_owned(), ..KafkaConfig::default() };
     config.topics.views = format!("{run}.views");
     config.topics.counts = format!("{run}.counts");
     config.topics.views_dlq = format!("{run}.views.dlq");

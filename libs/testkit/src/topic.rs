@@ -86,3 +86,44 @@ pub fn record_count(config: &KafkaConfig, topic: &str) -> i64 {
         })
         .sum()
 }
+
+/// Records of `topic` that `group` has not committed yet (high watermark
+/// minus committed offset, summed over partitions; a partition without a
+/// commit counts from its low watermark).
+pub fn group_lag(config: &KafkaConfig, group: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = base_config(config, "tally-test-lag")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create lag reader");
+    let mut list = TopicPartitionList::new();
+    let partitions = partitions(&consumer, topic);
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+    partitions
+        .iter()
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)).expect("watermarks");
+            let done = committed
+                .find_partition(topic, *p)
+                .and_then(|e| if let Offset::Offset(o) = e.offset() { Some(o) } else { None })
+                .unwrap_or(low);
+            high - done
+        })
+        .sum()
+}
+
+/// Waits until every `(group, topic)` has committed everything written to
+/// the topic: the pipeline has gone quiet. False when `limit` passes first.
+pub fn wait_quiet(config: &KafkaConfig, groups: &[(&str, &str)], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if groups.iter().all(|(group, topic)| group_lag(config, group, topic) == 0) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}

@@ -43,9 +43,6 @@ fn main() -> anyhow::Result<()> {
         .set("group.id", &group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
-        // tansu sleeps half of fetch.wait.max.ms after every fetch (TEST-BROKER.md).
-        .set("fetch.wait.max.ms", "10")
-        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     consumer.subscribe(&[&args.topic])?;
     let started = Instant::now();

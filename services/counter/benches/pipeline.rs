@@ -1,9 +1,9 @@
-//! End-to-end counter throughput on a pre-filled topic: a real tansu broker
-//! (in-memory engine, the fastest this machine can run), 4 partitions filled
+//! End-to-end counter throughput on a pre-filled topic: a real Apache Kafka
+//! broker of its own (one KRaft node, 512 MB heap), 4 partitions filled
 //! with 1,000,000 views records, then one counter process-equivalent
 //! (in-process `CounterService`) counts them from offset 0.
 //!
-//! `cargo bench -p tally-counter --bench pipeline` (needs tansu: scripts/setup).
+//! `cargo bench -p tally-counter --bench pipeline` (needs Kafka: scripts/setup).
 //! Reports events/s from the moment the counter owns all partitions until
 //! every record is counted, with the broker on the same 2 cores, and the CPU
 //! time the counter process (all its threads, librdkafka's included) and the
@@ -48,7 +48,7 @@ fn counted(registry: &Registry) -> (f64, f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let broker = Broker::start_in_memory();
+    let broker = Broker::start();
     let mut kafka = tally_testkit::kafka_config(&broker);
     for pair in std::env::var("TALLY_BENCH_CONSUMER_PROPS").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').expect("key=value");
@@ -92,7 +92,7 @@ async fn main() {
     let owned_at = owned_at.unwrap_or(started);
     let secs = done.duration_since(owned_at).as_secs_f64();
     println!(
-        "counter end-to-end on a pre-filled topic (tansu memory engine, 4 partitions, same 2 cores, flush every {flush_ms} ms): \
+        "counter end-to-end on a pre-filled topic (Apache Kafka, 4 partitions, same 2 cores, flush every {flush_ms} ms): \
          {RECORDS} records in {secs:.2} s = {:.0} events/s after taking over; {:.2} s including group join; fill {:.0} records/s; \
          CPU meanwhile: counter process {counter_cpu:.2} s = {:.0} events per CPU-second, broker {broker_cpu:.2} s",
         RECORDS as f64 / secs,

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tally_kafka::fatal::{fatal_error, FatalError};
 use tally_model::counts;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -54,34 +55,39 @@ pub struct Destination {
 /// Runs until the job channel closes or `shutdown`, whichever comes first
 /// (the channel's senders live as long as the consumer, whose close may wait
 /// for an unreachable coordinator); an unfinished job is abandoned
-/// uncommitted (the next owner re-emits it exactly).
+/// uncommitted (the next owner re-emits it exactly). A fatal producer error
+/// ends it with that error: no retry can succeed after one.
 pub async fn run(
     producer: FutureProducer,
     destination: Destination,
     mut jobs: UnboundedReceiver<FlushJob>,
     done: Sender<Completion>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), FatalError> {
     loop {
         let job = tokio::select! {
             job = jobs.recv() => match job {
                 Some(job) => job,
-                None => return,
+                None => return Ok(()),
             },
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
         };
         let mut backoff = Duration::from_millis(100);
         loop {
             let emitted = tokio::select! {
                 emitted = emit(&producer, &destination, &job) => emitted,
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return Ok(()),
             };
             match emitted {
                 Ok(()) => break,
                 Err(e) => {
+                    if let Some(fatal) = fatal_error(producer.client()) {
+                        tracing::error!(partition = job.partition, end = job.header.end, error = %fatal, "flush cannot be emitted: the producer failed fatally");
+                        return Err(fatal);
+                    }
                     tracing::warn!(partition = job.partition, end = job.header.end, error = %e, "flush not acknowledged; retrying");
                     tokio::select! {
-                        () = shutdown.cancelled() => return,
+                        () = shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -96,7 +102,7 @@ pub async fn run(
             sealed_at: job.sealed_at,
         };
         if done.send(completion).is_err() {
-            return;
+            return Ok(());
         }
     }
 }

@@ -45,6 +45,9 @@ pub enum CounterError {
     /// A task could not be joined.
     #[error("counter task failed: {0}")]
     Join(String),
+    /// The producer failed fatally: only a restart gives a working one.
+    #[error(transparent)]
+    ProducerFatal(#[from] tally_kafka::fatal::FatalError),
 }
 
 /// A built counter, ready to run.
@@ -155,7 +158,12 @@ impl CounterService {
             claimant_name(),
             c.delivery_timeout.max(Duration::from_secs(10)),
         );
-        let emitter = tokio::spawn(emitter::run(self.producer, destination, jobs_rx, done_tx, emitter_stop.clone()));
+        let emitted = emitter::run(self.producer, destination, jobs_rx, done_tx, emitter_stop.clone());
+        let stop_counting = shutdown.clone();
+        let emitter = tokio::spawn(async move {
+            // The worker drains and stops; the error is reported below.
+            emitted.await.inspect_err(|_| stop_counting.cancel())
+        });
         let worker = Worker::new(consumer, recovery, claimer, self.metrics, done_rx, jobs_tx, c.lag_interval)?;
         self.readiness.set(KAFKA_CHECK, Ok(()));
         let stop = shutdown.clone();
@@ -163,7 +171,10 @@ impl CounterService {
             .await
             .map_err(|e| CounterError::Join(e.to_string()))?;
         emitter_stop.cancel();
-        let _ = emitter.await;
+        if let Ok(Err(fatal)) = emitter.await {
+            shutdown.cancel();
+            return Err(fatal.into());
+        }
         if outcome.is_err() {
             // Make sure the rest of the process stops too: a halted counter is an incident.
             shutdown.cancel();

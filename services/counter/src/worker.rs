@@ -18,8 +18,6 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::{drop_within, run_within, Unfinished};
-use tally_kafka::rejoin::UnassignedWatch;
-use tally_kafka::stall::StallWatch;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -99,10 +97,6 @@ pub struct Worker {
     shared: Arc<Shared>,
     rules: Rules,
     lag_interval: Duration,
-    /// The consumer's configuration, for the stall watch's own client.
-    watch_config: rdkafka::ClientConfig,
-    /// Set by the stall watch or the unassigned check: rejoin the group.
-    rejoin_wanted: Arc<AtomicBool>,
     /// Whether the warning about producer timestamps on the views topic was logged.
     create_time_warned: AtomicBool,
 }
@@ -123,14 +117,11 @@ impl Worker {
         let consumer: BaseConsumer<CounterContext> =
             consumer_config.create_with_context(CounterContext { shared: shared.clone() })?;
         consumer.subscribe(&[&shared.recovery.views_topic])?;
-        let watch_config = consumer_config.clone();
         Ok(Self {
             consumer: Arc::new(consumer),
             shared,
             rules,
             lag_interval,
-            watch_config,
-            rejoin_wanted: Arc::new(AtomicBool::new(false)),
             create_time_warned: AtomicBool::new(false),
         })
     }
@@ -141,22 +132,7 @@ impl Worker {
     pub fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), WorkerError> {
         let watermarks = BrokerWatermarks::new(&self.shared.recovery.kafka, &self.shared.recovery.views_topic)?;
         let lag = LagMonitor::spawn(self.shared.positions.clone(), watermarks, self.lag_interval)?;
-        let stall = match self.shared.recovery.kafka.rejoin_when_partition_stalled {
-            Some(after) => {
-                let positions = self.shared.positions.clone();
-                Some(StallWatch::spawn(
-                    "tally-counter-stall",
-                    self.watch_config.create()?,
-                    self.shared.recovery.views_topic.clone(),
-                    move || positions.partitions(),
-                    (after, self.lag_interval.max(Duration::from_secs(1))),
-                    self.rejoin_wanted.clone(),
-                )?)
-            }
-            None => None,
-        };
         let outcome = self.consume(&shutdown);
-        drop(stall);
         drop(lag);
         // After a failure (a halt at the dead-letter limit above all) the open
         // ranges must not be emitted: only in-flight flushes are finished.
@@ -202,8 +178,6 @@ impl Worker {
         processor: &ScopedJoinHandle<'_, Result<(), WorkerError>>,
     ) -> Result<(), WorkerError> {
         let topic = self.shared.recovery.views_topic.clone();
-        let mut last_assignment_check = Instant::now();
-        let mut unassigned = UnassignedWatch::new(self.shared.recovery.kafka.rejoin_when_unassigned);
         let mut batch = Batch::with_capacity(BATCH, BATCH_BYTES);
         while !shutdown.is_cancelled() && !processor.is_finished() {
             if resume_wanted.swap(false, Ordering::SeqCst) {
@@ -211,18 +185,6 @@ impl Worker {
             }
             if !self.collect(&mut batch, batches, spare) {
                 break;
-            }
-            if last_assignment_check.elapsed() >= self.lag_interval {
-                last_assignment_check = Instant::now();
-                let assigned = self.shared.lock().partitions.owned_count() > 0;
-                if unassigned.should_rejoin(assigned) {
-                    self.rejoin_wanted.store(true, Ordering::SeqCst);
-                }
-            }
-            // Asked for above or by the stall watch.
-            if self.rejoin_wanted.swap(false, Ordering::SeqCst) {
-                self.consumer.unsubscribe();
-                self.consumer.subscribe(&[&topic])?;
             }
         }
         Ok(())

@@ -29,7 +29,11 @@ async fn start(kafka: &KafkaConfig, tweak: impl FnOnce(&mut CounterConfig)) -> R
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut config = CounterConfig { flush_interval: Duration::from_millis(200), ..CounterConfig::default() };
+    let mut config = CounterConfig {
+        flush_interval: Duration::from_millis(200),
+        group_id: group_of(kafka),
+        ..CounterConfig::default()
+    };
     tweak(&mut config);
     let registry = Registry::new();
     let service = CounterService::build(&config, kafka, &registry, &Readiness::default()).await.expect("build counter");
@@ -54,8 +58,17 @@ async fn fold_until(kafka: &KafkaConfig, expected: &BTreeMap<String, i64>, limit
     folded
 }
 
+/// The counter's consumer group in this test (the broker may be shared by tests running at once).
+fn group_of(kafka: &KafkaConfig) -> String {
+    format!("tally-counter-{}", kafka.topics.views)
+}
+
+/// The run's shared broker with this test's topics.
 async fn setup() -> (Broker, KafkaConfig) {
-    let broker = Broker::start();
+    with_topics(Broker::shared()).await
+}
+
+async fn with_topics(broker: Broker) -> (Broker, KafkaConfig) {
     let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka)
 }
@@ -266,7 +279,7 @@ async fn acknowledged_flush_ends_are_committed_in_the_background_while_counting(
         let events: Vec<_> =
             (0..200).map(|i| event(&format!("v{}", i % 13), &format!("e{i}"), now, now, true)).collect();
         producer.send(&events).await;
-        let group = CounterConfig::default().group_id;
+        let group = group_of(&kafka);
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut committed = 0;
         while committed < 200 && Instant::now() < deadline {
@@ -288,7 +301,7 @@ async fn acknowledged_flush_ends_are_committed_in_the_background_while_counting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_whose_broker_is_gone_still_stops_within_its_drain_budget() {
     bounded(LIMIT, async {
-        let (mut broker, mut kafka) = setup().await;
+        let (mut broker, mut kafka) = with_topics(Broker::start()).await;
         // No background commit during the test: the acknowledged ends are
         // left for the final commit, which finds no broker.
         kafka.consumer_properties.insert("auto.commit.interval.ms".into(), "3600000".into());
@@ -303,7 +316,7 @@ async fn a_counter_whose_broker_is_gone_still_stops_within_its_drain_budget() {
             assert!(Instant::now() < deadline, "no flush acknowledged");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        broker.stop();
+        broker.kill();
         let stopping = Instant::now();
         counter.shutdown.cancel();
         let _ = counter.task.await.unwrap();

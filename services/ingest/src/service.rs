@@ -52,6 +52,9 @@ pub enum IngestError {
     /// The configuration is inconsistent.
     #[error("invalid ingest configuration: {0}")]
     Config(String),
+    /// The producer failed fatally: only a restart gives a working one.
+    #[error(transparent)]
+    ProducerFatal(#[from] tally_kafka::fatal::FatalError),
 }
 
 /// A built gateway, bound and ready to run.
@@ -150,6 +153,8 @@ impl IngestService {
 
     /// Serves until `shutdown`, then stops accepting, lets in-flight requests
     /// finish (they wait for their acknowledgements) and flushes the producer.
+    /// A fatal producer error ends it at once with an error: every request
+    /// would be refused until a restart.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
         let probe = tokio::spawn(probe_broker(
             self.publisher.clone(),
@@ -157,7 +162,14 @@ impl IngestService {
             self.readiness.clone(),
             shutdown.clone(),
         ));
-        let served = tally_service::serve::serve_with(self.listener, self.router, shutdown, self.serve_options).await;
+        let producer = self.publisher.producer().clone();
+        let served = tokio::select! {
+            served = tally_service::serve::serve_with(self.listener, self.router, shutdown, self.serve_options) => served,
+            fatal = tally_kafka::fatal::watch(producer.client()) => {
+                probe.abort();
+                return Err(fatal.into());
+            }
+        };
         probe.abort();
         let producer = self.publisher.producer().clone();
         let flush_timeout = self.flush_timeout;

@@ -26,7 +26,7 @@ fn archived_records(root: &Path) -> i64 {
 
 async fn archive(kafka: &tally_kafka::KafkaConfig, dir: &Path, group: &str, expected: i64) {
     let config = ArchiverConfig {
-        group_id: group.into(),
+        group_id: format!("{group}-{}", kafka.topics.views),
         dir: dir.to_owned(),
         records_per_file: 50,
         seal_grace: Duration::from_millis(1),
@@ -61,7 +61,7 @@ async fn run_archiver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archiving_the_same_offsets_twice_yields_identical_files_and_no_duplicates() {
     bounded(Duration::from_secs(180), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let mut producer = ViewsProducer::new(&kafka, &[]);
         // Received over two past hours, so hour cuts and sealing are exercised.
@@ -110,7 +110,7 @@ async fn object_snapshot(storage: &ArchiveStorage) -> BTreeMap<String, Vec<u8>> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_in_object_storage_holds_the_same_files_and_a_replay_adds_none() {
     bounded(Duration::from_secs(180), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let s3 = S3Server::start("tally-archive");
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let mut producer = ViewsProducer::new(&kafka, &[]);
@@ -122,7 +122,7 @@ async fn an_archive_in_object_storage_holds_the_same_files_and_a_replay_adds_non
         let options: BTreeMap<String, tally_config::Secret> =
             s3.options().into_iter().map(|(k, v)| (k, tally_config::Secret::new(v))).collect();
         let config_for = |prefix: &str, group: &str| ArchiverConfig {
-            group_id: group.into(),
+            group_id: format!("{group}-{}", kafka.topics.views),
             url: s3.url(prefix),
             object_store_options: options.clone(),
             records_per_file: 50,

@@ -1,11 +1,11 @@
-//! Writer throughput through Kafka into the embedded store: a real tansu
-//! broker (in-memory engine) whose counts topic is pre-filled with counter
+//! Writer throughput through Kafka into the embedded store: a real Apache
+//! Kafka broker of its own whose counts topic is pre-filled with counter
 //! chunks (4 source partitions, 1,000 distinct videos per flush, 500 deltas
 //! per chunk as the counter emits them), then a `WriterService` over a fresh
 //! on-disk SQLite store applies them from offset 0. Repeated `RUNS` times with
 //! a new consumer group and a new store each; prints every run and the median.
 //!
-//! `cargo bench -p tally-writer --bench throughput` (needs tansu: scripts/setup).
+//! `cargo bench -p tally-writer --bench throughput` (needs Kafka: scripts/setup).
 //! Rows are deltas applied (one minute row plus its three rollups each).
 
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ fn applied(registry: &Registry) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let broker = Broker::start_in_memory();
+    let broker = Broker::start();
     let kafka = tally_testkit::kafka_with_topics(&broker).await;
     let settings = ProducerSettings {
         delivery_timeout: Duration::from_secs(60),

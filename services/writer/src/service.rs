@@ -10,7 +10,6 @@
 //! which the store's versions make a no-op.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +21,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use tally_cache::{CacheBackend, CachedTotal};
 use tally_kafka::clients::{group_consumer_config, idempotent_producer, is_transient, ProducerSettings};
 use tally_kafka::dlq::Provenance;
-use tally_kafka::rejoin::UnassignedWatch;
-use tally_kafka::stall::StallWatch;
 use tally_kafka::topics::{ensure_topics, tally_topics};
 use tally_kafka::{KafkaConfig, KafkaSetupError};
 use tally_model::counts::{self, CountsRecord};
@@ -52,9 +49,6 @@ pub enum WriterError {
     /// The store rejected a batch for a reason retrying cannot fix.
     #[error("store refused a batch: {0}")]
     Store(StoreError),
-    /// The stall watch's thread could not be started.
-    #[error("starting the writer's stall watch: {0}")]
-    Thread(#[from] std::io::Error),
 }
 
 /// The longest a synchronous offset commit may hold up the next batch.
@@ -111,44 +105,12 @@ impl<S: CountStore> WriterService<S> {
         let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
         consumer.subscribe(&[&self.kafka.topics.counts])?;
         self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));
-        let mut unassigned = UnassignedWatch::new(self.kafka.rejoin_when_unassigned);
-        let rejoin_wanted = Arc::new(AtomicBool::new(false));
-        let stall_watch = match self.kafka.rejoin_when_partition_stalled {
-            Some(after) => {
-                let assigned = consumer.clone();
-                let owned = move || {
-                    assigned
-                        .assignment()
-                        .map(|list| list.elements().iter().map(|e| e.partition()).collect())
-                        .unwrap_or_default()
-                };
-                let watch = (after, Duration::from_secs(1));
-                let topic = self.kafka.topics.counts.clone();
-                Some(StallWatch::spawn(
-                    "tally-writer-stall",
-                    consumer_config.create()?,
-                    topic,
-                    owned,
-                    watch,
-                    rejoin_wanted.clone(),
-                )?)
-            }
-            None => None,
-        };
         let mut last_assignment_check = Instant::now();
         loop {
             if last_assignment_check.elapsed() >= Duration::from_secs(1) {
                 last_assignment_check = Instant::now();
                 let owned = consumer.assignment()?.count();
                 self.metrics.owned_partitions.set(i64::try_from(owned).unwrap_or(i64::MAX));
-                if unassigned.should_rejoin(owned > 0) {
-                    rejoin_wanted.store(true, Ordering::SeqCst);
-                }
-            }
-            // Asked for above or by the stall watch.
-            if rejoin_wanted.swap(false, Ordering::SeqCst) {
-                consumer.unsubscribe();
-                consumer.subscribe(&[&self.kafka.topics.counts])?;
             }
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -204,7 +166,6 @@ impl<S: CountStore> WriterService<S> {
             }
             self.metrics.batches.inc();
         }
-        drop(stall_watch);
         // Leaving the group may wait out the session without a coordinator.
         if !tally_kafka::clients::drop_within(consumer, CLOSE_AT_MOST) {
             tracing::warn!(limit = ?CLOSE_AT_MOST, "leaving the consumer group did not finish in time; the session will expire");

@@ -25,7 +25,7 @@ fn init_logs() {
 
 async fn setup() -> (Broker, KafkaConfig) {
     init_logs();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let kafka = tally_testkit::kafka_with_topics(&broker).await;
     (broker, kafka)
 }
@@ -35,7 +35,11 @@ fn start_counter(kafka: &KafkaConfig) -> CancellationToken {
     let kafka = kafka.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let config = CounterConfig { flush_interval: Duration::from_millis(200), ..CounterConfig::default() };
+        let config = CounterConfig {
+            flush_interval: Duration::from_millis(200),
+            group_id: format!("tally-counter-{}", kafka.topics.views),
+            ..CounterConfig::default()
+        };
         let counter = CounterService::build(&config, &kafka, &Registry::new(), &Readiness::default()).await.unwrap();
         counter.run(stop, Duration::from_secs(5)).await.unwrap();
     });
@@ -49,7 +53,8 @@ async fn start_writer<S: CountStore + Clone>(
     registry: &Registry,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let config = WriterConfig {
-        group_id: group.into(),
+        // Unique to the test: the broker may be shared by tests running at once.
+        group_id: format!("{group}-{}", kafka.topics.counts),
         retry_initial_backoff: Duration::from_millis(50),
         retry_max_backoff: Duration::from_millis(400),
         ..WriterConfig::default()

@@ -23,7 +23,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tally_config::Secret;
 use tally_kafka::clients::{group_consumer_config, is_transient};
-use tally_kafka::rejoin::UnassignedWatch;
 use tally_kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -152,7 +151,6 @@ impl ArchiverService {
         consumer.subscribe(&[&self.kafka.topics.views])?;
         let mut open: HashMap<i32, OpenFile> = HashMap::new();
         let mut last_tick = Instant::now();
-        let mut unassigned = UnassignedWatch::new(self.kafka.rejoin_when_unassigned);
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -212,10 +210,6 @@ impl ArchiverService {
             }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
-                if unassigned.should_rejoin(consumer.assignment()?.count() > 0) {
-                    consumer.unsubscribe();
-                    consumer.subscribe(&[&self.kafka.topics.views])?;
-                }
                 let now = tally_model::timestamp::now_ms();
                 let grace = i64::try_from(self.config.seal_grace.as_millis()).unwrap_or(i64::MAX);
                 let due: Vec<i32> =
