@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::{write_config, Load, TallyProcess, ViewsProducer};
 use tally_counter::verify::{fold_counts, Folded};
-use tally_counter::CounterConfig;
 use tally_kafka::KafkaConfig;
 use tally_testkit::counts::settled_views;
 use tally_testkit::{bounded, Broker};
@@ -45,7 +44,7 @@ async fn wait_for_totals(
     expected: &std::collections::BTreeMap<String, i64>,
     limit: Duration,
 ) -> Folded {
-    let settled = settled_views(kafka, &CounterConfig::default().group_id, expected, limit).await;
+    let settled = settled_views(kafka, &common::group_of("counter", kafka), expected, limit).await;
     assert_eq!(&settled, expected, "exact, and still exact once the counters went quiet");
     let k = kafka.clone();
     tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(60)))

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::{feed_until, write_config, Load, TallyProcess, ViewsProducer};
 use tally_counter::verify::{fold_counts, Folded};
-use tally_counter::CounterConfig;
 use tally_kafka::KafkaConfig;
 use tally_testkit::counts::settled_views;
 use tally_testkit::{bounded, Broker};
@@ -111,7 +110,7 @@ async fn a_thawed_zombie_counters_range_is_fenced_and_counted_once() {
         producer.send(&load.batch(500, tally_model::timestamp::now_ms(), 10)).await;
         // Exact by an oracle independent of the writer's fold (and of its
         // fences), also once the survivor has committed the whole views topic.
-        let group = CounterConfig::default().group_id;
+        let group = common::group_of("counter", &kafka);
         let settled = settled_views(&kafka, &group, &producer.expected, Duration::from_secs(90)).await;
         assert_eq!(settled, producer.expected, "exact after a zombie, and once the counter went quiet");
         let folded = fold(&kafka).await;

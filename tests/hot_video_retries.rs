@@ -71,9 +71,14 @@ fn body(video: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_of_hot_videos_without_ts_through_other_gateways_are_counted_once() {
     bounded(Duration::from_secs(240), async {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
-        let counter_config = CounterConfig { flush_interval: Duration::from_millis(200), ..CounterConfig::default() };
+        // Groups named after the test's topics: the broker may be shared by tests running at once.
+        let counter_config = CounterConfig {
+            flush_interval: Duration::from_millis(200),
+            group_id: format!("tally-counter-{}", kafka.topics.views),
+            ..CounterConfig::default()
+        };
         let counter =
             CounterService::build(&counter_config, &kafka, &Registry::new(), &Readiness::default()).await.unwrap();
         let stop_counter = CancellationToken::new();

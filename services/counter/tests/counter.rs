@@ -47,7 +47,7 @@ async fn start(kafka: &KafkaConfig, tweak: impl FnOnce(&mut CounterConfig)) -> R
 /// counter has committed the whole views topic; then folds it as the writer
 /// would, for its statistics, which must agree.
 async fn fold_until(kafka: &KafkaConfig, expected: &BTreeMap<String, i64>, limit: Duration) -> Folded {
-    let settled = settled_views(kafka, &CounterConfig::default().group_id, expected, limit).await;
+    let settled = settled_views(kafka, &group_of(kafka), expected, limit).await;
     assert_eq!(&settled, expected, "exact, and still exact once the counter went quiet");
     let k = kafka.clone();
     let folded = tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(30)))
