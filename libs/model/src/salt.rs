@@ -44,6 +44,10 @@ use serde::Deserialize;
 use crate::event::ViewEvent;
 use crate::hash::stable_hash;
 
+/// Most sub-shards: salts `1..=MAX_SUB_SHARDS` fit every store's salt column
+/// (ScyllaDB's is a `smallint`).
+pub const MAX_SUB_SHARDS: u16 = i16::MAX as u16;
+
 /// Separates the video id from the salt in a partition key. Not in the
 /// video-id alphabet, so keys are unambiguous.
 pub const SALT_SEPARATOR: char = '~';
@@ -98,8 +102,8 @@ pub enum SaltingConfigError {
     /// No sub-shard to spread over.
     #[error("salting: sub-shards must be at least 1")]
     Zero,
-    /// More salts than the 16-bit salt holds.
-    #[error("salting: sub-shards must be below 65535")]
+    /// More salts than every store holds (ScyllaDB keeps them as `smallint`).
+    #[error("salting: sub-shards must be at most {MAX_SUB_SHARDS}")]
     TooManySalts,
     /// A configured hot video id is invalid.
     #[error("salting: hot video {0:?} is not a valid video id")]
@@ -120,7 +124,7 @@ impl SaltPolicy {
         if config.sub_shards == 0 {
             return Err(SaltingConfigError::Zero);
         }
-        if config.sub_shards == u16::MAX {
+        if config.sub_shards > MAX_SUB_SHARDS {
             return Err(SaltingConfigError::TooManySalts);
         }
         for id in &config.hot_videos {
@@ -148,7 +152,7 @@ impl SaltPolicy {
             return Salt::NONE;
         }
         let sub = stable_hash(event.event_id.as_str().as_bytes()) % self.sub_shards;
-        // Bounded by the constructor's check: 1 + sub < sub_shards + 1 <= u16::MAX.
+        // Bounded by the constructor's check: 1 + sub <= MAX_SUB_SHARDS < u16::MAX.
         Salt(u16::try_from(1 + sub).expect("sub-shards fit the salt"))
     }
 }
@@ -252,7 +256,9 @@ mod tests {
     fn invalid_configurations_are_refused() {
         let zero = SaltingConfig { sub_shards: 0, ..SaltingConfig::default() };
         assert_eq!(SaltPolicy::new(&zero).unwrap_err(), SaltingConfigError::Zero);
-        let wide = SaltingConfig { sub_shards: u16::MAX, ..SaltingConfig::default() };
+        let widest = SaltingConfig { sub_shards: MAX_SUB_SHARDS, ..SaltingConfig::default() };
+        assert!(SaltPolicy::new(&widest).is_ok());
+        let wide = SaltingConfig { sub_shards: MAX_SUB_SHARDS + 1, ..SaltingConfig::default() };
         assert_eq!(SaltPolicy::new(&wide).unwrap_err(), SaltingConfigError::TooManySalts);
         let bad = SaltingConfig { hot_videos: vec!["a b".into()], ..SaltingConfig::default() };
         assert!(matches!(SaltPolicy::new(&bad), Err(SaltingConfigError::BadVideoId(_))));
