@@ -3,13 +3,15 @@
 //! the writer sends them, to a SQLite file in WAL mode.
 //!
 //! `cargo bench -p tally-store --bench apply` prints the median of 5 runs of
-//! 200,000 fresh rows each, plus the replay rate (every row stale).
+//! 200,000 fresh rows each, plus the replay rate (every row stale), for the
+//! default durability (`synchronous = FULL`, a sync per commit) and for
+//! `store.sqlite-synchronous = "normal"`.
 
 use std::time::Instant;
 
 use tally_model::counts::{Delta, FlushChunk, FlushHeader};
 use tally_model::Salt;
-use tally_store::{CountStore, SqliteStore};
+use tally_store::{CountStore, SqliteStore, Synchronous};
 
 const ROWS: usize = 200_000;
 const CHUNK_ROWS: usize = 5_000;
@@ -43,11 +45,17 @@ fn chunks() -> Vec<FlushChunk> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let chunks = chunks();
+    for synchronous in [Synchronous::Full, Synchronous::Normal] {
+        measure(&chunks, synchronous).await;
+    }
+}
+
+async fn measure(chunks: &[FlushChunk], synchronous: Synchronous) {
     let mut fresh = Vec::new();
     let mut replay = Vec::new();
     for _ in 0..RUNS {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("counts.db")).expect("store");
+        let store = SqliteStore::open_with(&dir.path().join("counts.db"), synchronous).expect("store");
         for (rates, expect_applied) in [(&mut fresh, true), (&mut replay, false)] {
             let started = Instant::now();
             for batch in chunks.chunks(CHUNKS_PER_BATCH) {
@@ -64,7 +72,7 @@ async fn main() {
         rates.sort_by(f64::total_cmp);
     }
     println!(
-        "sqlite store apply, {ROWS} rows in batches of {} x {RUNS} runs: median {:.0} rows/s fresh (min {:.0}, max {:.0}); replay (all stale) median {:.0} rows/s",
+        "sqlite store apply (synchronous {synchronous:?}), {ROWS} rows in batches of {} x {RUNS} runs: median {:.0} rows/s fresh (min {:.0}, max {:.0}); replay (all stale) median {:.0} rows/s",
         CHUNK_ROWS * CHUNKS_PER_BATCH,
         fresh[RUNS / 2],
         fresh[0],
