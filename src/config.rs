@@ -237,6 +237,22 @@ sub-shards = 8
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(5));
     }
 
+    #[tokio::test]
+    async fn the_embedded_store_commits_durably_unless_told_otherwise() {
+        use tally_store::AnyStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        for (text, expected) in [("", 2), ("[store]\nsqlite-synchronous = \"normal\"\n", 1)] {
+            std::fs::write(&path, text).unwrap();
+            let mut config: TallyConfig = tally_config::load(Some(&path), &[]).unwrap();
+            config.store.sqlite_path = dir.path().join(format!("counts-{expected}.db"));
+            let AnyStore::Sqlite(store) = crate::services::open_store(&config).await.unwrap() else {
+                panic!("the default backend is the embedded store")
+            };
+            assert_eq!(store.synchronous().await.unwrap(), expected, "PRAGMA synchronous for {text:?}");
+        }
+    }
+
     #[test]
     fn a_typo_in_any_section_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
