@@ -6,11 +6,13 @@
 //! clients' retries (same event ids) are accepted and every acknowledged
 //! view is counted exactly once, also after the pipeline has gone quiet.
 //! Topics are created by the services with the replication factor derived
-//! from the cluster (3), not 1.
+//! from the cluster (3), not 1. The services run under a supervisor, as in
+//! production: a service that stops with an error (a partition it cannot
+//! recover while no broker leads it, say) is started again.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,8 +26,9 @@ use tally_testkit::{bounded, KafkaCluster, RedisServer};
 /// What the clients were told.
 #[derive(Default)]
 struct Acknowledged {
-    /// Views per video the gateway answered 202 for.
-    views: BTreeMap<String, i64>,
+    /// Distinct event ids per video the gateway answered 202 for (two
+    /// clients may send the same id: it is one view).
+    views: BTreeMap<String, BTreeSet<String>>,
     /// Requests refused (any non-202, or no answer), each retried later.
     refusals: u64,
 }
@@ -69,11 +72,12 @@ async fn client(gateway: String, clients: Arc<Clients>, seed: u64) {
             clients.acknowledged.lock().unwrap().refusals += 1;
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let mut acknowledged = clients.acknowledged.lock().unwrap();
-        for (video, ..) in &batch {
-            *acknowledged.views.entry(video.clone()).or_default() += 1;
+        {
+            let mut acknowledged = clients.acknowledged.lock().unwrap();
+            for (video, id, ..) in &batch {
+                acknowledged.views.entry(video.clone()).or_default().insert(id.clone());
+            }
         }
-        drop(acknowledged);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -104,6 +108,32 @@ async fn views(http: &reqwest::Client, api: &str, ids: &[String]) -> BTreeMap<St
         .unwrap_or_default()
 }
 
+/// The services, restarted when they exit (the test plays systemd or Kubernetes).
+struct Supervised {
+    config: std::path::PathBuf,
+    running: Vec<(&'static str, TallyProcess)>,
+    restarts: Vec<&'static str>,
+}
+
+/// Restarts exited services every 500 ms until `stop`; runs on its own thread.
+fn supervise(services: Arc<Mutex<Supervised>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let mut guard = services.lock().unwrap();
+            let supervised = &mut *guard;
+            for (name, process) in supervised.running.iter_mut() {
+                if process.exited() {
+                    eprintln!("supervisor: {name} exited; starting it again");
+                    *process = TallyProcess::spawn(&supervised.config, name);
+                    supervised.restarts.push(name);
+                }
+            }
+            drop(guard);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+}
+
 /// Keeps the load running for `span`.
 async fn under_load(span: Duration) {
     tokio::time::sleep(span).await;
@@ -112,9 +142,9 @@ async fn under_load(span: Duration) {
 /// Waits until every partition of the views and counts topics has its three replicas in sync.
 async fn fully_replicated(cluster: &Arc<Mutex<KafkaCluster>>, topics: &[String], partitions: i32) {
     for topic in topics {
-        let (cluster, topic) = (cluster.clone(), topic.clone());
+        let (cluster, name) = (cluster.clone(), topic.clone());
         let synced = tokio::task::spawn_blocking(move || {
-            cluster.lock().unwrap().wait_fully_replicated(&topic, partitions, Duration::from_secs(90))
+            cluster.lock().unwrap().wait_fully_replicated(&name, partitions, Duration::from_secs(90))
         })
         .await
         .unwrap();
@@ -141,9 +171,14 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
             let replicas = tokio::task::spawn_blocking(move || replica_counts(&b, &t)).await.unwrap();
             assert!(replicas.iter().all(|r| *r == 3), "{topic} was created with replicas {replicas:?}, not 3");
         }
-        let counter = TallyProcess::spawn(&config, "counter");
-        let writer = TallyProcess::spawn(&config, "writer");
-        let query = TallyProcess::spawn(&config, "query");
+        let running = ["counter", "writer", "query"].into_iter().map(|name| (name, TallyProcess::spawn(&config, name)));
+        let services = Arc::new(Mutex::new(Supervised {
+            config: config.clone(),
+            running: std::iter::once(("ingest", ingest)).chain(running).collect(),
+            restarts: Vec::new(),
+        }));
+        let supervisor_stop = Arc::new(AtomicBool::new(false));
+        let supervisor = supervise(services.clone(), supervisor_stop.clone());
         let topics = [kafka.topics.views.clone(), kafka.topics.counts.clone()];
         let partitions = kafka.topics.views_partitions;
 
@@ -156,9 +191,10 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
         });
         let gateway = format!("127.0.0.1:{ingest_port}");
         let load: Vec<_> =
-            (0..2).map(|seed| tokio::spawn(client(gateway.clone(), clients.clone(), 100 + seed))).collect();
+            (0..2).map(|seed| tokio::spawn(client(gateway.clone(), clients.clone(), 100 + 2 * seed))).collect();
         under_load(Duration::from_secs(3)).await;
 
+        eprintln!("{:?} phase 1: views leader killed", std::time::SystemTime::now());
         // 1. The leader of a busy views partition dies; leadership moves, the load goes on.
         let leader = cluster.lock().unwrap().leader(&kafka.topics.views, 0).expect("views partition 0 has a leader");
         cluster.lock().unwrap().kill(leader);
@@ -167,6 +203,7 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
         tokio::task::spawn_blocking(move || c.lock().unwrap().restart(leader)).await.unwrap();
         fully_replicated(&cluster, &topics, partitions).await;
 
+        eprintln!("{:?} phase 2: counts leader killed", std::time::SystemTime::now());
         // 2. The same for the counts topic: the counter's output and the writer's input.
         let leader = cluster.lock().unwrap().leader(&kafka.topics.counts, 0).expect("counts partition 0 has a leader");
         cluster.lock().unwrap().kill(leader);
@@ -174,9 +211,10 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
         let c = cluster.clone();
         tokio::task::spawn_blocking(move || c.lock().unwrap().restart(leader)).await.unwrap();
         fully_replicated(&cluster, &topics, partitions).await;
-        let before_outage = clients.acknowledged.lock().unwrap().views.values().sum::<i64>();
+        let before_outage = clients.acknowledged.lock().unwrap().views.values().map(BTreeSet::len).sum::<usize>();
         assert!(before_outage > 0, "the load was acknowledged while at most one broker was down");
 
+        eprintln!("{:?} phase 3: two brokers down", std::time::SystemTime::now());
         // 3. Two of three brokers down: acks=all with min.insync.replicas=2 cannot be met.
         let ids = cluster.lock().unwrap().node_ids();
         let (first, second) = (ids[0], ids[1]);
@@ -199,9 +237,10 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
             let c = cluster.clone();
             tokio::task::spawn_blocking(move || c.lock().unwrap().restart(id)).await.unwrap();
         }
+        eprintln!("{:?} phase 4: brokers back", std::time::SystemTime::now());
         let recovered = Instant::now();
-        let accepted_then = clients.acknowledged.lock().unwrap().views.values().sum::<i64>();
-        while clients.acknowledged.lock().unwrap().views.values().sum::<i64>() == accepted_then {
+        let accepted_then = clients.acknowledged.lock().unwrap().views.values().map(BTreeSet::len).sum::<usize>();
+        while clients.acknowledged.lock().unwrap().views.values().map(BTreeSet::len).sum::<usize>() == accepted_then {
             assert!(recovered.elapsed() < Duration::from_secs(90), "the gateway did not accept again after recovery");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -211,7 +250,8 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
             task.await.unwrap();
         }
 
-        let expected = clients.acknowledged.lock().unwrap().views.clone();
+        let expected: BTreeMap<String, i64> =
+            clients.acknowledged.lock().unwrap().views.iter().map(|(v, ids)| (v.clone(), ids.len() as i64)).collect();
         let refusals = clients.acknowledged.lock().unwrap().refusals;
         let ids: Vec<String> = expected.keys().cloned().collect();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
@@ -222,7 +262,18 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
             if got == expected {
                 break;
             }
-            assert!(Instant::now() < deadline, "not converged: got {got:?}, want {expected:?}");
+            if Instant::now() > deadline {
+                for (name, process) in &services.lock().unwrap().running {
+                    let metrics: Vec<String> = process
+                        .metrics()
+                        .lines()
+                        .filter(|l| l.starts_with("tally_") && (l.contains("owned") || l.contains("lag") || l.contains("batches") || l.contains("events_total") || l.contains("flushes")))
+                        .map(str::to_owned)
+                        .collect();
+                    eprintln!("{name}: {metrics:?}");
+                }
+                panic!("not converged: got {got:?}, want {expected:?}");
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let quiet = {
@@ -243,12 +294,16 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
         };
         assert!(quiet, "the pipeline did not go quiet");
         assert_eq!(views(&http, &api, &ids).await, expected, "totals changed once the pipeline was quiet");
+        supervisor_stop.store(true, Ordering::SeqCst);
+        supervisor.join().unwrap();
+        let Supervised { running, restarts, .. } =
+            Arc::try_unwrap(services).unwrap_or_else(|_| panic!("supervisor gone")).into_inner().unwrap();
         eprintln!(
-            "replication faults: {} views acknowledged, {refusals} refusals retried, {} refused while two brokers were down",
+            "replication faults: {} views acknowledged, {refusals} refusals retried, {} refused while two brokers were down; services restarted: {restarts:?}",
             expected.values().sum::<i64>(),
             clients.refused_in_outage.load(Ordering::SeqCst)
         );
-        for process in [query, writer, counter, ingest] {
+        for (_, process) in running.into_iter().rev() {
             assert!(process.terminate(Duration::from_secs(30)).success());
         }
     })
