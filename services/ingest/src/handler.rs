@@ -1,6 +1,13 @@
-//! `POST /v1/events`: authenticate, check the media type, read the body under
-//! its limits, validate every event, charge the rate limit, salt hot keys,
-//! produce, and answer 202 only once the broker has acknowledged everything.
+//! `POST /v1/events`: authenticate, check the media type, refuse what the
+//! head alone shows cannot be admitted, read the body under its limits,
+//! validate every event, charge the rate limit, salt hot keys, produce, and
+//! answer 202 only once the broker has acknowledged everything.
+//!
+//! Shedding load must cost almost nothing, or refusing becomes the overload:
+//! a `Content-Length` above the body limit gets 413, and a gateway whose
+//! admission bound has no room at all gets 503, before a byte of the body is
+//! read or parsed (a client sending `Expect: 100-continue` does not even send
+//! it).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +86,10 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
             return Err(("too_large", 0, too_large_body(state.max_body_bytes)));
         }
     }
+    if !state.publisher.has_room() {
+        // The events are unknown: the rejection metric counts the request as one.
+        return Err(("shed", 0, unavailable(state, OVERLOADED.to_owned())));
+    }
     let bytes = read_body(body, state).await?;
     let now_ms = tally_model::timestamp::now_ms();
     let events = parse_events(&bytes, format, &state.limits, now_ms).map_err(|failure| {
@@ -113,27 +124,28 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
     state.publisher.publish(records).await.map_err(|e| {
         tracing::warn!(error = %e, events = count, "answering 503");
         let (reason, detail) = match &e {
-            PublishError::Overloaded => {
-                ("overloaded", "too many events are awaiting broker acknowledgement".to_owned())
-            }
+            PublishError::Overloaded => ("overloaded", OVERLOADED.to_owned()),
             PublishError::Timeout(t) => {
                 ("broker_timeout", format!("the broker did not acknowledge within {} ms", t.as_millis()))
             }
             PublishError::Broker(_) => ("broker_error", "the broker did not accept the events".to_owned()),
         };
-        (
-            reason,
-            count,
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Events not accepted; retry with the same event ids",
-                detail,
-            )
-            .retry_after(state.retry_after_secs),
-        )
+        (reason, count, unavailable(state, detail))
     })?;
     Ok(count)
+}
+
+const OVERLOADED: &str = "too many events are awaiting broker acknowledgement";
+
+/// The 503 of every refusal a later retry may overcome.
+fn unavailable(state: &AppState, detail: String) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Events not accepted; retry with the same event ids",
+        detail,
+    )
+    .retry_after(state.retry_after_secs)
 }
 
 fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> Vec<Record> {
