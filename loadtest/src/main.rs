@@ -315,7 +315,8 @@ async fn main() -> anyhow::Result<()> {
                         Request { url: ingest_url, content_type: "application/json", body: body.to_string().into() };
                     let posted = Instant::now();
                     let give_up = posted + Duration::from_secs(60);
-                    let policy = RetryPolicy { give_up_after: Duration::from_secs(60), ..policy };
+                    let policy =
+                        RetryPolicy { give_up_after: policy.give_up_after.min(Duration::from_secs(60)), ..policy };
                     if !deliver(&http, &request, &policy, &mut Rng(u64::from(n) | 1), || true).await.accepted() {
                         return problem("not acknowledged within the retry bounds (at most 60 s)");
                     }
@@ -397,7 +398,12 @@ async fn main() -> anyhow::Result<()> {
             "requests_acknowledged": r.requests(),
             "requests_sent": sent.load(Ordering::Relaxed),
             "answers": answers,
-            "retry_policy": policy,
+            "retry_policy": {
+                "base_ms": policy.base.as_millis(),
+                "cap_ms": policy.cap.as_millis(),
+                "max_attempts": policy.max_attempts,
+                "give_up_after_s": policy.give_up_after.as_secs(),
+            },
             "events_acknowledged": events_acknowledged,
             "events_per_s": events_acknowledged as f64 / elapsed,
             "latency_ms": r.overall(),

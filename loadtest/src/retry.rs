@@ -20,7 +20,7 @@
 use std::time::{Duration, SystemTime};
 
 /// How a client retries refused requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The backoff window before the first retry.
     pub base: Duration,
@@ -65,7 +65,7 @@ impl RetryPolicy {
 }
 
 /// What a refusal said about when to come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryAfter {
     /// No `Retry-After` header.
     Absent,
