@@ -5,9 +5,11 @@
 //!
 //! Shedding load must cost almost nothing, or refusing becomes the overload:
 //! a `Content-Length` above the body limit gets 413, and a gateway whose
-//! admission bound has no room at all gets 503, before a byte of the body is
-//! read or parsed (a client sending `Expect: 100-continue` does not even send
-//! it).
+//! admission bound has no room at all gets 503, answered from the head before
+//! a byte of the body is read (a client sending `Expect: 100-continue` does
+//! not even send it). The body is then only drained, never buffered or
+//! parsed: a connection closed with the body unread is reset, and a client
+//! still sending would see a broken pipe instead of its 503 and `Retry-After`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tally_model::hot::HotKeyDetector;
 use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, SaltPolicy};
@@ -81,14 +84,9 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
         )
     })?;
     let format = body_format(&parts.headers).map_err(|p| ("unsupported_media_type", 0, p))?;
-    if let Some(declared) = content_length(&parts.headers) {
-        if declared > state.max_body_bytes {
-            return Err(("too_large", 0, too_large_body(state.max_body_bytes)));
-        }
-    }
-    if !state.publisher.has_room() {
-        // The events are unknown: the rejection metric counts the request as one.
-        return Err(("shed", 0, unavailable(state, OVERLOADED.to_owned())));
+    if let Some(refusal) = refusal_from_head(state, &parts.headers) {
+        drain(body, state);
+        return Err(refusal);
     }
     let bytes = read_body(body, state).await?;
     let now_ms = tally_model::timestamp::now_ms();
@@ -168,6 +166,41 @@ fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> V
     drop(detector);
     state.metrics.events_salted.inc_by(salted);
     records
+}
+
+/// A refusal the request head alone justifies: 413 when `Content-Length`
+/// exceeds the body limit, 503 when the admission bound has no room at all.
+/// Its events are unknown: the rejection metric counts the request as one.
+fn refusal_from_head(state: &AppState, headers: &HeaderMap) -> Option<Rejection> {
+    if content_length(headers).is_some_and(|declared| declared > state.max_body_bytes) {
+        return Some(("too_large", 0, too_large_body(state.max_body_bytes)));
+    }
+    if !state.publisher.has_room() {
+        return Some(("shed", 0, unavailable(state, OVERLOADED.to_owned())));
+    }
+    None
+}
+
+/// Reads `body` to its end and drops every chunk, in the background, while
+/// the answer goes out: hyper closes a connection whose body is left unread,
+/// and the unread bytes turn that close into a reset the client may see
+/// before the answer. Bounded like any body read: past `max_body_bytes` or
+/// `body_read_timeout` the connection is closed after all.
+fn drain(body: axum::body::Body, state: &AppState) {
+    let (limit, timeout) = (state.max_body_bytes, state.body_read_timeout);
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0usize;
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, bytes::Bytes::len);
+                if read > limit {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
