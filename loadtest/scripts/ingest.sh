@@ -49,7 +49,7 @@ for i in $(seq 1 "$RUNS"); do
     for kind in single batch; do
         non2xx=$(awk '/Non-2xx/ { print $NF }' "$DIR/wrk-$kind-$i.txt")
         log "wrk $kind: $(wrk_rps <"$DIR/wrk-$kind-$i.txt") req/s, p99 $(wrk_p99 <"$DIR/wrk-$kind-$i.txt") ms, non-2xx ${non2xx:-0}"
-        jq -c '{mode: .ingest.mode, batch: .ingest.batch, events_per_s: .ingest.events_per_s, p99: .ingest.latency_ms.p99, statuses: .ingest.statuses}' "$DIR/loadgen-$kind-$i.json" >&2
+        jq -c '{mode: .ingest.mode, batch: .ingest.batch, events_per_s: .ingest.events_per_s, p99: .ingest.latency_ms.p99, statuses: .ingest.answers.statuses}' "$DIR/loadgen-$kind-$i.json" >&2
     done
 done
 cleanup
