@@ -172,9 +172,11 @@ pub fn reconcile_options(config: &TallyConfig) -> anyhow::Result<tally_reconcile
     let archive =
         tally_reconciler::archive::storage::ArchiveStorage::from_config(&a.dir, &a.url, &a.object_store_options)
             .context("Failed to open the archive")?;
+    let counter = &config.counter;
     Ok(tally_reconciler::reconcile::ReconcileOptions {
         archive,
-        allowed_lateness: config.counter.allowed_lateness,
+        counting: counter.counting_rule(),
+        lookback: counter.dedup_window + 2 * counter.max_clock_skew + config.ingest.max_future_skew,
         late_lookahead: config.reconciler.late_lookahead,
         views: tally_reconciler::coverage::ViewsLog::Kafka(Box::new(config.kafka.clone())),
         in_flight: config.ingest.delivery_timeout,

@@ -44,6 +44,10 @@ pub struct CounterMetrics {
     pub buffered_rows: IntGauge,
     /// Partitions this instance owns.
     pub owned_partitions: IntGauge,
+    /// Acknowledged flushes of an owner that no longer held the partition, ignored.
+    pub stale_completions: IntCounter,
+    /// Records whose gateway receive time ran too far ahead of the broker's time.
+    pub clock_skew_clamped: IntCounter,
 }
 
 impl CounterMetrics {
@@ -128,6 +132,14 @@ impl CounterMetrics {
                 "tally_counter_owned_partitions",
                 "Partitions of the views topic this instance counts",
             )?,
+            stale_completions: IntCounter::new(
+                "tally_counter_stale_completions_total",
+                "Flushes acknowledged after their owner released the partition (a revoke gave up waiting); their ends are not committed",
+            )?,
+            clock_skew_clamped: IntCounter::new(
+                "tally_counter_clock_skew_clamped_total",
+                "Records whose gateway receive time ran more than counter.max-clock-skew ahead of the broker's timestamp; the dedup window used the broker's time instead",
+            )?,
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
@@ -148,6 +160,8 @@ impl CounterMetrics {
         registry.register(Box::new(m.dedup_bytes.clone()))?;
         registry.register(Box::new(m.buffered_rows.clone()))?;
         registry.register(Box::new(m.owned_partitions.clone()))?;
+        registry.register(Box::new(m.stale_completions.clone()))?;
+        registry.register(Box::new(m.clock_skew_clamped.clone()))?;
         Ok(m)
     }
 }

@@ -21,7 +21,7 @@ use axum::Json;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tally_model::hot::HotKeyDetector;
-use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, SaltPolicy};
+use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, Salt, SaltPolicy};
 use tally_service::Problem;
 
 use crate::metrics::IngestMetrics;
@@ -47,7 +47,8 @@ pub struct AppState {
     pub retry_after_secs: u64,
     /// Salt choice for hot videos.
     pub salt_policy: SaltPolicy,
-    /// Run-time hot-key detection; locked once per request.
+    /// Run-time hot-key detection, for metrics and suggestions only (it
+    /// never chooses a key); locked once per request.
     pub detector: Mutex<HotKeyDetector>,
     /// Gateway metrics.
     pub metrics: IngestMetrics,
@@ -146,6 +147,9 @@ fn unavailable(state: &AppState, detail: String) -> Problem {
     .retry_after(state.retry_after_secs)
 }
 
+/// The records of `events`: partition keys by the salting rule (the event
+/// and the configured hot list alone, see `tally_model::salt`); the
+/// detector only watches, and its newly hot videos are logged as suggestions.
 fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> Vec<Record> {
     let mut detector = state.detector.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut salted = 0u64;
@@ -153,18 +157,24 @@ fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> V
         .iter()
         .map(|event| {
             let video = event.video_id.as_str();
-            let detected = detector.observe(video, now_ms);
-            let hot = detected || state.salt_policy.is_configured_hot(video);
-            let salt = state.salt_policy.salt_for(event, hot);
-            salted += u64::from(hot);
+            detector.observe(video, now_ms);
+            let salt = state.salt_policy.salt(event);
+            salted += u64::from(salt != Salt::NONE);
             let mut payload = Vec::with_capacity(64);
             wire::encode(event, salt, &mut payload);
             (PartitionKey::new(video, salt).as_bytes().to_vec(), payload)
         })
         .collect();
     state.metrics.hot_videos.set(detector.hot_count(now_ms) as i64);
+    let newly_hot = detector.take_newly_hot();
     drop(detector);
     state.metrics.events_salted.inc_by(salted);
+    for video in newly_hot.iter().filter(|v| !state.salt_policy.is_configured_hot(v)) {
+        tracing::warn!(
+            video_id = %video,
+            "video is hot at this gateway but not salted: list it in ingest.salting.hot-videos on every gateway at once to spread it over partitions"
+        );
+    }
     records
 }
 
@@ -291,3 +301,6 @@ pub async fn not_found() -> Problem {
 pub async fn method_not_allowed() -> Problem {
     Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "see /openapi.json")
 }
+
+#[cfg(test)]
+mod tests;

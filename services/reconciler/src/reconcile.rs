@@ -22,15 +22,22 @@ use crate::archive::layout::HOUR_MS;
 use crate::archive::parquet_io::ArchiveError;
 use crate::archive::storage::ArchiveStorage;
 use crate::coverage::{self, Coverage, ViewsLog};
-use crate::recount;
+use crate::recount::{self, Scope};
+use tally_model::counting::CountingRule;
 
 /// How reconciliation runs.
 #[derive(Debug, Clone)]
 pub struct ReconcileOptions {
     /// The Parquet archive.
     pub archive: ArchiveStorage,
-    /// A period is closed this long after its end.
-    pub allowed_lateness: Duration,
+    /// The counter's counting rule (`[counter]`), applied by the recount
+    /// too; a period is closed its allowed lateness after its end.
+    pub counting: CountingRule,
+    /// How far before a period (receive time) the recount starts folding
+    /// each partition, so that its dedup window holds what the counter's
+    /// held: at least the dedup window, twice the clock skew allowed, and
+    /// how far ahead of their receive time the gateways accept event times.
+    pub lookback: Duration,
     /// How far past a period files are read for its late events (received
     /// late, dead-lettered and replayed, archived in their receive hour).
     pub late_lookahead: Duration,
@@ -39,6 +46,14 @@ pub struct ReconcileOptions {
     /// The longest a gateway may still be delivering an event it received
     /// (its delivery timeout): a fully archived partition is complete up to this long ago.
     pub in_flight: Duration,
+}
+
+impl ReconcileOptions {
+    /// How long after its end a period is closed: the counter's allowed lateness.
+    pub fn allowed_lateness(&self) -> Duration {
+        // Built from a Duration: never negative.
+        Duration::from_millis(self.counting.allowed_lateness_ms.unsigned_abs())
+    }
 }
 
 /// Why reconciliation failed.
@@ -207,10 +222,10 @@ pub async fn reconcile<S: CountStore>(
     let watermarks = options.views.watermarks().await?;
     let files = options.archive.list().await?;
     let archive = coverage::coverage(&files, &watermarks, now, options.in_flight);
-    let (periods, waiting_for_archive): (Vec<_>, Vec<_>) =
-        closed_periods(from_ms, to_ms, now, options.allowed_lateness)
-            .into_iter()
-            .partition(|(_, end)| coverage::covers(&archive, *end, options.allowed_lateness));
+    let lateness = options.allowed_lateness();
+    let (periods, waiting_for_archive): (Vec<_>, Vec<_>) = closed_periods(from_ms, to_ms, now, lateness)
+        .into_iter()
+        .partition(|(_, end)| coverage::covers(&archive, *end, lateness));
     if let Some(m) = metrics {
         m.archive_complete_through.set(archive.complete_through_ms.max(0) / 1000);
         m.waiting_periods.set(i64::try_from(waiting_for_archive.len()).unwrap_or(i64::MAX));
@@ -236,8 +251,14 @@ async fn recount_periods<S: CountStore>(
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<Vec<PeriodReport>, ReconcileError> {
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else { return Ok(Vec::new()) };
-    let lookahead = i64::try_from(options.late_lookahead.as_millis()).unwrap_or(i64::MAX);
-    let counted = recount::recount(&options.archive, first.0, last.1, lookahead).await?;
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let scope = Scope {
+        from_ms: first.0,
+        to_ms: last.1,
+        lookback_ms: millis(options.lookback),
+        lookahead_ms: millis(options.late_lookahead),
+    };
+    let counted = recount::recount(&options.archive, &scope, &options.counting).await?;
     let mut reports = Vec::with_capacity(periods.len());
     for (index, (start, end)) in periods.iter().copied().enumerate() {
         let batch_minutes: Vec<(String, i64, i64)> = counted
