@@ -1,6 +1,6 @@
 //! Chaos: the pipeline as separate processes under a bounded load while
 //! faults are injected at random moments (kill -9 of gateway, counter,
-//! writer, query; broker stop/start; Redis stop/start; a second counter
+//! writer, query; broker kill -9 and restart; Redis stop/start; a second counter
 //! joining the group and leaving it again, by SIGTERM or kill -9, so that
 //! partitions move mid-flush, or frozen past its session and thawed as a
 //! zombie; the store locked by another process for longer
@@ -140,8 +140,8 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
                         }
                         _ => {
                             // Frozen until the other counter took every partition over
-                            // (its stall watch, 10 s, then a rejoin): thawed, it is a
-                            // zombie with a range buffered.
+                            // (once its 6 s session expired): thawed, it is a zombie
+                            // with a range buffered.
                             // Only a member that owns partitions can become a zombie.
                             let joined = Instant::now();
                             while process.metric("tally_counter_owned_partitions").unwrap_or(0.0) < 1.0

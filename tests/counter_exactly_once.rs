@@ -44,7 +44,7 @@ async fn wait_for_totals(
     expected: &std::collections::BTreeMap<String, i64>,
     limit: Duration,
 ) -> Folded {
-    let settled = settled_views(kafka, &common::group_of("counter", kafka), expected, limit).await;
+    let settled = settled_views(kafka, &format!("tally-counter-{}", kafka.topics.views), expected, limit).await;
     assert_eq!(&settled, expected, "exact, and still exact once the counters went quiet");
     let k = kafka.clone();
     tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(60)))

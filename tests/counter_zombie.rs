@@ -110,7 +110,7 @@ async fn a_thawed_zombie_counters_range_is_fenced_and_counted_once() {
         producer.send(&load.batch(500, tally_model::timestamp::now_ms(), 10)).await;
         // Exact by an oracle independent of the writer's fold (and of its
         // fences), also once the survivor has committed the whole views topic.
-        let group = common::group_of("counter", &kafka);
+        let group = format!("tally-counter-{}", kafka.topics.views);
         let settled = settled_views(&kafka, &group, &producer.expected, Duration::from_secs(90)).await;
         assert_eq!(settled, producer.expected, "exact after a zombie, and once the counter went quiet");
         let folded = fold(&kafka).await;

@@ -13,11 +13,6 @@ use tally_kafka::KafkaConfig;
 #[allow(unused_imports)]
 pub use tally_testkit::views::{Load, ViewsProducer};
 
-/// The consumer group [`write_config`] gives `service` (`counter`, `writer`, `archiver`).
-pub fn group_of(service: &str, kafka: &KafkaConfig) -> String {
-    format!("tally-{service}-{}", kafka.topics.views)
-}
-
 /// Writes a tally.toml for `kafka` plus extra TOML `sections`. The consumer
 /// groups of counter, writer and archiver are named after the test's views
 /// topic: the broker may be shared by tests running at once.
@@ -25,7 +20,7 @@ pub fn write_config(dir: &Path, kafka: &KafkaConfig, sections: &str) -> PathBuf 
     let mut sections = sections.to_owned();
     for service in ["counter", "writer", "archiver"] {
         let header = format!("[{service}]\n");
-        let group = format!("group-id = \"{}\"\n", group_of(service, kafka));
+        let group = format!("group-id = \"tally-{service}-{}\"\n", kafka.topics.views);
         match sections.find(&header).filter(|at| *at == 0 || sections[..*at].ends_with('\n')) {
             Some(at) => sections.insert_str(at + header.len(), &group),
             None => sections.push_str(&format!("\n{header}{group}")),

@@ -93,7 +93,7 @@ pub fn recover(
 ) -> Result<Recovered, RecoveryError> {
     let reader = reader(&ctx.kafka, partition)?;
     let kafka_err = |source| RecoveryError::Kafka { partition, source };
-    let (low, high) = reader.fetch_watermarks(&ctx.views_topic, partition, ctx.read_timeout).map_err(kafka_err)?;
+    let (low, high) = watermarks(&reader, &ctx.views_topic, partition, ctx.read_timeout).map_err(kafka_err)?;
     let mut start = committed.unwrap_or(low).max(low);
     let counts_partition = partition % ctx.counts_partitions.max(1);
     let headers = scan_tail(&reader, ctx, partition, counts_partition, start, claimed.offset)?;
@@ -153,8 +153,7 @@ fn scan_tail(
     start: i64,
     claim_offset: i64,
 ) -> Result<Vec<FlushHeader>, RecoveryError> {
-    let (low, high) = reader
-        .fetch_watermarks(&ctx.counts_topic, counts_partition, ctx.read_timeout)
+    let (low, high) = watermarks(reader, &ctx.counts_topic, counts_partition, ctx.read_timeout)
         .map_err(|source| RecoveryError::Kafka { partition, source })?;
     let source = u32::try_from(partition).unwrap_or(0);
     let mut found = Vec::new();
@@ -174,6 +173,29 @@ fn scan_tail(
         to = from;
     }
     Ok(found)
+}
+
+/// The low and high watermarks of one partition. A partition whose leader
+/// is moving (a broker died, `NotLeaderForPartition`, no leader yet) answers
+/// with an error for a few seconds: asked again until `timeout` has passed.
+fn watermarks(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        match reader.fetch_watermarks(topic, partition, wait) {
+            Ok(marks) => return Ok(marks),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(topic, partition, error = %e, "watermarks unavailable (leader moving?); asking again");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads `[from, to)` of one partition, calling `visit` with each record's

@@ -1,6 +1,15 @@
-//! `POST /v1/events`: authenticate, check the media type, read the body under
-//! its limits, validate every event, charge the rate limit, salt hot keys,
-//! produce, and answer 202 only once the broker has acknowledged everything.
+//! `POST /v1/events`: authenticate, check the media type, refuse what the
+//! head alone shows cannot be admitted, read the body under its limits,
+//! validate every event, charge the rate limit, salt hot keys, produce, and
+//! answer 202 only once the broker has acknowledged everything.
+//!
+//! Shedding load must cost almost nothing, or refusing becomes the overload:
+//! a `Content-Length` above the body limit gets 413, and a gateway whose
+//! admission bound has no room at all gets 503, answered from the head before
+//! a byte of the body is read (a client sending `Expect: 100-continue` does
+//! not even send it). The body is then only drained, never buffered or
+//! parsed: a connection closed with the body unread is reset, and a client
+//! still sending would see a broken pipe instead of its 503 and `Retry-After`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tally_model::hot::HotKeyDetector;
 use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, Salt, SaltPolicy};
@@ -75,10 +85,9 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
         )
     })?;
     let format = body_format(&parts.headers).map_err(|p| ("unsupported_media_type", 0, p))?;
-    if let Some(declared) = content_length(&parts.headers) {
-        if declared > state.max_body_bytes {
-            return Err(("too_large", 0, too_large_body(state.max_body_bytes)));
-        }
+    if let Some(refusal) = refusal_from_head(state, &parts.headers) {
+        drain(body, state);
+        return Err(refusal);
     }
     let bytes = read_body(body, state).await?;
     let now_ms = tally_model::timestamp::now_ms();
@@ -114,27 +123,28 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
     state.publisher.publish(records).await.map_err(|e| {
         tracing::warn!(error = %e, events = count, "answering 503");
         let (reason, detail) = match &e {
-            PublishError::Overloaded => {
-                ("overloaded", "too many events are awaiting broker acknowledgement".to_owned())
-            }
+            PublishError::Overloaded => ("overloaded", OVERLOADED.to_owned()),
             PublishError::Timeout(t) => {
                 ("broker_timeout", format!("the broker did not acknowledge within {} ms", t.as_millis()))
             }
             PublishError::Broker(_) => ("broker_error", "the broker did not accept the events".to_owned()),
         };
-        (
-            reason,
-            count,
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Events not accepted; retry with the same event ids",
-                detail,
-            )
-            .retry_after(state.retry_after_secs),
-        )
+        (reason, count, unavailable(state, detail))
     })?;
     Ok(count)
+}
+
+const OVERLOADED: &str = "too many events are awaiting broker acknowledgement";
+
+/// The 503 of every refusal a later retry may overcome.
+fn unavailable(state: &AppState, detail: String) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Events not accepted; retry with the same event ids",
+        detail,
+    )
+    .retry_after(state.retry_after_secs)
 }
 
 /// The records of `events`: partition keys by the salting rule (the event
@@ -166,6 +176,41 @@ fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> V
         );
     }
     records
+}
+
+/// A refusal the request head alone justifies: 413 when `Content-Length`
+/// exceeds the body limit, 503 when the admission bound has no room at all.
+/// Its events are unknown: the rejection metric counts the request as one.
+fn refusal_from_head(state: &AppState, headers: &HeaderMap) -> Option<Rejection> {
+    if content_length(headers).is_some_and(|declared| declared > state.max_body_bytes) {
+        return Some(("too_large", 0, too_large_body(state.max_body_bytes)));
+    }
+    if !state.publisher.has_room() {
+        return Some(("shed", 0, unavailable(state, OVERLOADED.to_owned())));
+    }
+    None
+}
+
+/// Reads `body` to its end and drops every chunk, in the background, while
+/// the answer goes out: hyper closes a connection whose body is left unread,
+/// and the unread bytes turn that close into a reset the client may see
+/// before the answer. Bounded like any body read: past `max_body_bytes` or
+/// `body_read_timeout` the connection is closed after all.
+fn drain(body: axum::body::Body, state: &AppState) {
+    let (limit, timeout) = (state.max_body_bytes, state.body_read_timeout);
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0usize;
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, bytes::Bytes::len);
+                if read > limit {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {

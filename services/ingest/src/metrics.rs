@@ -8,7 +8,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 pub struct IngestMetrics {
     /// Events acknowledged by the broker and answered 202.
     pub events_accepted: IntCounter,
-    /// Events refused, by reason.
+    /// Events refused, by reason; a request refused before its body was read
+    /// (`too_large` by `Content-Length`, `shed` when the admission bound has
+    /// no room at all) counts as one, its events being unknown.
     pub events_rejected: IntCounterVec,
     /// Events admitted and not yet acknowledged (the producer queue depth).
     pub in_flight_events: IntGauge,

@@ -6,8 +6,10 @@
 //! recounted once it is closed *and* the archive holds every event received
 //! up to the allowed lateness after it ([`crate::coverage`]); until then it
 //! waits, however long the archiver is behind. Reads then use the batch
-//! counts up to the last reconciled period (`exact_through`) and real-time
-//! counts after it.
+//! counts for exactly the reconciled periods and real-time counts for every
+//! other minute (`tally_store::layers`), so history before the first
+//! reconciled period, or a gap a manual reconcile left, keeps its real-time
+//! count; the scheduled loop fills gaps before it goes on ([`pending`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -178,6 +180,32 @@ pub fn closed_periods(from_ms: i64, to_ms: i64, now_ms: i64, lateness: Duration)
     out
 }
 
+/// The ranges the scheduled loop reconciles at `now_ms`, oldest first: with
+/// no period reconciled yet, the `first_lookback_ms` before now; else every
+/// gap between reconciled periods (left by a manual reconcile of a later
+/// range, or by a run that stopped half way) and then everything after the
+/// last one. Nothing before the first reconciled period: the archive may not
+/// reach back there (it stays real time).
+pub fn pending(periods: &[PeriodSummary], now_ms: i64, first_lookback_ms: i64) -> Vec<(i64, i64)> {
+    let mut spans: Vec<(i64, i64)> = periods.iter().map(|p| (p.start_ms, p.end_ms)).collect();
+    spans.sort_unstable();
+    let Some(&(first_start, _)) = spans.first() else {
+        return vec![(now_ms.saturating_sub(first_lookback_ms), now_ms)];
+    };
+    let mut out = Vec::new();
+    let mut cursor = first_start;
+    for (start, end) in spans {
+        if start > cursor {
+            out.push((cursor, start));
+        }
+        cursor = cursor.max(end);
+    }
+    if cursor < now_ms {
+        out.push((cursor, now_ms));
+    }
+    out
+}
+
 /// Reconciles every closed hour of `[from_ms, to_ms)` the archive covers;
 /// `progress(done, total)` is called after each period.
 pub async fn reconcile<S: CountStore>(
@@ -264,7 +292,8 @@ async fn recount_periods<S: CountStore>(
             m.drift.set(drift);
             m.drift_total.inc_by(drift.unsigned_abs());
             m.periods.inc();
-            m.exact_through.set(end / 1000);
+            // Filling a gap does not move it back.
+            m.exact_through.set(m.exact_through.get().max(end / 1000));
         }
         reports.push(PeriodReport {
             start_ms: start,
@@ -283,6 +312,22 @@ async fn recount_periods<S: CountStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loop_fills_gaps_before_going_on_after_the_last_period() {
+        let t0 = 1_795_341_600_000;
+        let period =
+            |start: i64| PeriodSummary { start_ms: start, end_ms: start + HOUR_MS, batch_views: 0, realtime_views: 0 };
+        let now = t0 + 30 * HOUR_MS;
+        assert_eq!(pending(&[], now, 24 * HOUR_MS), vec![(now - 24 * HOUR_MS, now)]);
+        // Reconciled 10:00 and 11:00, then by hand 15:00: 12:00-15:00 is a gap.
+        let periods = [period(t0 + 5 * HOUR_MS), period(t0), period(t0 + HOUR_MS)];
+        assert_eq!(
+            pending(&periods, now, 24 * HOUR_MS),
+            vec![(t0 + 2 * HOUR_MS, t0 + 5 * HOUR_MS), (t0 + 6 * HOUR_MS, now)]
+        );
+        assert_eq!(pending(&periods[1..], t0 + 2 * HOUR_MS, 0), vec![]);
+    }
 
     #[test]
     fn only_hours_past_the_allowed_lateness_are_closed() {
