@@ -55,6 +55,18 @@ async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally
     }
 }
 
+/// Starts again every service that exited on its own, as systemd or
+/// Kubernetes would: a counter fenced out of its group while the broker was
+/// away stops with an error by design, and its restart must lose nothing.
+fn restart_exited(services: &mut [(&'static str, TallyProcess)], config: &std::path::Path, injected: &mut Vec<String>) {
+    for (name, process) in services.iter_mut() {
+        if process.exited() {
+            *process = TallyProcess::spawn(config, name);
+            injected.push(format!("{name} exited; restarted by the supervisor"));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
     let faults: usize = std::env::var("TALLY_CHAOS_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
@@ -98,6 +110,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         assert!(!drawn.is_empty(), "TALLY_CHAOS_KINDS={kinds:?} selects no fault");
         let started = Instant::now();
         for _ in 0..faults {
+            restart_exited(&mut services, &config, &mut injected);
             tokio::time::sleep(Duration::from_millis(1_000 + rng.rand() % 2_000)).await;
             let fault = drawn[(rng.rand() % drawn.len() as u64) as usize];
             match fault {
@@ -198,6 +211,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut got = BTreeMap::new();
         while Instant::now() < deadline {
+            restart_exited(&mut services, &config, &mut injected);
             let ids: Vec<&String> = expected.keys().collect();
             if let Ok(response) = http.post(format!("http://{api}/v1/views:batchGet")).json(&json!({"video_ids": ids})).send().await {
                 if let Ok(body) = response.json::<Value>().await {
