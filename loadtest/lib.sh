@@ -5,7 +5,7 @@
 #   CARGO_TARGET_DIR       where the release binaries are (default: ./target)
 #   RESULTS                results root (default: loadtest/results, gitignored)
 #   LOADTEST_BASE_PORT     first of the private ports (default 18400): ingest,
-#                          query, broker, ..., admin = base + 9
+#                          query, broker, redis, broker controller, ..., admin = base + 9
 #   NO_BUILD=1             use the binaries as they are
 
 set -euo pipefail
@@ -21,6 +21,7 @@ INGEST=127.0.0.1:$BASE_PORT
 QUERY=127.0.0.1:$((BASE_PORT + 1))
 BROKER_PORT=$((BASE_PORT + 2))
 BROKER=127.0.0.1:$BROKER_PORT
+CONTROLLER_PORT=$((BASE_PORT + 4))
 ADMIN=127.0.0.1:$((BASE_PORT + 9))
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -76,6 +77,7 @@ start_standalone() {
     "$TALLY" --set log.level=warn \
         --set "ingest.listen=$INGEST" --set "query.listen=$QUERY" \
         --set "standalone.admin-listen=$ADMIN" --set "standalone.broker-port=$BROKER_PORT" \
+        --set "standalone.controller-port=$CONTROLLER_PORT" \
         --set "standalone.data-dir=$STANDALONE_DIR/data" "$@" standalone \
         >>"$STANDALONE_DIR/standalone.log" 2>&1 &
     STANDALONE_PID=$!
@@ -84,12 +86,40 @@ start_standalone() {
     wait_http "http://$QUERY/v1/videos/warmup/views" 30
 }
 
-# broker_pid: the tansu child of the standalone we started, if alive.
+# broker_pid: the Apache Kafka child of the standalone we started, if alive.
 broker_pid() {
-    local pidfile=$STANDALONE_DIR/data/broker/tansu.pid pid
+    local pidfile=$STANDALONE_DIR/data/broker/kafka.pid pid
     [[ -f $pidfile ]] || return 0
     pid=$(cat "$pidfile")
-    if grep -qa tansu "/proc/$pid/cmdline" 2>/dev/null; then echo "$pid"; fi
+    if grep -qa kafka.Kafka "/proc/$pid/cmdline" 2>/dev/null; then echo "$pid"; fi
+}
+
+# start_broker DIR: Apache Kafka alone (`tally broker`, the broker standalone
+# manages) with its data in DIR/data on $BROKER; sets BROKER_RUNNER_PID and
+# returns when the broker serves clients.
+start_broker() {
+    mkdir -p "$1"
+    "$TALLY" --set log.level=warn --set "standalone.data-dir=$1/data" --set "standalone.broker-port=$BROKER_PORT" \
+        --set "standalone.controller-port=$CONTROLLER_PORT" broker >"$1/broker-runner.log" 2>&1 &
+    BROKER_RUNNER_PID=$!
+    local deadline=$((SECONDS + 120))
+    until grep -q 'tally broker: Apache Kafka' "$1/broker-runner.log" 2>/dev/null; do
+        if ! kill -0 "$BROKER_RUNNER_PID" 2>/dev/null || ((SECONDS > deadline)); then
+            log "the broker did not start; see $1/broker-runner.log"
+            return 1
+        fi
+        sleep 0.2
+    done
+    BROKER_PID=$(cat "$1/data/broker/kafka.pid")
+    log "Apache Kafka pid $BROKER_PID on $BROKER (tally broker pid $BROKER_RUNNER_PID)"
+}
+
+# stop_broker: SIGTERM to `tally broker`, which stops Kafka cleanly.
+stop_broker() {
+    [[ -n ${BROKER_RUNNER_PID:-} ]] || return 0
+    kill -TERM "$BROKER_RUNNER_PID" 2>/dev/null || true
+    wait "$BROKER_RUNNER_PID" 2>/dev/null || true
+    BROKER_RUNNER_PID=
 }
 
 # stop_standalone [KILL]: SIGTERM (or SIGKILL) the standalone we started, then its broker.

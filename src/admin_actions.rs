@@ -241,7 +241,12 @@ mod tests {
         let store = AnyStore::Sqlite(SqliteStore::in_memory().unwrap());
         let options = ReconcileOptions {
             archive: tally_reconciler::archive::storage::ArchiveStorage::Local(archive.to_owned()),
-            allowed_lateness: std::time::Duration::from_secs(60),
+            counting: tally_counter::CounterConfig {
+                allowed_lateness: std::time::Duration::from_secs(60),
+                ..tally_counter::CounterConfig::default()
+            }
+            .counting_rule(),
+            lookback: std::time::Duration::from_secs(900),
             late_lookahead: std::time::Duration::from_secs(3600),
             views: tally_reconciler::coverage::ViewsLog::Known(Default::default()),
             in_flight: std::time::Duration::from_secs(30),

@@ -49,6 +49,11 @@ pub enum Command {
     /// Every service in one process on embedded defaults: a managed Apache Kafka
     /// broker, the embedded store, an in-process cache (or Redis when configured).
     Standalone,
+    /// Only the Apache Kafka broker `standalone` manages (data under
+    /// `standalone.data-dir`, port `standalone.broker-port`), in the
+    /// foreground until SIGTERM/Ctrl-C: for running the services as separate
+    /// processes on one machine, and for the load-test scripts.
+    Broker,
     /// Fold the counts topic as the writer would and print totals per video (JSON).
     VerifyCounts {
         /// Print at most this many videos (the largest totals first); 0 = all.

@@ -67,7 +67,8 @@ pub struct ReconcilerConfig {
     /// How often newly closed periods are looked for.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// How far back the first scheduled run starts.
+    /// How far back the first scheduled run starts. Counts before it are
+    /// never recounted by the loop and stay real time in every read.
     #[serde(with = "humantime_serde")]
     pub first_lookback: Duration,
     /// How far past a period archive files are read for its late events.
@@ -104,6 +105,14 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// File of the embedded store (SQLite, WAL); writer and query may share it.
     pub sqlite_path: PathBuf,
+    /// When the embedded store's commits reach the disk: `full` (the
+    /// default) syncs every commit before it returns, so a batch whose Kafka
+    /// offsets the writer commits survives an OS crash or a power loss;
+    /// `normal` makes commits cheaper (no sync per commit) and trades exactly
+    /// that: after an OS crash or a power loss the last commits can be gone
+    /// while their offsets are committed, and those counts are lost for good.
+    /// A crash of the process alone loses nothing either way.
+    pub sqlite_synchronous: tally_store::Synchronous,
     /// The ScyllaDB / Cassandra cluster, when `backend = "scylla"`.
     pub scylla: tally_store::ScyllaConfig,
 }
@@ -113,6 +122,7 @@ impl Default for StoreConfig {
         Self {
             backend: StoreBackend::Sqlite,
             sqlite_path: PathBuf::from("tally-data/counts.db"),
+            sqlite_synchronous: tally_store::Synchronous::Full,
             scylla: tally_store::ScyllaConfig::default(),
         }
     }
@@ -241,6 +251,22 @@ sub-shards = 8
         assert_eq!(config.ingest.api_keys[0].key.expose(), "k1");
         assert_eq!(config.ingest.salting.sub_shards, 8);
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_commits_durably_unless_told_otherwise() {
+        use tally_store::AnyStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        for (text, expected) in [("", 2), ("[store]\nsqlite-synchronous = \"normal\"\n", 1)] {
+            std::fs::write(&path, text).unwrap();
+            let mut config: TallyConfig = tally_config::load(Some(&path), &[]).unwrap();
+            config.store.sqlite_path = dir.path().join(format!("counts-{expected}.db"));
+            let AnyStore::Sqlite(store) = crate::services::open_store(&config).await.unwrap() else {
+                panic!("the default backend is the embedded store")
+            };
+            assert_eq!(store.synchronous().await.unwrap(), expected, "PRAGMA synchronous for {text:?}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             | Command::Query
             | Command::Reconciler
             | Command::Standalone
+            | Command::Broker
     );
     if service {
         listen_for_shutdown(token.clone());
@@ -133,6 +134,19 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
         }
         Command::Reconcile { from, to, report } => {
             return reconcile_now(&config, &from, &to, report.as_deref()).await;
+        }
+        Command::Broker => {
+            let broker = standalone::start_broker(&config.standalone).await?;
+            println!(
+                "tally broker: Apache Kafka {} on 127.0.0.1:{} (data in {})",
+                tally_servers::kafka::version(),
+                config.standalone.broker_port,
+                config.standalone.data_dir.display()
+            );
+            supervisor.spawn("broker", broker.clone().watch(supervisor.token()));
+            let outcome = supervise(supervisor, config.shutdown.drain_timeout).await;
+            broker.stop().await;
+            return outcome;
         }
         Command::Standalone => {
             let mut config = config;

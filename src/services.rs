@@ -93,8 +93,8 @@ pub async fn open_store(config: &TallyConfig) -> anyhow::Result<AnyStore> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
             }
-            let store =
-                SqliteStore::open(path).with_context(|| format!("Failed to open the store at {}", path.display()))?;
+            let store = SqliteStore::open_with(path, config.store.sqlite_synchronous)
+                .with_context(|| format!("Failed to open the store at {}", path.display()))?;
             Ok(AnyStore::Sqlite(store))
         }
         StoreBackend::Scylla => {
@@ -172,17 +172,20 @@ pub fn reconcile_options(config: &TallyConfig) -> anyhow::Result<tally_reconcile
     let archive =
         tally_reconciler::archive::storage::ArchiveStorage::from_config(&a.dir, &a.url, &a.object_store_options)
             .context("Failed to open the archive")?;
+    let counter = &config.counter;
     Ok(tally_reconciler::reconcile::ReconcileOptions {
         archive,
-        allowed_lateness: config.counter.allowed_lateness,
+        counting: counter.counting_rule(),
+        lookback: counter.dedup_window + 2 * counter.max_clock_skew + config.ingest.max_future_skew,
         late_lookahead: config.reconciler.late_lookahead,
         views: tally_reconciler::coverage::ViewsLog::Kafka(Box::new(config.kafka.clone())),
         in_flight: config.ingest.delivery_timeout,
     })
 }
 
-/// Starts the scheduled recount: every interval, the closed periods after
-/// the last reconciled one.
+/// Starts the scheduled recount: every interval, the gaps between reconciled
+/// periods, then the closed periods after the last one
+/// ([`tally_reconciler::reconcile::pending`]).
 pub fn spawn_scheduled_reconcile(
     supervisor: &mut Supervisor,
     shared: &Shared<'_>,
@@ -197,26 +200,37 @@ pub fn spawn_scheduled_reconcile(
     supervisor.spawn("reconciler", async move {
         loop {
             let now = tally_model::timestamp::now_ms();
-            let from = match store.periods().await {
-                Ok(periods) => periods.last().map_or(now.saturating_sub(lookback), |p| p.end_ms),
+            let ranges = match store.periods().await {
+                Ok(periods) => tally_reconciler::reconcile::pending(&periods, now, lookback),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read reconciled periods; retrying later");
-                    now
+                    Vec::new()
                 }
             };
-            match tally_reconciler::reconcile::reconcile(&store, &options, from, now, Some(&metrics), |_, _| {}).await {
-                Ok(reconciled) => {
-                    for r in reconciled.reports {
-                        tracing::info!(
-                            start = r.start_ms,
-                            batch = r.batch_views,
-                            realtime = r.realtime_views,
-                            drift = r.drift,
-                            "period reconciled"
-                        );
+            for (from, to) in ranges {
+                match tally_reconciler::reconcile::reconcile(&store, &options, from, to, Some(&metrics), |_, _| {})
+                    .await
+                {
+                    Ok(reconciled) => {
+                        for r in reconciled.reports {
+                            tracing::info!(
+                                start = r.start_ms,
+                                batch = r.batch_views,
+                                realtime = r.realtime_views,
+                                drift = r.drift,
+                                "period reconciled"
+                            );
+                        }
+                        // The archive does not reach further yet: later ranges wait too.
+                        if !reconciled.waiting_for_archive.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconcile failed; retrying next interval");
+                        break;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "reconcile failed; retrying next interval"),
             }
             tokio::select! {
                 () = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),

@@ -1,6 +1,6 @@
 //! Chaos: the pipeline as separate processes under a bounded load while
 //! faults are injected at random moments (kill -9 of gateway, counter,
-//! writer, query; broker stop/start; Redis stop/start; a second counter
+//! writer, query; broker kill -9 and restart; Redis stop/start; a second counter
 //! joining the group and leaving it again, by SIGTERM or kill -9, so that
 //! partitions move mid-flush, or frozen past its session and thawed as a
 //! zombie; the store locked by another process for longer
@@ -55,6 +55,18 @@ async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally
     }
 }
 
+/// Starts again every service that exited on its own, as systemd or
+/// Kubernetes would: a counter fenced out of its group while the broker was
+/// away stops with an error by design, and its restart must lose nothing.
+fn restart_exited(services: &mut [(&'static str, TallyProcess)], config: &std::path::Path, injected: &mut Vec<String>) {
+    for (name, process) in services.iter_mut() {
+        if process.exited() {
+            *process = TallyProcess::spawn(config, name);
+            injected.push(format!("{name} exited; restarted by the supervisor"));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
     let faults: usize = std::env::var("TALLY_CHAOS_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
@@ -98,6 +110,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         assert!(!drawn.is_empty(), "TALLY_CHAOS_KINDS={kinds:?} selects no fault");
         let started = Instant::now();
         for _ in 0..faults {
+            restart_exited(&mut services, &config, &mut injected);
             tokio::time::sleep(Duration::from_millis(1_000 + rng.rand() % 2_000)).await;
             let fault = drawn[(rng.rand() % drawn.len() as u64) as usize];
             match fault {
@@ -140,8 +153,8 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
                         }
                         _ => {
                             // Frozen until the other counter took every partition over
-                            // (its stall watch, 10 s, then a rejoin): thawed, it is a
-                            // zombie with a range buffered.
+                            // (once its 6 s session expired): thawed, it is a zombie
+                            // with a range buffered.
                             // Only a member that owns partitions can become a zombie.
                             let joined = Instant::now();
                             while process.metric("tally_counter_owned_partitions").unwrap_or(0.0) < 1.0
@@ -198,6 +211,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut got = BTreeMap::new();
         while Instant::now() < deadline {
+            restart_exited(&mut services, &config, &mut injected);
             let ids: Vec<&String> = expected.keys().collect();
             if let Ok(response) = http.post(format!("http://{api}/v1/views:batchGet")).json(&json!({"video_ids": ids})).send().await {
                 if let Ok(body) = response.json::<Value>().await {

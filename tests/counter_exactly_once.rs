@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::{write_config, write_config_with_groups, Load, TallyProcess, ViewsProducer, CLASSIC_SHORT_SESSIONS};
 use tally_counter::verify::{fold_counts, Folded};
 use tally_kafka::KafkaConfig;
+use tally_testkit::counts::settled_views;
 use tally_testkit::{bounded, Broker};
 
 const COUNTER: &str = r#"
@@ -34,24 +35,22 @@ async fn setup() -> (Broker, KafkaConfig, tempfile::TempDir) {
     (broker, kafka, tempfile::tempdir().expect("tempdir"))
 }
 
-/// Folds the counts topic until it equals `expected` or `limit` passes.
+/// Waits until the counts topic holds `expected` by an oracle independent of
+/// the writer's fold (`tally_testkit::counts`), and still does once the
+/// counters have committed the whole views topic; then folds it as the
+/// writer would, for the statistics and the overlap check.
 async fn wait_for_totals(
     kafka: &KafkaConfig,
     expected: &std::collections::BTreeMap<String, i64>,
     limit: Duration,
 ) -> Folded {
-    let deadline = Instant::now() + limit;
-    loop {
-        let k = kafka.clone();
-        let folded = tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(60)))
-            .await
-            .expect("fold task")
-            .expect("fold counts");
-        if &folded.totals == expected || Instant::now() > deadline {
-            return folded;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let settled = settled_views(kafka, &format!("tally-counter-{}", kafka.topics.views), expected, limit).await;
+    assert_eq!(&settled, expected, "exact, and still exact once the counters went quiet");
+    let k = kafka.clone();
+    tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(60)))
+        .await
+        .expect("fold task")
+        .expect("fold counts")
 }
 
 fn assert_exact(folded: &Folded, expected: &std::collections::BTreeMap<String, i64>) {

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use tally::dlq_replay::{replay, ReplayOptions};
-use tally_counter::verify::fold_counts;
 use tally_counter::{CounterConfig, CounterService};
 use tally_service::Readiness;
+use tally_testkit::counts::views_per_video;
 use tally_testkit::views::ViewsProducer;
 use tally_testkit::{bounded, Broker};
 use tokio_util::sync::CancellationToken;
@@ -31,13 +31,11 @@ async fn run_counter(
     (stop, task)
 }
 
+/// Views of `video` in the counts topic, by an oracle independent of the writer's fold.
 async fn total(kafka: &tally_kafka::KafkaConfig, video: &str) -> i64 {
     let k = kafka.clone();
-    let folded = tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(30)))
-        .await
-        .unwrap()
-        .unwrap();
-    folded.totals.get(video).copied().unwrap_or(0)
+    let views = tokio::task::spawn_blocking(move || views_per_video(&k, Duration::from_secs(30))).await.unwrap();
+    views.get(video).copied().unwrap_or(0)
 }
 
 async fn wait_total(kafka: &tally_kafka::KafkaConfig, video: &str, want: i64) {

@@ -1,8 +1,11 @@
 #!/bin/sh
 # One-shot topic creation for docker-compose.yml's `init` service (the
 # apache/kafka image: kafka-topics.sh and kafka-configs.sh live in
-# /opt/kafka/bin). Idempotent: creates what is missing, then sets retention.ms
-# and cleanup.policy explicitly on every topic so a rerun also repairs them.
+# /opt/kafka/bin). Idempotent: creates what is missing, then sets retention.ms,
+# cleanup.policy and message.timestamp.type explicitly on every topic so a
+# rerun also repairs them. tally.views carries the broker's clock
+# (LogAppendTime): the counter's dedup window trusts it over a gateway clock
+# running ahead (counter.max-clock-skew).
 # The services run with TALLY_KAFKA__CREATE_TOPICS=false and rely on this.
 set -eu
 
@@ -15,20 +18,20 @@ EVENTS_RETENTION_MS="${EVENTS_RETENTION_MS:-604800000}"
 DLQ_RETENTION_MS="${DLQ_RETENTION_MS:-2592000000}"
 BIN=/opt/kafka/bin
 
-topic() { # name partitions retention.ms cleanup.policy
-  echo "init: topic $1 (partitions=$2 retention.ms=$3 cleanup.policy=$4)"
+topic() { # name partitions retention.ms cleanup.policy message.timestamp.type
+  echo "init: topic $1 (partitions=$2 retention.ms=$3 cleanup.policy=$4 message.timestamp.type=$5)"
   "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
     --topic "$1" --partitions "$2" --replication-factor "$REPLICATION" \
-    --config "retention.ms=$3" --config "cleanup.policy=$4"
+    --config "retention.ms=$3" --config "cleanup.policy=$4" --config "message.timestamp.type=$5"
   "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --alter \
     --entity-type topics --entity-name "$1" \
-    --add-config "retention.ms=$3,cleanup.policy=$4"
+    --add-config "retention.ms=$3,cleanup.policy=$4,message.timestamp.type=$5"
 }
 
-topic tally.views      12 "$EVENTS_RETENTION_MS" delete
-topic tally.counts     12 "$EVENTS_RETENTION_MS" delete
-topic tally.views.dlq   1 "$DLQ_RETENTION_MS"    delete
-topic tally.counts.dlq  1 "$DLQ_RETENTION_MS"    delete
+topic tally.views      12 "$EVENTS_RETENTION_MS" delete LogAppendTime
+topic tally.counts     12 "$EVENTS_RETENTION_MS" delete CreateTime
+topic tally.views.dlq   1 "$DLQ_RETENTION_MS"    delete CreateTime
+topic tally.counts.dlq  1 "$DLQ_RETENTION_MS"    delete CreateTime
 
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe \
   --topic 'tally\..*'

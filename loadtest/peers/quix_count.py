@@ -19,8 +19,6 @@ app = Application(
     auto_offset_reset="earliest",
     state_dir=state_dir,
     processing_guarantee="at-least-once",
-    # tansu sleeps half of fetch.wait.max.ms after every fetch (TEST-BROKER.md).
-    consumer_extra_config={"fetch.wait.max.ms": 10, "fetch.queue.backoff.ms": 10},
     # No changelog topics: state lives in local RocksDB only (Tally's counter
     # writes every delta to tally.counts; this is the lighter setup for the peer).
     use_changelog_topics=False,

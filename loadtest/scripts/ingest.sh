@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Gateway throughput, single events and batches, with nothing else between
-# the gateway and the broker: `tally ingest` (release) alone against a tansu
-# broker on its MEMORY engine (ENGINE=sqlite for the durable one), private ports.
+# the gateway and the broker: `tally ingest` (release) alone against an Apache
+# Kafka broker (`tally broker`, one KRaft node), private ports.
 # Every 202 still waits for the broker's acknowledgement of every event.
 #
-#   loadtest/scripts/ingest.sh    # RUNS=3 DURATION=10 ENGINE=memory SINGLE_CONNECTIONS=32 BATCH_CONNECTIONS=8
+#   loadtest/scripts/ingest.sh    # RUNS=3 DURATION=10 SINGLE_CONNECTIONS=32 BATCH_CONNECTIONS=8
 #
 # Four measurements per run: wrk (closed loop) single events (SINGLE_CONNECTIONS)
 # and 1,000-event NDJSON batches (BATCH_CONNECTIONS); tally-loadgen closed loop,
@@ -13,30 +13,23 @@
 # about connections / latency: raise SINGLE_CONNECTIONS to see more.
 # Prints the medians and writes RESULTS/ingest-*/summary.json.
 source "$(dirname "$0")/../lib.sh"
-RUNS=${RUNS:-3} DURATION=${DURATION:-10} ENGINE=${ENGINE:-memory}
+RUNS=${RUNS:-3} DURATION=${DURATION:-10}
 SINGLE_CONNECTIONS=${SINGLE_CONNECTIONS:-32} BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-8}
 build
 DIR=$(results_dir ingest)
-mkdir -p "$DIR/broker"
-case $ENGINE in
-    memory) storage=memory://tansu/ ;;
-    sqlite) storage=sqlite://tansu.db ;;
-    *) echo "ENGINE is memory or sqlite" >&2; exit 2 ;;
-esac
-(cd "$DIR/broker" && exec tansu broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-    --storage-engine "$storage" >broker.log 2>&1) &
-TANSU_PID=$!
-"$TALLY" --set log.level=warn --set "kafka.brokers=$BROKER" --set kafka.idempotence=false \
+start_broker "$DIR/broker"
+"$TALLY" --set log.level=warn --set "kafka.brokers=$BROKER" \
     --set "ingest.listen=$INGEST" --set "ingest.admin-listen=$ADMIN" ingest >"$DIR/ingest.log" 2>&1 &
 INGEST_PID=$!
 cleanup() {
     kill -TERM "$INGEST_PID" 2>/dev/null || true
     sleep 1
-    kill -KILL "$INGEST_PID" "$TANSU_PID" 2>/dev/null || true
-    wait "$INGEST_PID" "$TANSU_PID" 2>/dev/null || true
+    kill -KILL "$INGEST_PID" 2>/dev/null || true
+    wait "$INGEST_PID" 2>/dev/null || true
+    stop_broker
 }
 trap cleanup EXIT
-log "tansu ($ENGINE) pid $TANSU_PID on $BROKER, tally ingest pid $INGEST_PID on $INGEST"
+log "tally ingest pid $INGEST_PID on $INGEST"
 wait_http "http://$ADMIN/readyz" 60
 curl -fsS -o /dev/null -H 'content-type: application/json' -d '{"video_id":"warmup"}' "http://$INGEST/v1/events"
 wrk_rps() { # wrk output -> requests/s
@@ -56,7 +49,7 @@ for i in $(seq 1 "$RUNS"); do
     for kind in single batch; do
         non2xx=$(awk '/Non-2xx/ { print $NF }' "$DIR/wrk-$kind-$i.txt")
         log "wrk $kind: $(wrk_rps <"$DIR/wrk-$kind-$i.txt") req/s, p99 $(wrk_p99 <"$DIR/wrk-$kind-$i.txt") ms, non-2xx ${non2xx:-0}"
-        jq -c '{mode: .ingest.mode, batch: .ingest.batch, events_per_s: .ingest.events_per_s, p99: .ingest.latency_ms.p99, statuses: .ingest.statuses}' "$DIR/loadgen-$kind-$i.json" >&2
+        jq -c '{mode: .ingest.mode, batch: .ingest.batch, events_per_s: .ingest.events_per_s, p99: .ingest.latency_ms.p99, statuses: .ingest.answers.statuses}' "$DIR/loadgen-$kind-$i.json" >&2
     done
 done
 cleanup
@@ -64,14 +57,14 @@ trap - EXIT
 wrk_med() { for f in "$DIR"/wrk-"$1"-*.txt; do "$2" <"$f"; done | median; }
 lg_med() { for f in "$DIR"/loadgen-"$1"-*.json; do jq "$2" "$f"; done | median; }
 errors() { cat "$DIR"/wrk-*.txt | awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }'; }
-jq -n --argjson machine "$(machine_json)" --arg engine "$ENGINE" --argjson runs "$RUNS" \
-    --arg command "RUNS=$RUNS DURATION=$DURATION ENGINE=$ENGINE SINGLE_CONNECTIONS=$SINGLE_CONNECTIONS BATCH_CONNECTIONS=$BATCH_CONNECTIONS loadtest/scripts/ingest.sh" \
+jq -n --argjson machine "$(machine_json)" --argjson runs "$RUNS" \
+    --arg command "RUNS=$RUNS DURATION=$DURATION SINGLE_CONNECTIONS=$SINGLE_CONNECTIONS BATCH_CONNECTIONS=$BATCH_CONNECTIONS loadtest/scripts/ingest.sh" \
     --argjson ws "$(wrk_med single wrk_rps)" --argjson wsp "$(wrk_med single wrk_p99)" \
     --argjson wb "$(wrk_med batch wrk_rps)" --argjson wbp "$(wrk_med batch wrk_p99)" \
     --argjson ls "$(lg_med single .ingest.events_per_s)" --argjson lsp "$(lg_med single .ingest.latency_ms.p99)" \
     --argjson lb "$(lg_med batch .ingest.events_per_s)" --argjson lbp "$(lg_med batch .ingest.latency_ms.p99)" \
     --argjson wrk_error_lines "$(errors)" \
-    '{figure: "gateway throughput (tally ingest alone, tansu \($engine) engine)", runs: $runs,
+    '{figure: "gateway throughput (tally ingest alone, Apache Kafka)", runs: $runs,
       wrk_single: {events_per_s: $ws, p99_ms: $wsp}, wrk_batch_1000: {events_per_s: ($wb * 1000), requests_per_s: $wb, p99_ms: $wbp},
       loadgen_closed_single: {events_per_s: $ls, p99_ms: $lsp}, loadgen_closed_batch_1000: {events_per_s: $lb, p99_ms: $lbp},
       wrk_outputs_with_errors: $wrk_error_lines, command: $command, machine: $machine}' \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Counter memory per active key: `tally counter` (release, its own process)
 # counts the same number of events spread over few and over many videos
-# (uniform ids), each from a pre-filled topic of a tansu memory-engine
-# broker; the difference in peak RSS (VmHWM) divided by the difference in
+# (uniform ids), each from a pre-filled topic of an Apache Kafka broker
+# (`tally broker`); the difference in peak RSS (VmHWM) divided by the difference in
 # distinct videos is the memory one more active key costs (the events, and
 # so the dedup window, are the same in both). Also reports the counter's own
 # dedup estimate (tally_counter_dedup_bytes / entries).
@@ -14,14 +14,11 @@ source "$(dirname "$0")/../lib.sh"
 RUNS=${RUNS:-3} EVENTS=${EVENTS:-500000} FEW=${FEW:-1000} MANY=${MANY:-200000}
 build
 DIR=$(results_dir memory)
-mkdir -p "$DIR/broker"
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
+cleanup() { for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; stop_broker; }
 trap cleanup EXIT
-(cd "$DIR/broker" && exec tansu broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-    --storage-engine memory://tansu/ >broker.log 2>&1) &
-PIDS+=($!)
-KAFKA=(--set "kafka.brokers=$BROKER" --set kafka.idempotence=false)
+start_broker "$DIR/broker"
+KAFKA=(--set "kafka.brokers=$BROKER")
 declare -A RECORDS
 for videos in "$FEW" "$MANY"; do
     topic=tally.views.v$videos

@@ -4,17 +4,17 @@
 # baseline (one Redis INCR per event), each reading the same pre-filled views
 # topic from offset 0 with a fresh consumer group until every record is counted.
 #
-#   loadtest/scripts/peers.sh     # RUNS=3 EVENTS=300000 VIDEOS=100000 ENGINE=memory
+#   loadtest/scripts/peers.sh     # RUNS=3 EVENTS=300000 VIDEOS=100000
 #
 # The topic is filled once through `tally ingest` (salting off, no resends, so
 # every counter has the same work). A record counts as counted for Tally when
 # its flush is sealed (flush interval 250 ms here, so the granularity is small);
-# for the others when it was processed. tansu, redis-server and the counter under
+# for the others when it was processed. Apache Kafka, redis-server and the counter under
 # test share the machine's cores. quixstreams is installed into a venv under
 # ~/.cache/tally/tools/peers-venv on first use.
 # Prints the medians and ratios, writes RESULTS/peers-*/summary.json.
 source "$(dirname "$0")/../lib.sh"
-RUNS=${RUNS:-3} EVENTS=${EVENTS:-300000} VIDEOS=${VIDEOS:-100000} ENGINE=${ENGINE:-memory}
+RUNS=${RUNS:-3} EVENTS=${EVENTS:-300000} VIDEOS=${VIDEOS:-100000}
 QUIX_VERSION=${QUIX_VERSION:-3.28.1}
 VENV=$HOME/.cache/tally/tools/peers-venv
 REDIS_PORT=$((BASE_PORT + 3))
@@ -26,23 +26,16 @@ if ! "$VENV/bin/python" -c "import quixstreams, sys; sys.exit(quixstreams.__vers
     "$VENV/bin/pip" install --quiet "quixstreams==$QUIX_VERSION"
 fi
 DIR=$(results_dir peers)
-mkdir -p "$DIR/broker"
-case $ENGINE in
-    memory) storage=memory://tansu/ ;;
-    sqlite) storage=sqlite://tansu.db ;;
-    *) echo "ENGINE is memory or sqlite" >&2; exit 2 ;;
-esac
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    stop_broker
 }
 trap cleanup EXIT
-(cd "$DIR/broker" && exec tansu broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-    --storage-engine "$storage" >broker.log 2>&1) &
-PIDS+=($!)
+start_broker "$DIR/broker"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$DIR/redis.log" 2>&1 &
 PIDS+=($!)
-KAFKA=(--set "kafka.brokers=$BROKER" --set kafka.idempotence=false)
+KAFKA=(--set "kafka.brokers=$BROKER")
 
 log "filling tally.views with $EVENTS events over $VIDEOS videos (zipf 1.2) through tally ingest"
 "$TALLY" --set log.level=warn "${KAFKA[@]}" --set ingest.salting.detect-threshold-per-sec=0 \
@@ -96,10 +89,10 @@ done
 cleanup
 trap - EXIT
 med() { for f in "$DIR"/"$1"-[0-9]*.json; do jq .events_per_s "$f"; done | median; }
-jq -n --argjson machine "$(machine_json)" --arg engine "$ENGINE" --argjson runs "$RUNS" --argjson records "$RECORDS" \
-    --arg command "RUNS=$RUNS EVENTS=$EVENTS VIDEOS=$VIDEOS ENGINE=$ENGINE loadtest/scripts/peers.sh" \
+jq -n --argjson machine "$(machine_json)" --argjson runs "$RUNS" --argjson records "$RECORDS" \
+    --arg command "RUNS=$RUNS EVENTS=$EVENTS VIDEOS=$VIDEOS loadtest/scripts/peers.sh" \
     --argjson tally "$(med tally)" --argjson quix "$(med quix)" --argjson naive "$(med naive)" \
-    '{figure: "counters side by side on one pre-filled topic (tansu \($engine) engine)", runs: $runs, records: $records,
+    '{figure: "counters side by side on one pre-filled topic (Apache Kafka)", runs: $runs, records: $records,
       events_per_s: {tally_counter: $tally, quixstreams: $quix, naive_redis_incr: $naive},
       ratio_tally_over_quixstreams: ($tally / $quix), ratio_tally_over_naive: ($tally / $naive),
       command: $command, machine: $machine}' \

@@ -1,10 +1,28 @@
 //! The testable parts of `tally-loadgen`: id distributions, latency recording
-//! per second of a run, the closed-loop driver, partition imbalance and the
-//! SVG plot of a run. `main.rs` wires them to HTTP and the broker.
+//! per second of a run, the closed-loop driver, the retry policy and the
+//! retrying sender, the exactness check, partition imbalance and the SVG plot
+//! of a run. `main.rs` wires them to HTTP and the broker.
+//!
+//! # Layout
+//!
+//! - [`retry`]: when to send a refused request again (`Retry-After`, capped
+//!   exponential backoff with full jitter, bounds), as pure functions.
+//! - [`deliver`]: one request sent until accepted under that policy, every
+//!   attempt kept.
+//! - [`exactness`]: lost and duplicated views against what was acknowledged.
+//! - [`ingest`]: batches of events, posting one batch, the tally of answers.
+//! - [`closed`]: the closed-loop driver.
+//! - [`record`]: latency histograms per second of a run.
+//! - [`plot`]: the SVG of a run.
+//! - Here: loopback guard, zipf sampler, PRNG, partition imbalance, metric scraping.
 
 pub mod closed;
+pub mod deliver;
+pub mod exactness;
+pub mod ingest;
 pub mod plot;
 pub mod record;
+pub mod retry;
 
 use anyhow::bail;
 

@@ -6,21 +6,25 @@
 //! the offered load (coordinated omission). `--mode closed` runs
 //! `--connections` workers that each send as soon as the previous request
 //! completed (the server's throughput at that concurrency). Video ids follow
-//! a zipf-like distribution (hot keys), a share of events resend an earlier
-//! event id, and every batch is retried with the same ids until the gateway
-//! answers 202.
+//! a zipf-like distribution (hot keys), and a share of events resend an
+//! earlier event id. A refused batch (408, 429, 5xx, no answer) is sent again
+//! with the same ids as a well-behaved client does: never before the
+//! gateway's `Retry-After`, with capped exponential backoff and full jitter,
+//! up to `--retry-attempts` sends and `--retry-for` seconds (see
+//! `tally_loadgen::retry`).
 //!
 //! At the same time, optionally: query load at a fixed rate (`--query-rate`),
 //! freshness probes (`--freshness-every-ms`: post one event of a new video,
 //! poll until the query API shows it), and the partition spread of the views
 //! topic (`--broker`: watermarks before and after). Afterwards, with
 //! `--query`, the exactness check waits until the query API's counts equal
-//! what was acknowledged and reports lost and duplicated views.
+//! what was acknowledged and reports lost and duplicated views (views of
+//! batches given up on may or may not be counted).
 //!
 //! Bounded in time (`--duration`) and count (`--max-requests`), and refuses
 //! any target outside the loopback range.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,7 +33,11 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::{json, Value};
+use tally_loadgen::deliver::{deliver, Request};
+use tally_loadgen::exactness::{Discrepancy, Expected};
+use tally_loadgen::ingest::{post_batch, Generator, IngestTally};
 use tally_loadgen::record::Recorder;
+use tally_loadgen::retry::RetryPolicy;
 use tally_loadgen::{closed, imbalance, loopback, plot, prometheus_value, Rng, Zipf};
 
 /// How ingest requests are paced.
@@ -114,81 +122,33 @@ struct Args {
     /// Write an SVG plot of the ingest (or, without ingest, query) throughput and latency here.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Backoff window before the first retry of a refused request, in ms (doubles per retry, full jitter).
+    #[arg(long, default_value_t = 100)]
+    retry_base_ms: u64,
+    /// Largest backoff window, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    retry_cap_ms: u64,
+    /// Sends of one request at most, the first included.
+    #[arg(long, default_value_t = 30)]
+    retry_attempts: u32,
+    /// Seconds after its first send when a refused request is given up.
+    #[arg(long, default_value_t = 120)]
+    retry_for: u64,
 }
 
-#[derive(Default)]
-struct Shared {
-    /// Distinct `(video, id)` acknowledged: what a correct pipeline counts.
-    distinct: HashSet<(String, u64)>,
-    events_acknowledged: u64,
-    statuses: BTreeMap<u16, u64>,
-    errors: u64,
+impl Args {
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(self.retry_base_ms),
+            cap: Duration::from_millis(self.retry_cap_ms),
+            max_attempts: self.retry_attempts.max(1),
+            give_up_after: Duration::from_secs(self.retry_for),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Makes batches of events: zipf videos, fresh ids and resends.
-struct Generator {
-    run: u128,
-    rng: Rng,
-    zipf: Zipf,
-    next_id: u64,
-    duplicates: f64,
-}
-
-impl Generator {
-    fn batch(&mut self, n: usize) -> Vec<(String, u64)> {
-        (0..n)
-            .map(|_| {
-                let resend = self.next_id > 0 && self.rng.uniform() < self.duplicates;
-                let id = if resend { self.rng.next_u64() % self.next_id } else { self.next_id };
-                if !resend {
-                    self.next_id += 1;
-                }
-                // The video is a function of the id, so a resend is the same view.
-                let video = self.zipf.sample(Rng(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1).uniform());
-                (format!("r{}-video-{video}", self.run), id)
-            })
-            .collect()
-    }
-}
-
-/// Posts `events` until the gateway answers 202 (same ids every time) or the
-/// request budget is spent; says whether they were acknowledged.
-async fn post_until_acked(
-    http: &reqwest::Client,
-    url: &str,
-    run: u128,
-    events: &[(String, u64)],
-    sent: &AtomicU64,
-    max: u64,
-    shared: &Mutex<Shared>,
-) -> bool {
-    let body: Vec<Value> =
-        events.iter().map(|(v, id)| json!({"video_id": v, "event_id": format!("r{run}-{id}")})).collect();
-    loop {
-        if sent.fetch_add(1, Ordering::Relaxed) >= max {
-            return false;
-        }
-        match http.post(url).json(&body).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let mut s = lock(shared);
-                *s.statuses.entry(status).or_default() += 1;
-                if status == 202 {
-                    s.events_acknowledged += events.len() as u64;
-                    for (video, id) in events {
-                        s.distinct.insert((video.clone(), *id));
-                    }
-                    return true;
-                }
-            }
-            Err(_) => lock(shared).errors += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn micros_since(t: Instant) -> u64 {
@@ -241,13 +201,8 @@ async fn main() -> anyhow::Result<()> {
     // Videos and event ids are unique to this run, so its checks are not
     // confused by counts of earlier runs against the same pipeline.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 1_000_000_000;
-    let generator = Arc::new(Mutex::new(Generator {
-        run,
-        rng: Rng(0x5eed_1234_abcd_0001 ^ run as u64),
-        zipf: Zipf::new(args.videos, args.zipf),
-        next_id: 0,
-        duplicates: args.duplicates,
-    }));
+    let generator = Arc::new(Mutex::new(Generator::new(run, args.videos, args.zipf, args.duplicates)));
+    let policy = args.retry_policy();
     let before_partitions = match &args.broker {
         Some(broker) => Some(watermarks(broker, &args.topic)?),
         None => None,
@@ -256,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         Some(m) => scrape(&http, m, "tally_ingest_events_salted_total").await,
         None => None,
     };
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(IngestTally::default()));
     let ingest = Arc::new(Mutex::new(Recorder::new()));
     let queries = Arc::new(Mutex::new(Recorder::new()));
     let freshness = Arc::new(Mutex::new(Recorder::new()));
@@ -291,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
                             (http.clone(), generator.clone(), shared.clone(), sent.clone(), url.clone());
                         async move {
                             let events = lock(&generator).batch(batch);
-                            post_until_acked(&http, &url, run, &events, &sent, max, &shared)
+                            post_batch(&http, &url, run, &events, &policy, (&sent, max), &shared)
                                 .await
                                 .then_some(events.len() as u64)
                         }
@@ -356,14 +311,14 @@ async fn main() -> anyhow::Result<()> {
                     let problem = |what: &str| *lock(&problems).entry(what.to_owned()).or_default() += 1;
                     let video = format!("r{run}-fresh-{n}");
                     let body = json!({"video_id": video, "event_id": format!("r{run}-fresh-{n}")});
+                    let request =
+                        Request { url: ingest_url, content_type: "application/json", body: body.to_string().into() };
                     let posted = Instant::now();
                     let give_up = posted + Duration::from_secs(60);
-                    loop {
-                        match http.post(&ingest_url).json(&body).send().await {
-                            Ok(r) if r.status().as_u16() == 202 => break,
-                            _ if Instant::now() > give_up => return problem("not acknowledged in 60 s"),
-                            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-                        }
+                    let policy =
+                        RetryPolicy { give_up_after: policy.give_up_after.min(Duration::from_secs(60)), ..policy };
+                    if !deliver(&http, &request, &policy, &mut Rng(u64::from(n) | 1), || true).await.accepted() {
+                        return problem("not acknowledged within the retry bounds (at most 60 s)");
                     }
                     let views_url = format!("http://{query}/v1/videos/{video}/views");
                     loop {
@@ -423,14 +378,9 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!();
 
-    let (expected, events_acknowledged, statuses, errors) = {
+    let (expected, events_acknowledged, answers) = {
         let s = lock(&shared);
-        // Resends of one id count once: expected views per video = distinct ids acknowledged.
-        let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-        for (video, _) in &s.distinct {
-            *expected.entry(video.clone()).or_default() += 1;
-        }
-        (expected, s.events_acknowledged, s.statuses.clone(), s.errors)
+        (s.expected(), s.events_acknowledged, s.summary())
     };
     let steady = |r: &Recorder| {
         let (p, requests, events) = r.window(args.warmup, args.duration);
@@ -447,8 +397,13 @@ async fn main() -> anyhow::Result<()> {
             "batch": args.batch,
             "requests_acknowledged": r.requests(),
             "requests_sent": sent.load(Ordering::Relaxed),
-            "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "transport_errors": errors,
+            "answers": answers,
+            "retry_policy": {
+                "base_ms": policy.base.as_millis(),
+                "cap_ms": policy.cap.as_millis(),
+                "max_attempts": policy.max_attempts,
+                "give_up_after_s": policy.give_up_after.as_secs(),
+            },
             "events_acknowledged": events_acknowledged,
             "events_per_s": events_acknowledged as f64 / elapsed,
             "latency_ms": r.overall(),
@@ -506,8 +461,14 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let (Some(query), true, false) = (&args.query, ingesting, args.no_exactness) {
-        let (lost, duplicated) = exactness(&http, query, &expected).await?;
-        result["exactness"] = json!({ "videos": expected.len(), "views": expected.values().sum::<i64>(), "lost": lost, "duplicated": duplicated });
+        let Discrepancy { lost, duplicated } = exactness(&http, query, &expected).await?;
+        result["exactness"] = json!({
+            "videos": expected.videos().count(),
+            "views": expected.acknowledged(),
+            "views_maybe_counted": expected.at_most.values().sum::<i64>() - expected.acknowledged(),
+            "lost": lost,
+            "duplicated": duplicated,
+        });
     }
     // The summary without the per-second timelines, which go to --out.
     let mut summary = result.clone();
@@ -529,7 +490,7 @@ async fn open_ingest(
     args: &Args,
     http: reqwest::Client,
     generator: Arc<Mutex<Generator>>,
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Mutex<IngestTally>>,
     ingest: Arc<Mutex<Recorder>>,
     sent: Arc<AtomicU64>,
     url: String,
@@ -537,6 +498,7 @@ async fn open_ingest(
     end: Instant,
 ) {
     let run = lock(&generator).run;
+    let policy = args.retry_policy();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let mut tasks = tokio::task::JoinSet::new();
@@ -555,7 +517,7 @@ async fn open_ingest(
         let max = args.max_requests;
         tasks.spawn(async move {
             let _permit = permit;
-            if post_until_acked(&http, &url, run, &events, &sent, max, &shared).await {
+            if post_batch(&http, &url, run, &events, &policy, (&sent, max), &shared).await {
                 lock(&ingest).record(started.elapsed().as_secs_f64(), micros_since(intended), events.len() as u64);
             }
         });
@@ -564,13 +526,10 @@ async fn open_ingest(
     while tasks.join_next().await.is_some() {}
 }
 
-async fn exactness(
-    http: &reqwest::Client,
-    query: &str,
-    expected: &BTreeMap<String, i64>,
-) -> anyhow::Result<(i64, i64)> {
+/// Waits (up to 120 s) until the query API's counts are exact; the last discrepancy.
+async fn exactness(http: &reqwest::Client, query: &str, expected: &Expected) -> anyhow::Result<Discrepancy> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let ids: Vec<&String> = expected.keys().collect();
+    let ids: Vec<&String> = expected.videos().collect();
     loop {
         let mut got = BTreeMap::new();
         for chunk in ids.chunks(1_000) {
@@ -582,13 +541,14 @@ async fn exactness(
                 .json()
                 .await?;
             for r in body["results"].as_array().into_iter().flatten() {
-                got.insert(r["video_id"].as_str().unwrap_or_default().to_owned(), r["views"].as_i64().unwrap_or(0));
+                let video = r["video_id"].as_str().context("a result without video_id")?;
+                let views = r["views"].as_i64().context("a result without views")?;
+                got.insert(video.to_owned(), views);
             }
         }
-        let lost: i64 = expected.iter().map(|(v, n)| (n - got.get(v).copied().unwrap_or(0)).max(0)).sum();
-        let duplicated: i64 = expected.iter().map(|(v, n)| (got.get(v).copied().unwrap_or(0) - n).max(0)).sum();
-        if (lost == 0 && duplicated == 0) || Instant::now() > deadline {
-            return Ok((lost, duplicated));
+        let discrepancy = expected.discrepancy(&got);
+        if discrepancy.exact() || Instant::now() > deadline {
+            return Ok(discrepancy);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -6,6 +6,12 @@
 //! while the store is down; freshness is judged by the reader from
 //! `written_ms`.
 //!
+//! Writes are monotonic: several writers (a salted video spans partitions
+//! owned by different writers) and the query service write the totals they
+//! read, in any order, so an entry is replaced only by one that is not older
+//! ([`CachedTotal::newer_or_same`]: greater batch generation, else at least as
+//! many views). Both backends apply the rule, Redis atomically in a script.
+//!
 //! # Layout
 //!
 //! - this file: [`Cache`], [`CachedTotal`], [`CacheError`], [`CacheBackend`].
@@ -37,6 +43,19 @@ pub struct CachedTotal {
     /// End of the last reconciled period, epoch ms.
     #[serde(default)]
     pub exact_through_ms: Option<i64>,
+    /// Batch generation of the read (`tally_store::Total::batch_generation`).
+    #[serde(default)]
+    pub batch_generation: i64,
+}
+
+impl CachedTotal {
+    /// Whether this entry may replace `old`: it was read at a newer batch
+    /// generation (a reconcile may lower a total), or at the same one with at
+    /// least as many views (real-time counts only grow). The same rule as the
+    /// Redis script's.
+    pub fn newer_or_same(&self, old: &Self) -> bool {
+        (self.batch_generation, self.views) >= (old.batch_generation, old.views)
+    }
 }
 
 /// Why a cache operation failed (the caller degrades to the store).
@@ -62,7 +81,8 @@ impl CacheBackend {
         }
     }
 
-    /// Writes entries, each kept for `retention`.
+    /// Writes entries, each kept for `retention`, except where the cached
+    /// entry is newer ([`CachedTotal::newer_or_same`]).
     pub async fn put_many(&self, entries: &[(String, CachedTotal)], retention: Duration) -> Result<(), CacheError> {
         match self {
             Self::Redis(c) => c.put_many(entries, retention).await,

@@ -35,7 +35,10 @@ impl MemoryCache {
             }
         }
         for (video, entry) in items {
-            entries.insert(video.clone(), (entry.clone(), now + retention));
+            let kept = entries.get(video).is_some_and(|(old, until)| *until > now && !entry.newer_or_same(old));
+            if !kept {
+                entries.insert(video.clone(), (entry.clone(), now + retention));
+            }
         }
     }
 }

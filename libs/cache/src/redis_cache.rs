@@ -1,4 +1,5 @@
-//! Redis: one key per video, `tally:total:{video}` → JSON, with a TTL.
+//! Redis: one key per video, `tally:total:{video}` → JSON, with a TTL,
+//! written by a script that keeps a newer entry ([`PUT_NEWER`]).
 
 use std::time::Duration;
 
@@ -12,6 +13,37 @@ use crate::{CacheError, CachedTotal};
 pub struct RedisCache {
     connection: ConnectionManager,
 }
+
+/// Writes each key unless it holds a newer entry, by the rule of
+/// [`CachedTotal::newer_or_same`]. `KEYS`: the entries' keys; `ARGV[1]`: TTL
+/// in seconds, then `batch_generation`, `views` and the JSON value of each
+/// key. One script for the whole write: atomic against every other writer.
+/// (Numbers compare as Lua doubles: exact below 2^53, past any view count or
+/// generation.) Returns how many keys were written.
+pub const PUT_NEWER: &str = r"
+local ttl = ARGV[1]
+local written = 0
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 3
+  local generation = tonumber(ARGV[at])
+  local views = tonumber(ARGV[at + 1])
+  local keep = false
+  local old = redis.call('GET', key)
+  if old then
+    local ok, entry = pcall(cjson.decode, old)
+    if ok and type(entry) == 'table' then
+      local old_generation = tonumber(entry['batch_generation']) or 0
+      local old_views = tonumber(entry['views']) or 0
+      keep = old_generation > generation or (old_generation == generation and old_views > views)
+    end
+  end
+  if not keep then
+    redis.call('SET', key, ARGV[at + 2], 'EX', ttl)
+    written = written + 1
+  end
+end
+return written
+";
 
 fn key(video: &str) -> String {
     format!("tally:total:{video}")
@@ -50,14 +82,19 @@ impl RedisCache {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
         let seconds = retention.as_secs().max(1);
-        for (video, entry) in entries {
+        let mut script = redis::cmd("EVAL");
+        script.arg(PUT_NEWER).arg(entries.len());
+        for (video, _) in entries {
+            script.arg(key(video));
+        }
+        script.arg(seconds);
+        for (_, entry) in entries {
             let value = serde_json::to_string(entry).map_err(|e| CacheError(e.to_string()))?;
-            pipe.set_ex(key(video), value, seconds).ignore();
+            script.arg(entry.batch_generation).arg(entry.views).arg(value);
         }
         let mut connection = self.connection.clone();
-        pipe.query_async::<()>(&mut connection).await.map_err(|e| CacheError(e.to_string()))
+        script.query_async::<i64>(&mut connection).await.map(|_| ()).map_err(|e| CacheError(e.to_string()))
     }
 
     /// PING.

@@ -75,9 +75,16 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
             let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication.factor))
                 .set("retention.ms", &retention)
                 .set("cleanup.policy", "delete");
-            match &min_insync {
+            let topic = match &min_insync {
                 Some(n) => topic.set("min.insync.replicas", n),
                 None => topic,
+            };
+            // The broker's clock stamps each view: the counter's dedup window
+            // trusts it over a gateway clock running ahead (tally_model::counting).
+            if t.name == config.topics.views {
+                topic.set("message.timestamp.type", "LogAppendTime")
+            } else {
+                topic
             }
         })
         .collect();

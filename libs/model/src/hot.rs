@@ -6,6 +6,11 @@
 //! is always tracked, and its count is under-estimated by at most that much.
 //! A video whose (estimated) rate crosses the threshold is hot from then on
 //! until `hold` has passed without crossing it again.
+//!
+//! What one gateway detects is its own traffic: another gateway, or the
+//! same one restarted, decides differently. So detection never chooses a
+//! partition key ([`crate::salt`]); it reports (a metric, a suggestion for
+//! the operator to add the video to the configured hot list).
 
 use std::collections::HashMap;
 
@@ -22,6 +27,8 @@ pub struct HotKeyDetector {
     window_start_ms: i64,
     counts: HashMap<String, u64>,
     hot_until_ms: HashMap<String, i64>,
+    /// Videos that turned hot since the last [`Self::take_newly_hot`].
+    newly_hot: Vec<String>,
 }
 
 impl HotKeyDetector {
@@ -35,6 +42,7 @@ impl HotKeyDetector {
             window_start_ms: i64::MIN,
             counts: HashMap::new(),
             hot_until_ms: HashMap::new(),
+            newly_hot: Vec::new(),
         }
     }
 
@@ -47,7 +55,10 @@ impl HotKeyDetector {
         if let Some(count) = self.counts.get_mut(video_id) {
             *count += 1;
             if *count >= self.threshold {
-                self.hot_until_ms.insert(video_id.to_owned(), now_ms + self.hold_ms);
+                let previous = self.hot_until_ms.insert(video_id.to_owned(), now_ms + self.hold_ms);
+                if previous.is_none_or(|until| until <= now_ms) {
+                    self.newly_hot.push(video_id.to_owned());
+                }
             }
         } else if self.counts.len() < self.capacity {
             self.counts.insert(video_id.to_owned(), 1);
@@ -64,6 +75,11 @@ impl HotKeyDetector {
     /// Whether `video_id` is hot at `now_ms`, without counting an event.
     pub fn is_hot(&self, video_id: &str, now_ms: i64) -> bool {
         self.hot_until_ms.get(video_id).is_some_and(|until| *until > now_ms)
+    }
+
+    /// Videos that turned hot since the last call, in the order they did.
+    pub fn take_newly_hot(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.newly_hot)
     }
 
     /// Videos hot at `now_ms`.
@@ -94,6 +110,8 @@ mod tests {
         }
         assert!(detector.is_hot("viral", t0 + 200));
         assert!(!detector.is_hot("cold-1", t0 + 200));
+        assert_eq!(detector.take_newly_hot(), vec!["viral".to_owned()], "reported once");
+        assert!(detector.take_newly_hot().is_empty());
         assert!(detector.is_hot("viral", t0 + 9_000), "held after the burst");
         assert!(!detector.observe("viral", t0 + 20_000), "cooled once the hold passed");
     }

@@ -12,11 +12,13 @@
 //! - [`parse`]: request bodies (one object, an array, NDJSON) to events, all-or-nothing,
 //!   with per-index errors.
 //! - [`wire`]: the versioned binary record format of the `tally.views` topic.
+//! - [`counting`]: the counting rule (lateness, dedup window) the counter and the batch recount share.
 //! - [`counts`]: the versioned record format of the `tally.counts` topic (counter flushes).
-//! - [`salt`]: partition keys with hot-key time salting.
-//! - [`hot`]: the heavy-hitter detector that decides at run time which videos are hot.
+//! - [`salt`]: partition keys, hot videos salted by event id (the rule that keeps a retry's partition).
+//! - [`hot`]: the heavy-hitter detector that reports at run time which videos are hot (it never salts).
 //! - [`hash`]: the stable hash every process must agree on.
 
+pub mod counting;
 pub mod counts;
 pub mod event;
 pub mod hash;

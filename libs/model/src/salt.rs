@@ -1,23 +1,39 @@
-//! Partition keys with hot-key time salting.
+//! Partition keys of hot videos, salted so that a hot video's events spread
+//! over partitions while every retry of an event keeps the key of its first
+//! attempt.
 //!
 //! A cold video's events are keyed by its id, so one partition (and one
 //! counter) owns all of them. A hot video's events are keyed by
-//! `video_id~salt`, where the salt combines a time slot of the event time with
-//! a sub-shard chosen by the event id:
+//! `video_id~salt`, with
 //!
-//! `salt = 1 + (ts / slot mod slots) * sub_shards + hash(event_id) mod sub_shards`
+//! `salt = 1 + hash(event_id) mod sub_shards`
 //!
-//! Both parts come from the event itself, so a retried event (same `event_id`
-//! and `ts`) gets the same key, lands on the same partition and is deduplicated
-//! there. The time part rotates a viral video over partitions as time passes;
-//! the sub-shard spreads it at any one instant. Count rows are keyed by
-//! `(video_id, salt, bucket)`; readers sum over salts.
+//! # The rule
 //!
-//! Whether a video is hot comes from the configured list or from the run-time
-//! detector ([`crate::hot`]). A retry that crosses a hot/cold transition of
-//! that detector can land on another partition; the detector's hold time
-//! makes that rare, and the batch recount (deduplicating by `event_id` over
-//! all partitions) corrects it.
+//! Dedup is per partition: a retry is deduplicated only if it lands on the
+//! partition of its first attempt. So the salt, and the decision to salt at
+//! all, come only from what a retry repeats and from state every gateway
+//! holds alike:
+//!
+//! - the salt from the `event_id` (a retry repeats it; a stable hash spreads
+//!   a hot video evenly over its `sub_shards` keys), never from the event
+//!   time: a client that omits `ts` gets the gateway's clock, which differs
+//!   on a retry, and a time slot of it sent retries across a slot boundary
+//!   to another partition;
+//! - the decision from the configured list `hot-videos` alone, which every
+//!   gateway must list alike. Never from a gateway's run-time detector
+//!   ([`crate::hot`]): two gateways (or one restarted) see different
+//!   traffic, and a retry through the other one would land elsewhere. The
+//!   detector only reports videos over its threshold (a metric, a logged
+//!   suggestion to add them to `hot-videos`).
+//!
+//! Changing `hot-videos` moves a video's new events to other keys, so
+//! retries of events first sent before the change are not deduplicated
+//! against them: change it on every gateway at once, ideally before the
+//! video's traffic starts (a launch, a live event).
+//!
+//! Count rows are keyed by `(video_id, salt, minute)`; readers, rollups and
+//! the batch recount sum a video over its salts, whatever their values.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -27,6 +43,10 @@ use serde::Deserialize;
 
 use crate::event::ViewEvent;
 use crate::hash::stable_hash;
+
+/// Most sub-shards: salts `1..=MAX_SUB_SHARDS` fit every store's salt column
+/// (ScyllaDB's is a `smallint`).
+pub const MAX_SUB_SHARDS: u16 = i16::MAX as u16;
 
 /// Separates the video id from the salt in a partition key. Not in the
 /// video-id alphabet, so keys are unambiguous.
@@ -45,21 +65,20 @@ impl Salt {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct SaltingConfig {
-    /// Videos salted always, whatever their rate (known launches, live events).
+    /// Videos salted (spread over `sub-shards` keys), whatever their rate:
+    /// known launches, live events. Every gateway must list the same videos
+    /// (see [the rule](self)).
     pub hot_videos: Vec<String>,
     /// Rate, in events per second seen by one gateway, above which the
-    /// detector salts a video; `0` turns run-time detection off.
+    /// detector reports a video hot (`tally_ingest_hot_videos`, and a logged
+    /// suggestion to add it to `hot-videos`); it never salts. `0` turns
+    /// detection off.
     pub detect_threshold_per_sec: u64,
-    /// How long a detected video stays salted after its rate last crossed the
-    /// threshold; long, so retries rarely straddle a transition.
+    /// How long a detected video stays reported hot after its rate last
+    /// crossed the threshold.
     #[serde(with = "humantime_serde")]
     pub hold: Duration,
-    /// Length of one time slot of the salt.
-    #[serde(with = "humantime_serde")]
-    pub slot: Duration,
-    /// Distinct time slots before the salt repeats.
-    pub slots: u16,
-    /// Sub-shards per time slot: how many partitions a hot video spreads over at once.
+    /// Salted keys a hot video spreads over (partitions, when they hash apart).
     pub sub_shards: u16,
     /// Distinct videos the detector tracks at once (heavy-hitter sketch size).
     pub detector_capacity: usize,
@@ -71,8 +90,6 @@ impl Default for SaltingConfig {
             hot_videos: Vec::new(),
             detect_threshold_per_sec: 2_000,
             hold: Duration::from_secs(600),
-            slot: Duration::from_secs(60),
-            slots: 16,
             sub_shards: 4,
             detector_capacity: 1024,
         }
@@ -82,62 +99,61 @@ impl Default for SaltingConfig {
 /// Why a salting configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SaltingConfigError {
-    /// A zero where at least one is needed.
-    #[error("salting: slot, slots and sub-shards must be at least 1")]
+    /// No sub-shard to spread over.
+    #[error("salting: sub-shards must be at least 1")]
     Zero,
-    /// Too many distinct salts for the 16-bit salt.
-    #[error("salting: slots * sub-shards must be below 65535")]
+    /// More salts than every store holds (ScyllaDB keeps them as `smallint`).
+    #[error("salting: sub-shards must be at most {MAX_SUB_SHARDS}")]
     TooManySalts,
     /// A configured hot video id is invalid.
     #[error("salting: hot video {0:?} is not a valid video id")]
     BadVideoId(String),
 }
 
-/// Decides salts from a validated configuration.
+/// Decides salts from a validated configuration: a function of the event
+/// and the configuration alone.
 #[derive(Debug, Clone)]
 pub struct SaltPolicy {
     always_hot: HashSet<String>,
-    slot_ms: i64,
-    slots: i64,
     sub_shards: u64,
 }
 
 impl SaltPolicy {
     /// Validates `config`.
     pub fn new(config: &SaltingConfig) -> Result<Self, SaltingConfigError> {
-        let slot_ms = i64::try_from(config.slot.as_millis()).unwrap_or(i64::MAX);
-        if slot_ms == 0 || config.slots == 0 || config.sub_shards == 0 {
+        if config.sub_shards == 0 {
             return Err(SaltingConfigError::Zero);
         }
-        if u32::from(config.slots) * u32::from(config.sub_shards) >= u32::from(u16::MAX) {
+        if config.sub_shards > MAX_SUB_SHARDS {
             return Err(SaltingConfigError::TooManySalts);
         }
         for id in &config.hot_videos {
             crate::video_id::validate(id).map_err(|_| SaltingConfigError::BadVideoId(id.clone()))?;
         }
-        Ok(Self {
-            always_hot: config.hot_videos.iter().cloned().collect(),
-            slot_ms,
-            slots: i64::from(config.slots),
-            sub_shards: u64::from(config.sub_shards),
-        })
+        Ok(Self { always_hot: config.hot_videos.iter().cloned().collect(), sub_shards: u64::from(config.sub_shards) })
     }
 
-    /// Whether `video_id` is on the configured always-hot list.
+    /// Whether `video_id` is on the configured hot list.
     pub fn is_configured_hot(&self, video_id: &str) -> bool {
         self.always_hot.contains(video_id)
     }
 
+    /// The salt of `event`: from its `event_id` when its video is on the
+    /// configured hot list, else [`Salt::NONE`].
+    pub fn salt(&self, event: &ViewEvent) -> Salt {
+        self.salt_for(event, self.is_configured_hot(event.video_id.as_str()))
+    }
+
     /// The salt of `event` when its video is hot (`hot`), else [`Salt::NONE`].
+    /// Only the event id decides it: a retry gets the same salt whatever its
+    /// time, whichever gateway it reaches.
     pub fn salt_for(&self, event: &ViewEvent, hot: bool) -> Salt {
         if !hot {
             return Salt::NONE;
         }
-        let slot = event.ts_ms.div_euclid(self.slot_ms).rem_euclid(self.slots);
         let sub = stable_hash(event.event_id.as_str().as_bytes()) % self.sub_shards;
-        // Bounded by the constructor's check: 1 + slots * sub_shards < u16::MAX.
-        let raw = 1 + u64::try_from(slot).unwrap_or(0) * self.sub_shards + sub;
-        Salt(u16::try_from(raw).unwrap_or(u16::MAX))
+        // Bounded by the constructor's check: 1 + sub <= MAX_SUB_SHARDS < u16::MAX.
+        Salt(u16::try_from(1 + sub).expect("sub-shards fit the salt"))
     }
 }
 
@@ -199,30 +215,32 @@ mod tests {
     #[test]
     fn cold_events_are_never_salted() {
         assert_eq!(policy().salt_for(&event("e1", 1_000), false), Salt::NONE);
+        assert_eq!(policy().salt(&event("e1", 1_000)), Salt::NONE, "not on the configured list");
         assert_eq!(PartitionKey::new("v", Salt::NONE).to_string(), "v");
     }
 
     #[test]
-    fn salting_is_a_function_of_the_event_alone() {
+    fn a_salt_depends_on_the_event_id_alone_never_on_its_time() {
         let a = policy();
         let b = SaltPolicy::new(&SaltingConfig::default()).unwrap();
         for i in 0..1000 {
-            let e = event(&format!("evt-{i}"), 1_795_341_600_000 + i * 997);
-            assert_eq!(a.salt_for(&e, true), b.salt_for(&e, true));
-            assert_eq!(a.salt_for(&e, true), a.salt_for(&e.clone(), true));
+            let first = event(&format!("evt-{i}"), 1_795_341_600_000 + i * 997);
+            // A retry without a client ts: another receive time, hours later.
+            let retry = event(&format!("evt-{i}"), 1_795_341_600_000 + i * 997 + 3 * 3_600_000 + 1);
+            assert_eq!(a.salt_for(&first, true), b.salt_for(&retry, true), "evt-{i}");
         }
     }
 
     #[test]
-    fn hot_events_spread_over_sub_shards_and_slots() {
-        let p = policy();
-        let same_minute: HashSet<Salt> =
-            (0..200).map(|i| p.salt_for(&event(&format!("e{i}"), 1_795_341_600_000), true)).collect();
-        assert_eq!(same_minute.len(), 4, "one slot spreads over every sub-shard");
-        let over_slots: HashSet<Salt> =
-            (0..16).map(|m| p.salt_for(&event("e", 1_795_341_600_000 + m * 60_000), true)).collect();
-        assert_eq!(over_slots.len(), 16, "every slot gives another salt");
-        assert!(over_slots.iter().all(|s| s.0 >= 1 && s.0 <= 64));
+    fn a_configured_hot_video_spreads_evenly_over_its_sub_shards() {
+        let config = SaltingConfig { hot_videos: vec!["viral".into()], sub_shards: 8, ..SaltingConfig::default() };
+        let p = SaltPolicy::new(&config).unwrap();
+        let mut per_salt = std::collections::BTreeMap::<Salt, u32>::new();
+        for i in 0..8_000 {
+            *per_salt.entry(p.salt(&event(&format!("e{i}"), 1_795_341_600_000))).or_default() += 1;
+        }
+        assert_eq!(per_salt.keys().copied().collect::<Vec<_>>(), (1..=8).map(Salt).collect::<Vec<_>>());
+        assert!(per_salt.values().all(|n| (800..1_200).contains(n)), "{per_salt:?}");
     }
 
     #[test]
@@ -238,7 +256,9 @@ mod tests {
     fn invalid_configurations_are_refused() {
         let zero = SaltingConfig { sub_shards: 0, ..SaltingConfig::default() };
         assert_eq!(SaltPolicy::new(&zero).unwrap_err(), SaltingConfigError::Zero);
-        let wide = SaltingConfig { slots: 1000, sub_shards: 100, ..SaltingConfig::default() };
+        let widest = SaltingConfig { sub_shards: MAX_SUB_SHARDS, ..SaltingConfig::default() };
+        assert!(SaltPolicy::new(&widest).is_ok());
+        let wide = SaltingConfig { sub_shards: MAX_SUB_SHARDS + 1, ..SaltingConfig::default() };
         assert_eq!(SaltPolicy::new(&wide).unwrap_err(), SaltingConfigError::TooManySalts);
         let bad = SaltingConfig { hot_videos: vec!["a b".into()], ..SaltingConfig::default() };
         assert!(matches!(SaltPolicy::new(&bad), Err(SaltingConfigError::BadVideoId(_))));

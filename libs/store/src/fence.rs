@@ -13,7 +13,10 @@ pub struct Admitted {
     pub chunks: Vec<FlushChunk>,
     /// Owners to store (after the chunks).
     pub owners: Vec<(u32, Owner)>,
-    /// The fenced part (`fenced`, `fenced_chunks`; the rest 0).
+    /// What was not admitted: `fenced` and `fenced_chunks` for chunks of
+    /// superseded owners that came after their successor's claim (zombies);
+    /// `stale` for the deltas of chunks that came before it (a replay of a
+    /// range decided when first read). `applied` is 0.
     pub fenced: ApplyOutcome,
 }
 
@@ -36,6 +39,10 @@ pub fn admit(stored: Vec<(u32, Owner)>, entries: Vec<CountsEntry>) -> Admitted {
             }
             CountsRecord::Chunk(chunk) => match fences.admit(&chunk.header) {
                 Admission::Admitted => admitted.chunks.push(chunk),
+                Admission::Fenced { .. } if fences.precedes_claim(&chunk.header, entry.offset) => {
+                    // A replay (a restarted writer): decided when first read, no zombie now.
+                    admitted.fenced.stale += chunk.deltas.len() as u64;
+                }
                 Admission::Fenced { current } => {
                     let h = chunk.header;
                     tracing::warn!(
@@ -98,6 +105,34 @@ mod tests {
         assert_eq!(ranges, vec![(1, 0), (1, 10), (2, 10)]);
         assert_eq!(admitted.fenced.fenced_chunks, 1);
         assert_eq!(admitted.owners, vec![(0, Owner { owner: 2, claim_offset: 3 })]);
+    }
+
+    #[test]
+    fn a_replay_over_stored_owners_fences_only_chunks_after_the_claim() {
+        let header = |offset, owner, start| chunk(offset, owner, start, start + 10);
+        let mut zombie = header(4, 1, 20);
+        if let CountsRecord::Chunk(c) = &mut zombie.record {
+            c.deltas.push(tally_model::counts::Delta {
+                video_id: "a".into(),
+                salt: tally_model::Salt(0),
+                minute: 0,
+                count: 1,
+            });
+        }
+        let mut replayed = header(1, 1, 0);
+        if let CountsRecord::Chunk(c) = &mut replayed.record {
+            c.deltas.push(tally_model::counts::Delta {
+                video_id: "a".into(),
+                salt: tally_model::Salt(0),
+                minute: 0,
+                count: 1,
+            });
+        }
+        let stored = vec![(0, Owner { owner: 2, claim_offset: 3 })];
+        let admitted = admit(stored, vec![claim(0, 1), replayed, claim(3, 2), zombie, header(5, 2, 10)]);
+        assert_eq!(admitted.chunks.len(), 1);
+        assert_eq!((admitted.fenced.fenced_chunks, admitted.fenced.fenced, admitted.fenced.stale), (1, 1, 1));
+        assert!(admitted.owners.is_empty(), "the replayed claims are older than the stored one");
     }
 
     #[test]

@@ -15,13 +15,15 @@
 //! count a range twice. The current owners are stored with the counts.
 //!
 //! The batch layer (the reconciler's recount of closed periods) is stored
-//! beside it; a total is the batch count of every reconciled period plus the
-//! real-time count after the last one (`exact_through`).
+//! beside it. Every read follows one rule ([`layers`]): batch counts for
+//! exactly the reconciled periods, real-time counts for every other minute
+//! (before the first period, in gaps between periods, after the last one).
 //!
 //! # Layout
 //!
 //! - [`model`]: what is stored and read ([`Granularity`], [`Total`], [`Point`], [`CountsEntry`]).
 //! - [`fence`]: admitting the chunks of a batch in log order (both stores).
+//! - [`layers`]: which minutes reads take from the batch layer, which from real time (both stores).
 //! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
 //! - [`scylla`]: the ScyllaDB / Cassandra store (`infra/scylla/schema.cql`).
 //! - [`any`]: [`AnyStore`], the configured one of the two.
@@ -29,6 +31,7 @@
 
 pub mod any;
 pub mod fence;
+pub mod layers;
 pub mod model;
 pub mod scylla;
 pub mod sqlite;
@@ -38,7 +41,7 @@ use std::future::Future;
 pub use any::AnyStore;
 pub use model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
 pub use scylla::{ScyllaConfig, ScyllaStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, Synchronous};
 use tally_model::counts::Owner;
 
 /// Why a store operation failed.
@@ -79,10 +82,13 @@ pub trait CountStore: Send + Sync + 'static {
     /// The stored owner of every source partition that has one.
     fn owners(&self) -> impl Future<Output = Result<Vec<(u32, Owner)>, StoreError>> + Send;
 
-    /// All-time totals of `videos` (0 for a video nobody watched).
+    /// All-time totals of `videos` (0 for a video nobody watched): batch
+    /// counts of the reconciled periods plus real-time counts of every other minute.
     fn totals(&self, videos: Vec<String>) -> impl Future<Output = Result<Vec<Total>, StoreError>> + Send;
 
-    /// Views of `video` per `step` bucket in `[from_ms, to_ms)`; buckets without views are omitted.
+    /// Views of `video` per `step` bucket, from the bucket holding `from_ms`
+    /// through the one holding the last millisecond before `to_ms`, by the
+    /// same rule as totals; buckets without views are omitted.
     fn series(
         &self,
         video: String,
@@ -100,7 +106,10 @@ pub trait CountStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, i64, i64)>, StoreError>> + Send;
 
     /// Replaces the batch counts of one period (idempotent: reconciling a
-    /// period again leaves the same state) and records its summary.
+    /// period again leaves the same state) and records its summary. Every
+    /// minute must lie in the period, and the period must be new and overlap
+    /// no reconciled one, or be exactly one (a rerun): [`StoreError::Invalid`]
+    /// otherwise. Moves the batch generation ([`Total::batch_generation`]).
     fn replace_batch(
         &self,
         period: PeriodSummary,

@@ -50,10 +50,18 @@ pub struct Total {
     /// Everything received by the gateway up to this time (epoch ms) is
     /// included, as far as the counter has flushed it; 0 when nothing was applied yet.
     pub as_of_ms: i64,
-    /// The part of `views` recounted by the batch layer (periods before `exact_through_ms`).
+    /// The part of `views` recounted by the batch layer: the views of the
+    /// reconciled periods. The rest (`views - batch_views`) is real time: every
+    /// minute outside a reconciled period, before the first one included.
     pub batch_views: i64,
-    /// End of the last period the batch layer reconciled; `None` before the first.
+    /// End of the latest period the batch layer reconciled; `None` before the first.
     pub exact_through_ms: Option<i64>,
+    /// Generation of the batch layer the total was read at: 0 before the
+    /// first reconcile, greater after every later one. Two reads of one video
+    /// at one generation differ only by real-time counts, which only grow, so
+    /// `(batch_generation, views)` orders two reads of a video by store state
+    /// (what the cache compares).
+    pub batch_generation: i64,
 }
 
 /// What the reconciler records for one period.
@@ -83,9 +91,12 @@ pub struct Point {
 pub struct ApplyOutcome {
     /// Deltas applied.
     pub applied: u64,
-    /// Deltas ignored because their row already had that version or newer.
+    /// Deltas ignored because their row already had that version or newer,
+    /// or because their chunk of a superseded owner came before its
+    /// successor's claim (a replay: decided when first read, no zombie).
     pub stale: u64,
-    /// Deltas dropped because their chunk's owner had been superseded (a zombie counter).
+    /// Deltas dropped because their chunk's owner had been superseded before
+    /// the chunk was emitted (its successor's claim came first: a zombie counter).
     pub fenced: u64,
     /// Chunks dropped for the same reason.
     pub fenced_chunks: u64,

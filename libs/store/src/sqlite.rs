@@ -1,6 +1,8 @@
 //! The embedded store: SQLite through rusqlite (bundled library), WAL mode.
 //! A batch of chunks, its versions, its rollups and the owners its claims
-//! moved commit in one transaction.
+//! moved commit in one transaction, durably by default ([`Synchronous`]).
+//! Reads follow [`crate::layers`]: batch counts for the reconciled periods,
+//! real-time counts for every other minute, in one read transaction.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tally_model::counts::{FlushChunk, Owner};
 
 use crate::fence::{admit, token_from_db, token_to_db};
+use crate::layers::{self, Reconciled, Segment, FAR_FUTURE, FAR_PAST};
 use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
 use crate::{CountStore, StoreError};
 
@@ -45,6 +48,10 @@ CREATE TABLE IF NOT EXISTS batch_periods (
     batch_views INTEGER NOT NULL,
     realtime_views INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batch_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    generation INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS progress (
     epoch INTEGER NOT NULL,
     source_partition INTEGER NOT NULL,
@@ -63,6 +70,34 @@ const HOUR: i64 = 1;
 const DAY: i64 = 2;
 const TOTAL: i64 = 3;
 
+/// How the embedded store's commits reach the disk (SQLite's `synchronous`
+/// in WAL mode), setting `store.sqlite-synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Synchronous {
+    /// Every commit is on disk (fsync of the WAL) before it returns. The
+    /// writer commits its Kafka offsets right after the store's commit, so
+    /// only this keeps an acknowledged batch through an OS crash or a power
+    /// loss. The default.
+    #[default]
+    Full,
+    /// Commits return before the WAL is synced (synced at checkpoints):
+    /// faster commits, and still safe against a crash of the process, but an
+    /// OS crash or a power loss can roll back the last commits while their
+    /// offsets are already committed: those counts are lost for good. Only
+    /// for data you can recount.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -74,23 +109,36 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, committing durably.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Synchronous::default())
+    }
+
+    /// Opens the database at `path` with the given commit durability.
+    pub fn open_with(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
         let connection = Connection::open(path).map_err(unavailable)?;
-        Self::init(connection)
+        Self::init(connection, synchronous)
     }
 
     /// A private in-memory database (tests, benchmarks).
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(unavailable)?)
+        Self::init(Connection::open_in_memory().map_err(unavailable)?, Synchronous::default())
     }
 
-    fn init(connection: Connection) -> Result<Self, StoreError> {
+    fn init(connection: Connection, synchronous: Synchronous) -> Result<Self, StoreError> {
         connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA busy_timeout = 5000;",
+                synchronous.pragma()
+            ))
             .map_err(unavailable)?;
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
+    }
+
+    /// The connection's `PRAGMA synchronous` (0 off, 1 normal, 2 full, 3 extra).
+    pub async fn synchronous(&self) -> Result<i64, StoreError> {
+        self.with(|c| c.query_row("PRAGMA synchronous", [], |row| row.get(0)).map_err(unavailable)).await
     }
 
     async fn with<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -217,6 +265,124 @@ fn as_of(connection: &Connection) -> Result<i64, StoreError> {
         .map_err(unavailable)
 }
 
+/// The reconciled periods and the batch generation.
+fn reconciled(connection: &Connection) -> Result<(Reconciled, i64), StoreError> {
+    let mut select = connection.prepare_cached("SELECT start_ms, end_ms FROM batch_periods").map_err(unavailable)?;
+    let periods: Vec<(i64, i64)> = select
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(unavailable)?
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    let generation: Option<i64> = connection
+        .query_row("SELECT generation FROM batch_generation WHERE id = 0", [], |row| row.get(0))
+        .optional()
+        .map_err(unavailable)?;
+    Ok((Reconciled::new(periods), generation.unwrap_or(0)))
+}
+
+/// Real-time `(bucket, views)` rows of `video` in one segment (salts and
+/// source partitions merged for minutes; rollups are stored merged).
+fn realtime_rows(connection: &Connection, video: &str, segment: Segment) -> Result<Vec<(i64, i64)>, StoreError> {
+    let (sql, granularity) = match segment.granularity {
+        Granularity::Minute => (
+            "SELECT minute, sum(views) FROM minute_counts WHERE video_id = ?1 AND minute >= ?2 AND minute < ?3
+             AND ?4 = ?4 GROUP BY minute",
+            0,
+        ),
+        Granularity::Hour | Granularity::Day => (
+            "SELECT bucket, views FROM rollups WHERE video_id = ?1 AND bucket >= ?2 AND bucket < ?3
+             AND granularity = ?4",
+            if segment.granularity == Granularity::Hour { HOUR } else { DAY },
+        ),
+    };
+    let mut query = connection.prepare_cached(sql).map_err(unavailable)?;
+    let rows = query
+        .query_map(params![video, segment.from, segment.to, granularity], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(unavailable)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+}
+
+/// Batch `(minute, views)` rows of `video` in `[from, to)`.
+fn batch_rows(connection: &Connection, video: &str, from: i64, to: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut query = connection
+        .prepare_cached(
+            "SELECT minute, views FROM batch_minute_counts WHERE video_id = ?1 AND minute >= ?2 AND minute < ?3",
+        )
+        .map_err(unavailable)?;
+    let rows = query.query_map(params![video, from, to], |row| Ok((row.get(0)?, row.get(1)?))).map_err(unavailable)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+}
+
+fn read_totals(connection: &mut Connection, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
+    // One read transaction: a snapshot, whatever other processes commit meanwhile.
+    let tx = connection.transaction().map_err(unavailable)?;
+    let as_of_ms = as_of(&tx)?;
+    let (reconciled, batch_generation) = reconciled(&tx)?;
+    let realtime_ranges: Vec<Segment> = reconciled
+        .outside(FAR_PAST, FAR_FUTURE)
+        .into_iter()
+        .flat_map(|(from, to)| layers::segments(from, to, Granularity::Day))
+        .collect();
+    let mut realtime_total = tx
+        .prepare_cached("SELECT views FROM rollups WHERE video_id = ?1 AND granularity = ?2 AND bucket = 0")
+        .map_err(unavailable)?;
+    let mut batch_total =
+        tx.prepare_cached("SELECT views FROM batch_totals WHERE video_id = ?1").map_err(unavailable)?;
+    let mut out = Vec::with_capacity(videos.len());
+    for video_id in videos {
+        let (realtime, batch_views) = if reconciled.is_empty() {
+            let views: Option<i64> =
+                realtime_total.query_row(params![video_id, TOTAL], |row| row.get(0)).optional().map_err(unavailable)?;
+            (views.unwrap_or(0), 0)
+        } else {
+            let mut realtime = 0;
+            for segment in &realtime_ranges {
+                realtime += realtime_rows(&tx, &video_id, *segment)?.iter().map(|r| r.1).sum::<i64>();
+            }
+            let batch: Option<i64> =
+                batch_total.query_row(params![video_id], |row| row.get(0)).optional().map_err(unavailable)?;
+            (realtime, batch.unwrap_or(0))
+        };
+        out.push(Total {
+            video_id,
+            views: batch_views + realtime,
+            as_of_ms,
+            batch_views,
+            exact_through_ms: reconciled.exact_through(),
+            batch_generation,
+        });
+    }
+    Ok(out)
+}
+
+fn read_series(
+    connection: &mut Connection,
+    video: &str,
+    (from, to): (i64, i64),
+    step: Granularity,
+) -> Result<Vec<Point>, StoreError> {
+    let tx = connection.transaction().map_err(unavailable)?;
+    let (reconciled, _) = reconciled(&tx)?;
+    let mut buckets: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+    for (a, b) in reconciled.outside(from, to) {
+        for segment in layers::segments(a, b, step) {
+            for (bucket, views) in realtime_rows(&tx, video, segment)? {
+                *buckets.entry(step.bucket(bucket)).or_default() += views;
+            }
+        }
+    }
+    for (a, b) in reconciled.inside(from, to) {
+        for (minute, views) in batch_rows(&tx, video, a, b)? {
+            *buckets.entry(step.bucket(minute)).or_default() += views;
+        }
+    }
+    Ok(buckets
+        .into_iter()
+        .filter(|(_, views)| *views != 0)
+        .map(|(bucket_ms, views)| Point { bucket_ms, views })
+        .collect())
+}
+
 impl CountStore for SqliteStore {
     async fn apply(&self, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
         self.with(move |c| apply_entries(c, entries)).await
@@ -227,52 +393,7 @@ impl CountStore for SqliteStore {
     }
 
     async fn totals(&self, videos: Vec<String>) -> Result<Vec<Total>, StoreError> {
-        self.with(move |c| {
-            let as_of_ms = as_of(c)?;
-            let boundary: Option<i64> =
-                c.query_row("SELECT max(end_ms) FROM batch_periods", [], |row| row.get(0)).map_err(unavailable)?;
-            let mut realtime_total = c
-                .prepare_cached("SELECT views FROM rollups WHERE video_id = ?1 AND granularity = ?2 AND bucket = 0")
-                .map_err(unavailable)?;
-            let mut realtime_after = c
-                .prepare_cached(
-                    "SELECT coalesce(sum(views), 0) FROM minute_counts WHERE video_id = ?1 AND minute >= ?2",
-                )
-                .map_err(unavailable)?;
-            let mut batch_total =
-                c.prepare_cached("SELECT views FROM batch_totals WHERE video_id = ?1").map_err(unavailable)?;
-            videos
-                .into_iter()
-                .map(|video_id| {
-                    let Some(boundary) = boundary else {
-                        let views: Option<i64> = realtime_total
-                            .query_row(params![video_id, TOTAL], |row| row.get(0))
-                            .optional()
-                            .map_err(unavailable)?;
-                        return Ok(Total {
-                            video_id,
-                            views: views.unwrap_or(0),
-                            as_of_ms,
-                            batch_views: 0,
-                            exact_through_ms: None,
-                        });
-                    };
-                    let batch: Option<i64> =
-                        batch_total.query_row(params![video_id], |row| row.get(0)).optional().map_err(unavailable)?;
-                    let after: i64 =
-                        realtime_after.query_row(params![video_id, boundary], |row| row.get(0)).map_err(unavailable)?;
-                    let batch = batch.unwrap_or(0);
-                    Ok(Total {
-                        video_id,
-                        views: batch + after,
-                        as_of_ms,
-                        batch_views: batch,
-                        exact_through_ms: Some(boundary),
-                    })
-                })
-                .collect()
-        })
-        .await
+        self.with(move |c| read_totals(c, videos)).await
     }
 
     async fn realtime_minutes(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
@@ -293,8 +414,16 @@ impl CountStore for SqliteStore {
 
     async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
         self.with(move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
             {
+                let stored: Vec<(i64, i64)> = tx
+                    .prepare_cached("SELECT start_ms, end_ms FROM batch_periods")
+                    .map_err(unavailable)?
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(unavailable)?
+                    .collect::<Result<_, _>>()
+                    .map_err(unavailable)?;
+                layers::check_period(period.start_ms, period.end_ms, &minutes, &stored)?;
                 // Take the period's previous batch counts out of the totals, then put the new ones in.
                 let mut old = tx
                     .prepare_cached(
@@ -334,6 +463,12 @@ impl CountStore for SqliteStore {
                     params![period.start_ms, period.end_ms, period.batch_views, period.realtime_views],
                 )
                 .map_err(unavailable)?;
+                tx.execute(
+                    "INSERT INTO batch_generation (id, generation) VALUES (0, 1)
+                     ON CONFLICT (id) DO UPDATE SET generation = generation + 1",
+                    [],
+                )
+                .map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)
         })
@@ -369,32 +504,30 @@ impl CountStore for SqliteStore {
         to_ms: i64,
         step: Granularity,
     ) -> Result<Vec<Point>, StoreError> {
-        crate::check_range(from_ms, to_ms)?;
-        self.with(move |c| {
-            let (sql, granularity) = match step {
-                Granularity::Minute => (
-                    "SELECT minute, sum(views) FROM minute_counts WHERE video_id = ?1 AND minute >= ?2 AND minute < ?3
-                     AND ?4 = ?4 GROUP BY minute ORDER BY minute",
-                    0,
-                ),
-                Granularity::Hour | Granularity::Day => (
-                    "SELECT bucket, views FROM rollups WHERE video_id = ?1 AND bucket >= ?2 AND bucket < ?3
-                     AND granularity = ?4 ORDER BY bucket",
-                    if step == Granularity::Hour { HOUR } else { DAY },
-                ),
-            };
-            let mut query = c.prepare_cached(sql).map_err(unavailable)?;
-            let rows = query
-                .query_map(params![video, step.bucket(from_ms), to_ms, granularity], |row| {
-                    Ok(Point { bucket_ms: row.get(0)?, views: row.get(1)? })
-                })
-                .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
-        })
-        .await
+        let range = layers::series_range(from_ms, to_ms, step)?;
+        self.with(move |c| read_series(c, &video, range, step)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(store: &SqliteStore) -> i64 {
+        let connection = store.connection.lock().unwrap();
+        connection.query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_store_file_commits_durably_by_default() {
+        // The writer commits Kafka offsets right after the store's commit:
+        // that commit must survive an OS crash or a power loss (FULL = 2).
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
+        assert_eq!(synchronous(&store), 2, "PRAGMA synchronous must be FULL");
     }
 }

@@ -120,6 +120,33 @@ async fn a_zombie_counters_chunks_after_a_newer_claim_change_nothing(store: impl
     assert_eq!(store.owners().await.unwrap().len(), 2);
 }
 
+async fn a_writer_restart_replaying_a_superseded_owners_applied_chunks_fences_nothing(store: impl CountStore) {
+    // Counter 1 counted [0, 10) of partition 0, then handed it over cleanly:
+    // counter 2 claimed it and counted [10, 20). No zombie anywhere.
+    let log = [
+        claim(0, 0, 1),
+        owned(1, 1, chunk(0, 0, 10, 0, 1, &[("a", 0, T0, 4), ("b", 0, T0, 1)])),
+        claim(2, 0, 2),
+        owned(3, 2, chunk(0, 10, 20, 0, 1, &[("a", 0, T0, 3)])),
+    ];
+    let first = store.apply(log.to_vec()).await.unwrap();
+    assert_eq!((first.applied, first.fenced, first.fenced_chunks), (3, 0, 0));
+    // The writer restarts before committing its offsets and replays the
+    // partition from the start: counter 1's chunk comes before counter 2's
+    // claim in the log, it was applied the first time, it is no zombie.
+    for from in 0..log.len() {
+        let replay = store.apply(log[from..].to_vec()).await.unwrap();
+        assert_eq!((replay.fenced, replay.fenced_chunks), (0, 0), "replay from offset {from}: nothing was dropped");
+        assert_eq!(replay.applied, 0, "replay from offset {from}");
+    }
+    assert_eq!((total(&store, "a").await, total(&store, "b").await), (7, 1));
+    // A chunk of counter 1 that lands after counter 2's claim is a real zombie, replayed or not.
+    let zombie = owned(4, 1, chunk(0, 10, 30, 0, 1, &[("a", 0, T0, 100)]));
+    let outcome = store.apply(vec![zombie.clone()]).await.unwrap();
+    assert_eq!((outcome.applied, outcome.fenced_chunks), (0, 1));
+    assert_eq!(total(&store, "a").await, 7);
+}
+
 async fn series_and_rollups_agree_and_salts_are_merged(store: impl CountStore) {
     store.apply(history()).await.unwrap();
     let minutes = store.series("a".into(), T0, T0 + 2 * MINUTE, Granularity::Minute).await.unwrap();
@@ -160,6 +187,122 @@ async fn batch_counts_replace_closed_periods_and_reconciling_again_changes_nothi
         assert_eq!((totals[1].views, totals[1].batch_views), (1, 1));
     }
     assert_eq!(store.periods().await.unwrap(), vec![period]);
+}
+
+const HOUR: i64 = 60 * MINUTE;
+
+fn points(series: Vec<tally_store::Point>) -> Vec<(i64, i64)> {
+    series.into_iter().map(|p| (p.bucket_ms, p.views)).collect()
+}
+
+/// Every read follows one rule: batch counts for exactly the reconciled
+/// periods, real-time counts for every other minute.
+async fn assert_reads(store: &impl CountStore, video: &str, from: i64, to: i64, expected_minutes: &[(i64, i64)]) {
+    let expected_total: i64 = expected_minutes.iter().map(|m| m.1).sum();
+    assert_eq!(total(store, video).await, expected_total, "total of {video}");
+    let minutes = points(store.series(video.into(), from, to, Granularity::Minute).await.unwrap());
+    assert_eq!(minutes, expected_minutes, "minute series of {video}");
+    for step in [Granularity::Hour, Granularity::Day] {
+        let mut expected: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+        for (minute, views) in expected_minutes {
+            *expected.entry(step.bucket(*minute)).or_default() += views;
+        }
+        let expected: Vec<(i64, i64)> = expected.into_iter().collect();
+        assert_eq!(
+            points(store.series(video.into(), from, to, step).await.unwrap()),
+            expected,
+            "{step:?} series of {video}"
+        );
+    }
+}
+
+async fn real_time_counts_outside_reconciled_periods_stay_in_every_read(store: impl CountStore) {
+    // Real time over two days and more: the day before T0, hours 10:00 to
+    // 12:00 of T0's day, and the next day.
+    store
+        .apply(entries(vec![
+            chunk(0, 0, 10, 0, 1, &[("a", 0, T0 - 24 * HOUR, 5), ("a", 0, T0, 4), ("b", 0, T0 - 24 * HOUR, 2)]),
+            chunk(1, 0, 10, 0, 1, &[("a", 3, T0 + MINUTE, 2), ("a", 3, T0 + HOUR, 3)]),
+            chunk(0, 10, 20, 0, 1, &[("a", 0, T0 + 90 * MINUTE, 1), ("a", 0, T0 + 2 * HOUR, 7)]),
+            chunk(1, 10, 20, 0, 1, &[("a", 3, T0 + 26 * HOUR, 1)]),
+        ]))
+        .await
+        .unwrap();
+    let (from, to) = (T0 - 48 * HOUR, T0 + 48 * HOUR);
+    let realtime = [
+        (T0 - 24 * HOUR, 5),
+        (T0, 4),
+        (T0 + MINUTE, 2),
+        (T0 + HOUR, 3),
+        (T0 + 90 * MINUTE, 1),
+        (T0 + 2 * HOUR, 7),
+        (T0 + 26 * HOUR, 1),
+    ];
+    assert_reads(&store, "a", from, to, &realtime).await;
+    let before = store.totals(vec!["a".into()]).await.unwrap().remove(0);
+    assert_eq!((before.batch_views, before.exact_through_ms, before.batch_generation), (0, None, 0));
+
+    // The first reconcile, long after counting began, recounts 11:00-12:00
+    // only: the batch layer dedups 11:30 and finds a view at 11:15.
+    let eleven = PeriodSummary { start_ms: T0 + HOUR, end_ms: T0 + 2 * HOUR, batch_views: 4, realtime_views: 4 };
+    store.replace_batch(eleven, vec![("a".into(), T0 + HOUR, 3), ("a".into(), T0 + 75 * MINUTE, 1)]).await.unwrap();
+    let after_first = [
+        (T0 - 24 * HOUR, 5),
+        (T0, 4),
+        (T0 + MINUTE, 2),
+        (T0 + HOUR, 3),
+        (T0 + 75 * MINUTE, 1),
+        (T0 + 2 * HOUR, 7),
+        (T0 + 26 * HOUR, 1),
+    ];
+    assert_reads(&store, "a", from, to, &after_first).await;
+    assert_reads(&store, "b", from, to, &[(T0 - 24 * HOUR, 2)]).await;
+    let first = store.totals(vec!["a".into()]).await.unwrap().remove(0);
+    assert_eq!((first.batch_views, first.exact_through_ms), (4, Some(T0 + 2 * HOUR)));
+    assert!(first.batch_generation > before.batch_generation, "a reconcile moves the batch generation");
+
+    // A manual reconcile of a later hour (next day, 12:00) leaves 12:00 to
+    // the next day's 12:00 unreconciled: its real-time count stays.
+    let next_day =
+        PeriodSummary { start_ms: T0 + 26 * HOUR, end_ms: T0 + 27 * HOUR, batch_views: 2, realtime_views: 1 };
+    store.replace_batch(next_day, vec![("a".into(), T0 + 26 * HOUR + MINUTE, 2)]).await.unwrap();
+    let after_later = [
+        (T0 - 24 * HOUR, 5),
+        (T0, 4),
+        (T0 + MINUTE, 2),
+        (T0 + HOUR, 3),
+        (T0 + 75 * MINUTE, 1),
+        (T0 + 2 * HOUR, 7),
+        (T0 + 26 * HOUR + MINUTE, 2),
+    ];
+    assert_reads(&store, "a", from, to, &after_later).await;
+    let second = store.totals(vec!["a".into()]).await.unwrap().remove(0);
+    assert_eq!((second.batch_views, second.exact_through_ms), (6, Some(T0 + 27 * HOUR)));
+    assert!(second.batch_generation > first.batch_generation);
+    assert_eq!(store.totals(vec!["a".into()]).await.unwrap()[0].batch_generation, second.batch_generation);
+
+    // Filling the gap hour next to a reconciled one, and real time arriving
+    // for an hour nobody reconciled, both land exactly once.
+    let twelve = PeriodSummary { start_ms: T0 + 2 * HOUR, end_ms: T0 + 3 * HOUR, batch_views: 6, realtime_views: 7 };
+    store.replace_batch(twelve, vec![("a".into(), T0 + 2 * HOUR, 6)]).await.unwrap();
+    store.apply(entries(vec![chunk(0, 20, 30, 0, 1, &[("a", 0, T0 + 5 * HOUR, 8)])])).await.unwrap();
+    let filled = [
+        (T0 - 24 * HOUR, 5),
+        (T0, 4),
+        (T0 + MINUTE, 2),
+        (T0 + HOUR, 3),
+        (T0 + 75 * MINUTE, 1),
+        (T0 + 2 * HOUR, 6),
+        (T0 + 5 * HOUR, 8),
+        (T0 + 26 * HOUR + MINUTE, 2),
+    ];
+    assert_reads(&store, "a", from, to, &filled).await;
+    // Series over part of a range start mid-bucket like before.
+    let part = points(store.series("a".into(), T0 + 70 * MINUTE, T0 + 3 * HOUR, Granularity::Minute).await.unwrap());
+    assert_eq!(part, vec![(T0 + 75 * MINUTE, 1), (T0 + 2 * HOUR, 6)]);
+    // The reconciler still compares against pure real time.
+    let realtime_eleven = store.realtime_minutes(T0 + HOUR, T0 + 2 * HOUR).await.unwrap();
+    assert_eq!(realtime_eleven, vec![("a".into(), T0 + HOUR, 3), ("a".into(), T0 + 90 * MINUTE, 1)]);
 }
 
 /// A store in a fresh keyspace of the Cassandra node at `uri`.
@@ -214,6 +357,24 @@ macro_rules! contract {
             }
 
             #[tokio::test]
+            async fn a_writer_restart_replaying_a_superseded_owners_applied_chunks_fences_nothing() {
+                run(
+                    "a_writer_restart_replaying_a_superseded_owners_applied_chunks_fences_nothing",
+                    super::a_writer_restart_replaying_a_superseded_owners_applied_chunks_fences_nothing,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            async fn real_time_counts_outside_reconciled_periods_stay_in_every_read() {
+                run(
+                    "real_time_counts_outside_reconciled_periods_stay_in_every_read",
+                    super::real_time_counts_outside_reconciled_periods_stay_in_every_read,
+                )
+                .await;
+            }
+
+            #[tokio::test]
             async fn series_and_rollups_agree_and_salts_are_merged() {
                 run(
                     "series_and_rollups_agree_and_salts_are_merged",
@@ -258,6 +419,16 @@ macro_rules! contract {
             #[tokio::test]
             async fn a_zombie_counters_chunks_after_a_newer_claim_change_nothing() {
                 super::a_zombie_counters_chunks_after_a_newer_claim_change_nothing($make).await;
+            }
+
+            #[tokio::test]
+            async fn a_writer_restart_replaying_a_superseded_owners_applied_chunks_fences_nothing() {
+                super::a_writer_restart_replaying_a_superseded_owners_applied_chunks_fences_nothing($make).await;
+            }
+
+            #[tokio::test]
+            async fn real_time_counts_outside_reconciled_periods_stay_in_every_read() {
+                super::real_time_counts_outside_reconciled_periods_stay_in_every_read($make).await;
             }
 
             #[tokio::test]

@@ -19,6 +19,7 @@
 //! - [`server_dir`]: the servers' directories; the servers of killed tests reaped.
 //! - [`process`]: locating binaries, free ports, waiting for a port.
 //! - [`topic`]: reading a topic back, counting its records.
+//! - [`counts`]: an oracle reading the counts topic independently of the writer's fold.
 //! - [`views`]: producing views records with known expected counts.
 //! - [`store`]: a count store a test can switch off.
 //! - [`metrics`]: reading metric values from a registry.
@@ -26,6 +27,7 @@
 pub mod broker;
 pub mod cassandra;
 pub mod cluster;
+pub mod counts;
 pub mod metrics;
 pub mod process;
 pub mod redis;

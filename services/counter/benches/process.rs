@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_counter::dedup::Dedup;
 use tally_counter::dlq::DlqLimits;
-use tally_counter::partition::{PartitionState, Rules};
+use tally_counter::partition::{Input, PartitionState, Rules};
+use tally_model::counting::{CountingRule, Dedup};
 use tally_model::{wire, EventId, Salt, VideoId, ViewEvent};
 
 /// The allocator the `tally` binary runs with, so the dedup window's memory
@@ -53,7 +53,12 @@ fn records() -> Vec<Vec<u8>> {
 fn main() {
     let records = records();
     let rules = Rules {
-        allowed_lateness_ms: 3_600_000,
+        counting: CountingRule {
+            allowed_lateness_ms: 3_600_000,
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 2_000_000,
+            max_clock_skew_ms: 60_000,
+        },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 100, max_consecutive: 1_000 },
         max_rows_per_flush: 100_000,
         max_buffered_rows: 1_000_000,
@@ -69,7 +74,14 @@ fn main() {
         for flush in records.chunks(100_000) {
             let mut i = 0;
             while i < flush.len() {
-                i += state.process_run(&flush[i..], |r| (r.0, &[][..], r.1), started, &rules).expect("no poison");
+                i += state
+                    .process_run(
+                        &flush[i..],
+                        |r| Input { offset: r.0, log_ms: None, key: b"", payload: r.1 },
+                        started,
+                        &rules,
+                    )
+                    .expect("no poison");
             }
             // Seal every 100k records, as a 1 s flush interval would at 100k/s.
             let job = state.seal(Instant::now());

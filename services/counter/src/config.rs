@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tally_model::counting::CountingRule;
 
 /// Counter settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -37,6 +38,14 @@ pub struct CounterConfig {
     /// Most records one partition's dedup window holds (memory bound,
     /// about 64 bytes each); at high rates this, not the time, bounds the window.
     pub dedup_max_entries: usize,
+    /// How far a gateway's receive time may run ahead of the broker's
+    /// timestamp of its record (`tally.views` is created with
+    /// `message.timestamp.type=LogAppendTime`: the broker's clock) before the
+    /// dedup window uses the broker's time plus this instead. Guards the
+    /// window against a gateway whose clock runs ahead; must exceed the
+    /// clock error between gateways and brokers.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// Events whose time is more than this before their receive time are late:
     /// dead-lettered for the batch layer instead of counted.
     #[serde(with = "humantime_serde")]
@@ -57,6 +66,20 @@ pub struct CounterConfig {
     pub lag_interval: Duration,
 }
 
+impl CounterConfig {
+    /// The counting rule of this configuration (the reconciler's recount
+    /// applies it too, from the same `[counter]` section).
+    pub fn counting_rule(&self) -> CountingRule {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        CountingRule {
+            allowed_lateness_ms: millis(self.allowed_lateness),
+            dedup_window_ms: millis(self.dedup_window),
+            dedup_max_entries: self.dedup_max_entries,
+            max_clock_skew_ms: millis(self.max_clock_skew),
+        }
+    }
+}
+
 impl Default for CounterConfig {
     fn default() -> Self {
         Self {
@@ -69,6 +92,7 @@ impl Default for CounterConfig {
             chunk_rows: 5_000,
             dedup_window: Duration::from_secs(600),
             dedup_max_entries: 2_000_000,
+            max_clock_skew: Duration::from_secs(60),
             allowed_lateness: Duration::from_secs(3600),
             dlq_max_ratio: 0.5,
             dlq_min_records: 100,

@@ -26,6 +26,9 @@ use crate::partition::FlushJob;
 pub struct Completion {
     /// Source partition.
     pub partition: i32,
+    /// The owner that sealed the flush: its end counts only while that
+    /// owner holds the partition (see [`crate::ownership`]).
+    pub owner: u64,
     /// End offset to commit.
     pub end: i64,
     /// Delta rows emitted.
@@ -93,6 +96,7 @@ pub async fn run(
         }
         let completion = Completion {
             partition: job.partition,
+            owner: job.owner(),
             end: job.header.end,
             rows: job.rows.len(),
             sealed_at: job.sealed_at,

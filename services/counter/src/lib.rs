@@ -32,8 +32,10 @@
 //! - [`processor`]: the processing thread: counts batches, seals flushes, commits, pauses.
 //! - [`shared`]: state of both threads, rebalance callbacks, stale-record marks.
 //! - [`lag`]: consumer lag, measured on a thread of its own.
+//! - [`ownership`]: a partition's life in this counter: owned, draining, released.
 //! - [`partition`]: one partition's open range; classification of records.
-//! - [`aggregate`], [`dedup`]: pre-aggregation and the deterministic dedup window.
+//! - [`aggregate`]: pre-aggregation. The counting rule (lateness, the
+//!   deterministic dedup window) is `tally_model::counting`, shared with the batch recount.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
 //! - [`claim`]: claiming a partition before taking it over (the zombie fence).
 //! - [`commits`]: committing acknowledged ends off the processing thread; judging commit failures.
@@ -46,11 +48,11 @@ pub mod aggregate;
 pub mod claim;
 pub mod commits;
 pub mod config;
-pub mod dedup;
 pub mod dlq;
 pub mod emitter;
 pub mod lag;
 pub mod metrics;
+pub mod ownership;
 pub mod partition;
 pub mod processor;
 pub mod recovery;

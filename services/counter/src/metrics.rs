@@ -50,6 +50,10 @@ pub struct CounterMetrics {
     /// rebalance revokes every owned partition, a cooperative one only those
     /// that move).
     pub partitions_revoked: IntCounter,
+    /// Acknowledged flushes of an owner that no longer held the partition, ignored.
+    pub stale_completions: IntCounter,
+    /// Records whose gateway receive time ran too far ahead of the broker's time.
+    pub clock_skew_clamped: IntCounter,
 }
 
 impl CounterMetrics {
@@ -141,6 +145,13 @@ impl CounterMetrics {
             partitions_revoked: IntCounter::new(
                 "tally_counter_partitions_revoked_total",
                 "Partitions of the views topic revoked from this instance by rebalances (eager: all it owned; cooperative: those that move)",
+            stale_completions: IntCounter::new(
+                "tally_counter_stale_completions_total",
+                "Flushes acknowledged after their owner released the partition (a revoke gave up waiting); their ends are not committed",
+            )?,
+            clock_skew_clamped: IntCounter::new(
+                "tally_counter_clock_skew_clamped_total",
+                "Records whose gateway receive time ran more than counter.max-clock-skew ahead of the broker's timestamp; the dedup window used the broker's time instead",
             )?,
         };
         registry.register(Box::new(m.events.clone()))?;
@@ -164,6 +175,8 @@ impl CounterMetrics {
         registry.register(Box::new(m.owned_partitions.clone()))?;
         registry.register(Box::new(m.partitions_assigned.clone()))?;
         registry.register(Box::new(m.partitions_revoked.clone()))?;
+        registry.register(Box::new(m.stale_completions.clone()))?;
+        registry.register(Box::new(m.clock_skew_clamped.clone()))?;
         Ok(m)
     }
 }

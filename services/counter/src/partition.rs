@@ -4,20 +4,20 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use tally_model::counting::{dedup_key, CountingRule, Dedup};
 use tally_model::counts::{FlushHeader, FlushStats};
 use tally_model::timestamp::minute_bucket;
 use tally_model::wire::{self, WireView};
 use tally_model::Salt;
 
 use crate::aggregate::Aggregate;
-use crate::dedup::{dedup_key, Dedup};
 use crate::dlq::{DeadLetter, DeadReason, DlqGuard, DlqLimitExceeded, DlqLimits};
 
 /// The rules every partition applies.
 #[derive(Debug, Clone)]
 pub struct Rules {
-    /// Events older than this (receive time minus event time) are late.
-    pub allowed_lateness_ms: i64,
+    /// Which records are views (lateness, dedup window): the batch recount's rule too.
+    pub counting: CountingRule,
     /// Dead-letter limits.
     pub dlq: DlqLimits,
     /// Flush early above this many distinct rows.
@@ -36,21 +36,36 @@ pub enum Verdict<'a> {
     Dead(DeadReason, String),
 }
 
-/// Classifies a payload; recovery replays the same function, so both lives
-/// of a partition decide alike.
-pub fn classify(payload: Option<&[u8]>, allowed_lateness_ms: i64) -> Verdict<'_> {
+/// Classifies a payload by `rule`; recovery replays the same function, so
+/// both lives of a partition decide alike.
+pub fn classify<'a>(payload: Option<&'a [u8]>, rule: &CountingRule) -> Verdict<'a> {
     let view = match wire::decode(payload.unwrap_or_default()) {
         Ok(view) => view,
         Err(e) => return Verdict::Dead(DeadReason::Malformed, e.to_string()),
     };
-    let lateness = view.received_ms.saturating_sub(view.ts_ms);
-    if lateness > allowed_lateness_ms {
+    if let Some(lateness) = rule.lateness(view.received_ms, view.ts_ms) {
         return Verdict::Dead(
             DeadReason::Late,
-            format!("event is {lateness} ms older than its receive time; allowed lateness is {allowed_lateness_ms} ms"),
+            format!(
+                "event is {lateness} ms older than its receive time; allowed lateness is {} ms",
+                rule.allowed_lateness_ms
+            ),
         );
     }
     Verdict::Count(view)
+}
+
+/// One record of the partition, as the consumer delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Input<'a> {
+    /// Its offset.
+    pub offset: i64,
+    /// The broker's timestamp of the record, when it has one.
+    pub log_ms: Option<i64>,
+    /// Its key.
+    pub key: &'a [u8],
+    /// Its payload.
+    pub payload: &'a [u8],
 }
 
 /// Most records one pass of [`PartitionState::process_run`] decodes before deduplicating them.
@@ -87,7 +102,7 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// A sealed range, ready to emit.
+/// A sealed range, ready to emit; its header names the owner that sealed it.
 #[derive(Debug)]
 pub struct FlushJob {
     /// Source partition.
@@ -100,6 +115,25 @@ pub struct FlushJob {
     pub dead: Vec<DeadLetter>,
     /// When it was sealed.
     pub sealed_at: Instant,
+}
+
+/// Whether the consumer delivers a partition's records (backpressure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Its records are fetched and counted.
+    Flowing,
+    /// Paused by the processing thread: it cannot take more records now.
+    Paused,
+    /// Paused and no longer blocked: waiting for the consumer thread to
+    /// resume it and seek back to `next`.
+    ResumeWanted,
+}
+
+impl FlushJob {
+    /// The owner that sealed it (the token of its claim).
+    pub fn owner(&self) -> u64 {
+        self.header.owner
+    }
 }
 
 /// State of one owned partition.
@@ -121,13 +155,18 @@ pub struct PartitionState {
     forced_ends: VecDeque<i64>,
     in_flight: Option<i64>,
     last_flush: Instant,
+    /// End of the last acknowledged flush, stored for commit, while the
+    /// background commit has not confirmed it (committed synchronously on
+    /// revoke and at shutdown).
+    acknowledged: Option<i64>,
+    /// Records whose receive time the dedup window did not trust (clamped to
+    /// the broker's time plus the allowed skew) since the last
+    /// [`Self::take_clock_skew_clamped`].
+    clock_skew_clamped: u64,
     /// Receive time of the last record processed.
     pub last_received_ms: i64,
-    /// Whether the worker paused it.
-    pub paused: bool,
-    /// Paused, and no longer blocked: waiting for the consumer thread to
-    /// resume it and seek back to `next`.
-    pub resume_pending: bool,
+    /// Whether the consumer delivers its records (backpressure).
+    pub flow: Flow,
     /// Records of batches polled before this mark (before the partition was
     /// assigned or last sought) are stale (see [`crate::shared`]).
     pub valid_from_mark: u64,
@@ -152,9 +191,10 @@ impl PartitionState {
             forced_ends: forced_ends.into(),
             in_flight: None,
             last_flush: Instant::now(),
+            acknowledged: None,
+            clock_skew_clamped: 0,
             last_received_ms: 0,
-            paused: false,
-            resume_pending: false,
+            flow: Flow::Flowing,
             valid_from_mark: 0,
         }
     }
@@ -182,24 +222,17 @@ impl PartitionState {
                 || self.aggregate.distinct_rows() >= rules.max_buffered_rows)
     }
 
-    /// Processes the record at `offset`. Records before `next` (redelivered
-    /// after a seek) are ignored.
-    pub fn process(
-        &mut self,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        rules: &Rules,
-    ) -> Result<(), DlqLimitExceeded> {
+    /// Processes one record. Records before `next` (redelivered after a
+    /// seek) are ignored.
+    pub fn process(&mut self, record: Input<'_>, rules: &Rules) -> Result<(), DlqLimitExceeded> {
         let mut pass = Pass::default();
-        let outcome =
-            self.classify_into(offset, key.unwrap_or_default(), payload.unwrap_or_default(), rules, &mut pass);
+        let outcome = self.classify_into(record, rules, &mut pass);
         self.settle(&pass);
         outcome
     }
 
     /// Processes the first records of `records` (all of this partition, in
-    /// offset order; `view` gives offset, key and payload) exactly as
+    /// offset order; `view` gives each as an [`Input`]) exactly as
     /// [`Self::process`] would one by one, and returns how many it took:
     /// at least one, and never past a record after which [`Self::due`] or
     /// [`Self::blocked`] could change, so the caller checks them between calls
@@ -211,7 +244,7 @@ impl PartitionState {
     pub fn process_run<'a, T>(
         &mut self,
         records: &'a [T],
-        view: impl Fn(&'a T) -> (i64, &'a [u8], &'a [u8]),
+        view: impl Fn(&'a T) -> Input<'a>,
         now: Instant,
         rules: &Rules,
     ) -> Result<usize, DlqLimitExceeded> {
@@ -220,9 +253,9 @@ impl PartitionState {
         let mut taken = 0;
         let mut outcome = Ok(());
         while taken < limit {
-            let (offset, key, payload) = view(&records[taken]);
+            let record = view(&records[taken]);
             taken += 1;
-            outcome = self.classify_into(offset, key, payload, rules, &mut pass);
+            outcome = self.classify_into(record, rules, &mut pass);
             if outcome.is_err() || self.forced_ends.front() == Some(&self.next) {
                 break;
             }
@@ -252,17 +285,16 @@ impl PartitionState {
     /// count goes into `pass` for [`Self::settle`].
     fn classify_into<'a>(
         &mut self,
-        offset: i64,
-        key: &[u8],
-        payload: &'a [u8],
+        record: Input<'a>,
         rules: &Rules,
         pass: &mut Pass<'a>,
     ) -> Result<(), DlqLimitExceeded> {
+        let Input { offset, log_ms, key, payload } = record;
         if offset < self.next {
             return Ok(());
         }
         self.stats.read += 1;
-        match classify(Some(payload), rules.allowed_lateness_ms) {
+        match classify(Some(payload), &rules.counting) {
             Verdict::Dead(reason, message) => {
                 self.stats.dead_lettered += 1;
                 self.dead.push(DeadLetter {
@@ -278,10 +310,12 @@ impl PartitionState {
             Verdict::Count(view) => {
                 self.guard.record(false);
                 self.last_received_ms = view.received_ms;
+                let received = rules.counting.trusted_received(view.received_ms, log_ms);
+                self.clock_skew_clamped += u64::from(received.clamped);
                 pass.push(Pending {
                     offset,
                     key: dedup_key(view.video_id, view.event_id),
-                    received_ms: view.received_ms,
+                    received_ms: received.received_ms,
                     video_id: view.video_id,
                     salt: view.salt,
                     minute: minute_bucket(view.ts_ms),
@@ -367,10 +401,29 @@ impl PartitionState {
         job
     }
 
-    /// Marks the flush ending at `end` as acknowledged and committed.
+    /// Marks the flush ending at `end` as acknowledged: the next one may be
+    /// sealed, and `end` awaits its commit.
     pub fn complete(&mut self, end: i64) {
         if self.in_flight == Some(end) {
             self.in_flight = None;
+        }
+        self.acknowledged = Some(self.acknowledged.map_or(end, |before| before.max(end)));
+    }
+
+    /// Records clamped since the last call (for the metric).
+    pub fn take_clock_skew_clamped(&mut self) -> u64 {
+        std::mem::take(&mut self.clock_skew_clamped)
+    }
+
+    /// The acknowledged end the background commit has not confirmed yet.
+    pub fn acknowledged(&self) -> Option<i64> {
+        self.acknowledged
+    }
+
+    /// A commit of `committed` succeeded: an acknowledged end up to it is confirmed.
+    pub fn confirm_committed(&mut self, committed: i64) {
+        if self.acknowledged.is_some_and(|end| end <= committed) {
+            self.acknowledged = None;
         }
     }
 

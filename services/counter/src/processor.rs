@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
+use tally_model::counting::BYTES_PER_ENTRY;
 
-use crate::dedup::BYTES_PER_ENTRY;
-use crate::partition::{FlushJob, PartitionState, Rules};
+use crate::partition::{Flow, FlushJob, Input, PartitionState, Rules};
 use crate::shared::{position, CounterContext, Inner, Shared};
 use crate::worker::WorkerError;
 
@@ -41,6 +41,7 @@ pub struct Batch {
 struct Record {
     partition: i32,
     offset: i64,
+    log_ms: Option<i64>,
     key: Range<usize>,
     payload: Range<usize>,
 }
@@ -51,11 +52,18 @@ impl Batch {
         Self { mark: 0, records: Vec::with_capacity(records), bytes: Vec::with_capacity(bytes) }
     }
 
-    /// Copies one record in.
-    pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    /// Copies one record in; `log_ms` is the broker's timestamp of it, when it has one.
+    pub fn push(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        log_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
         let key = self.append(key.unwrap_or_default());
         let payload = self.append(payload.unwrap_or_default());
-        self.records.push(Record { partition, offset, key, payload });
+        self.records.push(Record { partition, offset, log_ms, key, payload });
     }
 
     fn append(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -123,7 +131,7 @@ impl Processor<'_> {
                 self.seal_due(&mut inner, &mut outcomes)?;
                 self.apply_backpressure(&mut inner)?;
                 publish_outcomes(self.shared, &mut outcomes);
-                self.shared.positions.update_all(inner.states.values().map(|s| (s.partition, position(s))));
+                self.shared.positions.update_all(inner.partitions.owned().map(|s| (s.partition, position(s))));
             }
         }
     }
@@ -141,7 +149,7 @@ impl Processor<'_> {
             // Records come in runs of one partition (one fetched message set each).
             let partition = records[i].partition;
             let end = records[i..].iter().position(|r| r.partition != partition).map_or(records.len(), |n| i + n);
-            let Some(state) = inner.states.get_mut(&partition) else {
+            let Some(state) = inner.partitions.owned_mut(partition) else {
                 i = end;
                 continue;
             };
@@ -150,15 +158,20 @@ impl Processor<'_> {
                 continue;
             }
             while i < end {
-                if state.paused || state.blocked(self.rules) {
+                if state.flow != Flow::Flowing || state.blocked(self.rules) {
                     // Not now: pause; the rest of the run is refetched from `next` after resume.
-                    if !state.paused {
+                    if state.flow == Flow::Flowing {
                         self.pause(state)?;
                     }
                     i = end;
                     break;
                 }
-                let view = |r: &Record| (r.offset, &batch.bytes[r.key.clone()], &batch.bytes[r.payload.clone()]);
+                let view = |r: &Record| Input {
+                    offset: r.offset,
+                    log_ms: r.log_ms,
+                    key: &batch.bytes[r.key.clone()],
+                    payload: &batch.bytes[r.payload.clone()],
+                };
                 i += state.process_run(&records[i..end], view, now, self.rules)?;
                 // Checked after every run: a forced boundary must be sealed exactly there.
                 if state.due(now, self.rules) {
@@ -175,8 +188,7 @@ impl Processor<'_> {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.shared.recovery.views_topic, state.partition);
         self.consumer.pause(&list)?;
-        state.paused = true;
-        state.resume_pending = false;
+        state.flow = Flow::Paused;
         self.shared.metrics.pauses.inc();
         Ok(())
     }
@@ -184,7 +196,7 @@ impl Processor<'_> {
     fn seal_due(&self, inner: &mut Inner, outcomes: &mut [u64; 4]) -> Result<(), WorkerError> {
         let now = Instant::now();
         let mut jobs = Vec::new();
-        for state in inner.states.values_mut() {
+        for state in inner.partitions.owned_iter_mut() {
             if state.due(now, self.rules) {
                 jobs.push(state.seal(now));
             }
@@ -198,22 +210,25 @@ impl Processor<'_> {
 
     fn apply_backpressure(&self, inner: &mut Inner) -> Result<(), WorkerError> {
         let mut paused = 0;
-        for state in inner.states.values_mut() {
+        let mut clamped = 0;
+        for state in inner.partitions.owned_iter_mut() {
+            clamped += state.take_clock_skew_clamped();
             let blocked = state.blocked(self.rules);
-            if blocked && !state.paused {
+            if blocked && state.flow == Flow::Flowing {
                 self.pause(state)?;
-            } else if !blocked && state.paused && !state.resume_pending {
-                state.resume_pending = true;
+            } else if !blocked && state.flow == Flow::Paused {
+                state.flow = Flow::ResumeWanted;
                 self.resume_wanted.store(true, Ordering::SeqCst);
             }
-            paused += i64::from(state.paused);
+            paused += i64::from(state.flow != Flow::Flowing);
         }
         let metrics = &self.shared.metrics;
+        metrics.clock_skew_clamped.inc_by(clamped);
         metrics.paused_partitions.set(paused);
-        let entries: usize = inner.states.values().map(PartitionState::dedup_len).sum();
+        let entries: usize = inner.partitions.owned().map(PartitionState::dedup_len).sum();
         metrics.dedup_entries.set(entries as i64);
         metrics.dedup_bytes.set((entries * BYTES_PER_ENTRY) as i64);
-        metrics.buffered_rows.set(inner.states.values().map(PartitionState::buffered_rows).sum::<usize>() as i64);
+        metrics.buffered_rows.set(inner.partitions.owned().map(PartitionState::buffered_rows).sum::<usize>() as i64);
         Ok(())
     }
 }
@@ -251,9 +266,9 @@ mod tests {
     #[test]
     fn a_batch_keeps_keys_and_payloads_apart_and_is_reused() {
         let mut batch = Batch::with_capacity(4, 64);
-        batch.push(1, 10, Some(b"k1"), Some(b"payload-1"));
-        batch.push(2, 20, None, Some(b""));
-        batch.push(1, 11, Some(b"k"), None);
+        batch.push(1, 10, Some(5), Some(b"k1"), Some(b"payload-1"));
+        batch.push(2, 20, None, None, Some(b""));
+        batch.push(1, 11, Some(6), Some(b"k"), None);
         let seen: Vec<(i32, i64, &[u8], &[u8])> = batch
             .records
             .iter()

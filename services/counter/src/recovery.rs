@@ -20,10 +20,10 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::base_config;
 use tally_kafka::KafkaConfig;
+use tally_model::counting::dedup_key;
 use tally_model::counts::{self, FlushHeader, RecordHead};
 
 use crate::claim::Claimed;
-use crate::dedup::{dedup_key, Dedup};
 use crate::partition::{classify, PartitionState, Rules, Verdict};
 
 /// Records read per step when scanning a counts partition backwards.
@@ -65,11 +65,7 @@ pub struct RecoveryContext {
     pub counts_topic: String,
     /// Output partitions.
     pub counts_partitions: i32,
-    /// Dedup window, ms.
-    pub dedup_window_ms: i64,
-    /// Dedup bound.
-    pub dedup_max_entries: usize,
-    /// Classification rules.
+    /// Classification rules (the counting rule among them).
     pub rules: Rules,
     /// Longest time one read may take.
     pub read_timeout: Duration,
@@ -97,7 +93,7 @@ pub fn recover(
 ) -> Result<Recovered, RecoveryError> {
     let reader = reader(&ctx.kafka, partition)?;
     let kafka_err = |source| RecoveryError::Kafka { partition, source };
-    let (low, high) = reader.fetch_watermarks(&ctx.views_topic, partition, ctx.read_timeout).map_err(kafka_err)?;
+    let (low, high) = watermarks(&reader, &ctx.views_topic, partition, ctx.read_timeout).map_err(kafka_err)?;
     let mut start = committed.unwrap_or(low).max(low);
     let counts_partition = partition % ctx.counts_partitions.max(1);
     let headers = scan_tail(&reader, ctx, partition, counts_partition, start, claimed.offset)?;
@@ -116,13 +112,14 @@ pub fn recover(
     }
     forced.sort_unstable();
     forced.dedup();
-    let mut dedup = Dedup::new(ctx.dedup_window_ms, ctx.dedup_max_entries);
+    let mut dedup = ctx.rules.counting.window();
     let mut replayed = 0;
     if let Some(anchor) = anchor {
         let from = anchor.dedup_horizon.max(low);
-        read_range(&reader, &ctx.views_topic, partition, from, start, ctx.read_timeout, |offset, _, payload| {
-            if let Verdict::Count(view) = classify(payload, ctx.rules.allowed_lateness_ms) {
-                dedup.check(offset, dedup_key(view.video_id, view.event_id), view.received_ms);
+        read_range(&reader, &ctx.views_topic, partition, from, start, ctx.read_timeout, |offset, log_ms, payload| {
+            if let Verdict::Count(view) = classify(payload, &ctx.rules.counting) {
+                let received = ctx.rules.counting.trusted_received(view.received_ms, log_ms);
+                dedup.check(offset, dedup_key(view.video_id, view.event_id), received.received_ms);
             }
             replayed += 1;
         })?;
@@ -156,8 +153,7 @@ fn scan_tail(
     start: i64,
     claim_offset: i64,
 ) -> Result<Vec<FlushHeader>, RecoveryError> {
-    let (low, high) = reader
-        .fetch_watermarks(&ctx.counts_topic, counts_partition, ctx.read_timeout)
+    let (low, high) = watermarks(reader, &ctx.counts_topic, counts_partition, ctx.read_timeout)
         .map_err(|source| RecoveryError::Kafka { partition, source })?;
     let source = u32::try_from(partition).unwrap_or(0);
     let mut found = Vec::new();
@@ -179,7 +175,31 @@ fn scan_tail(
     Ok(found)
 }
 
-/// Reads `[from, to)` of one partition, calling `visit` for each record.
+/// The low and high watermarks of one partition. A partition whose leader
+/// is moving (a broker died, `NotLeaderForPartition`, no leader yet) answers
+/// with an error for a few seconds: asked again until `timeout` has passed.
+fn watermarks(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        match reader.fetch_watermarks(topic, partition, wait) {
+            Ok(marks) => return Ok(marks),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(topic, partition, error = %e, "watermarks unavailable (leader moving?); asking again");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads `[from, to)` of one partition, calling `visit` with each record's
+/// offset, broker timestamp (when it has one) and payload.
 fn read_range(
     reader: &BaseConsumer,
     topic: &str,
@@ -187,7 +207,7 @@ fn read_range(
     from: i64,
     to: i64,
     timeout: Duration,
-    mut visit: impl FnMut(i64, Option<&[u8]>, Option<&[u8]>),
+    mut visit: impl FnMut(i64, Option<i64>, Option<&[u8]>),
 ) -> Result<(), RecoveryError> {
     if from >= to {
         return Ok(());
@@ -210,7 +230,7 @@ fn read_range(
                 let offset = message.offset();
                 deadline = Instant::now() + timeout;
                 if offset >= next && offset < to {
-                    visit(offset, message.key(), message.payload());
+                    visit(offset, message.timestamp().to_millis(), message.payload());
                 }
                 next = next.max(offset + 1);
             }

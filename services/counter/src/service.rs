@@ -106,7 +106,7 @@ impl CounterService {
         let c = &self.config;
         let topics = &self.kafka.topics;
         let rules = Rules {
-            allowed_lateness_ms: i64::try_from(c.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+            counting: c.counting_rule(),
             dlq: DlqLimits {
                 max_ratio: c.dlq_max_ratio,
                 min_records: c.dlq_min_records,
@@ -121,8 +121,6 @@ impl CounterService {
             views_topic: topics.views.clone(),
             counts_topic: topics.counts.clone(),
             counts_partitions: self.counts_partitions,
-            dedup_window_ms: i64::try_from(c.dedup_window.as_millis()).unwrap_or(i64::MAX),
-            dedup_max_entries: c.dedup_max_entries,
             rules,
             read_timeout: Duration::from_secs(30),
         };

@@ -12,7 +12,10 @@
 //! ([`crate::recovery`]) before any of its records is processed. With an
 //! incremental protocol (`cooperative-sticky`, or the `consumer` protocol)
 //! both callbacks name only the partitions that move: the others keep
-//! counting through the rebalance, their marks still valid. Between
+//! counting through the rebalance, their marks still valid. A partition's
+//! life (owned, draining, released) is one state machine
+//! ([`crate::ownership`]); a flush's acknowledgement counts only for the
+//! owner that sealed it. Between
 //! rebalances, acknowledged ends are committed in the background
 //! ([`crate::commits`]); the results come back through the commit callback,
 //! also inside `poll`.
@@ -42,9 +45,14 @@ use crate::commits::{self, Verdict};
 use crate::emitter::Completion;
 use crate::lag::{Position, Positions};
 use crate::metrics::CounterMetrics;
+use crate::ownership::Partitions;
 use crate::partition::{FlushJob, PartitionState};
 use crate::recovery::{self, RecoveryContext};
 use crate::worker::WorkerError;
+
+/// How long a revoke waits for a partition's flushes in flight before it
+/// gives them up to the next owner (who re-emits them).
+const REVOKE_WAIT: Duration = Duration::from_secs(60);
 
 /// State shared between the threads of one counter.
 pub struct Shared {
@@ -63,18 +71,14 @@ pub struct Shared {
 
 /// What the lock guards.
 pub struct Inner {
-    /// Owned partitions (looked up once per record: a fast hasher).
-    pub states: HashMap<i32, PartitionState, foldhash::fast::FixedState>,
+    /// The partitions this counter holds or held.
+    pub partitions: Partitions,
     /// Acknowledged flushes, from the emitter.
     pub completions: Receiver<Completion>,
     /// Sealed flushes, to the emitter.
     pub jobs: UnboundedSender<FlushJob>,
     /// An error raised inside a callback, surfaced by the processing thread.
     pub failure: Option<WorkerError>,
-    /// Per owned partition, the end of its last acknowledged flush while the
-    /// background commit has not confirmed it: committed synchronously on
-    /// revoke and at shutdown.
-    pub acknowledged: HashMap<i32, i64, foldhash::fast::FixedState>,
 }
 
 /// The consumer context: rebalance handling and commit results.
@@ -125,13 +129,7 @@ impl Shared {
         jobs: UnboundedSender<FlushJob>,
     ) -> Self {
         Self {
-            inner: Mutex::new(Inner {
-                states: HashMap::default(),
-                completions,
-                jobs,
-                failure: None,
-                acknowledged: HashMap::default(),
-            }),
+            inner: Mutex::new(Inner { partitions: Partitions::default(), completions, jobs, failure: None }),
             recovery,
             claimer,
             positions: Positions::new(metrics.clone()),
@@ -181,8 +179,8 @@ impl Shared {
             recovered.state.valid_from_mark = self.marks.load(Ordering::SeqCst);
             let mut inner = self.lock();
             self.positions.update(*p, position(&recovered.state));
-            inner.states.insert(*p, recovered.state);
-            self.metrics.owned_partitions.set(inner.states.len() as i64);
+            inner.partitions.own(recovered.state)?;
+            self.metrics.owned_partitions.set(inner.partitions.owned_count() as i64);
         }
         Ok(())
     }
@@ -190,7 +188,7 @@ impl Shared {
     /// Drains `partitions` before they go: waits for their in-flight
     /// flushes, seals what they counted since and waits for that flush too,
     /// commits the acknowledged ends synchronously (the next owner starts
-    /// there, with nothing to count again), and forgets the partitions.
+    /// there, with nothing to count again), and releases the partitions.
     /// A lost assignment (the group moved on without us) or a failure is not
     /// sealed: the partitions may already be counted by their next owner.
     fn release(
@@ -199,10 +197,12 @@ impl Shared {
         consumer: &BaseConsumer<CounterContext>,
         partitions: &[i32],
     ) -> Result<(), WorkerError> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let selected = |p: i32| partitions.contains(&p);
+        inner.partitions.drain(selected);
+        let deadline = Instant::now() + REVOKE_WAIT;
         let mut may_seal = !consumer.assignment_lost() && inner.failure.is_none();
         loop {
-            while partitions.iter().any(|p| inner.states.get(p).is_some_and(|s| s.in_flight().is_some())) {
+            while inner.partitions.draining_in_flight(selected) {
                 let wait = deadline.saturating_duration_since(Instant::now());
                 match inner.completions.recv_timeout(wait) {
                     Ok(done) => self.complete(inner, consumer, done)?,
@@ -217,40 +217,38 @@ impl Shared {
             if !std::mem::take(&mut may_seal) {
                 break;
             }
-            let sealed = self.seal_open_ranges(inner, |p| partitions.contains(&p))?;
+            let sealed = self.seal_draining(inner, selected)?;
             if sealed == 0 {
                 break;
             }
             self.metrics.revoke_flushes.inc_by(sealed as u64);
         }
-        // Forgotten even when the commit fails: they are not ours any more.
-        let committed = self.commit_acknowledged(
-            inner,
-            |p| partitions.contains(&p),
-            |list| consumer.commit(&list, CommitMode::Sync),
-        );
-        inner.acknowledged.retain(|p, _| !partitions.contains(p));
-        for p in partitions {
-            if let Some(state) = inner.states.remove(p) {
-                tracing::info!(partition = p, dropped_rows = state.buffered_rows(), "partition released");
-                self.positions.remove(*p);
-            }
-        }
-        self.metrics.owned_partitions.set(inner.states.len() as i64);
+        // Released even when the commit fails: they are not ours any more.
+        let committed = self.commit_acknowledged(inner, selected, |list| consumer.commit(&list, CommitMode::Sync));
+        self.forget(inner, selected);
         committed
     }
 
-    /// Seals the open range of every partition `selected` picks that can be
-    /// sealed without cutting a previous life's boundary (no flush in
-    /// flight, records counted) and hands the flushes to the emitter (revoke,
-    /// shutdown). Returns how many were sealed.
-    pub fn seal_open_ranges(&self, inner: &mut Inner, selected: impl Fn(i32) -> bool) -> Result<usize, WorkerError> {
+    /// Releases the draining partitions `selected` picks (see [`crate::ownership`]).
+    pub fn forget(&self, inner: &mut Inner, selected: impl Fn(i32) -> bool) {
+        for state in inner.partitions.release(selected) {
+            tracing::info!(partition = state.partition, dropped_rows = state.buffered_rows(), "partition released");
+            self.positions.remove(state.partition);
+        }
+        self.metrics.owned_partitions.set(inner.partitions.owned_count() as i64);
+    }
+
+    /// Seals the open range of every draining partition `selected` picks
+    /// that can be sealed without cutting a previous life's boundary (no
+    /// flush in flight, records counted) and hands the flushes to the
+    /// emitter (revoke, shutdown). Returns how many were sealed.
+    pub fn seal_draining(&self, inner: &mut Inner, selected: impl Fn(i32) -> bool) -> Result<usize, WorkerError> {
         let now = Instant::now();
         let jobs: Vec<FlushJob> = inner
-            .states
-            .iter_mut()
-            .filter(|(p, state)| selected(**p) && state.can_seal_at_shutdown())
-            .map(|(_, state)| state.seal(now))
+            .partitions
+            .draining_mut(selected)
+            .filter(|state| state.can_seal_at_shutdown())
+            .map(|state| state.seal(now))
             .collect();
         let sealed = jobs.len();
         for job in jobs {
@@ -260,18 +258,34 @@ impl Shared {
     }
 
     /// Stores an acknowledged flush's end for the background commit (no
-    /// broker round trip on this thread) and lets its partition seal the next one.
+    /// broker round trip on this thread) and lets its partition seal the
+    /// next one, if the flush's owner still holds the partition. A flush of
+    /// another owner (one the drain gave up on, acknowledged after the
+    /// partition was released or claimed anew) is ignored: the range it
+    /// covers is not counted by whoever holds the partition now.
     pub fn complete(
         &self,
         inner: &mut Inner,
         consumer: &BaseConsumer<CounterContext>,
         done: Completion,
     ) -> Result<(), WorkerError> {
-        let Some(state) = inner.states.get_mut(&done.partition) else { return Ok(()) };
+        let state = match inner.partitions.held_by(done.partition, done.owner) {
+            Ok(state) => state,
+            Err(stale) => {
+                self.metrics.stale_completions.inc();
+                tracing::warn!(
+                    partition = done.partition,
+                    end = done.end,
+                    owner = format_args!("{:016x}", done.owner),
+                    ?stale,
+                    "a flush of an owner that no longer holds the partition was acknowledged; its end is not committed"
+                );
+                return Ok(());
+            }
+        };
         commits::store(consumer, &self.recovery.views_topic, done.partition, done.end)
             .map_err(|source| WorkerError::Commit { partition: done.partition, offset: done.end, source })?;
         state.complete(done.end);
-        inner.acknowledged.insert(done.partition, done.end);
         self.metrics.flushes.inc();
         self.metrics.flush_rows.observe(done.rows as f64);
         self.metrics.flush_duration.observe(done.sealed_at.elapsed().as_secs_f64());
@@ -293,17 +307,25 @@ impl Shared {
         selected: impl Fn(i32) -> bool,
         commit: impl FnOnce(TopicPartitionList) -> KafkaResult<()>,
     ) -> Result<(), WorkerError> {
-        let mut ends: Vec<(i32, i64)> = inner.acknowledged.iter().map(|(p, end)| (*p, *end)).collect();
-        ends.retain(|(p, _)| selected(*p));
+        let mut ends: Vec<(i32, i64)> = inner
+            .partitions
+            .held_iter_mut()
+            .filter(|state| selected(state.partition))
+            .filter_map(|state| Some((state.partition, state.acknowledged()?)))
+            .collect();
         let Some(&(partition, offset)) = ends.iter().min() else { return Ok(()) };
         ends.sort_unstable();
         let topic = &self.recovery.views_topic;
         let list =
             commits::offsets(topic, &ends).map_err(|source| WorkerError::Commit { partition, offset, source })?;
         let result = commit(list.clone());
-        match commits::judge(&result, &list, topic, |p| inner.states.contains_key(&p)) {
+        match commits::judge(&result, &list, topic, |p| inner.partitions.holds(p)) {
             Verdict::Committed => {
-                inner.acknowledged.retain(|p, _| !selected(*p));
+                for state in inner.partitions.held_iter_mut() {
+                    if let Some(&(_, end)) = ends.iter().find(|(p, _)| *p == state.partition) {
+                        state.confirm_committed(end);
+                    }
+                }
                 Ok(())
             }
             Verdict::Retried(code) => {
@@ -326,13 +348,13 @@ impl Shared {
     pub fn committed(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
         let topic = &self.recovery.views_topic;
         let mut inner = self.lock();
-        let verdict = commits::judge(result, offsets, topic, |p| inner.states.contains_key(&p));
+        let verdict = commits::judge(result, offsets, topic, |p| inner.partitions.holds(p));
         match verdict {
             Verdict::Committed => {
                 for element in offsets.elements_for_topic(topic) {
                     let (partition, Offset::Offset(done)) = (element.partition(), element.offset()) else { continue };
-                    if inner.acknowledged.get(&partition).is_some_and(|end| *end <= done) {
-                        inner.acknowledged.remove(&partition);
+                    if let Some(state) = inner.partitions.held_iter_mut().find(|s| s.partition == partition) {
+                        state.confirm_committed(done);
                     }
                 }
             }
@@ -365,3 +387,6 @@ impl Shared {
 pub fn position(state: &PartitionState) -> Position {
     Position { next_offset: state.next_offset(), last_received_ms: state.last_received_ms }
 }
+
+#[cfg(test)]
+mod tests;

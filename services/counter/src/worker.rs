@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::{drop_within, run_within, Unfinished};
 use tokio::sync::mpsc::UnboundedSender;
@@ -26,7 +26,7 @@ use crate::dlq::DlqLimitExceeded;
 use crate::emitter::Completion;
 use crate::lag::{BrokerWatermarks, LagMonitor};
 use crate::metrics::CounterMetrics;
-use crate::partition::{FlushJob, Rules};
+use crate::partition::{Flow, FlushJob, Rules};
 use crate::processor::{Batch, Processor, BATCH};
 use crate::recovery::{RecoveryContext, RecoveryError};
 use crate::shared::{CounterContext, Shared};
@@ -43,6 +43,9 @@ pub enum WorkerError {
     /// A partition could not be claimed.
     #[error(transparent)]
     Claim(#[from] ClaimError),
+    /// A partition's state machine was driven out of order.
+    #[error(transparent)]
+    Ownership(#[from] crate::ownership::OwnershipError),
     /// Storing or committing an offset failed.
     #[error("committing offset {offset} of partition {partition}: {source}")]
     Commit {
@@ -94,6 +97,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     rules: Rules,
     lag_interval: Duration,
+    /// Whether the warning about producer timestamps on the views topic was logged.
+    create_time_warned: AtomicBool,
 }
 
 impl Worker {
@@ -112,7 +117,13 @@ impl Worker {
         let consumer: BaseConsumer<CounterContext> =
             consumer_config.create_with_context(CounterContext { shared: shared.clone() })?;
         consumer.subscribe(&[&shared.recovery.views_topic])?;
-        Ok(Self { consumer: Arc::new(consumer), shared, rules, lag_interval })
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            shared,
+            rules,
+            lag_interval,
+            create_time_warned: AtomicBool::new(false),
+        })
     }
 
     /// Counts until `shutdown`, then seals what it can (nothing after an
@@ -202,7 +213,17 @@ impl Worker {
             }
             match polled {
                 Some(Ok(message)) => {
-                    batch.push(message.partition(), message.offset(), message.key(), message.payload())
+                    let timestamp = message.timestamp();
+                    if let Timestamp::CreateTime(_) = timestamp {
+                        self.warn_create_time();
+                    }
+                    batch.push(
+                        message.partition(),
+                        message.offset(),
+                        timestamp.to_millis(),
+                        message.key(),
+                        message.payload(),
+                    )
                 }
                 Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
                     // Fenced (a duplicate group-instance-id, say): this consumer
@@ -219,12 +240,24 @@ impl Worker {
         batch.is_empty() || ship(batch)
     }
 
+    /// Warns once that the views topic carries the producers' timestamps
+    /// (`CreateTime`): the gateways' own clocks, against which a gateway
+    /// clock running ahead cannot be told (see `tally_model::counting`).
+    fn warn_create_time(&self) {
+        if !self.create_time_warned.load(Ordering::Relaxed) && !self.create_time_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                topic = %self.shared.recovery.views_topic,
+                "the views topic keeps producer timestamps (CreateTime): the dedup window cannot guard against a gateway clock running ahead; set message.timestamp.type=LogAppendTime on it"
+            );
+        }
+    }
+
     /// Resumes the partitions the processing thread unblocked, seeking each
     /// back to its next offset; records polled before are stale from now on.
     fn resume_ready(&self, topic: &str) -> Result<(), WorkerError> {
         let mut inner = self.shared.lock();
-        for state in inner.states.values_mut() {
-            if !(state.paused && state.resume_pending) {
+        for state in inner.partitions.owned_iter_mut() {
+            if state.flow != Flow::ResumeWanted {
                 continue;
             }
             let mut list = TopicPartitionList::new();
@@ -232,8 +265,7 @@ impl Worker {
             self.consumer.resume(&list)?;
             self.consumer.seek(topic, state.partition, Offset::Offset(state.next_offset()), Duration::from_secs(5))?;
             state.valid_from_mark = self.shared.marks.fetch_add(1, Ordering::SeqCst) + 1;
-            state.paused = false;
-            state.resume_pending = false;
+            state.flow = Flow::Flowing;
         }
         Ok(())
     }
@@ -242,11 +274,12 @@ impl Worker {
     /// caller closes the consumer in what is left.
     fn drain(&self, deadline: Instant, seal_open_ranges: bool) -> Result<(), WorkerError> {
         let mut inner = self.shared.lock();
+        inner.partitions.drain(|_| true);
         if seal_open_ranges {
-            self.shared.seal_open_ranges(&mut inner, |_| true)?;
+            self.shared.seal_draining(&mut inner, |_| true)?;
         }
         let acknowledged_by = deadline.checked_sub(COMMIT_RESERVE + CLOSE_RESERVE).unwrap_or(deadline);
-        while inner.states.values().any(|s| s.in_flight().is_some()) {
+        while inner.partitions.draining_in_flight(|_| true) {
             match inner.completions.recv_timeout(acknowledged_by.saturating_duration_since(Instant::now())) {
                 Ok(done) => self.shared.complete(&mut inner, &self.consumer, done)?,
                 Err(_) => {
@@ -262,12 +295,11 @@ impl Worker {
         let consumer = self.consumer.clone();
         let committed =
             self.shared.commit_acknowledged(&mut inner, |_| true, |list| commit_within(consumer, list, budget));
-        let owned: Vec<i32> = inner.states.keys().copied().collect();
-        if let Err(e) = crate::commits::forget_stored(&self.consumer, &self.shared.recovery.views_topic, &owned) {
+        let held: Vec<i32> = inner.partitions.held_iter_mut().map(|s| s.partition).collect();
+        if let Err(e) = crate::commits::forget_stored(&self.consumer, &self.shared.recovery.views_topic, &held) {
             tracing::warn!(error = %e, "clearing stored offsets before closing the consumer failed");
         }
-        inner.states.clear();
-        inner.acknowledged.clear();
+        self.shared.forget(&mut inner, |_| true);
         committed
     }
 }

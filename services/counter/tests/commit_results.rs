@@ -22,6 +22,7 @@ use tally_counter::recovery::RecoveryContext;
 use tally_counter::shared::{CounterContext, Shared};
 use tally_counter::worker::WorkerError;
 use tally_kafka::KafkaConfig;
+use tally_model::counting::CountingRule;
 
 const TOPIC: &str = "tally.views";
 const GROUP: &str = "tally-counter-commit-test";
@@ -41,7 +42,12 @@ fn fixture(end: i64) -> Fixture {
     cluster.create_topic(TOPIC, 1, 1).expect("topic");
     let kafka = KafkaConfig { brokers: cluster.bootstrap_servers(), ..KafkaConfig::default() };
     let rules = Rules {
-        allowed_lateness_ms: 3_600_000,
+        counting: CountingRule {
+            allowed_lateness_ms: 3_600_000,
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 1_000,
+            max_clock_skew_ms: 60_000,
+        },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 100, max_consecutive: 1_000 },
         max_rows_per_flush: 1_000,
         max_buffered_rows: 1_000,
@@ -52,8 +58,6 @@ fn fixture(end: i64) -> Fixture {
         views_topic: TOPIC.into(),
         counts_topic: "tally.counts".into(),
         counts_partitions: 1,
-        dedup_window_ms: 600_000,
-        dedup_max_entries: 1_000,
         rules,
         read_timeout: Duration::from_secs(5),
     };

@@ -9,6 +9,7 @@ use tally_counter::verify::{fold_counts, Folded};
 use tally_counter::{CounterConfig, CounterError, CounterService};
 use tally_kafka::KafkaConfig;
 use tally_service::Readiness;
+use tally_testkit::counts::settled_views;
 use tally_testkit::topic::read_records;
 use tally_testkit::views::ViewsProducer;
 use tally_testkit::{bounded, Broker};
@@ -41,19 +42,20 @@ async fn start(kafka: &KafkaConfig, tweak: impl FnOnce(&mut CounterConfig)) -> R
     Running { shutdown, task, registry }
 }
 
+/// Waits until the counts topic holds `expected` by an oracle independent of
+/// the writer's fold (`tally_testkit::counts`), and still does once the
+/// counter has committed the whole views topic; then folds it as the writer
+/// would, for its statistics, which must agree.
 async fn fold_until(kafka: &KafkaConfig, expected: &BTreeMap<String, i64>, limit: Duration) -> Folded {
-    let deadline = Instant::now() + limit;
-    loop {
-        let k = kafka.clone();
-        let folded = tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .unwrap();
-        if &folded.totals == expected || Instant::now() > deadline {
-            return folded;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let settled = settled_views(kafka, &group_of(kafka), expected, limit).await;
+    assert_eq!(&settled, expected, "exact, and still exact once the counter went quiet");
+    let k = kafka.clone();
+    let folded = tokio::task::spawn_blocking(move || fold_counts(&k, &k.topics.counts, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&folded.totals, expected, "the writer's fold agrees with the oracle");
+    folded
 }
 
 /// The counter's consumer group in this test (the broker may be shared by tests running at once).

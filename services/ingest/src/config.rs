@@ -50,7 +50,7 @@ pub struct IngestConfig {
     pub retry_after: Duration,
     /// API keys; when empty, the API is open.
     pub api_keys: Vec<ApiKeyConfig>,
-    /// Hot-key time salting.
+    /// Hot-key salting: which videos spread over partitions, and the detector that reports hot ones.
     pub salting: SaltingConfig,
 }
 

@@ -1,6 +1,15 @@
-//! `POST /v1/events`: authenticate, check the media type, read the body under
-//! its limits, validate every event, charge the rate limit, salt hot keys,
-//! produce, and answer 202 only once the broker has acknowledged everything.
+//! `POST /v1/events`: authenticate, check the media type, refuse what the
+//! head alone shows cannot be admitted, read the body under its limits,
+//! validate every event, charge the rate limit, salt hot keys, produce, and
+//! answer 202 only once the broker has acknowledged everything.
+//!
+//! Shedding load must cost almost nothing, or refusing becomes the overload:
+//! a `Content-Length` above the body limit gets 413, and a gateway whose
+//! admission bound has no room at all gets 503, answered from the head before
+//! a byte of the body is read (a client sending `Expect: 100-continue` does
+//! not even send it). The body is then only drained, never buffered or
+//! parsed: a connection closed with the body unread is reset, and a client
+//! still sending would see a broken pipe instead of its 503 and `Retry-After`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,9 +18,10 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tally_model::hot::HotKeyDetector;
-use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, SaltPolicy};
+use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, Salt, SaltPolicy};
 use tally_service::Problem;
 
 use crate::metrics::IngestMetrics;
@@ -37,7 +47,8 @@ pub struct AppState {
     pub retry_after_secs: u64,
     /// Salt choice for hot videos.
     pub salt_policy: SaltPolicy,
-    /// Run-time hot-key detection; locked once per request.
+    /// Run-time hot-key detection, for metrics and suggestions only (it
+    /// never chooses a key); locked once per request.
     pub detector: Mutex<HotKeyDetector>,
     /// Gateway metrics.
     pub metrics: IngestMetrics,
@@ -74,10 +85,9 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
         )
     })?;
     let format = body_format(&parts.headers).map_err(|p| ("unsupported_media_type", 0, p))?;
-    if let Some(declared) = content_length(&parts.headers) {
-        if declared > state.max_body_bytes {
-            return Err(("too_large", 0, too_large_body(state.max_body_bytes)));
-        }
+    if let Some(refusal) = refusal_from_head(state, &parts.headers) {
+        drain(body, state);
+        return Err(refusal);
     }
     let bytes = read_body(body, state).await?;
     let now_ms = tally_model::timestamp::now_ms();
@@ -113,29 +123,33 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
     state.publisher.publish(records).await.map_err(|e| {
         tracing::warn!(error = %e, events = count, "answering 503");
         let (reason, detail) = match &e {
-            PublishError::Overloaded => {
-                ("overloaded", "too many events are awaiting broker acknowledgement".to_owned())
-            }
+            PublishError::Overloaded => ("overloaded", OVERLOADED.to_owned()),
             PublishError::Timeout(t) => {
                 ("broker_timeout", format!("the broker did not acknowledge within {} ms", t.as_millis()))
             }
             PublishError::Broker(_) => ("broker_error", "the broker did not accept the events".to_owned()),
         };
-        (
-            reason,
-            count,
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Events not accepted; retry with the same event ids",
-                detail,
-            )
-            .retry_after(state.retry_after_secs),
-        )
+        (reason, count, unavailable(state, detail))
     })?;
     Ok(count)
 }
 
+const OVERLOADED: &str = "too many events are awaiting broker acknowledgement";
+
+/// The 503 of every refusal a later retry may overcome.
+fn unavailable(state: &AppState, detail: String) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Events not accepted; retry with the same event ids",
+        detail,
+    )
+    .retry_after(state.retry_after_secs)
+}
+
+/// The records of `events`: partition keys by the salting rule (the event
+/// and the configured hot list alone, see `tally_model::salt`); the
+/// detector only watches, and its newly hot videos are logged as suggestions.
 fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> Vec<Record> {
     let mut detector = state.detector.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut salted = 0u64;
@@ -143,19 +157,60 @@ fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> V
         .iter()
         .map(|event| {
             let video = event.video_id.as_str();
-            let detected = detector.observe(video, now_ms);
-            let hot = detected || state.salt_policy.is_configured_hot(video);
-            let salt = state.salt_policy.salt_for(event, hot);
-            salted += u64::from(hot);
+            detector.observe(video, now_ms);
+            let salt = state.salt_policy.salt(event);
+            salted += u64::from(salt != Salt::NONE);
             let mut payload = Vec::with_capacity(64);
             wire::encode(event, salt, &mut payload);
             (PartitionKey::new(video, salt).as_bytes().to_vec(), payload)
         })
         .collect();
     state.metrics.hot_videos.set(detector.hot_count(now_ms) as i64);
+    let newly_hot = detector.take_newly_hot();
     drop(detector);
     state.metrics.events_salted.inc_by(salted);
+    for video in newly_hot.iter().filter(|v| !state.salt_policy.is_configured_hot(v)) {
+        tracing::warn!(
+            video_id = %video,
+            "video is hot at this gateway but not salted: list it in ingest.salting.hot-videos on every gateway at once to spread it over partitions"
+        );
+    }
     records
+}
+
+/// A refusal the request head alone justifies: 413 when `Content-Length`
+/// exceeds the body limit, 503 when the admission bound has no room at all.
+/// Its events are unknown: the rejection metric counts the request as one.
+fn refusal_from_head(state: &AppState, headers: &HeaderMap) -> Option<Rejection> {
+    if content_length(headers).is_some_and(|declared| declared > state.max_body_bytes) {
+        return Some(("too_large", 0, too_large_body(state.max_body_bytes)));
+    }
+    if !state.publisher.has_room() {
+        return Some(("shed", 0, unavailable(state, OVERLOADED.to_owned())));
+    }
+    None
+}
+
+/// Reads `body` to its end and drops every chunk, in the background, while
+/// the answer goes out: hyper closes a connection whose body is left unread,
+/// and the unread bytes turn that close into a reset the client may see
+/// before the answer. Bounded like any body read: past `max_body_bytes` or
+/// `body_read_timeout` the connection is closed after all.
+fn drain(body: axum::body::Body, state: &AppState) {
+    let (limit, timeout) = (state.max_body_bytes, state.body_read_timeout);
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0usize;
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, bytes::Bytes::len);
+                if read > limit {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
@@ -246,3 +301,6 @@ pub async fn not_found() -> Problem {
 pub async fn method_not_allowed() -> Problem {
     Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "see /openapi.json")
 }
+
+#[cfg(test)]
+mod tests;

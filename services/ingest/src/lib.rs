@@ -5,7 +5,8 @@
 //! unless `kafka.idempotence` is off).
 //! When the broker is slow or down, or too many events await acknowledgement,
 //! the gateway answers 503 with `Retry-After` instead of buffering without
-//! bound; over a key's rate it answers 429.
+//! bound (with no room at all, before reading the body); over a key's rate it
+//! answers 429.
 //!
 //! # Layout
 //!

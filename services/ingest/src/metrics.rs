@@ -8,7 +8,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 pub struct IngestMetrics {
     /// Events acknowledged by the broker and answered 202.
     pub events_accepted: IntCounter,
-    /// Events refused, by reason.
+    /// Events refused, by reason; a request refused before its body was read
+    /// (`too_large` by `Content-Length`, `shed` when the admission bound has
+    /// no room at all) counts as one, its events being unknown.
     pub events_rejected: IntCounterVec,
     /// Events admitted and not yet acknowledged (the producer queue depth).
     pub in_flight_events: IntGauge,
@@ -16,7 +18,7 @@ pub struct IngestMetrics {
     pub produce_duration: Histogram,
     /// Events sent with a salted key.
     pub events_salted: IntCounter,
-    /// Videos currently salted by the run-time detector.
+    /// Videos the run-time detector sees over its threshold (reported, not salted).
     pub hot_videos: IntGauge,
 }
 
@@ -45,9 +47,12 @@ impl IngestMetrics {
             )?,
             events_salted: IntCounter::new(
                 "tally_ingest_events_salted_total",
-                "Events sent with a time-salted partition key (hot videos)",
+                "Events sent with a salted partition key (configured hot videos)",
             )?,
-            hot_videos: IntGauge::new("tally_ingest_hot_videos", "Videos the run-time detector currently salts")?,
+            hot_videos: IntGauge::new(
+                "tally_ingest_hot_videos",
+                "Videos over the hot-key detection threshold at this gateway (reported only: salting follows ingest.salting.hot-videos)",
+            )?,
         };
         registry.register(Box::new(metrics.events_accepted.clone()))?;
         registry.register(Box::new(metrics.events_rejected.clone()))?;

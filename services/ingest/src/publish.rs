@@ -65,6 +65,13 @@ impl Publisher {
         }
     }
 
+    /// Whether a request of at least one event could be admitted now. When
+    /// not, the request is refused before its body is read; when it is, the
+    /// request's own admission may still find too little room.
+    pub fn has_room(&self) -> bool {
+        self.admission.available_permits() > 0
+    }
+
     /// The producer, for readiness checks and the final flush.
     pub fn producer(&self) -> &FutureProducer {
         &self.producer

@@ -278,7 +278,7 @@ async fn api_keys_are_required_and_a_client_over_its_rate_gets_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hot_video_spreads_over_partitions_while_a_retried_event_keeps_its_partition() {
+async fn a_configured_hot_video_spreads_over_partitions_while_a_retried_event_keeps_its_partition() {
     bounded(LIMIT, async {
         let broker = Broker::shared();
         let gateway = Gateway::start(&broker, |c| {
@@ -316,12 +316,14 @@ async fn a_hot_video_spreads_over_partitions_while_a_retried_event_keeps_its_par
             }
         }
         assert!(partitions["launch"].len() >= 3, "configured hot video spread: {:?}", partitions["launch"]);
-        assert!(partitions["trending"].len() >= 2, "detected hot video spread: {:?}", partitions["trending"]);
+        // Detected at run time by this gateway only: reported, never salted
+        // (a retry through another gateway must land on the same partition).
+        assert_eq!(partitions["trending"].len(), 1, "a detected video keeps its key: {:?}", partitions["trending"]);
         assert_eq!(partitions["quiet"].len(), 1, "a cold video stays on one partition");
         assert_eq!(retried.len(), 3);
         assert!(retried.windows(2).all(|w| w[0] == w[1]), "a retried event keeps partition and salt: {retried:?}");
         let metrics = gateway.metrics().await;
-        // Both videos crossed the detector threshold; "launch" is also salted by configuration.
+        // Both videos crossed the detector threshold; only "launch" is salted, by configuration.
         assert!(metrics.contains("tally_ingest_hot_videos 2"), "{metrics}");
         gateway.stop().await;
     })
@@ -361,6 +363,44 @@ async fn the_openapi_document_and_problem_fallbacks_are_served() {
             assert!(Instant::now() < deadline, "gateway never became ready");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        gateway.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_resent_after_their_video_turned_hot_keep_their_partitions() {
+    bounded(LIMIT, async {
+        let broker = Broker::shared();
+        let gateway = Gateway::start(&broker, |c| c.salting.detect_threshold_per_sec = 100).await;
+        // A fixed event time: the salts, hence the partitions, are the same in every run.
+        let ts = 1_795_341_600_000_i64;
+        let early: Vec<Value> =
+            (0..20).map(|i| json!({"video_id": "rising", "event_id": format!("early-{i}"), "ts": ts})).collect();
+        let early = Value::from(early).to_string();
+        assert_eq!(gateway.post("application/json", early.clone()).await.status(), 202);
+        assert!(gateway.metrics().await.contains("tally_ingest_hot_videos 0"), "cold at first");
+        let crowd: Vec<Value> =
+            (0..400).map(|i| json!({"video_id": "rising", "event_id": format!("crowd-{i}"), "ts": ts})).collect();
+        assert_eq!(gateway.post("application/json", Value::from(crowd).to_string()).await.status(), 202);
+        assert!(gateway.metrics().await.contains("tally_ingest_hot_videos 1"), "the video turned hot");
+        // The client never heard the first 202 and sends the same events again.
+        assert_eq!(gateway.post("application/json", early).await.status(), 202);
+
+        let records = read_records(&gateway.kafka, &gateway.kafka.topics.views, 440, Duration::from_secs(30));
+        assert_eq!(records.len(), 440);
+        let mut partitions: HashMap<String, Vec<i32>> = HashMap::new();
+        for record in &records {
+            let view = wire::decode(&record.payload).unwrap();
+            if view.event_id.starts_with("early-") {
+                partitions.entry(view.event_id.to_owned()).or_default().push(record.partition);
+            }
+        }
+        let moved: Vec<_> = partitions.iter().filter(|(_, p)| p.len() != 2 || p[0] != p[1]).collect();
+        assert!(
+            moved.is_empty(),
+            "resends on another partition than their first send (dedup cannot meet them): {moved:?}"
+        );
         gateway.stop().await;
     })
     .await;

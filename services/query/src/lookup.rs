@@ -199,6 +199,7 @@ fn to_total(video: &str, entry: &CachedTotal) -> Total {
         as_of_ms: entry.as_of_ms,
         batch_views: entry.batch_views,
         exact_through_ms: entry.exact_through_ms,
+        batch_generation: entry.batch_generation,
     }
 }
 
@@ -210,5 +211,6 @@ pub fn cached(total: &Total, now: i64) -> CachedTotal {
         written_ms: now,
         batch_views: total.batch_views,
         exact_through_ms: total.exact_through_ms,
+        batch_generation: total.batch_generation,
     }
 }

@@ -7,10 +7,11 @@
 
 use std::time::Instant;
 
+use tally_model::counting::CountingRule;
 use tally_reconciler::archive::layout;
 use tally_reconciler::archive::parquet_io::{encode, ArchivedView};
 use tally_reconciler::archive::storage::ArchiveStorage;
-use tally_reconciler::recount::recount;
+use tally_reconciler::recount::{recount, Scope};
 
 const EVENTS: i64 = 1_000_000;
 const PER_FILE: i64 = 100_000;
@@ -38,6 +39,7 @@ fn main() {
                     salt: 0,
                     ts_ms: ts,
                     received_ms: ts + 50,
+                    log_ms: Some(ts + 50),
                     event_id: format!("evt-{k}"),
                     viewer_id: Some("viewer-1234".into()),
                     attributes: None,
@@ -48,11 +50,18 @@ fn main() {
             format!("{}/{}", layout::hour_prefix(hour), layout::file_name(0, file * PER_FILE, (file + 1) * PER_FILE));
         runtime.block_on(archive.put(&path, encode(&rows, &path).expect("encode"))).expect("write");
     }
+    let rule = CountingRule {
+        allowed_lateness_ms: 3_600_000,
+        dedup_window_ms: 600_000,
+        dedup_max_entries: 2_000_000,
+        max_clock_skew_ms: 60_000,
+    };
     let mut rates = Vec::new();
     let mut distinct = 0;
     for _ in 0..RUNS {
         let started = Instant::now();
-        let counted = runtime.block_on(recount(&archive, hour, hour + 3_600_000, 0)).expect("recount");
+        let scope = Scope { from_ms: hour, to_ms: hour + 3_600_000, lookback_ms: 0, lookahead_ms: 0 };
+        let counted = runtime.block_on(recount(&archive, &scope, &rule)).expect("recount");
         rates.push(counted.rows_read as f64 / started.elapsed().as_secs_f64());
         distinct = counted.minutes.values().sum::<i64>();
     }

@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! - [`archive`]: the archiver (`tally archiver`): layout, Parquet I/O, service.
-//! - [`recount`]: distinct views per `(video, minute)` of a period, from the archive.
+//! - [`recount`]: views per `(video, minute)` of a period, from the archive, by the counter's own rule.
 //! - [`coverage`]: how far the archive is complete, so that only fully archived periods are recounted.
 //! - [`reconcile`]: closed periods recounted, compared, written to the batch layer, drift reported.
 

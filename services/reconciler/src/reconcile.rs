@@ -6,8 +6,10 @@
 //! recounted once it is closed *and* the archive holds every event received
 //! up to the allowed lateness after it ([`crate::coverage`]); until then it
 //! waits, however long the archiver is behind. Reads then use the batch
-//! counts up to the last reconciled period (`exact_through`) and real-time
-//! counts after it.
+//! counts for exactly the reconciled periods and real-time counts for every
+//! other minute (`tally_store::layers`), so history before the first
+//! reconciled period, or a gap a manual reconcile left, keeps its real-time
+//! count; the scheduled loop fills gaps before it goes on ([`pending`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,15 +22,22 @@ use crate::archive::layout::HOUR_MS;
 use crate::archive::parquet_io::ArchiveError;
 use crate::archive::storage::ArchiveStorage;
 use crate::coverage::{self, Coverage, ViewsLog};
-use crate::recount;
+use crate::recount::{self, Scope};
+use tally_model::counting::CountingRule;
 
 /// How reconciliation runs.
 #[derive(Debug, Clone)]
 pub struct ReconcileOptions {
     /// The Parquet archive.
     pub archive: ArchiveStorage,
-    /// A period is closed this long after its end.
-    pub allowed_lateness: Duration,
+    /// The counter's counting rule (`[counter]`), applied by the recount
+    /// too; a period is closed its allowed lateness after its end.
+    pub counting: CountingRule,
+    /// How far before a period (receive time) the recount starts folding
+    /// each partition, so that its dedup window holds what the counter's
+    /// held: at least the dedup window, twice the clock skew allowed, and
+    /// how far ahead of their receive time the gateways accept event times.
+    pub lookback: Duration,
     /// How far past a period files are read for its late events (received
     /// late, dead-lettered and replayed, archived in their receive hour).
     pub late_lookahead: Duration,
@@ -37,6 +46,14 @@ pub struct ReconcileOptions {
     /// The longest a gateway may still be delivering an event it received
     /// (its delivery timeout): a fully archived partition is complete up to this long ago.
     pub in_flight: Duration,
+}
+
+impl ReconcileOptions {
+    /// How long after its end a period is closed: the counter's allowed lateness.
+    pub fn allowed_lateness(&self) -> Duration {
+        // Built from a Duration: never negative.
+        Duration::from_millis(self.counting.allowed_lateness_ms.unsigned_abs())
+    }
 }
 
 /// Why reconciliation failed.
@@ -163,6 +180,32 @@ pub fn closed_periods(from_ms: i64, to_ms: i64, now_ms: i64, lateness: Duration)
     out
 }
 
+/// The ranges the scheduled loop reconciles at `now_ms`, oldest first: with
+/// no period reconciled yet, the `first_lookback_ms` before now; else every
+/// gap between reconciled periods (left by a manual reconcile of a later
+/// range, or by a run that stopped half way) and then everything after the
+/// last one. Nothing before the first reconciled period: the archive may not
+/// reach back there (it stays real time).
+pub fn pending(periods: &[PeriodSummary], now_ms: i64, first_lookback_ms: i64) -> Vec<(i64, i64)> {
+    let mut spans: Vec<(i64, i64)> = periods.iter().map(|p| (p.start_ms, p.end_ms)).collect();
+    spans.sort_unstable();
+    let Some(&(first_start, _)) = spans.first() else {
+        return vec![(now_ms.saturating_sub(first_lookback_ms), now_ms)];
+    };
+    let mut out = Vec::new();
+    let mut cursor = first_start;
+    for (start, end) in spans {
+        if start > cursor {
+            out.push((cursor, start));
+        }
+        cursor = cursor.max(end);
+    }
+    if cursor < now_ms {
+        out.push((cursor, now_ms));
+    }
+    out
+}
+
 /// Reconciles every closed hour of `[from_ms, to_ms)` the archive covers;
 /// `progress(done, total)` is called after each period.
 pub async fn reconcile<S: CountStore>(
@@ -179,10 +222,10 @@ pub async fn reconcile<S: CountStore>(
     let watermarks = options.views.watermarks().await?;
     let files = options.archive.list().await?;
     let archive = coverage::coverage(&files, &watermarks, now, options.in_flight);
-    let (periods, waiting_for_archive): (Vec<_>, Vec<_>) =
-        closed_periods(from_ms, to_ms, now, options.allowed_lateness)
-            .into_iter()
-            .partition(|(_, end)| coverage::covers(&archive, *end, options.allowed_lateness));
+    let lateness = options.allowed_lateness();
+    let (periods, waiting_for_archive): (Vec<_>, Vec<_>) = closed_periods(from_ms, to_ms, now, lateness)
+        .into_iter()
+        .partition(|(_, end)| coverage::covers(&archive, *end, lateness));
     if let Some(m) = metrics {
         m.archive_complete_through.set(archive.complete_through_ms.max(0) / 1000);
         m.waiting_periods.set(i64::try_from(waiting_for_archive.len()).unwrap_or(i64::MAX));
@@ -208,8 +251,14 @@ async fn recount_periods<S: CountStore>(
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<Vec<PeriodReport>, ReconcileError> {
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else { return Ok(Vec::new()) };
-    let lookahead = i64::try_from(options.late_lookahead.as_millis()).unwrap_or(i64::MAX);
-    let counted = recount::recount(&options.archive, first.0, last.1, lookahead).await?;
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let scope = Scope {
+        from_ms: first.0,
+        to_ms: last.1,
+        lookback_ms: millis(options.lookback),
+        lookahead_ms: millis(options.late_lookahead),
+    };
+    let counted = recount::recount(&options.archive, &scope, &options.counting).await?;
     let mut reports = Vec::with_capacity(periods.len());
     for (index, (start, end)) in periods.iter().copied().enumerate() {
         let batch_minutes: Vec<(String, i64, i64)> = counted
@@ -243,7 +292,8 @@ async fn recount_periods<S: CountStore>(
             m.drift.set(drift);
             m.drift_total.inc_by(drift.unsigned_abs());
             m.periods.inc();
-            m.exact_through.set(end / 1000);
+            // Filling a gap does not move it back.
+            m.exact_through.set(m.exact_through.get().max(end / 1000));
         }
         reports.push(PeriodReport {
             start_ms: start,
@@ -262,6 +312,22 @@ async fn recount_periods<S: CountStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loop_fills_gaps_before_going_on_after_the_last_period() {
+        let t0 = 1_795_341_600_000;
+        let period =
+            |start: i64| PeriodSummary { start_ms: start, end_ms: start + HOUR_MS, batch_views: 0, realtime_views: 0 };
+        let now = t0 + 30 * HOUR_MS;
+        assert_eq!(pending(&[], now, 24 * HOUR_MS), vec![(now - 24 * HOUR_MS, now)]);
+        // Reconciled 10:00 and 11:00, then by hand 15:00: 12:00-15:00 is a gap.
+        let periods = [period(t0 + 5 * HOUR_MS), period(t0), period(t0 + HOUR_MS)];
+        assert_eq!(
+            pending(&periods, now, 24 * HOUR_MS),
+            vec![(t0 + 2 * HOUR_MS, t0 + 5 * HOUR_MS), (t0 + 6 * HOUR_MS, now)]
+        );
+        assert_eq!(pending(&periods[1..], t0 + 2 * HOUR_MS, 0), vec![]);
+    }
 
     #[test]
     fn only_hours_past_the_allowed_lateness_are_closed() {

@@ -91,7 +91,7 @@ async fn archiving_the_same_offsets_twice_yields_identical_files_and_no_duplicat
         let mut rows = 0;
         for (path, _) in layout::list(first.path()).unwrap() {
             let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
-            rows += tally_reconciler::archive::parquet_io::read_views(bytes, "file", |_, _, _| {}).unwrap();
+            rows += tally_reconciler::archive::parquet_io::read_views(bytes, "file", |_| {}).unwrap();
         }
         assert_eq!(rows, 450, "the malformed record is not archived as a view");
     })
@@ -147,7 +147,19 @@ async fn an_archive_in_object_storage_holds_the_same_files_and_a_replay_adds_non
         assert!(object_snapshot(&in_bucket).await == expected, "the replay wrote no new or changed object");
 
         // And the batch recount reads it back.
-        let counted = tally_reconciler::recount::recount(&in_bucket, base, base + 4 * 3_600_000, 0).await.unwrap();
+        let scope = tally_reconciler::recount::Scope {
+            from_ms: base,
+            to_ms: base + 4 * 3_600_000,
+            lookback_ms: 0,
+            lookahead_ms: 0,
+        };
+        let rule = tally_model::counting::CountingRule {
+            allowed_lateness_ms: 3_600_000,
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 1_000,
+            max_clock_skew_ms: 60_000,
+        };
+        let counted = tally_reconciler::recount::recount(&in_bucket, &scope, &rule).await.unwrap();
         assert_eq!(counted.rows_read, 200);
         assert_eq!(counted.minutes.values().sum::<i64>(), 200);
     })

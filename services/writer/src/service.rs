@@ -294,6 +294,7 @@ impl<S: CountStore> WriterService<S> {
                     written_ms: now,
                     batch_views: t.batch_views,
                     exact_through_ms: t.exact_through_ms,
+                    batch_generation: t.batch_generation,
                 };
                 (t.video_id, entry)
             })

@@ -82,6 +82,16 @@ impl Fences {
         }
     }
 
+    /// Whether a chunk read at `offset` of its counts partition comes before
+    /// the claim of its partition's current owner. Such a chunk is a replay (a
+    /// restarted writer reading its partition again): the log was folded past
+    /// it when the claim was stored, so it was admitted or fenced then. Not
+    /// admitting it again is right either way, and it is no new zombie chunk.
+    /// `offset < 0` (position unknown) is never a replay.
+    pub fn precedes_claim(&self, header: &FlushHeader, offset: i64) -> bool {
+        offset >= 0 && self.owners.get(&header.source_partition).is_some_and(|current| offset < current.claim_offset)
+    }
+
     /// The current owner of `source_partition`.
     pub fn owner(&self, source_partition: u32) -> Option<Owner> {
         self.owners.get(&source_partition).copied()
@@ -139,6 +149,16 @@ mod tests {
         assert!(fences.changed().is_empty());
         assert!(fences.claim(&claim(0, 10), 60));
         assert_eq!(fences.changed(), vec![(0, Owner { owner: 10, claim_offset: 60 })]);
+    }
+
+    #[test]
+    fn a_chunk_before_the_current_claim_is_a_replay_and_one_after_it_a_zombie() {
+        // A writer restarted and reads the partition again over the owners it stored.
+        let fences = Fences::new([(0, Owner { owner: 2, claim_offset: 20 })]);
+        assert!(fences.precedes_claim(&chunk(0, 1), 10), "counter 1's chunk came before counter 2's claim");
+        assert!(!fences.precedes_claim(&chunk(0, 1), 21), "after the claim: a zombie");
+        assert!(!fences.precedes_claim(&chunk(0, 1), -1), "position unknown");
+        assert!(!fences.precedes_claim(&chunk(1, 1), 10), "partition 1 has no owner");
     }
 
     #[test]

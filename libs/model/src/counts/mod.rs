@@ -53,7 +53,8 @@ pub struct FlushHeader {
     pub chunk_count: u32,
     /// Oldest source offset the dedup state needs after `end`.
     pub dedup_horizon: i64,
-    /// Newest gateway receive time seen up to `end`.
+    /// Newest receive time the dedup window saw up to `end` (a gateway's, at
+    /// most the allowed clock skew ahead of the broker's: see [`crate::counting`]).
     pub max_received_ms: i64,
     /// Statistics of the whole flush (on chunk 0).
     pub stats: FlushStats,

@@ -36,6 +36,8 @@ impl ScyllaStore {
         let now_micros = tally_model::timestamp::now_ms().saturating_mul(1000);
         let generation = next_generation(&self.inner.generation, now_micros);
         let start = period.start_ms;
+        let stored: Vec<(i64, i64)> = self.batch_state().await?.periods;
+        crate::layers::check_period(start, period.end_ms, &minutes, &stored)?;
         let previous: BTreeSet<String> = self
             .select::<(String, i64)>(&statements.read_period_videos, (start,))
             .await?

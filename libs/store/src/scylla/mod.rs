@@ -30,8 +30,16 @@
 //!
 //! Retries: the driver's default retry policy retries idempotent requests
 //! inside `request-timeout`; everything else surfaces as
-//! [`StoreError::Unavailable`] (retried with backoff by the writer, behind its
-//! circuit breaker) or [`StoreError::Invalid`] (never retried).
+//! [`StoreError::Unavailable`] or [`StoreError::Invalid`]. The writer retries
+//! a batch that failed with `Unavailable` with exponential backoff
+//! (`writer.retry-initial-backoff` up to `writer.retry-max-backoff`) for as
+//! long as it takes, one batch at a time; there is no circuit breaker that
+//! sheds or short-circuits requests (its `tally_writer_breaker_state` gauge
+//! only says 2 while it backs off). `Invalid` is never retried: the writer stops.
+//!
+//! Reads follow [`crate::layers`]: batch counts for exactly the reconciled
+//! periods (the rows of a period count once its `batch_periods` row, written
+//! last, is there), real-time rollups for every other minute.
 //!
 //! # Layout
 //!
@@ -95,8 +103,9 @@ struct Statements {
     read_minutes_from: PreparedStatement,
     read_series: PreparedStatement,
     read_hour_videos: PreparedStatement,
-    read_boundary: PreparedStatement,
-    read_batch_total: PreparedStatement,
+    read_reconciled: PreparedStatement,
+    read_batch_by_video: PreparedStatement,
+    read_batch_minutes: PreparedStatement,
     read_period_videos: PreparedStatement,
     delete_period_minutes: PreparedStatement,
     write_batch_minute: PreparedStatement,
@@ -268,8 +277,19 @@ impl Statements {
             .await?,
             read_hour_videos: prepare(format!("SELECT video_id FROM {ks}.videos_by_hour WHERE hour = ? AND shard = ?"))
                 .await?,
-            read_boundary: prepare(format!("SELECT max(end_ms) FROM {ks}.batch_periods WHERE scope = 'all'")).await?,
-            read_batch_total: prepare(format!("SELECT views FROM {ks}.batch_by_video WHERE video_id = ?")).await?,
+            read_reconciled: prepare(format!(
+                "SELECT start_ms, end_ms, writetime(end_ms) FROM {ks}.batch_periods WHERE scope = 'all'"
+            ))
+            .await?,
+            read_batch_by_video: prepare(format!(
+                "SELECT period_start, views FROM {ks}.batch_by_video WHERE video_id = ? \
+                 AND period_start >= ? AND period_start < ?"
+            ))
+            .await?,
+            read_batch_minutes: prepare(format!(
+                "SELECT minute, views FROM {ks}.batch_minutes WHERE period_start = ? AND video_id = ?"
+            ))
+            .await?,
             read_period_videos: prepare(format!(
                 "SELECT video_id, minute FROM {ks}.batch_minutes WHERE period_start = ?"
             ))

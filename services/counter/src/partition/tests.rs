@@ -8,12 +8,22 @@ use super::*;
 
 fn rules() -> Rules {
     Rules {
-        allowed_lateness_ms: 3_600_000,
+        counting: CountingRule {
+            allowed_lateness_ms: 3_600_000,
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 1_000,
+            max_clock_skew_ms: 60_000,
+        },
         dlq: DlqLimits { max_ratio: 0.5, min_records: 10, max_consecutive: 3 },
         max_rows_per_flush: 1_000,
         max_buffered_rows: 2,
         flush_interval: Duration::from_secs(1),
     }
+}
+
+/// The record at `offset` with `payload`, without a broker timestamp.
+fn at(offset: i64, payload: &[u8]) -> Input<'_> {
+    Input { offset, log_ms: None, key: b"", payload }
 }
 
 fn record(video: &str, id: &str, ts_ms: i64, received_ms: i64) -> Vec<u8> {
@@ -34,12 +44,12 @@ fn record(video: &str, id: &str, ts_ms: i64, received_ms: i64) -> Vec<u8> {
 fn a_range_counts_dedups_and_dead_letters_then_seals() {
     let t = 1_795_341_600_000;
     let mut p = PartitionState::new(0, 0, 1, 10, Dedup::new(600_000, 1_000), vec![]);
-    p.process(10, None, Some(&record("v", "e1", t, t)), &rules()).unwrap();
-    p.process(11, None, Some(&record("v", "e1", t, t + 1_000)), &rules()).unwrap();
-    p.process(12, None, Some(b"garbage"), &rules()).unwrap();
-    p.process(13, None, Some(&record("v", "e2", t - 7_200_000, t)), &rules()).unwrap();
-    p.process(14, None, Some(&record("v", "e3", t + 60_000, t + 60_000)), &rules()).unwrap();
-    p.process(12, None, Some(b"redelivered"), &rules()).unwrap();
+    p.process(at(10, &record("v", "e1", t, t)), &rules()).unwrap();
+    p.process(at(11, &record("v", "e1", t, t + 1_000)), &rules()).unwrap();
+    p.process(at(12, b"garbage"), &rules()).unwrap();
+    p.process(at(13, &record("v", "e2", t - 7_200_000, t)), &rules()).unwrap();
+    p.process(at(14, &record("v", "e3", t + 60_000, t + 60_000)), &rules()).unwrap();
+    p.process(at(12, b"redelivered"), &rules()).unwrap();
     let job = p.seal(Instant::now());
     assert_eq!((job.header.start, job.header.end), (10, 15));
     assert_eq!(job.header.stats, FlushStats { read: 5, counted: 2, duplicates: 1, dead_lettered: 2 });
@@ -57,13 +67,13 @@ fn a_range_counts_dedups_and_dead_letters_then_seals() {
 fn a_forced_boundary_is_sealed_exactly_and_blocks_until_possible() {
     let t = 1_795_341_600_000;
     let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![2, 4]);
-    p.process(0, None, Some(&record("v", "a", t, t)), &rules()).unwrap();
+    p.process(at(0, &record("v", "a", t, t)), &rules()).unwrap();
     assert!(!p.due(Instant::now() + Duration::from_secs(60), &rules()), "timers do not cut a forced range");
-    p.process(1, None, Some(&record("v", "b", t, t)), &rules()).unwrap();
+    p.process(at(1, &record("v", "b", t, t)), &rules()).unwrap();
     assert!(p.due(Instant::now(), &rules()));
     assert_eq!(p.seal(Instant::now()).header.end, 2);
-    p.process(2, None, Some(&record("v", "c", t, t)), &rules()).unwrap();
-    p.process(3, None, Some(&record("v", "d", t, t)), &rules()).unwrap();
+    p.process(at(2, &record("v", "c", t, t)), &rules()).unwrap();
+    p.process(at(3, &record("v", "d", t, t)), &rules()).unwrap();
     assert!(p.blocked(&rules()), "at the next boundary while the first flush is in flight");
     p.complete(2);
     assert!(!p.blocked(&rules()));
@@ -93,10 +103,11 @@ fn sealed<'a>(records: &'a [(i64, Vec<u8>)], forced: Vec<i64>, passes: bool) -> 
     let mut i = 0;
     while i < records.len() {
         if passes {
-            let view = |r: &'a (i64, Vec<u8>)| (r.0, &b"key"[..], &r.1[..]);
+            let view = |r: &'a (i64, Vec<u8>)| Input { offset: r.0, log_ms: None, key: b"key", payload: &r.1 };
             i += p.process_run(&records[i..], view, now, &rules).unwrap();
         } else {
-            p.process(records[i].0, Some(b"key"), Some(&records[i].1), &rules).unwrap();
+            p.process(Input { offset: records[i].0, log_ms: None, key: b"key", payload: &records[i].1 }, &rules)
+                .unwrap();
             i += 1;
         }
         seal_if_due(&mut p);
@@ -138,7 +149,14 @@ fn a_run_stops_at_the_record_that_trips_the_dead_letter_limit() {
         .map(|i| (i, if (2..5).contains(&i) { b"x".to_vec() } else { record("v", &format!("e{i}"), t, t) }))
         .collect();
     let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
-    let err = p.process_run(&records, |r| (r.0, &b""[..], &r.1[..]), Instant::now(), &rules()).unwrap_err();
+    let err = p
+        .process_run(
+            &records,
+            |r| Input { offset: r.0, log_ms: None, key: b"", payload: &r.1 },
+            Instant::now(),
+            &rules(),
+        )
+        .unwrap_err();
     assert_eq!(err.consecutive, 3);
     assert_eq!(p.next_offset(), 5, "nothing after the tripping record");
     assert_eq!(p.buffered_rows(), 1, "the records before it were counted");
@@ -147,8 +165,44 @@ fn a_run_stops_at_the_record_that_trips_the_dead_letter_limit() {
 #[test]
 fn a_run_of_poison_trips_the_limit() {
     let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
-    p.process(0, None, Some(b"x"), &rules()).unwrap();
-    p.process(1, None, Some(b"x"), &rules()).unwrap();
-    let err = p.process(2, None, Some(b"x"), &rules()).unwrap_err();
+    p.process(at(0, b"x"), &rules()).unwrap();
+    p.process(at(1, b"x"), &rules()).unwrap();
+    let err = p.process(at(2, b"x"), &rules()).unwrap_err();
     assert_eq!(err.consecutive, 3);
+}
+
+/// The record at `offset` that the broker logged at `log_ms`.
+fn logged(offset: i64, log_ms: i64, payload: &[u8]) -> Input<'_> {
+    Input { offset, log_ms: Some(log_ms), key: b"", payload }
+}
+
+/// Issue 15, item 6: one gateway whose clock runs 20 minutes ahead must not
+/// empty the dedup window of the partitions it feeds. The window trusts the
+/// broker's timestamp of a record (plus the allowed skew) over a receive
+/// time further ahead of it, and counts each such record as clamped.
+#[test]
+fn a_gateway_clock_running_ahead_does_not_empty_the_dedup_window() {
+    let t = 1_795_341_600_000;
+    let ahead = 20 * 60_000;
+    let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
+    // Gateway A, on time: e1 at t.
+    p.process(logged(0, t, &record("v", "e1", t, t)), &rules()).unwrap();
+    // Gateway B, 20 minutes ahead, one second later: another view, and a
+    // resend of e1 through it.
+    p.process(logged(1, t + 1_000, &record("w", "x", t + ahead + 1_000, t + ahead + 1_000)), &rules()).unwrap();
+    p.process(logged(2, t + 2_000, &record("v", "e1", t, t + ahead + 2_000)), &rules()).unwrap();
+    // Gateway A two minutes later: e1 resent once more.
+    p.process(logged(3, t + 120_000, &record("v", "e1", t, t + 120_000)), &rules()).unwrap();
+    let job = p.seal(Instant::now());
+    assert_eq!(
+        job.header.stats,
+        FlushStats { read: 4, counted: 2, duplicates: 2, dead_lettered: 0 },
+        "e1 once (whichever gateway resent it), x once"
+    );
+    assert_eq!(p.take_clock_skew_clamped(), 2, "both records of gateway B were clamped");
+    assert_eq!(
+        job.header.max_received_ms,
+        t + 120_000,
+        "the window's newest time is the broker's, plus the skew at most"
+    );
 }

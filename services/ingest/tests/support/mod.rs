@@ -1,5 +1,8 @@
 //! A gateway on free ports in front of a real broker, for the tests of this crate.
 
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,11 +27,15 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway against `broker` with `tweak` applied to a test configuration.
     pub async fn start(broker: &Broker, tweak: impl FnOnce(&mut IngestConfig)) -> Self {
+        Self::start_with(tally_testkit::kafka_config(broker), tweak).await
+    }
+
+    /// [`Gateway::start`] with the Kafka configuration `kafka`.
+    pub async fn start_with(kafka: KafkaConfig, tweak: impl FnOnce(&mut IngestConfig)) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let kafka = tally_testkit::kafka_config(broker);
         let mut config = IngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),

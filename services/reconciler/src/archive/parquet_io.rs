@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder, UInt16Builder};
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -30,6 +30,9 @@ pub struct ArchivedView {
     pub ts_ms: i64,
     /// Gateway receive time, epoch ms.
     pub received_ms: i64,
+    /// The broker's timestamp of the record (log-append time), epoch ms,
+    /// when it had one; the recount's dedup window needs it as the counter's does.
+    pub log_ms: Option<i64>,
     /// Idempotency key.
     pub event_id: String,
     /// Viewer, when given.
@@ -79,6 +82,7 @@ pub fn schema() -> SchemaRef {
         Field::new("event_id", DataType::Utf8, false),
         Field::new("viewer_id", DataType::Utf8, true),
         Field::new("attributes", DataType::Utf8, true),
+        Field::new("log_ms", DataType::Int64, true),
     ]))
 }
 
@@ -92,6 +96,7 @@ fn to_batch(rows: &[ArchivedView]) -> Result<RecordBatch, arrow_schema::ArrowErr
     let mut event = StringBuilder::new();
     let mut viewer = StringBuilder::new();
     let mut attributes = StringBuilder::new();
+    let mut log = Int64Builder::with_capacity(rows.len());
     for row in rows {
         partition.append_value(row.partition);
         offset.append_value(row.offset);
@@ -102,6 +107,7 @@ fn to_batch(rows: &[ArchivedView]) -> Result<RecordBatch, arrow_schema::ArrowErr
         event.append_value(&row.event_id);
         viewer.append_option(row.viewer_id.as_deref());
         attributes.append_option(row.attributes.as_deref());
+        log.append_option(row.log_ms);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(partition.finish()),
@@ -113,6 +119,7 @@ fn to_batch(rows: &[ArchivedView]) -> Result<RecordBatch, arrow_schema::ArrowErr
         Arc::new(event.finish()),
         Arc::new(viewer.finish()),
         Arc::new(attributes.finish()),
+        Arc::new(log.finish()),
     ];
     RecordBatch::try_new(schema(), columns)
 }
@@ -130,19 +137,52 @@ pub fn encode(rows: &[ArchivedView], shown: &str) -> Result<Vec<u8>, ArchiveErro
     Ok(buffer)
 }
 
-/// Reads the `(video_id, event_id, ts_ms)` columns of a file's bytes, calling `visit` per row.
-pub fn read_views(bytes: Bytes, shown: &str, mut visit: impl FnMut(&str, &str, i64)) -> Result<usize, ArchiveError> {
+/// The columns of one archived row the recount reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRef<'a> {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Video.
+    pub video_id: &'a str,
+    /// Idempotency key.
+    pub event_id: &'a str,
+    /// Event time, epoch ms.
+    pub ts_ms: i64,
+    /// Gateway receive time, epoch ms.
+    pub received_ms: i64,
+    /// The broker's timestamp, when known (files written before it was
+    /// archived have no `log_ms` column).
+    pub log_ms: Option<i64>,
+}
+
+/// Reads a file's bytes, calling `visit` per row in file (offset) order.
+pub fn read_views(bytes: Bytes, shown: &str, mut visit: impl FnMut(&RowRef<'_>)) -> Result<usize, ArchiveError> {
     let format = |e: &dyn std::fmt::Display| ArchiveError::Format { path: shown.to_owned(), message: e.to_string() };
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format(&e))?.build().map_err(|e| format(&e))?;
     let mut rows = 0;
     for batch in reader {
         let batch = batch.map_err(|e| format(&e))?;
-        let video = column::<StringArray>(&batch, "video_id").ok_or_else(|| format(&"no video_id column"))?;
-        let event = column::<StringArray>(&batch, "event_id").ok_or_else(|| format(&"no event_id column"))?;
-        let ts = column::<Int64Array>(&batch, "ts_ms").ok_or_else(|| format(&"no ts_ms column"))?;
+        let missing = |name: &str| format(&format_args!("no {name} column"));
+        let partition = column::<Int32Array>(&batch, "partition").ok_or_else(|| missing("partition"))?;
+        let offset = column::<Int64Array>(&batch, "offset").ok_or_else(|| missing("offset"))?;
+        let video = column::<StringArray>(&batch, "video_id").ok_or_else(|| missing("video_id"))?;
+        let event = column::<StringArray>(&batch, "event_id").ok_or_else(|| missing("event_id"))?;
+        let ts = column::<Int64Array>(&batch, "ts_ms").ok_or_else(|| missing("ts_ms"))?;
+        let received = column::<Int64Array>(&batch, "received_ms").ok_or_else(|| missing("received_ms"))?;
+        let log = column::<Int64Array>(&batch, "log_ms");
         for i in 0..batch.num_rows() {
-            visit(video.value(i), event.value(i), ts.value(i));
+            visit(&RowRef {
+                partition: partition.value(i),
+                offset: offset.value(i),
+                video_id: video.value(i),
+                event_id: event.value(i),
+                ts_ms: ts.value(i),
+                received_ms: received.value(i),
+                log_ms: log.filter(|log| log.is_valid(i)).map(|log| log.value(i)),
+            });
         }
         rows += batch.num_rows();
     }
@@ -165,6 +205,7 @@ mod tests {
             salt: 0,
             ts_ms: 1_795_341_600_000 + offset,
             received_ms: 1_795_341_600_000 + offset,
+            log_ms: (offset % 3 != 0).then_some(1_795_341_600_000 + offset + 7),
             event_id: format!("e{offset}"),
             viewer_id: (offset % 2 == 0).then(|| "u".to_owned()),
             attributes: None,
@@ -178,15 +219,19 @@ mod tests {
         let second = encode(&rows, "two").unwrap();
         assert_eq!(first, second);
         let mut seen = Vec::new();
-        let read = read_views(Bytes::from(first), "one", |v, e, t| seen.push((v.to_owned(), e.to_owned(), t))).unwrap();
+        let read = read_views(Bytes::from(first), "one", |r| {
+            seen.push((r.partition, r.offset, r.video_id.to_owned(), r.event_id.to_owned(), r.ts_ms, r.log_ms))
+        })
+        .unwrap();
         assert_eq!(read, 100);
-        assert_eq!(seen[3], ("a".to_owned(), "e3".to_owned(), 1_795_341_600_003));
+        assert_eq!(seen[3], (1, 3, "a".to_owned(), "e3".to_owned(), 1_795_341_600_003, None));
+        assert_eq!(seen[4].5, Some(1_795_341_600_011));
     }
 
     #[test]
     fn a_truncated_file_is_a_format_error() {
         let bytes = encode(&[row(0, "a")], "one").unwrap();
         let cut = Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
-        assert!(matches!(read_views(cut, "one", |_, _, _| {}), Err(ArchiveError::Format { .. })));
+        assert!(matches!(read_views(cut, "one", |_| {}), Err(ArchiveError::Format { .. })));
     }
 }

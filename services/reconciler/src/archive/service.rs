@@ -209,6 +209,7 @@ impl ArchiverService {
                                 salt: view.salt.0,
                                 ts_ms: view.ts_ms,
                                 received_ms: view.received_ms,
+                                log_ms: message.timestamp().to_millis(),
                                 event_id: view.event_id.to_owned(),
                                 viewer_id: view.viewer_id.map(str::to_owned),
                                 attributes: view.attributes.map(str::to_owned),

@@ -12,7 +12,7 @@
 //! and everything else follows from its records plus the newest receive
 //! time, a restarted counter rebuilds the identical state by re-reading
 //! `[horizon, next)` and restoring that time: both are written in every flush
-//! record ([`tally_model::counts::FlushHeader`]).
+//! record ([`crate::counts::FlushHeader`]).
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
