@@ -145,6 +145,7 @@ impl CounterMetrics {
             partitions_revoked: IntCounter::new(
                 "tally_counter_partitions_revoked_total",
                 "Partitions of the views topic revoked from this instance by rebalances (eager: all it owned; cooperative: those that move)",
+            )?,
             stale_completions: IntCounter::new(
                 "tally_counter_stale_completions_total",
                 "Flushes acknowledged after their owner released the partition (a revoke gave up waiting); their ends are not committed",
