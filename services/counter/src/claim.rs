@@ -9,20 +9,31 @@
 
 use std::time::{Duration, Instant};
 
+use futures::future::{self, Either};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tally_model::counts::{self, Claim};
+use tokio_util::sync::CancellationToken;
 
 /// Why a claim was not acknowledged.
 #[derive(Debug, thiserror::Error)]
-#[error("claiming partition {partition} in {topic}: {source}")]
-pub struct ClaimError {
-    /// The source partition.
-    pub partition: i32,
-    /// The counts topic.
-    pub topic: String,
-    /// The last error.
-    pub source: KafkaError,
+pub enum ClaimError {
+    /// Retried for the claimer's whole timeout.
+    #[error("claiming partition {partition} in {topic}: {source}")]
+    Unacknowledged {
+        /// The source partition.
+        partition: i32,
+        /// The counts topic.
+        topic: String,
+        /// The last error.
+        source: KafkaError,
+    },
+    /// The counter is shutting down: the partition is left to its next owner.
+    #[error("claiming partition {partition}: stopped by shutdown")]
+    Stopped {
+        /// The source partition.
+        partition: i32,
+    },
 }
 
 /// An acknowledged claim.
@@ -42,19 +53,22 @@ pub struct Claimer {
     counts_partitions: i32,
     claimant: String,
     timeout: Duration,
+    stop: CancellationToken,
 }
 
 impl Claimer {
     /// A claimer that names itself `claimant` (host and process) in its claims
-    /// and retries for up to `timeout`.
+    /// and retries for up to `timeout`, or until `stop` is cancelled (a claim
+    /// runs inside a rebalance callback, where the drain cannot reach it).
     pub fn new(
         producer: FutureProducer,
         counts_topic: String,
         counts_partitions: i32,
         claimant: String,
         timeout: Duration,
+        stop: CancellationToken,
     ) -> Self {
-        Self { producer, counts_topic, counts_partitions, claimant, timeout }
+        Self { producer, counts_topic, counts_partitions, claimant, timeout, stop }
     }
 
     /// Claims source `partition`, resuming from `resume_from`, with a fresh
@@ -77,21 +91,48 @@ impl Claimer {
                 .partition(partition % self.counts_partitions.max(1))
                 .key(&key)
                 .payload(&payload);
+            let stopped = ClaimError::Stopped { partition };
             let outcome = match self.producer.send_result(record) {
-                Ok(delivery) => match futures::executor::block_on(delivery) {
-                    Ok(Ok(delivered)) => return Ok(Claimed { owner: claim.owner, offset: delivered.offset }),
-                    Ok(Err((e, _))) => e,
-                    Err(_canceled) => KafkaError::Canceled,
-                },
+                Ok(delivery) => {
+                    let stopping = std::pin::pin!(self.stop.cancelled());
+                    let acknowledged = match futures::executor::block_on(future::select(delivery, stopping)) {
+                        Either::Left((acknowledged, _)) => Some(acknowledged),
+                        Either::Right(((), _)) => None,
+                    };
+                    match acknowledged.ok_or(stopped)? {
+                        Ok(Ok(delivered)) => return Ok(Claimed { owner: claim.owner, offset: delivered.offset }),
+                        Ok(Err((e, _))) => e,
+                        Err(_canceled) => KafkaError::Canceled,
+                    }
+                }
                 Err((e, _)) => e,
             };
             if Instant::now() + backoff > deadline {
-                return Err(ClaimError { partition, topic: self.counts_topic.clone(), source: outcome });
+                return Err(ClaimError::Unacknowledged {
+                    partition,
+                    topic: self.counts_topic.clone(),
+                    source: outcome,
+                });
             }
             tracing::warn!(partition, error = %outcome, "claim not acknowledged; retrying");
-            std::thread::sleep(backoff);
+            if self.stop_within(backoff) {
+                return Err(ClaimError::Stopped { partition });
+            }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Sleeps `pause`, or less when the stop token is cancelled; says whether it was.
+    fn stop_within(&self, pause: Duration) -> bool {
+        let until = Instant::now() + pause;
+        while !self.stop.is_cancelled() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+        true
     }
 }
 

@@ -22,9 +22,14 @@ use tally_kafka::clients::base_config;
 use tally_kafka::KafkaConfig;
 use tally_model::counting::dedup_key;
 use tally_model::counts::{self, FlushHeader, RecordHead};
+use tokio_util::sync::CancellationToken;
 
 use crate::claim::Claimed;
 use crate::partition::{classify, PartitionState, Rules, Verdict};
+
+/// The longest a blocking broker request of recovery waits before looking
+/// at the stop token again.
+pub const STOP_CHECK: Duration = Duration::from_secs(1);
 
 /// Records read per step when scanning a counts partition backwards.
 const SCAN_STEP: i64 = 2_000;
@@ -39,6 +44,12 @@ pub enum RecoveryError {
         partition: i32,
         /// The error.
         source: rdkafka::error::KafkaError,
+    },
+    /// The counter is shutting down: the partition is left to its next owner.
+    #[error("recovering partition {partition}: stopped by shutdown")]
+    Stopped {
+        /// The source partition.
+        partition: i32,
     },
     /// Reading a range did not finish in time.
     #[error("recovering partition {partition}: reading {topic}[{from}..{to}) timed out")]
@@ -69,6 +80,9 @@ pub struct RecoveryContext {
     pub rules: Rules,
     /// Longest time one read may take.
     pub read_timeout: Duration,
+    /// Cancelled at shutdown: a take-over in progress gives up at once
+    /// (it runs inside a rebalance callback, out of the drain's reach).
+    pub stop: CancellationToken,
 }
 
 /// The outcome of recovering one partition.
@@ -92,8 +106,7 @@ pub fn recover(
     claimed: Claimed,
 ) -> Result<Recovered, RecoveryError> {
     let reader = reader(&ctx.kafka, partition)?;
-    let kafka_err = |source| RecoveryError::Kafka { partition, source };
-    let (low, high) = watermarks(&reader, &ctx.views_topic, partition, ctx.read_timeout).map_err(kafka_err)?;
+    let (low, high) = watermarks(&reader, &ctx.views_topic, partition, ctx.read_timeout, &ctx.stop)?;
     let mut start = committed.unwrap_or(low).max(low);
     let counts_partition = partition % ctx.counts_partitions.max(1);
     let headers = scan_tail(&reader, ctx, partition, counts_partition, start, claimed.offset)?;
@@ -116,7 +129,7 @@ pub fn recover(
     let mut replayed = 0;
     if let Some(anchor) = anchor {
         let from = anchor.dedup_horizon.max(low);
-        read_range(&reader, &ctx.views_topic, partition, from, start, ctx.read_timeout, |offset, log_ms, payload| {
+        read_range(&reader, &ctx.views_topic, partition, (from, start), ctx, |offset, log_ms, payload| {
             if let Verdict::Count(view) = classify(payload, &ctx.rules.counting) {
                 let received = ctx.rules.counting.trusted_received(view.received_ms, log_ms);
                 dedup.check(offset, dedup_key(view.video_id, view.event_id), received.received_ms);
@@ -153,14 +166,13 @@ fn scan_tail(
     start: i64,
     claim_offset: i64,
 ) -> Result<Vec<FlushHeader>, RecoveryError> {
-    let (low, high) = watermarks(reader, &ctx.counts_topic, counts_partition, ctx.read_timeout)
-        .map_err(|source| RecoveryError::Kafka { partition, source })?;
+    let (low, high) = watermarks(reader, &ctx.counts_topic, counts_partition, ctx.read_timeout, &ctx.stop)?;
     let source = u32::try_from(partition).unwrap_or(0);
     let mut found = Vec::new();
     let mut to = high.min(claim_offset);
     while to > low {
         let from = (to - SCAN_STEP).max(low);
-        read_range(reader, &ctx.counts_topic, counts_partition, from, to, ctx.read_timeout, |_, _, payload| {
+        read_range(reader, &ctx.counts_topic, counts_partition, (from, to), ctx, |_, _, payload| {
             if let Ok(RecordHead::Chunk(header)) = counts::decode_head(payload.unwrap_or_default()) {
                 if header.source_partition == source {
                     found.push(header);
@@ -177,23 +189,28 @@ fn scan_tail(
 
 /// The low and high watermarks of one partition. A partition whose leader
 /// is moving (a broker died, `NotLeaderForPartition`, no leader yet) answers
-/// with an error for a few seconds: asked again until `timeout` has passed.
+/// with an error for a few seconds: asked again until `timeout` has passed,
+/// in steps short enough to notice a shutdown.
 fn watermarks(
     reader: &BaseConsumer,
     topic: &str,
     partition: i32,
     timeout: Duration,
-) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    stop: &CancellationToken,
+) -> Result<(i64, i64), RecoveryError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        if stop.is_cancelled() {
+            return Err(RecoveryError::Stopped { partition });
+        }
+        let wait = deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(500), STOP_CHECK);
         match reader.fetch_watermarks(topic, partition, wait) {
             Ok(marks) => return Ok(marks),
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(topic, partition, error = %e, "watermarks unavailable (leader moving?); asking again");
                 std::thread::sleep(Duration::from_millis(250));
             }
-            Err(e) => return Err(e),
+            Err(source) => return Err(RecoveryError::Kafka { partition, source }),
         }
     }
 }
@@ -204,9 +221,8 @@ fn read_range(
     reader: &BaseConsumer,
     topic: &str,
     partition: i32,
-    from: i64,
-    to: i64,
-    timeout: Duration,
+    (from, to): (i64, i64),
+    ctx: &RecoveryContext,
     mut visit: impl FnMut(i64, Option<i64>, Option<&[u8]>),
 ) -> Result<(), RecoveryError> {
     if from >= to {
@@ -219,16 +235,19 @@ fn read_range(
     reader.assign(&assignment).map_err(|source| RecoveryError::Kafka { partition, source })?;
     drop(assignment);
     // An idle bound, not a total one: long replays are fine while records flow.
-    let mut deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + ctx.read_timeout;
     let mut next = from;
     while next < to {
+        if ctx.stop.is_cancelled() {
+            return Err(RecoveryError::Stopped { partition });
+        }
         if Instant::now() > deadline {
             return Err(RecoveryError::ReadTimeout { partition, topic: topic.to_owned(), from, to });
         }
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let offset = message.offset();
-                deadline = Instant::now() + timeout;
+                deadline = Instant::now() + ctx.read_timeout;
                 if offset >= next && offset < to {
                     visit(offset, message.timestamp().to_millis(), message.payload());
                 }

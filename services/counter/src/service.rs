@@ -123,6 +123,7 @@ impl CounterService {
             counts_partitions: self.counts_partitions,
             rules,
             read_timeout: Duration::from_secs(30),
+            stop: shutdown.clone(),
         };
         let destination = Destination {
             views_topic: topics.views.clone(),
@@ -159,6 +160,7 @@ impl CounterService {
             self.counts_partitions,
             claimant_name(),
             c.delivery_timeout.max(Duration::from_secs(10)),
+            shutdown.clone(),
         );
         let emitted = emitter::run(self.producer, destination, jobs_rx, done_tx, emitter_stop.clone());
         let stop_counting = shutdown.clone();

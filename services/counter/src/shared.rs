@@ -36,23 +36,26 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::claim::Claimer;
+use crate::claim::{ClaimError, Claimer};
 use crate::commits::{self, Verdict};
 use crate::emitter::Completion;
 use crate::lag::{Position, Positions};
 use crate::metrics::CounterMetrics;
 use crate::ownership::Partitions;
 use crate::partition::{FlushJob, PartitionState};
-use crate::recovery::{self, RecoveryContext};
+use crate::recovery::{self, RecoveryContext, RecoveryError};
 use crate::worker::WorkerError;
 
 /// How long a revoke waits for a partition's flushes in flight before it
 /// gives them up to the next owner (who re-emits them).
 const REVOKE_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a take-over asks for the group's committed offsets.
+const COMMITTED_OFFSETS_WAIT: Duration = Duration::from_secs(10);
 
 /// State shared between the threads of one counter.
 pub struct Shared {
@@ -144,6 +147,33 @@ impl Shared {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The group's committed offsets of `list` (`None` for a partition the
+    /// group never committed), asked in short steps so that a shutdown is
+    /// noticed: `Ok(None)` when it came first.
+    fn committed_offsets(
+        &self,
+        consumer: &BaseConsumer<CounterContext>,
+        list: TopicPartitionList,
+    ) -> Result<Option<HashMap<i32, Option<i64>>>, WorkerError> {
+        let deadline = Instant::now() + COMMITTED_OFFSETS_WAIT;
+        let committed = loop {
+            if self.recovery.stop.is_cancelled() {
+                return Ok(None);
+            }
+            match consumer.committed_offsets(list.clone(), recovery::STOP_CHECK) {
+                Ok(committed) => break committed,
+                Err(KafkaError::OffsetFetch(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let offsets = committed
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { Some(o) } else { None }))
+            .collect();
+        Ok(Some(offsets))
+    }
+
     fn take_over(&self, consumer: &BaseConsumer<CounterContext>, assigned: &[i32]) -> Result<(), WorkerError> {
         let topic = &self.recovery.views_topic;
         let mut list = TopicPartitionList::new();
@@ -153,17 +183,32 @@ impl Shared {
         // librdkafka keeps a partition's pause across unassign and assign: one
         // paused for backpressure when it was revoked would never be fetched again.
         consumer.resume(&list)?;
-        let committed: HashMap<i32, Option<i64>> = consumer
-            .committed_offsets(list, Duration::from_secs(10))?
-            .elements()
-            .iter()
-            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { Some(o) } else { None }))
-            .collect();
+        let Some(committed) = self.committed_offsets(consumer, list)? else {
+            tracing::info!(?assigned, "shutting down during a take-over; the partitions are left to their next owner");
+            return Ok(());
+        };
         for p in assigned {
             let started = Instant::now();
             let committed = committed.get(p).copied().flatten();
-            let claimed = self.claimer.claim(*p, committed.unwrap_or(-1))?;
-            let mut recovered = recovery::recover(&self.recovery, *p, committed, claimed)?;
+            let taken = self
+                .claimer
+                .claim(*p, committed.unwrap_or(-1))
+                .map_err(WorkerError::from)
+                .and_then(|claimed| Ok((claimed, recovery::recover(&self.recovery, *p, committed, claimed)?)));
+            let (claimed, mut recovered) = match taken {
+                Ok(taken) => taken,
+                Err(
+                    WorkerError::Claim(ClaimError::Stopped { .. })
+                    | WorkerError::Recovery(RecoveryError::Stopped { .. }),
+                ) => {
+                    tracing::info!(
+                        partition = p,
+                        "shutting down during a take-over; the partition is left to its next owner"
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             self.metrics.recovery_duration.observe(started.elapsed().as_secs_f64());
             self.metrics.reemitted_ranges.inc_by(recovered.forced as u64);
             tracing::info!(

@@ -23,6 +23,7 @@ use tally_counter::shared::{CounterContext, Shared};
 use tally_counter::worker::WorkerError;
 use tally_kafka::KafkaConfig;
 use tally_model::counting::CountingRule;
+use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "tally.views";
 const GROUP: &str = "tally-counter-commit-test";
@@ -60,6 +61,7 @@ fn fixture(end: i64) -> Fixture {
         counts_partitions: 1,
         rules,
         read_timeout: Duration::from_secs(5),
+        stop: CancellationToken::new(),
     };
     let registry = Registry::new();
     let metrics = CounterMetrics::register(&registry).expect("metrics");
@@ -68,8 +70,14 @@ fn fixture(end: i64) -> Fixture {
     // Never used: partitions are assigned by hand, not claimed.
     let producer: rdkafka::producer::FutureProducer =
         ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().expect("producer");
-    let claimer =
-        Claimer::new(producer, "tally.counts".into(), 1, "commit-results-test".into(), Duration::from_secs(5));
+    let claimer = Claimer::new(
+        producer,
+        "tally.counts".into(),
+        1,
+        "commit-results-test".into(),
+        Duration::from_secs(5),
+        CancellationToken::new(),
+    );
     let shared = Arc::new(Shared::new(recovery, claimer, metrics, done_rx, jobs_tx));
     let consumer: BaseConsumer<CounterContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())

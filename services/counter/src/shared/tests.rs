@@ -18,6 +18,7 @@ use super::*;
 use crate::dlq::DlqLimits;
 use crate::partition::{Input, Rules};
 use tally_model::counting::{CountingRule, Dedup};
+use tokio_util::sync::CancellationToken;
 
 const VIEWS: &str = "views";
 
@@ -56,9 +57,11 @@ fn harness() -> Harness {
         counts_partitions: 1,
         rules: rules(),
         read_timeout: Duration::from_secs(1),
+        stop: CancellationToken::new(),
     };
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
-    let claimer = Claimer::new(producer, "counts".into(), 1, "test".into(), Duration::from_secs(1));
+    let claimer =
+        Claimer::new(producer, "counts".into(), 1, "test".into(), Duration::from_secs(1), CancellationToken::new());
     let metrics = CounterMetrics::register(&Registry::new()).unwrap();
     let (done_tx, done_rx) = mpsc::channel();
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
