@@ -13,24 +13,6 @@ use common::{cassandra_store_sections, process_sections_with_store, write_config
 use serde_json::{json, Value};
 use tally_testkit::{bounded, Broker, Cassandra, RedisServer};
 
-async fn views(http: &reqwest::Client, api: &str, ids: &[String]) -> BTreeMap<String, i64> {
-    let body: Value = http
-        .post(format!("http://{api}/v1/views:batchGet"))
-        .json(&json!({ "video_ids": ids }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["video_id"].as_str().unwrap().to_owned(), r["views"].as_i64().unwrap()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_posted_to_the_gateway_are_counted_exactly_in_cassandra() {
     bounded(Duration::from_secs(300), async {
@@ -72,7 +54,7 @@ async fn events_posted_to_the_gateway_are_counted_exactly_in_cassandra() {
         let ids: Vec<String> = expected.keys().cloned().collect();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let got = views(&http, &api, &ids).await;
+            let got = common::query::views(&http, &api, &ids).await.unwrap_or_default();
             if got == expected {
                 break;
             }
@@ -95,7 +77,11 @@ async fn events_posted_to_the_gateway_are_counted_exactly_in_cassandra() {
             .unwrap()
         };
         assert!(quiet, "the pipeline did not go quiet");
-        assert_eq!(views(&http, &api, &ids).await, expected, "totals changed after the pipeline went quiet");
+        assert_eq!(
+            common::query::views(&http, &api, &ids).await,
+            Ok(expected),
+            "totals changed after the pipeline went quiet"
+        );
         assert!(writer.metric("tally_writer_batches_total").is_some_and(|b| b > 0.0), "the writer wrote batches");
         for process in [query, writer, counter, ingest] {
             assert!(process.terminate(Duration::from_secs(30)).success());

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,25 +38,6 @@ fn policy() -> RetryPolicy {
         max_attempts: 40,
         give_up_after: Duration::from_secs(90),
     }
-}
-
-async fn views(http: &reqwest::Client, api: &str, ids: &[&String]) -> BTreeMap<String, i64> {
-    let mut got = BTreeMap::new();
-    for chunk in ids.chunks(500) {
-        let body: Value = http
-            .post(format!("http://{api}/v1/views:batchGet"))
-            .json(&json!({ "video_ids": chunk }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for r in body["results"].as_array().unwrap() {
-            got.insert(r["video_id"].as_str().unwrap().to_owned(), r["views"].as_i64().unwrap());
-        }
-    }
-    got
 }
 
 /// Posts one event, again every 50 ms while refused, and says how long it
@@ -206,7 +186,7 @@ async fn a_burst_of_retrying_clients_is_shed_then_served_and_counted_exactly_onc
         let ids: Vec<&String> = expected.keys().collect();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let got = views(&http, &api, &ids).await;
+            let got = common::query::views(&http, &api, &ids).await.unwrap_or_default();
             if got == expected {
                 break;
             }
@@ -234,7 +214,11 @@ async fn a_burst_of_retrying_clients_is_shed_then_served_and_counted_exactly_onc
             .unwrap()
         };
         assert!(quiet, "the pipeline did not go quiet");
-        assert_eq!(views(&http, &api, &ids).await, expected, "totals changed after the pipeline went quiet");
+        assert_eq!(
+            common::query::views(&http, &api, &ids).await.as_ref(),
+            Ok(&expected),
+            "totals changed after the pipeline went quiet"
+        );
         println!(
             "overload: {} distinct views acknowledged over {} videos, all counted once",
             expected.values().sum::<i64>(),

@@ -49,21 +49,7 @@ async fn events_posted_to_the_gateway_are_queryable_with_the_exact_count() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ids: Vec<&String> = expected.keys().collect();
-            let body: Value = http
-                .post(format!("http://{api}/v1/views:batchGet"))
-                .json(&json!({ "video_ids": ids }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let got: BTreeMap<String, i64> = body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| (r["video_id"].as_str().unwrap().to_owned(), r["views"].as_i64().unwrap()))
-                .collect();
+            let got = common::query::views(&http, &api, &ids).await.unwrap_or_default();
             if got == expected {
                 break;
             }

@@ -90,24 +90,6 @@ fn replica_counts(bootstrap: &str, topic: &str) -> Vec<usize> {
     metadata.topics()[0].partitions().iter().map(|p| p.replicas().len()).collect()
 }
 
-async fn views(http: &reqwest::Client, api: &str, ids: &[String]) -> BTreeMap<String, i64> {
-    let Ok(response) =
-        http.post(format!("http://{api}/v1/views:batchGet")).json(&json!({ "video_ids": ids })).send().await
-    else {
-        return BTreeMap::new();
-    };
-    let body: Value = response.json().await.unwrap_or_default();
-    body["results"]
-        .as_array()
-        .map(|results| {
-            results
-                .iter()
-                .map(|r| (r["video_id"].as_str().unwrap_or_default().to_owned(), r["views"].as_i64().unwrap_or(-1)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The services, restarted when they exit (the test plays systemd or Kubernetes).
 struct Supervised {
     config: std::path::PathBuf,
@@ -258,7 +240,7 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
         let api = format!("127.0.0.1:{query_port}");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let got = views(&http, &api, &ids).await;
+            let got = common::query::views(&http, &api, &ids).await.unwrap_or_default();
             if got == expected {
                 break;
             }
@@ -293,7 +275,7 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
             .unwrap()
         };
         assert!(quiet, "the pipeline did not go quiet");
-        assert_eq!(views(&http, &api, &ids).await, expected, "totals changed once the pipeline was quiet");
+        assert_eq!(common::query::views(&http, &api, &ids).await.as_ref(), Ok(&expected), "totals changed once the pipeline was quiet");
         supervisor_stop.store(true, Ordering::SeqCst);
         supervisor.join().unwrap();
         let Supervised { running, restarts, .. } =

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod client;
+pub mod query;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -23,6 +23,21 @@ use crate::topic::{read_records, record_count};
 /// Views per video in `kafka`'s counts topic, read from the beginning to its
 /// current end (records that cannot be decoded fail the test).
 pub fn views_per_video(kafka: &KafkaConfig, limit: Duration) -> BTreeMap<String, i64> {
+    views_by(kafka, limit, |delta, _| delta.video_id.clone())
+}
+
+/// Views per (video, minute start in epoch ms, source partition) in
+/// `kafka`'s counts topic, by the same rule: where a difference is.
+pub fn views_per_video_minute_partition(kafka: &KafkaConfig, limit: Duration) -> BTreeMap<(String, i64, u32), i64> {
+    views_by(kafka, limit, |delta, header| (delta.video_id.clone(), delta.minute, header.source_partition))
+}
+
+/// Views of the counted deltas in `kafka`'s counts topic, summed per `key`.
+fn views_by<K: Ord>(
+    kafka: &KafkaConfig,
+    limit: Duration,
+    key: impl Fn(&counts::Delta, &counts::FlushHeader) -> K,
+) -> BTreeMap<K, i64> {
     let topic = &kafka.topics.counts;
     let expected = usize::try_from(record_count(kafka, topic)).expect("a record count");
     let records = read_records(kafka, topic, expected, limit);
@@ -42,8 +57,8 @@ pub fn views_per_video(kafka: &KafkaConfig, limit: Duration) -> BTreeMap<String,
                 if owner != h.owner || !counted.insert((h.source_partition, h.epoch, h.start, h.end, h.chunk_index)) {
                     continue;
                 }
-                for delta in chunk.deltas {
-                    *views.entry(delta.video_id).or_default() += i64::from(delta.count);
+                for delta in &chunk.deltas {
+                    *views.entry(key(delta, &h)).or_default() += i64::from(delta.count);
                 }
             }
         }

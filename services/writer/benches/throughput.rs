@@ -1,23 +1,32 @@
-//! Writer throughput through Kafka into the embedded store: a real Apache
-//! Kafka broker of its own whose counts topic is pre-filled with counter
-//! chunks (4 source partitions, 1,000 distinct videos per flush, 500 deltas
-//! per chunk as the counter emits them), then a `WriterService` over a fresh
-//! on-disk SQLite store applies them from offset 0. Repeated `RUNS` times with
-//! a new consumer group and a new store each; prints every run and the median.
+//! Writer throughput through Kafka into each store: a real Apache Kafka
+//! broker of its own whose counts topic is pre-filled with counter chunks (4
+//! source partitions, 1,000 distinct videos per flush, 500 deltas per chunk
+//! as the counter emits them), then a `WriterService` applies them from
+//! offset 0 into a fresh store: an on-disk SQLite file (the embedded store),
+//! and a fresh keyspace on a real Apache Cassandra 5.0 node of its own (one
+//! node, 1 GB heap, Cassandra's default fsyncs; consistency `one`, the only
+//! quorum of one replica). Repeated `RUNS` times per store, the stores
+//! alternating, with a new consumer group each; prints every run and the
+//! medians.
 //!
-//! `cargo bench -p tally-writer --bench throughput` (needs Kafka: scripts/setup).
-//! Rows are deltas applied (one minute row plus its three rollups each).
+//! `cargo bench -p tally-writer --bench throughput` (needs Kafka and
+//! Cassandra: scripts/setup). `TALLY_BENCH_STORES=sqlite` (or `cassandra`)
+//! measures one store only. Rows are deltas applied (one minute row plus its
+//! three rollups each).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use rdkafka::producer::FutureRecord;
 use tally_kafka::clients::{idempotent_producer, ProducerSettings};
+use tally_kafka::KafkaConfig;
 use tally_model::counts::{self, FlushHeader};
 use tally_model::Salt;
 use tally_service::Readiness;
-use tally_store::SqliteStore;
-use tally_testkit::Broker;
+use tally_store::scylla::{ConsistencyLevel, ScyllaConfig, ScyllaStore};
+use tally_store::{CountStore, SqliteStore};
+use tally_testkit::{Broker, Cassandra};
 use tally_writer::{WriterConfig, WriterService};
 use tokio_util::sync::CancellationToken;
 
@@ -77,36 +86,71 @@ async fn main() {
         delivery.await.expect("delivered").expect("acknowledged");
     }
     let rows = f64::from(SOURCE_PARTITIONS * FLUSHES_PER_PARTITION * VIDEOS_PER_FLUSH);
-    let mut rates = Vec::new();
+    let stores = std::env::var("TALLY_BENCH_STORES").unwrap_or_else(|_| "sqlite,cassandra".into());
+    let cassandra = stores.contains("cassandra").then(Cassandra::start_default);
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for run in 0..RUNS {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("counts.db")).expect("store");
-        let registry = Registry::new();
-        let config = WriterConfig { group_id: format!("writer-bench-{run}"), ..WriterConfig::default() };
-        let writer =
-            WriterService::build(&config, &kafka, store, None, &registry, &Readiness::default()).await.expect("writer");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(writer.run(shutdown.clone()));
-        let mut first_at = None;
-        let started = Instant::now();
-        loop {
-            let done = applied(&registry);
-            if first_at.is_none() && done > 0.0 {
-                first_at = Some(Instant::now());
-            }
-            if done >= rows {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(300), "writer did not finish: {done} of {rows}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if stores.contains("sqlite") {
+            let store = SqliteStore::open(&dir.path().join("counts.db")).expect("store");
+            let rate = measure(&kafka, store, &format!("writer-bench-sqlite-{run}"), rows).await;
+            println!(
+                "run {run}, SQLite: {rows} rows in {:.2} s: {rate:.0} rows/s (from the first applied batch)",
+                rows / rate
+            );
+            rates.entry("SQLite").or_default().push(rate);
         }
-        let secs = first_at.unwrap_or(started).elapsed().as_secs_f64();
-        let rate = rows / secs;
-        println!("run {run}: {rows} rows applied in {secs:.2} s: {rate:.0} rows/s (from the first applied batch)");
-        rates.push(rate);
-        shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        if let Some(cassandra) = &cassandra {
+            let config = ScyllaConfig {
+                nodes: vec![cassandra.contact_point()],
+                keyspace: format!("writer_bench_{run}_{}", std::process::id()),
+                consistency: ConsistencyLevel::One,
+                create_schema: true,
+                ..ScyllaConfig::default()
+            };
+            let store = ScyllaStore::connect(config).await.expect("Cassandra store");
+            let rate = measure(&kafka, store, &format!("writer-bench-cassandra-{run}"), rows).await;
+            println!(
+                "run {run}, Cassandra: {rows} rows in {:.2} s: {rate:.0} rows/s (from the first applied batch)",
+                rows / rate
+            );
+            rates.entry("Cassandra").or_default().push(rate);
+        }
     }
-    rates.sort_by(f64::total_cmp);
-    println!("writer through Kafka into SQLite: median {:.0} rows/s over {RUNS} runs", rates[RUNS / 2]);
+    for (store, mut runs) in rates {
+        runs.sort_by(f64::total_cmp);
+        println!(
+            "writer through Kafka into {store}: median {:.0} rows/s over {} runs",
+            runs[runs.len() / 2],
+            runs.len()
+        );
+    }
+}
+
+/// Applies the whole counts topic into `store` with a writer of group
+/// `group`; rows per second from its first applied batch to the last.
+async fn measure<S: CountStore>(kafka: &KafkaConfig, store: S, group: &str, rows: f64) -> f64 {
+    let registry = Registry::new();
+    let config = WriterConfig { group_id: group.to_owned(), ..WriterConfig::default() };
+    let writer =
+        WriterService::build(&config, kafka, store, None, &registry, &Readiness::default()).await.expect("writer");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(writer.run(shutdown.clone()));
+    let mut first_at = None;
+    let started = Instant::now();
+    loop {
+        let done = applied(&registry);
+        if first_at.is_none() && done > 0.0 {
+            first_at = Some(Instant::now());
+        }
+        if done >= rows {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "writer did not finish: {done} of {rows}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = first_at.unwrap_or(started).elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    rows / secs
 }

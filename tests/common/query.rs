@@ -1,0 +1,38 @@
+//! Reading totals back through the query API, as a client would.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+/// Ids per `views:batchGet` request (the API's limit is higher; smaller
+/// requests keep one slow answer from timing out a whole read).
+const IDS_PER_REQUEST: usize = 500;
+
+/// The `views` of each of `ids` from `POST /v1/views:batchGet` on `api`
+/// (`host:port`); `Err` with the reason when any request fails or an answer
+/// is not a batch of results (a service restarting, the store down).
+pub async fn views(
+    http: &reqwest::Client,
+    api: &str,
+    ids: &[impl AsRef<str>],
+) -> Result<BTreeMap<String, i64>, String> {
+    let mut got = BTreeMap::new();
+    let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+    for chunk in ids.chunks(IDS_PER_REQUEST) {
+        let response = http
+            .post(format!("http://{api}/v1/views:batchGet"))
+            .json(&json!({ "video_ids": chunk }))
+            .send()
+            .await
+            .map_err(|e| format!("batchGet: {e}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| format!("batchGet answer ({status}): {e}"))?;
+        let results = body["results"].as_array().ok_or_else(|| format!("batchGet answered {status}: {body}"))?;
+        for r in results {
+            let video = r["video_id"].as_str().ok_or_else(|| format!("a result without video_id: {r}"))?;
+            let views = r["views"].as_i64().ok_or_else(|| format!("a result without views: {r}"))?;
+            got.insert(video.to_owned(), views);
+        }
+    }
+    Ok(got)
+}
