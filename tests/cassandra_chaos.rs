@@ -200,6 +200,14 @@ async fn writer_and_cassandra_faults_lose_and_duplicate_no_acknowledged_view() {
             services.get("writer").metric("tally_writer_retries_total"),
         );
         if (lost, duplicated) != (0, 0) {
+            let writer_deltas: Vec<String> = services
+                .get("writer")
+                .metrics()
+                .lines()
+                .filter(|l| l.starts_with("tally_writer_deltas_total") || l.starts_with("tally_writer_fenced_chunks_total"))
+                .map(str::to_owned)
+                .collect();
+            eprintln!("cassandra chaos: current writer {writer_deltas:?}");
             diagnose(&kafka, &cassandra.contact_point(), &keyspace, &expected, &got).await;
         }
         assert_eq!((lost, duplicated), (0, 0), "acknowledged {expected:?}, counted {got:?}");
