@@ -57,13 +57,15 @@ sdf = app.dataframe(views)
 seen = 0
 windows_out = 0
 first = None
+cpu_at_first = None
 started = time.monotonic()
 
 
 def tick(_value):
-    global seen, first
+    global seen, first, cpu_at_first
     if first is None:
         first = time.monotonic()
+        cpu_at_first = time.process_time()  # this process's CPU (every thread) so far
     seen += 1
     if seen >= expect:
         app.stop()
@@ -99,6 +101,7 @@ print(
             "seconds_from_first_record": seconds,
             "seconds_with_start": end - started,
             "events_per_s": seen / seconds if seconds > 0 else None,
+            "cpu_s_at_first_record": cpu_at_first,
         }
     )
 )

@@ -21,8 +21,11 @@
 #
 # Per counter and run: wall-clock events/s (first record to done), events per
 # CPU-second of the counter's own process (user + system, whole process life,
-# from wait4 via GNU time), peak RSS of that process, the broker's CPU over
-# the run, the load average, and whether its output was exact.
+# from wait4 via GNU time; and without the CPU it had used before its first
+# record, as the process reports it, or for Tally's counter as its
+# /proc/PID/stat said when it owned its first partition), peak RSS of that
+# process, the broker's CPU over the run, the load average, and whether its
+# output was exact.
 #
 # Settings (environment): RUNS EVENTS VIDEOS ZIPF RESENDS HOT_VIDEOS HOT_EVENTS
 # COMMIT_MS (Kafka Streams commit.interval.ms = Flink checkpoint interval)
@@ -170,11 +173,12 @@ timed_child() {
     return 1
 }
 
-counter_events() { # records the tally counter has counted (flush sealed), from its metrics
-    curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk '/^tally_counter_events_total/ { s += $2 } END { print s + 0 }' || true
+counter_progress() { # "RECORDS OWNED": records the tally counter has counted (flush sealed) and partitions it owns
+    curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk '/^tally_counter_events_total/ { s += $2 }
+        /^tally_counter_owned_partitions / { o = $2 } END { print s + 0, o + 0 }' || echo "0 0"
 }
 run_tally() { # NAME RUN: prints the counter's JSON; its totals go to NAME.totals.tsv
-    local name=$1 counts=tally.counts.peers$2 start first="" done="" n now
+    local name=$1 counts=tally.counts.peers$2 start first="" done="" n owned now cpu_first=null
     start_timed "$name" "$TALLY" --set log.level=warn "${KAFKA[@]}" --set "kafka.topics.counts=$counts" \
         --set "counter.group-id=tally-peers-$2-$RANDOM" --set "counter.admin-listen=$ADMIN" --set counter.flush-interval=250ms counter
     local counter
@@ -182,8 +186,11 @@ run_tally() { # NAME RUN: prints the counter's JSON; its totals go to NAME.total
     start=$(date +%s.%N)
     while :; do
         now=$(date +%s.%N)
-        n=$(counter_events)
-        if [[ -z $first && $n -gt 0 ]]; then first=$now; fi
+        read -r n owned < <(counter_progress)
+        # Its records flow once it owns a partition (claimed, recovered): the
+        # start of the clock and of the processing CPU. Polled every 50 ms, so
+        # both start up to 50 ms late: at most 50 ms of CPU moves to start-up.
+        if [[ -z $first ]] && ((owned > 0 || n > 0)); then first=$now; cpu_first=$(proc_cpu_s "$counter"); fi
         if ((n >= RECORDS)); then done=$now; break; fi
         if (($(echo "$now - $start > $RUN_TIMEOUT" | bc) == 1)) || ! kill -0 "$counter" 2>/dev/null; then break; fi
         sleep 0.05
@@ -195,11 +202,12 @@ run_tally() { # NAME RUN: prints the counter's JSON; its totals go to NAME.total
     jq -r '.totals | to_entries[] | "\(.key)\t\(.value)"' "$DIR/$name.verify.json" >"$DIR/$name.totals.tsv"
     if [[ -z $done ]]; then done=$(date +%s.%N); fi
     jq -n --argjson records "$n" --argjson done_ok "$( ((n >= RECORDS)) && echo true || echo false)" \
-        --arg start "$start" --arg first "${first:-$start}" --arg done "$done" \
+        --arg start "$start" --arg first "${first:-$start}" --arg done "$done" --argjson cpu_first "$cpu_first" \
         '{counter: "tally counter (flush every 250 ms, deltas to tally.counts, dedup by event id)", done: $done_ok,
           records: $records, seconds_from_first_record: (($done | tonumber) - ($first | tonumber)),
           seconds_with_start: (($done | tonumber) - ($start | tonumber)),
-          events_per_s: ($records / (($done | tonumber) - ($first | tonumber)))}'
+          events_per_s: ($records / (($done | tonumber) - ($first | tonumber))),
+          cpu_s_at_first_record: $cpu_first}'
 }
 run_jvm() { # NAME MODULE CLASS ARGS...: the program's JSON line
     local name=$1 module=$2 class=$3
@@ -258,9 +266,14 @@ run_counter() { # COUNTER RUN: one measurement, written to DIR/COUNTER-RUN.json
         --argjson load_before "$load_before" --argjson load_after "$(loadavg)" \
         '$out + {name: $c, run: $run, process: $time, cpu_s: ($time.cpu_user_s + $time.cpu_sys_s),
           events_per_cpu_s: (if ($out.records // 0) > 0 then $out.records / ($time.cpu_user_s + $time.cpu_sys_s) else null end),
+          cpu_s_from_first_record: (if $out.cpu_s_at_first_record then
+              $time.cpu_user_s + $time.cpu_sys_s - $out.cpu_s_at_first_record else null end),
+          events_per_cpu_s_from_first_record: (if ($out.records // 0) > 0 and $out.cpu_s_at_first_record then
+              $out.records / ($time.cpu_user_s + $time.cpu_sys_s - $out.cpu_s_at_first_record) else null end),
           max_rss_kib: $time.max_rss_kib, broker_cpu_s: $broker_cpu, loadavg_1m: [$load_before, $load_after],
           exact: ($check.exact and ($out.done // false)), check: $check}' >"$DIR/$name.json"
-    jq -c '{name, run, done, exact, events_per_s, events_per_cpu_s, max_rss_kib, broker_cpu_s, loadavg_1m}' "$DIR/$name.json" >&2
+    jq -c '{name, run, done, exact, events_per_s, events_per_cpu_s, events_per_cpu_s_from_first_record, max_rss_kib,
+            broker_cpu_s, loadavg_1m}' "$DIR/$name.json" >&2
 }
 
 for i in $(seq 1 "$RUNS"); do
@@ -272,16 +285,19 @@ done
 cleanup
 trap - EXIT
 
-shopt -s extglob
+run_files() { for i in $(seq 1 "$RUNS"); do echo "$DIR/$1-$i.json"; done; } # COUNTER: its runs' JSON files
 median_of() { # COUNTER FIELD: median over the runs
-    for f in "$DIR/$1"-+([0-9]).json; do jq ".$2 // empty" "$f"; done | median
+    for f in $(run_files "$1"); do jq ".$2 // empty" "$f"; done | median
 }
 per_counter=$(for c in $COUNTERS; do
     jq -n --arg c "$c" --argjson eps "$(median_of "$c" events_per_s)" --argjson cpu "$(median_of "$c" events_per_cpu_s)" \
+        --argjson cpu_first "$(median_of "$c" events_per_cpu_s_from_first_record)" \
         --argjson rss "$(median_of "$c" max_rss_kib)" --argjson broker "$(median_of "$c" broker_cpu_s)" \
-        --argjson exact "$(jq -s '[.[] | select(.exact)] | length' "$DIR/$c"-+([0-9]).json)" \
-        --argjson runs "$(jq -s '[.[] | {events_per_s, events_per_cpu_s, max_rss_kib, exact}]' "$DIR/$c"-+([0-9]).json)" \
-        '{($c): {events_per_s: $eps, events_per_cpu_s: $cpu, max_rss_kib: $rss, broker_cpu_s: $broker,
+        --argjson exact "$(jq -s '[.[] | select(.exact)] | length' $(run_files "$c"))" \
+        --argjson runs "$(jq -s '[.[] | {events_per_s, events_per_cpu_s, events_per_cpu_s_from_first_record, max_rss_kib,
+            broker_cpu_s, exact}]' $(run_files "$c"))" \
+        '{($c): {events_per_s: $eps, events_per_cpu_s: $cpu, events_per_cpu_s_from_first_record: $cpu_first,
+                 max_rss_kib: $rss, broker_cpu_s: $broker,
                  exact_runs: $exact, runs: $runs}}'
 done | jq -s add)
 jq -n --argjson machine "$(machine_json)" --argjson runs "$RUNS" --argjson oracle "$(cat "$DIR/oracle.json")" \
@@ -294,6 +310,9 @@ jq -n --argjson machine "$(machine_json)" --argjson runs "$RUNS" --argjson oracl
           ($counters | to_entries | map(select(.key != "tally") | {key,
               value: {events_per_s: (if .value.events_per_s then $t.events_per_s / .value.events_per_s else null end),
                       events_per_cpu_s: (if .value.events_per_cpu_s then $t.events_per_cpu_s / .value.events_per_cpu_s
-                                         else null end)}}) | from_entries) end),
+                                         else null end),
+                      events_per_cpu_s_from_first_record: (if .value.events_per_cpu_s_from_first_record then
+                          $t.events_per_cpu_s_from_first_record / .value.events_per_cpu_s_from_first_record
+                          else null end)}}) | from_entries) end),
       command: $command, machine: $machine}' \
     | tee "$DIR/summary.json"

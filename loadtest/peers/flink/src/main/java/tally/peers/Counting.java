@@ -2,7 +2,8 @@
 // incremental aggregate, so a window holds one long per key, plus the
 // function naming the window in the output), the output record's key and
 // value, and the accumulators that report records in, windows out and when
-// the first record arrived. Named classes, not lambdas: the Kafka sink infers
+// the first record arrived (wall time, and this process's CPU time then: local
+// execution runs every subtask in this JVM). Named classes, not lambdas: the Kafka sink infers
 // its input type from them.
 package tally.peers;
 
@@ -21,7 +22,8 @@ import org.apache.flink.util.Collector;
 
 /** The job's functions. */
 final class Counting {
-    static final String IN = "records-in", OUT = "windows-out", FIRST_MS = "first-record-ms";
+    static final String IN = "records-in", OUT = "windows-out", FIRST_MS = "first-record-ms",
+            CPU_AT_FIRST_NS = "process-cpu-ns-at-first-record";
 
     private Counting() {}
 
@@ -29,12 +31,14 @@ final class Counting {
     static final class In extends RichMapFunction<Tuple2<String, Long>, Tuple2<String, Long>> {
         private final LongCounter records = new LongCounter();
         private final LongMinimum first = new LongMinimum();
+        private final LongMinimum cpuAtFirst = new LongMinimum();
         private boolean seen;
 
         @Override
         public void open(OpenContext context) {
             getRuntimeContext().addAccumulator(IN, records);
             getRuntimeContext().addAccumulator(FIRST_MS, first);
+            getRuntimeContext().addAccumulator(CPU_AT_FIRST_NS, cpuAtFirst);
         }
 
         @Override
@@ -42,6 +46,7 @@ final class Counting {
             if (!seen) {
                 seen = true;
                 first.add(System.currentTimeMillis());
+                cpuAtFirst.add(ProcessCpu.nanos());
             }
             records.add(1L);
             return view;

@@ -111,12 +111,15 @@ public final class FlinkCount {
         in = in == null ? 0 : in;
         out = out == null ? 0 : out;
         Long first = result.getAccumulatorResult(Counting.FIRST_MS);
+        Long cpuAtFirst = result.getAccumulatorResult(Counting.CPU_AT_FIRST_NS);
         double seconds = first == null ? Double.NaN : (now - first) / 1e3;
         System.out.printf("{\"counter\":\"Flink %s DataStream (%s, checkpoint every %d ms, parallelism %d, hashmap state)\","
                         + "\"done\":true,\"records\":%d,\"windows_out\":%d,\"seconds_from_first_record\":%s,"
-                        + "\"seconds_with_start\":%.3f,\"job_net_runtime_s\":%.3f,\"events_per_s\":%s}%n",
+                        + "\"seconds_with_start\":%.3f,\"job_net_runtime_s\":%.3f,\"events_per_s\":%s,"
+                        + "\"cpu_s_at_first_record\":%s}%n",
                 org.apache.flink.runtime.util.EnvironmentInformation.getVersion(), args[3], checkpointMs, parallelism,
-                in, out, number(seconds), (now - started) / 1e3, result.getNetRuntime() / 1e3, number(in / seconds));
+                in, out, number(seconds), (now - started) / 1e3, result.getNetRuntime() / 1e3, number(in / seconds),
+                cpuAtFirst == null || cpuAtFirst < 0 ? "null" : number(cpuAtFirst / 1e9));
         System.exit(0);
     }
 

@@ -54,12 +54,13 @@ public final class KStreamsCount {
         topics.create(output, end.size());
         String app = "peers-kstreams-" + guarantee.replace('_', '-') + "-" + UUID.randomUUID().toString().substring(0, 8);
 
-        AtomicLong in = new AtomicLong(), out = new AtomicLong(), firstNanos = new AtomicLong();
+        AtomicLong in = new AtomicLong(), out = new AtomicLong(), firstNanos = new AtomicLong(), cpuAtFirst = new AtomicLong(-1);
         StreamsBuilder builder = new StreamsBuilder();
         builder.stream(input, Consumed.with(Serdes.String(), Serdes.ByteArray()).withTimestampExtractor(new PayloadTime()))
                 .peek((k, v) -> {
                     if (in.getAndIncrement() == 0) {
                         firstNanos.set(System.nanoTime());
+                        cpuAtFirst.set(ProcessCpu.nanos());
                     }
                 })
                 .groupByKey()
@@ -90,10 +91,10 @@ public final class KStreamsCount {
         double seconds = firstNanos.get() == 0 ? Double.NaN : (now - firstNanos.get()) / 1e9;
         System.out.printf("{\"counter\":\"Kafka Streams %s (%s, commit.interval.ms %s, %s threads, grace %d s)\","
                         + "\"done\":%b,\"records\":%d,\"windows_out\":%d,\"seconds_from_first_record\":%s,"
-                        + "\"seconds_with_start\":%.3f,\"events_per_s\":%s}%n",
+                        + "\"seconds_with_start\":%.3f,\"events_per_s\":%s,\"cpu_s_at_first_record\":%s}%n",
                 org.apache.kafka.common.utils.internals.AppInfoParser.getVersion(), guarantee, args[4],
                 args[6], GRACE.toSeconds(), done, in.get(), out.get(), number(seconds), (now - started) / 1e9,
-                number(in.get() / seconds));
+                number(in.get() / seconds), cpuAtFirst.get() < 0 ? "null" : number(cpuAtFirst.get() / 1e9));
         topics.close();
         System.exit(done ? 0 : 1);
     }
