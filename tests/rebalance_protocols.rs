@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::query::store_totals_become;
 use common::{feed_until, write_config_with_groups, Load, TallyProcess, ViewsProducer, CLASSIC_SHORT_SESSIONS};
 use tally_kafka::KafkaConfig;
 use tally_store::{CountStore, SqliteStore};
@@ -254,23 +255,6 @@ async fn scale_under_load(protocol: Protocol) {
         assert!(writer.terminate(Duration::from_secs(30)).success());
     })
     .await;
-}
-
-/// Waits until the store at `db` holds exactly `expected`; fails the test
-/// saying `when` after `limit` (at once with a zero limit).
-async fn store_totals_become(db: &Path, expected: &BTreeMap<String, i64>, limit: Duration, when: &str) {
-    let store = SqliteStore::open(db).unwrap();
-    let videos: Vec<String> = expected.keys().cloned().collect();
-    let deadline = Instant::now() + limit;
-    loop {
-        let totals: BTreeMap<String, i64> =
-            store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
-        if &totals == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not exact {when}: {totals:?} vs {expected:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,26 +10,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::query::store_totals_become;
 use common::{counter_writer_sections, feed_until, write_config, Load, TallyProcess, ViewsProducer};
 use tally_store::{CountStore, SqliteStore};
 use tally_testkit::{bounded, Broker};
-
-/// Waits until the store at `db` holds exactly `expected`; fails the test
-/// saying `when` after `limit`.
-async fn store_totals_become(db: &Path, expected: &BTreeMap<String, i64>, limit: Duration, when: &str) {
-    let store = SqliteStore::open(db).unwrap();
-    let videos: Vec<String> = expected.keys().cloned().collect();
-    let deadline = Instant::now() + limit;
-    loop {
-        let totals: BTreeMap<String, i64> =
-            store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
-        if &totals == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not exact {when}: {totals:?} vs {expected:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_killed_at_random_moments_leaves_exact_totals() {

@@ -1,8 +1,12 @@
-//! Reading totals back through the query API, as a client would.
+//! Reading totals back: through the query API, as a client would, or
+//! straight from an embedded store file.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tally_store::{CountStore, SqliteStore};
 
 /// Ids per `views:batchGet` request (the API's limit is higher; smaller
 /// requests keep one slow answer from timing out a whole read).
@@ -35,4 +39,21 @@ pub async fn views(
         }
     }
     Ok(got)
+}
+
+/// Waits until the store at `db` holds exactly `expected`; fails the test
+/// saying `when` after `limit` (at once with a zero limit).
+pub async fn store_totals_become(db: &Path, expected: &BTreeMap<String, i64>, limit: Duration, when: &str) {
+    let store = SqliteStore::open(db).unwrap();
+    let videos: Vec<String> = expected.keys().cloned().collect();
+    let deadline = Instant::now() + limit;
+    loop {
+        let totals: BTreeMap<String, i64> =
+            store.totals(videos.clone()).await.unwrap().into_iter().map(|t| (t.video_id, t.views)).collect();
+        if &totals == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not exact {when}: {totals:?} vs {expected:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
