@@ -201,3 +201,54 @@ async fn a_recreated_views_topic_is_refused_then_counted_exactly_in_a_new_epoch_
     })
     .await;
 }
+
+/// A views partition whose log ends before what the counter group already
+/// committed of it (records lost in an unclean leader election look like
+/// this) stops the counter with an error naming the partition, instead of
+/// counting new records under offsets, and versions, already counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_views_log_that_ends_before_the_committed_offset_stops_the_counter_with_a_clear_error() {
+    bounded(LIMIT, async {
+        let kafka = tally_testkit::kafka_with_topics(&Broker::shared()).await;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let now = tally_model::timestamp::now_ms();
+        let batch: Vec<_> = (0..20).map(|i| (format!("v{i}"), format!("e{i}"), now, now, true)).collect();
+        producer.send(&batch).await;
+        // The group committed up to offset 1,000 of partition 0, which holds far fewer records.
+        let (k, group) = (kafka.clone(), config(&kafka).group_id);
+        tokio::task::spawn_blocking(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = tally_kafka::clients::base_config(&k, "test-commit")
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("consumer");
+            let mut offsets = rdkafka::TopicPartitionList::new();
+            offsets.add_partition_offset(&k.topics.views, 0, rdkafka::Offset::Offset(1_000)).unwrap();
+            rdkafka::consumer::Consumer::commit(&consumer, &offsets, rdkafka::consumer::CommitMode::Sync)
+                .expect("commit");
+        })
+        .await
+        .unwrap();
+        let counter = build(&kafka).await.expect("the topics themselves are unchanged");
+        let shutdown = CancellationToken::new();
+        let mut task = tokio::spawn(counter.run(shutdown.clone(), Duration::from_secs(10)));
+        let Ok(stopped) = tokio::time::timeout(Duration::from_secs(60), &mut task).await else {
+            shutdown.cancel();
+            let _ = task.await;
+            panic!("the counter kept running, from offset 1,000 of a partition whose log ends before it");
+        };
+        let error = stopped.unwrap().expect_err("the counter stops with an error");
+        let message = format!("{error}");
+        assert!(
+            matches!(
+                &error,
+                CounterError::Worker(tally_counter::worker::WorkerError::Recovery(
+                    tally_counter::recovery::RecoveryError::ViewsLogBehind { partition: 0, reached: 1_000, .. }
+                ))
+            ),
+            "{message}"
+        );
+        assert!(message.contains("ends at offset") && message.contains("--new-views-epoch"), "{message}");
+    })
+    .await;
+}
