@@ -212,7 +212,7 @@ pub enum TopologyError {
         partitions: usize,
     },
     /// A broker request failed.
-    #[error("topology check, {topic}: {source}")]
+    #[error("{topic}: {source}")]
     Kafka {
         /// The topic asked about.
         topic: String,
@@ -309,12 +309,21 @@ pub async fn observe(kafka: &KafkaConfig, recorded_by: &str) -> Result<Topology,
     let names = [kafka.topics.views.clone(), kafka.topics.counts.clone()];
     let config = kafka.clone();
     let described = tokio::task::spawn_blocking(move || {
-        match metadata::describe(&config, &[&names[0], &names[1]], REQUEST_TIMEOUT) {
-            Err(MetadataError::Unsupported(why)) => {
-                tracing::warn!(%why, "Kafka topic ids cannot be read: a recreated topic cannot be told from the old one");
-                without_ids(&config, &names)
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let described = match metadata::describe(&config, &[&names[0], &names[1]], REQUEST_TIMEOUT) {
+                Err(MetadataError::Unsupported(why)) => {
+                    tracing::warn!(%why, "Kafka topic ids cannot be read: a recreated topic cannot be told from the old one");
+                    without_ids(&config, &names)
+                }
+                described => described.map_err(TopologyError::Metadata),
+            }?;
+            // A topic created a moment ago may not be known to every broker yet.
+            let settled = described.topics.iter().all(|t| t.error_code == 0 && t.partitions > 0);
+            if settled || std::time::Instant::now() >= deadline {
+                return Ok::<_, TopologyError>(described);
             }
-            described => described.map_err(TopologyError::Metadata),
+            std::thread::sleep(Duration::from_millis(200));
         }
     })
     .await

@@ -46,20 +46,24 @@ pub fn read(kafka: &KafkaConfig, timeout: Duration) -> Result<Option<Topology>, 
         .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(kafka_error)?;
-    let metadata = reader.fetch_metadata(Some(topic), timeout).map_err(kafka_error)?;
-    let partitions =
-        metadata.topics().first().map_or(0, |t| if t.error().is_some() { 0 } else { t.partitions().len() });
-    if partitions != 1 {
-        return Err(TopologyError::TopologyTopic { topic: topic.clone(), partitions });
-    }
-    let (low, high) = reader.fetch_watermarks(topic, 0, timeout).map_err(kafka_error)?;
+    let deadline = Instant::now() + timeout;
+    // A topic created a moment ago may have no leader yet: asked again until the deadline.
+    let (low, high) = loop {
+        match bounds(&reader, topic) {
+            Ok(bounds) => break bounds,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(topic, error = %e, "topology topic not readable yet; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     if high <= low {
         return Ok(None);
     }
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Offset(low)).map_err(kafka_error)?;
     reader.assign(&assignment).map_err(kafka_error)?;
-    let deadline = Instant::now() + timeout;
     let mut newest = None;
     let mut next = low;
     while next < high {
@@ -86,6 +90,18 @@ pub fn read(kafka: &KafkaConfig, timeout: Duration) -> Result<Option<Topology>, 
         }
     }
     Ok(newest)
+}
+
+/// The low and high watermarks of the topology topic's one partition.
+fn bounds(reader: &BaseConsumer, topic: &str) -> Result<(i64, i64), TopologyError> {
+    let kafka_error = |source| TopologyError::Kafka { topic: topic.to_owned(), source };
+    let metadata = reader.fetch_metadata(Some(topic), Duration::from_secs(5)).map_err(kafka_error)?;
+    let partitions =
+        metadata.topics().first().map_or(0, |t| if t.error().is_some() { 0 } else { t.partitions().len() });
+    if partitions != 1 {
+        return Err(TopologyError::TopologyTopic { topic: topic.to_owned(), partitions });
+    }
+    reader.fetch_watermarks(topic, 0, Duration::from_secs(5)).map_err(kafka_error)
 }
 
 /// Writes `topology` as the newest record and waits for its acknowledgement.

@@ -65,8 +65,8 @@ pub fn counts_outlive_views(views: Retention, counts: Retention) -> bool {
 /// logged as a warning.
 pub async fn check(kafka: &KafkaConfig) -> Result<(), TopologyError> {
     let topics = &kafka.topics;
-    let views = describe(kafka, &topics.views).await?;
-    let counts = describe(kafka, &topics.counts).await?;
+    let views = describe_settled(kafka, &topics.views).await?;
+    let counts = describe_settled(kafka, &topics.counts).await?;
     if counts.bytes.is_some() {
         tracing::warn!(
             topic = %topics.counts,
@@ -83,6 +83,21 @@ pub async fn check(kafka: &KafkaConfig) -> Result<(), TopologyError> {
         counts_topic: topics.counts.clone(),
         counts,
     })
+}
+
+/// [`describe`], asked again for a while: a topic created a moment ago may
+/// not be known to the broker that answers yet.
+async fn describe_settled(kafka: &KafkaConfig, topic: &str) -> Result<Retention, TopologyError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match describe(kafka, topic).await {
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(topic, error = %e, "topic configuration not readable yet; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 async fn describe(kafka: &KafkaConfig, topic: &str) -> Result<Retention, TopologyError> {
