@@ -68,6 +68,30 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The recorded topology of the views and counts topics (partition
+    /// counts, Kafka topic ids), which every counter and writer checks at start.
+    Topology {
+        /// What to do.
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+}
+
+/// Topology actions.
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Print the recorded topology, the topics as the broker shows them now,
+    /// and what differs (exit code 6 when something does).
+    Show,
+    /// Record the topics as the broker shows them now, accepting a
+    /// deliberate change. Stop every counter and writer first.
+    Reset {
+        /// Start a new views epoch even if the views topic is the same one
+        /// (after a truncated log; the epoch goes up by itself when the views
+        /// topic was recreated).
+        #[arg(long)]
+        new_views_epoch: bool,
+    },
 }
 
 /// Dead-letter actions.

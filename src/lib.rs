@@ -9,6 +9,7 @@
 //! - [`dlq_replay`]: `tally dlq replay`.
 //! - [`services`]: starting each service (alone or together).
 //! - [`standalone`]: the managed broker and single-process wiring of `tally standalone`.
+//! - [`topology`]: `tally topology show` and `reset`.
 
 pub mod admin_actions;
 pub mod cli;
@@ -17,3 +18,4 @@ pub mod dlq_replay;
 pub mod run;
 pub mod services;
 pub mod standalone;
+pub mod topology;

@@ -49,7 +49,19 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tally: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// 6 when a service refused to start because the Kafka topics break what
+/// exactly-once counting assumes (`tally_kafka::topology`), else 1.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    use tally_kafka::topology::{TopologyError, REFUSED_EXIT_CODE};
+    let refused = error.chain().any(|e| e.downcast_ref::<TopologyError>().is_some_and(TopologyError::is_refusal));
+    if refused {
+        REFUSED_EXIT_CODE
+    } else {
+        1
     }
 }

@@ -4,7 +4,7 @@ use prometheus::Registry;
 use tally_service::{Readiness, Supervisor};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Command, DlqAction};
+use crate::cli::{Command, DlqAction, TopologyAction};
 use crate::config::TallyConfig;
 use crate::dlq_replay::{self, ReplayOptions};
 use crate::services::{
@@ -57,6 +57,10 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
                 if dry_run { " (dry run: nothing produced)" } else { "" }
             );
             return Ok(0);
+        }
+        Command::Topology { action: TopologyAction::Show } => return crate::topology::show(&config.kafka).await,
+        Command::Topology { action: TopologyAction::Reset { new_views_epoch } } => {
+            return crate::topology::reset(&config.kafka, new_views_epoch).await;
         }
         Command::VerifyCounts { top } => {
             let kafka = config.kafka.clone();

@@ -7,7 +7,18 @@
 //! than the writer's busy timeout, so that it is unavailable). The client retries
 //! every batch with the same event ids until it gets a 202, as a well-behaved
 //! client does; at the end every acknowledged view must be counted exactly
-//! once. Shortened in CI; `TALLY_CHAOS_FAULTS=20` for the full run;
+//! once.
+//!
+//! Beside it, a client of one hot video (salted on every gateway, through
+//! `ingest.salting.hot-videos`) sends its events without `ts`, so each
+//! gateway stamps its own clock, and resends every acknowledged batch, same
+//! event ids, through a second gateway; a failed send is retried through the
+//! other gateway. The second gateway is stopped by SIGTERM early in the run
+//! and by `kill -9` halfway, and started again each time. Its views too must
+//! be counted exactly once: checked against what the gateways acknowledged,
+//! and again once the counter and the writer have committed everything.
+//!
+//! Shortened in CI; `TALLY_CHAOS_FAULTS=20` for the full run;
 //! `TALLY_CHAOS_KINDS=kill,broker,redis,rebalance,store` (the default: all)
 //! narrows the faults drawn, to isolate one kind.
 
@@ -16,6 +27,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use std::path::PathBuf;
 
 use common::{process_sections, write_config, Load, TallyProcess};
 use serde_json::{json, Value};
@@ -26,7 +39,81 @@ use tally_testkit::{bounded, Broker, RedisServer};
 struct Tally {
     acknowledged: BTreeMap<String, i64>,
     batches: u64,
+    hot_batches: u64,
     retries: u64,
+}
+
+/// One service process of the run, started again with its own configuration.
+struct Service {
+    /// How the run names it.
+    name: &'static str,
+    /// Its `tally` subcommand.
+    command: &'static str,
+    /// Its configuration file.
+    config: PathBuf,
+    process: TallyProcess,
+}
+
+impl Service {
+    fn spawn(name: &'static str, command: &'static str, config: &std::path::Path) -> Self {
+        Self { name, command, config: config.to_owned(), process: TallyProcess::spawn(config, command) }
+    }
+
+    fn respawn(&mut self) {
+        self.process = TallyProcess::spawn(&self.config, self.command);
+    }
+}
+
+/// The video the hot client watches, listed in `ingest.salting.hot-videos`.
+const HOT_VIDEO: &str = "hot-launch";
+
+/// Events per batch of the hot client.
+const HOT_BATCH: u64 = 20;
+
+/// The hot client: batches of [`HOT_VIDEO`] without `ts`, each sent until a
+/// gateway acknowledges it (a failed send is retried through the other
+/// gateway), then resent, same event ids, through the other gateway until
+/// acknowledged there too, as a client that missed the first answer would.
+async fn hot_client(gateways: [String; 2], stop: Arc<std::sync::atomic::AtomicBool>, tally: Arc<Mutex<Tally>>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let mut first = 0u64;
+    let mut round = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let body: Vec<Value> = (first..first + HOT_BATCH)
+            .map(|i| json!({"video_id": HOT_VIDEO, "event_id": format!("hot-{i}")}))
+            .collect();
+        first += HOT_BATCH;
+        let at = send_until_acknowledged(&http, &gateways, round % 2, &body, &tally).await;
+        round += 1;
+        {
+            let mut t = tally.lock().unwrap();
+            t.hot_batches += 1;
+            *t.acknowledged.entry(HOT_VIDEO.to_owned()).or_default() += HOT_BATCH as i64;
+        }
+        send_until_acknowledged(&http, &gateways, 1 - at, &body, &tally).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Posts `body` through `gateways[at]` until a gateway acknowledges it,
+/// retrying through the other gateway after each failure; returns the one
+/// that did.
+async fn send_until_acknowledged(
+    http: &reqwest::Client,
+    gateways: &[String; 2],
+    mut at: usize,
+    body: &[Value],
+    tally: &Mutex<Tally>,
+) -> usize {
+    loop {
+        let outcome = http.post(format!("http://{}/v1/events", gateways[at])).json(body).send().await;
+        if matches!(&outcome, Ok(r) if r.status() == 202) {
+            return at;
+        }
+        tally.lock().unwrap().retries += 1;
+        at = 1 - at;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally: Arc<Mutex<Tally>>, seed: u64) {
@@ -55,16 +142,45 @@ async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally
     }
 }
 
+/// The views the query API answers for the videos of `expected`, if it answers.
+async fn query_views(
+    http: &reqwest::Client,
+    api: &str,
+    expected: &BTreeMap<String, i64>,
+) -> Option<BTreeMap<String, i64>> {
+    let ids: Vec<&String> = expected.keys().collect();
+    let response =
+        http.post(format!("http://{api}/v1/views:batchGet")).json(&json!({"video_ids": ids})).send().await.ok()?;
+    let body = response.json::<Value>().await.ok()?;
+    let views = body["results"]
+        .as_array()?
+        .iter()
+        .map(|r| (r["video_id"].as_str().unwrap_or_default().to_owned(), r["views"].as_i64().unwrap_or(-1)))
+        .collect();
+    Some(views)
+}
+
 /// Starts again every service that exited on its own, as systemd or
 /// Kubernetes would: a counter fenced out of its group while the broker was
 /// away stops with an error by design, and its restart must lose nothing.
-fn restart_exited(services: &mut [(&'static str, TallyProcess)], config: &std::path::Path, injected: &mut Vec<String>) {
-    for (name, process) in services.iter_mut() {
-        if process.exited() {
-            *process = TallyProcess::spawn(config, name);
-            injected.push(format!("{name} exited; restarted by the supervisor"));
+fn restart_exited(services: &mut [Service], injected: &mut Vec<String>) {
+    for service in services.iter_mut() {
+        if service.process.exited() {
+            service.respawn();
+            injected.push(format!("{} exited; restarted by the supervisor", service.name));
         }
     }
+}
+
+/// Stops the second gateway, by SIGTERM (it drains) or `kill -9`, and starts it again.
+fn restart_second_gateway(services: &mut [Service], kill: bool, injected: &mut Vec<String>) {
+    let gateway = services.iter_mut().find(|s| s.name == "ingest-2").expect("the second gateway");
+    let signal = if kill { "-KILL" } else { "-TERM" };
+    let _ = std::process::Command::new("kill").args([signal, &gateway.process.pid().to_string()]).status();
+    let exit = tokio::task::block_in_place(|| gateway.process.wait(Duration::from_secs(30)));
+    assert!(kill || exit.success(), "the second gateway drained and exited: {exit}");
+    gateway.respawn();
+    injected.push(format!("second gateway {} and started again", if kill { "kill -9" } else { "SIGTERM" }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,14 +191,26 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let mut redis = RedisServer::start();
         let kafka = tally_testkit::kafka_with_topics(&broker).await;
         let dir = tempfile::tempdir().unwrap();
-        let (ingest_port, query_port) = (free_port(), free_port());
-        let ingest_timeouts = "ack-timeout = \"2s\"\ndelivery-timeout = \"10s\"";
-        let sections = process_sections(dir.path(), &redis.url(), ingest_port, query_port, ingest_timeouts);
+        let (ingest_port, second_ingest_port, query_port) = (free_port(), free_port(), free_port());
+        // Every gateway salts the hot video alike (a configured list).
+        let ingest_extra = format!(
+            "ack-timeout = \"2s\"\ndelivery-timeout = \"10s\"\nsalting = {{ hot-videos = [\"{HOT_VIDEO}\"] }}"
+        );
+        let sections = process_sections(dir.path(), &redis.url(), ingest_port, query_port, &ingest_extra);
         let config = write_config(dir.path(), &kafka, &sections);
+        let second_dir = tempfile::tempdir().unwrap();
+        let second_sections =
+            process_sections(dir.path(), &redis.url(), second_ingest_port, query_port, &ingest_extra);
+        let second_config = write_config(second_dir.path(), &kafka, &second_sections);
 
-        let mut services: Vec<(&str, TallyProcess)> =
-            ["ingest", "counter", "writer", "query"].into_iter().map(|s| (s, TallyProcess::spawn(&config, s))).collect();
+        // The first four are indexed by the kill faults below.
+        let mut services: Vec<Service> = ["ingest", "counter", "writer", "query"]
+            .into_iter()
+            .map(|s| Service::spawn(s, s, &config))
+            .chain([Service::spawn("ingest-2", "ingest", &second_config)])
+            .collect();
         let gateway = format!("127.0.0.1:{ingest_port}");
+        let gateways = [gateway.clone(), format!("127.0.0.1:{second_ingest_port}")];
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tally = Arc::new(Mutex::new(Tally::default()));
         // TALLY_CHAOS_SEED replays a run's draw of faults and pauses (not its timing).
@@ -91,6 +219,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         });
         eprintln!("chaos seed {seed}");
         let load = tokio::spawn(client(gateway, stop.clone(), tally.clone(), seed));
+        let hot_load = tokio::spawn(hot_client(gateways, stop.clone(), tally.clone()));
         let mut rng = Load::new(seed ^ 0xc4a05);
         let mut injected = Vec::new();
         let mut second_counter: Option<TallyProcess> = None;
@@ -109,18 +238,24 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
             .collect();
         assert!(!drawn.is_empty(), "TALLY_CHAOS_KINDS={kinds:?} selects no fault");
         let started = Instant::now();
-        for _ in 0..faults {
-            restart_exited(&mut services, &config, &mut injected);
+        for round in 0..faults {
+            restart_exited(&mut services, &mut injected);
             tokio::time::sleep(Duration::from_millis(1_000 + rng.rand() % 2_000)).await;
+            // The hot client's second gateway goes away and comes back twice,
+            // whatever is drawn: gracefully early on, killed halfway.
+            if round == 0 || round == faults / 2 {
+                restart_second_gateway(&mut services, round != 0, &mut injected);
+            }
             let fault = drawn[(rng.rand() % drawn.len() as u64) as usize];
             match fault {
                 0..=3 => {
                     let index = fault as usize;
-                    let (name, process) = services.remove(index);
-                    process.kill9();
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &services[index].process.pid().to_string()])
+                        .status();
                     tokio::time::sleep(Duration::from_millis(300 + rng.rand() % 700)).await;
-                    services.insert(index, (name, TallyProcess::spawn(&config, name)));
-                    injected.push(format!("kill -9 {name}"));
+                    services[index].respawn();
+                    injected.push(format!("kill -9 {}", services[index].name));
                 }
                 4 => {
                     broker.kill();
@@ -164,7 +299,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
                             }
                             let frozen_at = Instant::now();
                             process.freeze();
-                            let main = &services.iter().find(|(name, _)| *name == "counter").unwrap().1;
+                            let main = &services.iter().find(|s| s.name == "counter").unwrap().process;
                             let partitions = f64::from(kafka.topics.views_partitions);
                             while main.metric("tally_counter_owned_partitions") != Some(partitions)
                                 && frozen_at.elapsed() < Duration::from_secs(40)
@@ -201,9 +336,10 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         load.await.unwrap();
-        let (expected, batches, retries) = {
+        hot_load.await.unwrap();
+        let (expected, batches, hot_batches, retries) = {
             let t = tally.lock().unwrap();
-            (t.acknowledged.clone(), t.batches, t.retries)
+            (t.acknowledged.clone(), t.batches, t.hot_batches, t.retries)
         };
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
@@ -211,37 +347,45 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut got = BTreeMap::new();
         while Instant::now() < deadline {
-            restart_exited(&mut services, &config, &mut injected);
-            let ids: Vec<&String> = expected.keys().collect();
-            if let Ok(response) = http.post(format!("http://{api}/v1/views:batchGet")).json(&json!({"video_ids": ids})).send().await {
-                if let Ok(body) = response.json::<Value>().await {
-                    got = body["results"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|r| (r["video_id"].as_str().unwrap_or_default().to_owned(), r["views"].as_i64().unwrap_or(-1)))
-                        .collect();
-                    if got == expected {
-                        break;
-                    }
+            restart_exited(&mut services, &mut injected);
+            if let Some(counted) = query_views(&http, &api, &expected).await {
+                got = counted;
+                if got == expected {
+                    break;
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // Again once the counter and the writer have committed everything:
+        // nothing counted late, nothing counted twice by a replay.
+        let groups = [
+            (format!("tally-counter-{}", kafka.topics.views), kafka.topics.views.clone()),
+            (format!("tally-writer-{}", kafka.topics.views), kafka.topics.counts.clone()),
+        ];
+        let k = kafka.clone();
+        let quiet = tokio::task::spawn_blocking(move || {
+            let groups: Vec<(&str, &str)> = groups.iter().map(|(g, t)| (g.as_str(), t.as_str())).collect();
+            tally_testkit::topic::wait_quiet(&k, &groups, Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+        assert!(quiet, "the counter and the writer committed everything");
+        let after_quiet = query_views(&http, &api, &expected).await;
         let acknowledged: i64 = expected.values().sum();
         let counted: i64 = got.values().sum();
         let lost: i64 = expected.iter().map(|(v, n)| (n - got.get(v).copied().unwrap_or(0)).max(0)).sum();
         let duplicated: i64 = expected.iter().map(|(v, n)| (got.get(v).copied().unwrap_or(0) - n).max(0)).sum();
         // Since the writer's last restart; a zombie's chunks show here.
-        let fenced = services.iter().find(|(name, _)| *name == "writer").and_then(|(_, w)| w.metric("tally_writer_fenced_chunks_total"));
+        let fenced = services.iter().find(|s| s.name == "writer").and_then(|w| w.process.metric("tally_writer_fenced_chunks_total"));
         eprintln!(
-            "chaos: {} faults in {:?} ({injected:?}); batches {batches}, retries {retries}; acknowledged {acknowledged}, counted {counted}, lost {lost}, duplicated {duplicated}; chunks fenced (current writer) {fenced:?}",
+            "chaos: {} faults in {:?} ({injected:?}); batches {batches}, hot batches {hot_batches} (each sent through both gateways); retries {retries}; acknowledged {acknowledged} ({HOT_VIDEO}: {:?}), counted {counted}, lost {lost}, duplicated {duplicated}; chunks fenced (current writer) {fenced:?}",
             injected.len(),
-            started.elapsed()
+            started.elapsed(),
+            expected.get(HOT_VIDEO),
         );
         if (lost, duplicated) != (0, 0) {
             // Where the missing views are: still in the counter, or not applied by the writer.
-            for (name, process) in &services {
+            for Service { name, process, .. } in &services {
                 let wanted: &[&str] = match *name {
                     "counter" => &[
                         "tally_counter_owned_partitions",
@@ -258,9 +402,11 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
             }
         }
         assert_eq!((lost, duplicated), (0, 0), "acknowledged {expected:?}, counted {got:?}");
+        assert_eq!(after_quiet.as_ref(), Some(&expected), "still exact once the pipeline went quiet");
         assert!(acknowledged > 0);
-        for (_, process) in services {
-            process.kill9();
+        assert!(expected.get(HOT_VIDEO).is_some_and(|n| *n > 0), "the hot client was acknowledged");
+        for service in services {
+            service.process.kill9();
         }
     })
     .await;

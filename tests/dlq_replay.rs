@@ -8,6 +8,7 @@ use tally::dlq_replay::{replay, ReplayOptions};
 use tally_counter::{CounterConfig, CounterService};
 use tally_service::Readiness;
 use tally_testkit::counts::views_per_video;
+use tally_testkit::topic::wait_quiet;
 use tally_testkit::views::ViewsProducer;
 use tally_testkit::{bounded, Broker};
 use tokio_util::sync::CancellationToken;
@@ -99,7 +100,14 @@ async fn late_events_replayed_from_the_dlq_after_raising_the_limit_are_counted_o
         .unwrap()
         .unwrap();
         assert_eq!(again.replayed, 0);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Once the counter has committed the whole views topic, every replayed
+        // record is counted and nothing more will be: still 25.
+        let (k, group) = (kafka.clone(), format!("tally-counter-{}", kafka.topics.views));
+        let quiet =
+            tokio::task::spawn_blocking(move || wait_quiet(&k, &[(&group, &k.topics.views)], Duration::from_secs(60)))
+                .await
+                .unwrap();
+        assert!(quiet, "the counter committed the whole views topic");
         assert_eq!(total(&kafka, "offline").await, 25, "counted once");
         stop.cancel();
         task.await.unwrap();

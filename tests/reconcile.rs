@@ -45,6 +45,40 @@ fn options(kafka: &KafkaConfig, archive_dir: &Path) -> ReconcileOptions {
     }
 }
 
+/// The whole pipeline in this process until `stop`: counter (dedup window
+/// 1 minute), writer into `store`, archiver into `archive_dir`.
+async fn start_pipeline(kafka: &KafkaConfig, store: &SqliteStore, archive_dir: &Path, stop: &CancellationToken) {
+    let counter_config = CounterConfig {
+        flush_interval: Duration::from_millis(200),
+        dedup_window: Duration::from_secs(60),
+        group_id: format!("tally-counter-{}", kafka.topics.views),
+        ..CounterConfig::default()
+    };
+    let counter = CounterService::build(&counter_config, kafka, &Registry::new(), &Readiness::default()).await.unwrap();
+    tokio::spawn(counter.run(stop.clone(), Duration::from_secs(5)));
+    let cache = Some(CacheBackend::Memory(MemoryCache::default()));
+    let writer = WriterService::build(
+        &WriterConfig { group_id: format!("tally-writer-{}", kafka.topics.views), ..WriterConfig::default() },
+        kafka,
+        store.clone(),
+        cache,
+        &Registry::new(),
+        &Readiness::default(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(writer.run(stop.clone()));
+    let archiver_config = ArchiverConfig {
+        dir: archive_dir.to_owned(),
+        records_per_file: 100,
+        seal_grace: Duration::from_millis(1),
+        group_id: format!("tally-archiver-{}", kafka.topics.views),
+        ..ArchiverConfig::default()
+    };
+    let archiver = ArchiverService::build(&archiver_config, kafka, &Registry::new()).unwrap();
+    tokio::spawn(archiver.run(stop.clone()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
     bounded(Duration::from_secs(180), async {
@@ -53,37 +87,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
         let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
         let stop = CancellationToken::new();
 
-        // The whole pipeline: counter (dedup window 1 minute), writer, archiver.
-        let counter_config = CounterConfig {
-            flush_interval: Duration::from_millis(200),
-            dedup_window: Duration::from_secs(60),
-            group_id: format!("tally-counter-{}", kafka.topics.views),
-            ..CounterConfig::default()
-        };
-        let counter =
-            CounterService::build(&counter_config, &kafka, &Registry::new(), &Readiness::default()).await.unwrap();
-        tokio::spawn(counter.run(stop.clone(), Duration::from_secs(5)));
-        let cache = Some(CacheBackend::Memory(MemoryCache::default()));
-        let writer = WriterService::build(
-            &WriterConfig { group_id: format!("tally-writer-{}", kafka.topics.views), ..WriterConfig::default() },
-            &kafka,
-            store.clone(),
-            cache,
-            &Registry::new(),
-            &Readiness::default(),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(writer.run(stop.clone()));
-        let archiver_config = ArchiverConfig {
-            dir: archive_dir.clone(),
-            records_per_file: 100,
-            seal_grace: Duration::from_millis(1),
-            group_id: format!("tally-archiver-{}", kafka.topics.views),
-            ..ArchiverConfig::default()
-        };
-        let archiver = ArchiverService::build(&archiver_config, &kafka, &Registry::new()).unwrap();
-        tokio::spawn(archiver.run(stop.clone()));
+        start_pipeline(&kafka, &store, &archive_dir, &stop).await;
 
         // An hour well in the past: closed for an allowed lateness of one hour.
         let hour = (tally_model::timestamp::now_ms() / 3_600_000 - 3) * 3_600_000;
@@ -209,6 +213,88 @@ async fn a_closed_period_the_archive_does_not_cover_yet_waits_instead_of_being_c
         assert_eq!((later.reports[0].batch_views, later.reports[0].drift), (40, 0));
         let totals = store.totals(vec!["w1".into()]).await.unwrap();
         assert_eq!((totals[0].views, totals[0].exact_through_ms), (40, Some(hour + 3_600_000)));
+    })
+    .await;
+}
+
+/// Drift after a clean run is exactly 0, end to end: the real-time path
+/// (counter, writer, store) and the batch layer (archiver, recount) count
+/// resends inside the dedup window once, resends after it again, and late
+/// events within the allowed lateness in their own minute, by one rule. The
+/// expected totals come from the producer (which events are new views), not
+/// from either path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_run_with_resends_and_late_events_reconciles_with_zero_drift() {
+    bounded(Duration::from_secs(180), async {
+        let (_broker, kafka, dir) = broker_with_topics().await;
+        let archive_dir = dir.path().join("archive");
+        let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
+        let stop = CancellationToken::new();
+        start_pipeline(&kafka, &store, &archive_dir, &stop).await;
+
+        let hour = (tally_model::timestamp::now_ms() / 3_600_000 - 3) * 3_600_000;
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        let mut events = Vec::new();
+        for i in 0..120 {
+            let t = hour + i * 25_000;
+            events.push((format!("v{}", i % 3), format!("e{i}"), t, t + 100, true));
+        }
+        // Resent 20 s later, inside the 1-minute window: not a new view.
+        for i in 0..10 {
+            let t = hour + i * 25_000;
+            events.push((format!("v{}", i % 3), format!("e{i}"), t, t + 20_000, false));
+        }
+        // Resent 5 minutes later, past the window: counted again, by both paths.
+        for i in 10..17 {
+            let t = hour + i * 25_000;
+            events.push((format!("v{}", i % 3), format!("e{i}"), t, t + 300_000, true));
+        }
+        // 40 minutes late, within the allowed lateness (1 hour): counted in their minute.
+        for i in 0..5 {
+            let t = hour + 600_000 + i * 1_000;
+            events.push((format!("v{}", i % 3), format!("late{i}"), t, t + 2_400_000, true));
+        }
+        // In receive order, as the gateways append them.
+        events.sort_by_key(|e| e.3);
+        producer.send(&events).await;
+        let expected: i64 = producer.expected.values().sum();
+        assert_eq!(expected, 132, "120 views, 7 resends counted again, 5 late views");
+        let videos: Vec<String> = (0..3).map(|v| format!("v{v}")).collect();
+        let realtime = || async { store.totals(videos.clone()).await.unwrap().iter().map(|t| t.views).sum::<i64>() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while realtime().await != expected || archived(&archive_dir) != events.len() as i64 {
+            assert!(
+                Instant::now() < deadline,
+                "pipeline did not settle: realtime {}, archived {}",
+                realtime().await,
+                archived(&archive_dir)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let groups = [
+            (format!("tally-counter-{}", kafka.topics.views), kafka.topics.views.clone()),
+            (format!("tally-writer-{}", kafka.topics.views), kafka.topics.counts.clone()),
+        ];
+        let k = kafka.clone();
+        let quiet = tokio::task::spawn_blocking(move || {
+            let groups: Vec<(&str, &str)> = groups.iter().map(|(g, t)| (g.as_str(), t.as_str())).collect();
+            tally_testkit::topic::wait_quiet(&k, &groups, Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+        assert!(quiet, "counter and writer committed everything");
+        assert_eq!(realtime().await, expected, "still exact once the pipeline went quiet");
+        stop.cancel();
+
+        let reports = reconcile(&store, &options(&kafka, &archive_dir), hour, hour + 3_600_000, None, |_, _| {})
+            .await
+            .unwrap()
+            .reports;
+        assert_eq!(reports.len(), 1);
+        let report = &reports[0];
+        assert_eq!((report.batch_views, report.realtime_views), (expected, expected));
+        assert_eq!(report.drift, 0, "a clean run drifts by nothing: {:?}", report.drifting_videos);
+        assert!(report.drifting_videos.is_empty());
     })
     .await;
 }

@@ -32,6 +32,9 @@ topic tally.views      12 "$EVENTS_RETENTION_MS" delete LogAppendTime
 topic tally.counts     12 "$EVENTS_RETENTION_MS" delete CreateTime
 topic tally.views.dlq   1 "$DLQ_RETENTION_MS"    delete CreateTime
 topic tally.counts.dlq  1 "$DLQ_RETENTION_MS"    delete CreateTime
+# The recorded topology (partition counts, topic ids) the counters and
+# writers check at start: one partition, compacted, kept for ever.
+topic tally.topology    1 -1                      compact CreateTime
 
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe \
   --topic 'tally\..*'

@@ -60,6 +60,7 @@ views = "{views}"
 counts = "{counts}"
 views-dlq = "{views_dlq}"
 counts-dlq = "{counts_dlq}"
+topology = "{topology}"
 views-partitions = {vp}
 counts-partitions = {cp}
 
@@ -70,6 +71,7 @@ counts-partitions = {cp}
         counts = t.counts,
         views_dlq = t.views_dlq,
         counts_dlq = t.counts_dlq,
+        topology = t.topology,
         vp = t.views_partitions,
         cp = t.counts_partitions,
     );
@@ -137,6 +139,43 @@ pub fn cassandra_store_sections(contact_point: &str, keyspace: &str) -> String {
     format!(
         "[store]\nbackend = \"scylla\"\n\n[store.scylla]\nnodes = [\"{contact_point}\"]\nkeyspace = \"{keyspace}\"\ncreate-schema = true\n"
     )
+}
+
+/// Runs `tally --config <config> <args>` to its end (within `limit`); returns
+/// its exit status and everything it printed (stdout, then stderr).
+pub fn run_to_exit(config: &Path, args: &[&str], limit: Duration) -> (ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tally");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tally {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let printed = format!("{}{}", stdout.join().expect("stdout"), stderr.join().expect("stderr"));
+    (status, printed)
 }
 
 /// A `tally` child process.

@@ -67,6 +67,10 @@ pub struct TopicsConfig {
     pub views_dlq: String,
     /// Dead letters of the counts topic.
     pub counts_dlq: String,
+    /// The recorded topology of the views and counts topics (one partition,
+    /// compacted; see `tally_kafka::topology`). Shared by every counter and
+    /// writer of a deployment; never delete it.
+    pub topology: String,
     /// Partitions of the views topic when Tally creates it; the unit of
     /// counter parallelism.
     pub views_partitions: i32,
@@ -94,6 +98,7 @@ impl Default for TopicsConfig {
             counts: "tally.counts".into(),
             views_dlq: "tally.views.dlq".into(),
             counts_dlq: "tally.counts.dlq".into(),
+            topology: "tally.topology".into(),
             views_partitions: 12,
             counts_partitions: 12,
             replication: None,

@@ -10,6 +10,8 @@
 //! - [`membership`]: group protocol, assignment strategy, static membership,
 //!   and the start-up check of their combinations.
 //! - [`topics`]: creating Tally's topics with explicit settings.
+//! - [`topology`]: the recorded topology of the views and counts topics
+//!   (partition counts, topic ids, retention), checked at every start.
 //! - [`dlq`]: provenance headers of dead letters.
 //! - [`fatal`]: librdkafka's fatal errors, which stop a service.
 
@@ -19,6 +21,7 @@ pub mod dlq;
 pub mod fatal;
 pub mod membership;
 pub mod topics;
+pub mod topology;
 
 pub use config::{KafkaConfig, TopicsConfig};
 pub use membership::{AssignmentStrategy, GroupMember, GroupProtocol, MembershipError};

@@ -19,16 +19,21 @@ pub struct TopicSpec {
     pub name: String,
     /// Partitions.
     pub partitions: i32,
+    /// Compacted (the newest record per key kept for ever) instead of
+    /// deleted after the retention.
+    pub compacted: bool,
 }
 
-/// The four topics of the configuration.
+/// The topics of the configuration.
 pub fn tally_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
     let t = &config.topics;
+    let deleted = |name: &str, partitions| TopicSpec { name: name.to_owned(), partitions, compacted: false };
     vec![
-        TopicSpec { name: t.views.clone(), partitions: t.views_partitions },
-        TopicSpec { name: t.counts.clone(), partitions: t.counts_partitions },
-        TopicSpec { name: t.views_dlq.clone(), partitions: 1 },
-        TopicSpec { name: t.counts_dlq.clone(), partitions: 1 },
+        deleted(&t.views, t.views_partitions),
+        deleted(&t.counts, t.counts_partitions),
+        deleted(&t.views_dlq, 1),
+        deleted(&t.counts_dlq, 1),
+        TopicSpec { name: t.topology.clone(), partitions: 1, compacted: true },
     ]
 }
 
@@ -72,9 +77,12 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication.factor))
-                .set("retention.ms", &retention)
-                .set("cleanup.policy", "delete");
+            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication.factor));
+            let topic = if t.compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic.set("retention.ms", &retention).set("cleanup.policy", "delete")
+            };
             let topic = match &min_insync {
                 Some(n) => topic.set("min.insync.replicas", n),
                 None => topic,

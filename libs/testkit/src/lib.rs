@@ -65,6 +65,7 @@ pub fn kafka_config_for(bootstrap: &str) -> KafkaConfig {
     config.topics.counts = format!("{run}.counts");
     config.topics.views_dlq = format!("{run}.views.dlq");
     config.topics.counts_dlq = format!("{run}.counts.dlq");
+    config.topics.topology = format!("{run}.topology");
     config.topics.views_partitions = 4;
     config.topics.counts_partitions = 4;
     config

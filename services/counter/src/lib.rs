@@ -24,6 +24,16 @@
 //! every chunk carries its owner's token, and the writer drops chunks whose
 //! owner a later claim superseded ([`tally_model::counts::fence`]).
 //!
+//! # What it assumes of the topics
+//!
+//! Versions are `(epoch, end offset)` of the views topic, and source
+//! partition `p` lives in counts partition `p % n`: the partition counts and
+//! the identity of both topics must not change under the counter, and the
+//! counts topic must be kept at least as long as the views topic. The
+//! counter checks both at start against the topology recorded at the first
+//! start (`tally_kafka::topology`), which also gives the views epoch, and
+//! refuses to start when they changed.
+//!
 //! # Layout
 //!
 //! - [`config`]: the `[counter]` section.

@@ -223,20 +223,27 @@ impl PartitionState {
     }
 
     /// Processes one record. Records before `next` (redelivered after a
-    /// seek) are ignored.
-    pub fn process(&mut self, record: Input<'_>, rules: &Rules) -> Result<(), DlqLimitExceeded> {
+    /// seek) are ignored. Returns false, without taking it, when the record
+    /// lies at or past the next forced end: the range must be sealed there
+    /// first (see [`Self::reaches_forced_end`]).
+    pub fn process(&mut self, record: Input<'_>, rules: &Rules) -> Result<bool, DlqLimitExceeded> {
+        if self.reaches_forced_end(record.offset) {
+            return Ok(false);
+        }
         let mut pass = Pass::default();
         let outcome = self.classify_into(record, rules, &mut pass);
         self.settle(&pass);
-        outcome
+        outcome.map(|()| true)
     }
 
     /// Processes the first records of `records` (all of this partition, in
     /// offset order; `view` gives each as an [`Input`]) exactly as
     /// [`Self::process`] would one by one, and returns how many it took:
-    /// at least one, and never past a record after which [`Self::due`] or
-    /// [`Self::blocked`] could change, so the caller checks them between calls
-    /// just as it would between records.
+    /// never past a record after which [`Self::due`] or [`Self::blocked`]
+    /// could change, so the caller checks them between calls just as it
+    /// would between records. At least one, unless the first record lies at
+    /// or past the next forced end: then none, and the range is due (or
+    /// blocked while a flush is in flight) at that end.
     ///
     /// Why in passes: decoding and hashing a pass first, then deduplicating
     /// it in a loop of its own, lets the CPU overlap the dedup window's cache
@@ -254,6 +261,9 @@ impl PartitionState {
         let mut outcome = Ok(());
         while taken < limit {
             let record = view(&records[taken]);
+            if self.reaches_forced_end(record.offset) {
+                break;
+            }
             taken += 1;
             outcome = self.classify_into(record, rules, &mut pass);
             if outcome.is_err() || self.forced_ends.front() == Some(&self.next) {
@@ -262,6 +272,31 @@ impl PartitionState {
         }
         self.settle(&pass);
         outcome.map(|()| taken)
+    }
+
+    /// Whether a record at `offset` lies at or past the next forced end, so
+    /// that the range must be sealed at that end before the record is
+    /// taken. When the offsets jumped over the end (the records before it
+    /// were deleted by retention while the partition waited, or the
+    /// consumer was reset past them), the missing offsets are skipped:
+    /// `next` moves to the end, so the previous owner's range is sealed
+    /// with its version instead of waiting for an offset that never comes.
+    fn reaches_forced_end(&mut self, offset: i64) -> bool {
+        let Some(&end) = self.forced_ends.front() else { return false };
+        if offset < end {
+            return false;
+        }
+        if self.next < end {
+            tracing::warn!(
+                partition = self.partition,
+                from = self.next,
+                to = end,
+                resumed_at = offset,
+                "offsets up to a re-emitted range's end are gone (deleted by retention?); sealing the range at its end"
+            );
+            self.next = end;
+        }
+        true
     }
 
     /// How many records may be processed before [`Self::due`] or

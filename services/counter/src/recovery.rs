@@ -8,8 +8,17 @@
 //!    Flushes ending after `C` were emitted but not committed: their ends
 //!    become forced boundaries, so the same ranges are re-emitted with the
 //!    same versions.
-//! 3. If the newest flush ends beyond the views partition's high watermark,
-//!    the views topic was recreated: a new epoch starts.
+//!    Only flushes of the current views epoch count: the epoch of the
+//!    recorded topology (`tally_kafka::topology`), which `tally topology
+//!    reset` raises when the views topic is a new one, or a newer epoch
+//!    found in the log.
+//! 3. A views partition whose log ends before `C` or before a flush of the
+//!    current epoch lost records (an unclean leader election, or a topic
+//!    recreated without a reset): counting on would give new records the
+//!    versions of counted ones, so the take-over fails with
+//!    [`RecoveryError::ViewsLogBehind`]. (Recreation is no longer inferred
+//!    from offsets: that missed a new topic already past the old end and
+//!    took a truncated log for a new topic, recounting it whole.)
 //! 4. The dedup window is rebuilt by replaying `[anchor.dedup_horizon, C)`
 //!    through the same classification as live processing.
 
@@ -51,6 +60,22 @@ pub enum RecoveryError {
         /// The source partition.
         partition: i32,
     },
+    /// The views partition's log ends before what was already counted of it.
+    #[error(
+        "views partition {partition} of {topic} ends at offset {high}, but its counts reach offset {reached} in views epoch {epoch}: the log lost records (an unclean leader election?) or the topic was recreated without `tally topology reset`. Counting on would give new records the versions of counted ones. Stop every counter, reset the counter group's offsets of {topic} to the end and run `tally topology reset --new-views-epoch` (README, \"Operating rules\")"
+    )]
+    ViewsLogBehind {
+        /// The source partition.
+        partition: i32,
+        /// The views topic.
+        topic: String,
+        /// Its high watermark.
+        high: i64,
+        /// The committed offset or the end of the newest flush, whichever is later.
+        reached: i64,
+        /// The current views epoch.
+        epoch: u32,
+    },
     /// Reading a range did not finish in time.
     #[error("recovering partition {partition}: reading {topic}[{from}..{to}) timed out")]
     ReadTimeout {
@@ -76,6 +101,8 @@ pub struct RecoveryContext {
     pub counts_topic: String,
     /// Output partitions.
     pub counts_partitions: i32,
+    /// Incarnation of the views topic, from the recorded topology.
+    pub views_epoch: u32,
     /// Classification rules (the counting rule among them).
     pub rules: Rules,
     /// Longest time one read may take.
@@ -107,22 +134,17 @@ pub fn recover(
 ) -> Result<Recovered, RecoveryError> {
     let reader = reader(&ctx.kafka, partition)?;
     let (low, high) = watermarks(&reader, &ctx.views_topic, partition, ctx.read_timeout, &ctx.stop)?;
-    let mut start = committed.unwrap_or(low).max(low);
+    let start = committed.unwrap_or(low).max(low);
     let counts_partition = partition % ctx.counts_partitions.max(1);
     let headers = scan_tail(&reader, ctx, partition, counts_partition, start, claimed.offset)?;
-    let newest = headers.iter().max_by_key(|h| h.version()).copied();
-    let mut epoch = newest.map_or(0, |h| h.epoch);
-    let mut anchor = headers.iter().filter(|h| h.epoch == epoch && h.end <= start).max_by_key(|h| h.end).copied();
-    let mut forced: Vec<i64> = headers.iter().filter(|h| h.epoch == epoch && h.end > start).map(|h| h.end).collect();
-    if newest.is_some_and(|h| h.end > high) {
-        tracing::warn!(partition, epoch = epoch + 1, "views topic was recreated (counts run ahead of it): new epoch");
-        epoch += 1;
-        anchor = None;
-        forced.clear();
-        if start > high {
-            start = low;
-        }
+    let epoch = headers.iter().map(|h| h.epoch).fold(ctx.views_epoch, u32::max);
+    let current = || headers.iter().filter(|h| h.epoch == epoch);
+    let reached = current().map(|h| h.end).chain(committed).max();
+    if let Some(reached) = reached.filter(|reached| *reached > high) {
+        return Err(RecoveryError::ViewsLogBehind { partition, topic: ctx.views_topic.clone(), high, reached, epoch });
     }
+    let anchor = current().filter(|h| h.end <= start).max_by_key(|h| h.end).copied();
+    let mut forced: Vec<i64> = current().filter(|h| h.end > start).map(|h| h.end).collect();
     forced.sort_unstable();
     forced.dedup();
     let mut dedup = ctx.rules.counting.window();

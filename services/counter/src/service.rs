@@ -6,6 +6,7 @@ use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
 use tally_kafka::clients::{group_consumer_config, idempotent_producer, millis, ProducerSettings};
 use tally_kafka::topics::{ensure_topics, partition_count, tally_topics};
+use tally_kafka::topology::{self, TopologyError};
 use tally_kafka::{GroupMember, KafkaConfig, KafkaSetupError};
 use tally_service::Readiness;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,11 @@ pub enum CounterError {
     /// The producer failed fatally: only a restart gives a working one.
     #[error(transparent)]
     ProducerFatal(#[from] tally_kafka::fatal::FatalError),
+    /// The topics are not those recorded at the first start, their
+    /// retention breaks the counter's recovery, or they could not be
+    /// checked ([`tally_kafka::topology`]).
+    #[error("topology check")]
+    Topology(#[source] TopologyError),
 }
 
 /// A built counter, ready to run.
@@ -57,6 +63,8 @@ pub struct CounterService {
     metrics: CounterMetrics,
     producer: FutureProducer,
     counts_partitions: i32,
+    /// The views topic's incarnation, from the recorded topology.
+    views_epoch: u32,
     readiness: Readiness,
 }
 
@@ -72,6 +80,8 @@ impl CounterService {
         if kafka.create_topics {
             ensure_topics(kafka, &tally_topics(kafka)).await?;
         }
+        let recorded = topology::check(kafka, "counter").await.map_err(CounterError::Topology)?;
+        topology::retention::check(kafka).await.map_err(CounterError::Topology)?;
         let metrics = CounterMetrics::register(registry)?;
         let settings = ProducerSettings {
             delivery_timeout: config.delivery_timeout,
@@ -97,6 +107,7 @@ impl CounterService {
             metrics,
             producer,
             counts_partitions,
+            views_epoch: recorded.views_epoch,
             readiness: readiness.clone(),
         })
     }
@@ -121,6 +132,7 @@ impl CounterService {
             views_topic: topics.views.clone(),
             counts_topic: topics.counts.clone(),
             counts_partitions: self.counts_partitions,
+            views_epoch: self.views_epoch,
             rules,
             read_timeout: Duration::from_secs(30),
             stop: shutdown.clone(),

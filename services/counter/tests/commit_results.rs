@@ -59,6 +59,7 @@ fn fixture(end: i64) -> Fixture {
         views_topic: TOPIC.into(),
         counts_topic: "tally.counts".into(),
         counts_partitions: 1,
+        views_epoch: 0,
         rules,
         read_timeout: Duration::from_secs(5),
         stop: CancellationToken::new(),

@@ -8,6 +8,7 @@ use prometheus::Registry;
 use tally_reconciler::archive::layout;
 use tally_reconciler::archive::storage::ArchiveStorage;
 use tally_reconciler::{ArchiverConfig, ArchiverService};
+use tally_testkit::metrics::value;
 use tally_testkit::views::ViewsProducer;
 use tally_testkit::{bounded, Broker, S3Server};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +43,8 @@ async fn run_archiver(
     storage: &ArchiveStorage,
     expected: i64,
 ) {
-    let service = ArchiverService::build(config, kafka, &Registry::new()).unwrap();
+    let registry = Registry::new();
+    let service = ArchiverService::build(config, kafka, &registry).unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(service.run(stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -52,8 +54,22 @@ async fn run_archiver(
         assert!(Instant::now() < deadline, "archived {} of {expected}", records().await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Give a duplicate a chance to appear, then stop.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Stopped only once it has taken every record of the topic (archived in a
+    // sealed file, malformed, or found already archived): nothing is left
+    // that could still be written a second time.
+    let k = kafka.clone();
+    let in_topic =
+        tokio::task::spawn_blocking(move || tally_testkit::topic::record_count(&k, &k.topics.views)).await.unwrap();
+    let taken = || {
+        ["archived", "malformed", "already_archived"]
+            .iter()
+            .map(|outcome| value(&registry, "tally_archiver_records_total", Some(outcome)))
+            .sum::<f64>()
+    };
+    while taken() < in_topic as f64 {
+        assert!(Instant::now() < deadline, "the archiver took {} of {in_topic} records", taken());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop.cancel();
     task.await.unwrap().unwrap();
 }

@@ -49,7 +49,10 @@ impl WriterMetrics {
                 "Counts chunks dropped because a later claim superseded their owner (a zombie counter)",
             )?,
             retries: IntCounter::new("tally_writer_retries_total", "Store retries after retryable errors")?,
-            breaker_state: IntGauge::new("tally_writer_breaker_state", "Store circuit: 0 closed, 2 open")?,
+            breaker_state: IntGauge::new(
+                "tally_writer_breaker_state",
+                "Whether the writer is backing off from its store: 0 no, 2 yes (every attempt at the current batch refused; no breaker sheds work)",
+            )?,
             dead_letters: IntCounter::new(
                 "tally_writer_dead_letters_total",
                 "Counts records sent to the counts dead-letter topic",

@@ -22,6 +22,7 @@ use tally_cache::{CacheBackend, CachedTotal};
 use tally_kafka::clients::{group_consumer_config, idempotent_producer, is_transient, ProducerSettings};
 use tally_kafka::dlq::Provenance;
 use tally_kafka::topics::{ensure_topics, tally_topics};
+use tally_kafka::topology::{self, TopologyError};
 use tally_kafka::{GroupMember, KafkaConfig, KafkaSetupError};
 use tally_model::counts::{self, CountsRecord};
 use tally_service::Readiness;
@@ -49,6 +50,10 @@ pub enum WriterError {
     /// The store rejected a batch for a reason retrying cannot fix.
     #[error("store refused a batch: {0}")]
     Store(StoreError),
+    /// The topics are not those recorded at the first start, or could not
+    /// be checked ([`tally_kafka::topology`]).
+    #[error("topology check")]
+    Topology(#[source] TopologyError),
 }
 
 /// The longest a synchronous offset commit may hold up the next batch.
@@ -82,6 +87,9 @@ impl<S: CountStore> WriterService<S> {
         if kafka.create_topics {
             ensure_topics(kafka, &tally_topics(kafka)).await?;
         }
+        // Owners and versions in the store belong to one counts topic: a
+        // recreated or resized one must not be applied over them.
+        topology::check(kafka, "writer").await.map_err(WriterError::Topology)?;
         let settings = ProducerSettings {
             delivery_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(5),

@@ -206,3 +206,44 @@ fn a_gateway_clock_running_ahead_does_not_empty_the_dedup_window() {
         "the window's newest time is the broker's, plus the skew at most"
     );
 }
+
+/// Issue 15, item 5: a forced end (the end of a range a previous owner
+/// emitted) that the offsets jump over, because the records up to it were
+/// deleted by retention while the partition waited, must not stop the
+/// partition from flushing for ever. The range is sealed at the forced end
+/// (the previous owner's version), the empty range after it too, and the
+/// records after the jump flush as usual.
+#[test]
+fn a_forced_end_the_offsets_jump_over_is_sealed_there_and_flushing_goes_on() {
+    let t = 1_795_341_600_000;
+    let rules = rules();
+    let now = Instant::now();
+    // A previous owner emitted ranges ending at 20 and 30; offsets 12..35 are gone.
+    let mut p = PartitionState::new(0, 0, 1, 10, Dedup::new(600_000, 1_000), vec![20, 30]);
+    let records: Vec<(i64, Vec<u8>)> = [10, 11, 35, 36].map(|o| (o, record("v", &format!("e{o}"), t, t))).to_vec();
+    fn view(r: &(i64, Vec<u8>)) -> Input<'_> {
+        Input { offset: r.0, log_ms: None, key: b"", payload: &r.1 }
+    }
+    let mut sealed = Vec::new();
+    let mut seal = |p: &mut PartitionState, at: Instant| {
+        let job = p.seal(at);
+        let views: u32 = job.rows.iter().map(|r| r.3).sum();
+        sealed.push((job.header.start, job.header.end, views));
+        p.complete(job.header.end);
+    };
+    let mut i = 0;
+    for _ in 0..100 {
+        if i == records.len() {
+            break;
+        }
+        i += p.process_run(&records[i..], view, now, &rules).unwrap();
+        if p.due(now, &rules) {
+            seal(&mut p, now);
+        }
+    }
+    assert_eq!(i, records.len(), "the partition stopped taking records at offset {}", records[i.min(3)].0);
+    let later = now + Duration::from_secs(2);
+    assert!(p.due(later, &rules), "the records after the jump flush on the timer (stalled: next {})", p.next_offset());
+    seal(&mut p, later);
+    assert_eq!(sealed, vec![(10, 20, 2), (20, 30, 0), (30, 37, 2)], "(start, end, views) of each flush");
+}

@@ -55,6 +55,7 @@ fn harness() -> Harness {
         views_topic: VIEWS.into(),
         counts_topic: "counts".into(),
         counts_partitions: 1,
+        views_epoch: 0,
         rules: rules(),
         read_timeout: Duration::from_secs(1),
         stop: CancellationToken::new(),
