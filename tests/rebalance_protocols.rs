@@ -11,14 +11,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::query::store_totals_become;
 use common::{feed_until, write_config_with_groups, Load, TallyProcess, ViewsProducer, CLASSIC_SHORT_SESSIONS};
 use tally_kafka::KafkaConfig;
-use tally_store::{CountStore, SqliteStore};
 use tally_testkit::{bounded, Broker};
 
 /// Partitions of the views topic: three counters all have work.

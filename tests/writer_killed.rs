@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::query::store_totals_become;
 use common::{counter_writer_sections, feed_until, write_config, Load, TallyProcess, ViewsProducer};
-use tally_store::{CountStore, SqliteStore};
 use tally_testkit::{bounded, Broker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
