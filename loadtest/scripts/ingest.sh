@@ -13,6 +13,7 @@
 # about connections / latency: raise SINGLE_CONNECTIONS to see more.
 # Prints the medians and writes RESULTS/ingest-*/summary.json.
 source "$(dirname "$0")/../lib.sh"
+command -v wrk >/dev/null || { log "ingest.sh needs wrk (Debian: apt-get install wrk)"; exit 1; }
 RUNS=${RUNS:-3} DURATION=${DURATION:-10}
 SINGLE_CONNECTIONS=${SINGLE_CONNECTIONS:-32} BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-8}
 build
