@@ -215,18 +215,7 @@ async fn writer_and_cassandra_faults_lose_and_duplicate_no_acknowledged_view() {
 
         // Quiet: the counter has committed every view and the writer every
         // count record; a late double count would show now.
-        let quiet = {
-            let kafka = kafka.clone();
-            tokio::task::spawn_blocking(move || {
-                let counter_group = format!("tally-counter-{}", kafka.topics.views);
-                let writer_group = format!("tally-writer-{}", kafka.topics.views);
-                let groups =
-                    [(counter_group.as_str(), kafka.topics.views.as_str()), (writer_group.as_str(), kafka.topics.counts.as_str())];
-                tally_testkit::topic::wait_quiet(&kafka, &groups, Duration::from_secs(90))
-            })
-            .await
-            .unwrap()
-        };
+        let quiet = common::pipeline_quiet(&kafka, Duration::from_secs(90)).await;
         assert!(quiet, "the pipeline did not go quiet");
         assert_eq!(common::query::views(&http, &api, &ids).await, Ok(expected), "totals changed once the pipeline was quiet");
         for (_, process) in services.running {
@@ -325,8 +314,8 @@ async fn diagnose(
     let lags = {
         let kafka = kafka.clone();
         tokio::task::spawn_blocking(move || {
-            let counter = format!("tally-counter-{}", kafka.topics.views);
-            let writer = format!("tally-writer-{}", kafka.topics.views);
+            let counter = common::group_id("counter", &kafka);
+            let writer = common::group_id("writer", &kafka);
             (
                 tally_testkit::topic::group_lag(&kafka, &counter, &kafka.topics.views),
                 tally_testkit::topic::group_lag(&kafka, &writer, &kafka.topics.counts),

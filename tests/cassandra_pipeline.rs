@@ -63,19 +63,7 @@ async fn events_posted_to_the_gateway_are_counted_exactly_in_cassandra() {
         }
         // Quiet: the counter has committed every view and the writer every
         // count record; the totals must still hold (a late double count fails here).
-        let quiet = {
-            let kafka = kafka.clone();
-            let groups = [
-                (format!("tally-counter-{}", kafka.topics.views), kafka.topics.views.clone()),
-                (format!("tally-writer-{}", kafka.topics.views), kafka.topics.counts.clone()),
-            ];
-            tokio::task::spawn_blocking(move || {
-                let groups: Vec<(&str, &str)> = groups.iter().map(|(g, t)| (g.as_str(), t.as_str())).collect();
-                tally_testkit::topic::wait_quiet(&kafka, &groups, Duration::from_secs(60))
-            })
-            .await
-            .unwrap()
-        };
+        let quiet = common::pipeline_quiet(&kafka, Duration::from_secs(60)).await;
         assert!(quiet, "the pipeline did not go quiet");
         assert_eq!(
             common::query::views(&http, &api, &ids).await,

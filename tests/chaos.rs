@@ -142,24 +142,6 @@ async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally
     }
 }
 
-/// The views the query API answers for the videos of `expected`, if it answers.
-async fn query_views(
-    http: &reqwest::Client,
-    api: &str,
-    expected: &BTreeMap<String, i64>,
-) -> Option<BTreeMap<String, i64>> {
-    let ids: Vec<&String> = expected.keys().collect();
-    let response =
-        http.post(format!("http://{api}/v1/views:batchGet")).json(&json!({"video_ids": ids})).send().await.ok()?;
-    let body = response.json::<Value>().await.ok()?;
-    let views = body["results"]
-        .as_array()?
-        .iter()
-        .map(|r| (r["video_id"].as_str().unwrap_or_default().to_owned(), r["views"].as_i64().unwrap_or(-1)))
-        .collect();
-    Some(views)
-}
-
 /// Starts again every service that exited on its own, as systemd or
 /// Kubernetes would: a counter fenced out of its group while the broker was
 /// away stops with an error by design, and its restart must lose nothing.
@@ -348,7 +330,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let mut got = BTreeMap::new();
         while Instant::now() < deadline {
             restart_exited(&mut services, &mut injected);
-            if let Some(counted) = query_views(&http, &api, &expected).await {
+            if let Ok(counted) = common::query::views(&http, &api, &expected.keys().collect::<Vec<_>>()).await {
                 got = counted;
                 if got == expected {
                     break;
@@ -358,19 +340,9 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         }
         // Again once the counter and the writer have committed everything:
         // nothing counted late, nothing counted twice by a replay.
-        let groups = [
-            (format!("tally-counter-{}", kafka.topics.views), kafka.topics.views.clone()),
-            (format!("tally-writer-{}", kafka.topics.views), kafka.topics.counts.clone()),
-        ];
-        let k = kafka.clone();
-        let quiet = tokio::task::spawn_blocking(move || {
-            let groups: Vec<(&str, &str)> = groups.iter().map(|(g, t)| (g.as_str(), t.as_str())).collect();
-            tally_testkit::topic::wait_quiet(&k, &groups, Duration::from_secs(60))
-        })
-        .await
-        .unwrap();
+        let quiet = common::pipeline_quiet(&kafka, Duration::from_secs(60)).await;
         assert!(quiet, "the counter and the writer committed everything");
-        let after_quiet = query_views(&http, &api, &expected).await;
+        let after_quiet = common::query::views(&http, &api, &expected.keys().collect::<Vec<_>>()).await.ok();
         let acknowledged: i64 = expected.values().sum();
         let counted: i64 = got.values().sum();
         let lost: i64 = expected.iter().map(|(v, n)| (n - got.get(v).copied().unwrap_or(0)).max(0)).sum();

@@ -199,20 +199,7 @@ async fn a_burst_of_retrying_clients_is_shed_then_served_and_counted_exactly_onc
             assert!(Instant::now() < deadline, "not converged; first differences: {off:?}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let quiet = {
-            let kafka = kafka.clone();
-            tokio::task::spawn_blocking(move || {
-                let counter_group = format!("tally-counter-{}", kafka.topics.views);
-                let writer_group = format!("tally-writer-{}", kafka.topics.views);
-                let groups = [
-                    (counter_group.as_str(), kafka.topics.views.as_str()),
-                    (writer_group.as_str(), kafka.topics.counts.as_str()),
-                ];
-                tally_testkit::topic::wait_quiet(&kafka, &groups, Duration::from_secs(60))
-            })
-            .await
-            .unwrap()
-        };
+        let quiet = common::pipeline_quiet(&kafka, Duration::from_secs(60)).await;
         assert!(quiet, "the pipeline did not go quiet");
         assert_eq!(
             common::query::views(&http, &api, &ids).await.as_ref(),

@@ -2,6 +2,8 @@
 //! archive, reports the exact drift of the real-time path, and reads return
 //! the batch-correct counts afterwards; reconciling again changes nothing.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -51,14 +53,14 @@ async fn start_pipeline(kafka: &KafkaConfig, store: &SqliteStore, archive_dir: &
     let counter_config = CounterConfig {
         flush_interval: Duration::from_millis(200),
         dedup_window: Duration::from_secs(60),
-        group_id: format!("tally-counter-{}", kafka.topics.views),
+        group_id: common::group_id("counter", kafka),
         ..CounterConfig::default()
     };
     let counter = CounterService::build(&counter_config, kafka, &Registry::new(), &Readiness::default()).await.unwrap();
     tokio::spawn(counter.run(stop.clone(), Duration::from_secs(5)));
     let cache = Some(CacheBackend::Memory(MemoryCache::default()));
     let writer = WriterService::build(
-        &WriterConfig { group_id: format!("tally-writer-{}", kafka.topics.views), ..WriterConfig::default() },
+        &WriterConfig { group_id: common::group_id("writer", kafka), ..WriterConfig::default() },
         kafka,
         store.clone(),
         cache,
@@ -72,7 +74,7 @@ async fn start_pipeline(kafka: &KafkaConfig, store: &SqliteStore, archive_dir: &
         dir: archive_dir.to_owned(),
         records_per_file: 100,
         seal_grace: Duration::from_millis(1),
-        group_id: format!("tally-archiver-{}", kafka.topics.views),
+        group_id: common::group_id("archiver", kafka),
         ..ArchiverConfig::default()
     };
     let archiver = ArchiverService::build(&archiver_config, kafka, &Registry::new()).unwrap();
@@ -195,7 +197,7 @@ async fn a_closed_period_the_archive_does_not_cover_yet_waits_instead_of_being_c
         let archiver_config = ArchiverConfig {
             dir: archive_dir.clone(),
             seal_grace: Duration::from_millis(1),
-            group_id: format!("tally-archiver-{}", kafka.topics.views),
+            group_id: common::group_id("archiver", &kafka),
             ..ArchiverConfig::default()
         };
         let archiver = ArchiverService::build(&archiver_config, &kafka, &Registry::new()).unwrap();
@@ -271,17 +273,7 @@ async fn a_clean_run_with_resends_and_late_events_reconciles_with_zero_drift() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let groups = [
-            (format!("tally-counter-{}", kafka.topics.views), kafka.topics.views.clone()),
-            (format!("tally-writer-{}", kafka.topics.views), kafka.topics.counts.clone()),
-        ];
-        let k = kafka.clone();
-        let quiet = tokio::task::spawn_blocking(move || {
-            let groups: Vec<(&str, &str)> = groups.iter().map(|(g, t)| (g.as_str(), t.as_str())).collect();
-            tally_testkit::topic::wait_quiet(&k, &groups, Duration::from_secs(60))
-        })
-        .await
-        .unwrap();
+        let quiet = common::pipeline_quiet(&kafka, Duration::from_secs(60)).await;
         assert!(quiet, "counter and writer committed everything");
         assert_eq!(realtime().await, expected, "still exact once the pipeline went quiet");
         stop.cancel();

@@ -258,22 +258,7 @@ async fn leaders_killed_and_a_lost_quorum_refuse_writes_and_lose_or_repeat_no_ac
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let quiet = {
-            let kafka = kafka.clone();
-            tokio::task::spawn_blocking(move || {
-                let (counter_group, writer_group) = (
-                    format!("tally-counter-{}", kafka.topics.views),
-                    format!("tally-writer-{}", kafka.topics.views),
-                );
-                tally_testkit::topic::wait_quiet(
-                    &kafka,
-                    &[(&counter_group, &kafka.topics.views), (&writer_group, &kafka.topics.counts)],
-                    Duration::from_secs(90),
-                )
-            })
-            .await
-            .unwrap()
-        };
+        let quiet = common::pipeline_quiet(&kafka, Duration::from_secs(90)).await;
         assert!(quiet, "the pipeline did not go quiet");
         assert_eq!(common::query::views(&http, &api, &ids).await.as_ref(), Ok(&expected), "totals changed once the pipeline was quiet");
         supervisor_stop.store(true, Ordering::SeqCst);

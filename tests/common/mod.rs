@@ -29,6 +29,26 @@ pub fn write_config(dir: &Path, kafka: &KafkaConfig, sections: &str) -> PathBuf 
     write_config_with_groups(dir, kafka, CLASSIC_SHORT_SESSIONS, sections)
 }
 
+/// The consumer group [`write_config`] gives `service` (counter, writer, archiver).
+pub fn group_id(service: &str, kafka: &KafkaConfig) -> String {
+    format!("tally-{service}-{}", kafka.topics.views)
+}
+
+/// Waits, off the async threads, until the counter's group (as
+/// [`write_config`] names it) has committed the whole views topic and the
+/// writer's the whole counts topic: nothing more will be counted or
+/// applied. False when `limit` passed first.
+pub async fn pipeline_quiet(kafka: &KafkaConfig, limit: Duration) -> bool {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let (counter, writer) = (group_id("counter", &kafka), group_id("writer", &kafka));
+        let groups = [(counter.as_str(), kafka.topics.views.as_str()), (writer.as_str(), kafka.topics.counts.as_str())];
+        tally_testkit::topic::wait_quiet(&kafka, &groups, limit)
+    })
+    .await
+    .expect("the quiet check panicked")
+}
+
 /// [`write_config`] with `group_settings` as the group lines of the
 /// `[kafka]` section (protocol, strategy, session) instead of
 /// [`CLASSIC_SHORT_SESSIONS`].
@@ -36,7 +56,7 @@ pub fn write_config_with_groups(dir: &Path, kafka: &KafkaConfig, group_settings:
     let mut sections = sections.to_owned();
     for service in ["counter", "writer", "archiver"] {
         let header = format!("[{service}]\n");
-        let group = format!("group-id = \"tally-{service}-{}\"\n", kafka.topics.views);
+        let group = format!("group-id = \"{}\"\n", group_id(service, kafka));
         match sections.find(&header).filter(|at| *at == 0 || sections[..*at].ends_with('\n')) {
             Some(at) => sections.insert_str(at + header.len(), &group),
             None => sections.push_str(&format!("\n{header}{group}")),
