@@ -122,12 +122,15 @@ stop_broker() {
     BROKER_RUNNER_PID=
 }
 
-# stop_standalone [KILL]: SIGTERM (or SIGKILL) the standalone we started, then its broker.
+# stop_standalone [KILL|KILL_PROCESS]: SIGTERM the standalone we started
+# (it stops its broker); KILL: SIGKILL it and its broker, as a machine crash
+# would; KILL_PROCESS: SIGKILL the Tally process alone, leaving its broker
+# running for the next standalone to adopt.
 stop_standalone() {
     [[ -n $STANDALONE_PID ]] || return 0
     local broker
     broker=$(broker_pid)
-    if [[ ${1:-} == KILL ]]; then
+    if [[ ${1:-} == KILL || ${1:-} == KILL_PROCESS ]]; then
         kill -KILL "$STANDALONE_PID" 2>/dev/null || true
     else
         kill -TERM "$STANDALONE_PID" 2>/dev/null || true
@@ -139,7 +142,7 @@ stop_standalone() {
     fi
     wait "$STANDALONE_PID" 2>/dev/null || true
     # The broker dies with a graceful standalone; after SIGKILL it is left behind.
-    if [[ -n $broker ]] && kill -0 "$broker" 2>/dev/null; then
+    if [[ ${1:-} != KILL_PROCESS && -n $broker ]] && kill -0 "$broker" 2>/dev/null; then
         kill -KILL "$broker" 2>/dev/null || true
     fi
     STANDALONE_PID=

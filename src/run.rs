@@ -140,12 +140,13 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
             return reconcile_now(&config, &from, &to, report.as_deref()).await;
         }
         Command::Broker => {
-            let broker = standalone::start_broker(&config.standalone).await?;
+            let (broker, origin) = standalone::start_broker(&config.standalone).await?;
             println!(
-                "tally broker: Apache Kafka {} on 127.0.0.1:{} (data in {})",
+                "tally broker: Apache Kafka {} on 127.0.0.1:{} (data in {}{})",
                 tally_servers::kafka::version(),
                 config.standalone.broker_port,
-                config.standalone.data_dir.display()
+                config.standalone.data_dir.display(),
+                origin.note()
             );
             supervisor.spawn("broker", broker.clone().watch(supervisor.token()));
             let outcome = supervise(supervisor, config.shutdown.drain_timeout).await;
@@ -155,9 +156,9 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
         Command::Standalone => {
             let mut config = config;
             standalone::prepare(&mut config);
-            let broker = standalone::start_broker(&config.standalone).await?;
+            let (broker, origin) = standalone::start_broker(&config.standalone).await?;
             supervisor.spawn("broker", broker.clone().watch(supervisor.token()));
-            let outcome = run_standalone(&config, supervisor, &registry, &readiness).await;
+            let outcome = run_standalone(&config, origin, supervisor, &registry, &readiness).await;
             broker.stop().await;
             return outcome;
         }
@@ -167,6 +168,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
 
 async fn run_standalone(
     config: &TallyConfig,
+    origin: standalone::BrokerOrigin,
     mut supervisor: Supervisor,
     registry: &Registry,
     readiness: &Readiness,
@@ -187,10 +189,11 @@ async fn run_standalone(
     println!("tally standalone: query   http://{query}/v1/videos/{{id}}/views");
     println!("tally standalone: metrics http://{admin}/metrics");
     println!(
-        "tally standalone: broker  127.0.0.1:{} (Apache Kafka {}; data in {})",
+        "tally standalone: broker  127.0.0.1:{} (Apache Kafka {}; data in {}{})",
         config.standalone.broker_port,
         tally_servers::kafka::version(),
-        config.standalone.data_dir.display()
+        config.standalone.data_dir.display(),
+        origin.note()
     );
     supervise(supervisor, config.shutdown.drain_timeout).await
 }

@@ -4,21 +4,27 @@
 //! Redis is configured.
 //!
 //! Standalone owns its broker: a broker left running by an earlier standalone
-//! in the same data directory (its pidfile names it) is stopped first; a port
-//! held by anything else is refused with an error, never used; and when the
-//! broker exits while standalone runs, standalone stops with an error rather
-//! than count through whatever answers on that port next.
+//! in the same data directory (its pidfile names it), killed before it could
+//! stop it, is adopted when it runs the same configuration and answers, and
+//! stopped otherwise; a port held by anything else is refused with an error,
+//! never used; and when the broker exits while standalone runs, standalone
+//! stops with an error rather than count through whatever answers on that
+//! port next.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tally_servers::process::{kill_leftover, port_in_use};
+use tally_servers::process::port_in_use;
 use tally_servers::{KafkaNode, ServerProcess, Tools};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{StandaloneConfig, StoreConfig, TallyConfig};
+
+/// The `group-instance-id` of standalone's counter, writer and archiver
+/// unless configured.
+const STANDALONE_INSTANCE_ID: &str = "standalone";
 
 /// How long the broker may take to stop cleanly before it is killed.
 const BROKER_STOP_GRACE: Duration = Duration::from_secs(20);
@@ -56,7 +62,7 @@ impl ManagedBroker {
             let exited = self.process.lock().unwrap_or_else(std::sync::PoisonError::into_inner).exit_status();
             if let Some(status) = exited {
                 tracing::error!(%status, log = %self.log.display(), "the managed Kafka broker exited; stopping");
-                return Err(BrokerExited { status: status.to_string(), log: self.log.clone() });
+                return Err(BrokerExited { status, log: self.log.clone() });
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -77,6 +83,16 @@ pub fn prepare(config: &mut TallyConfig) {
         for (key, value) in [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")] {
             config.kafka.consumer_properties.entry(key.into()).or_insert_with(|| value.into());
         }
+    }
+    // Static membership: its groups have one member each, and a member that
+    // comes back after a crash with the same instance id takes its old place
+    // (and partitions) at once instead of waiting out the dead one's session.
+    for instance_id in [
+        &mut config.counter.group_instance_id,
+        &mut config.writer.group_instance_id,
+        &mut config.archiver.group_instance_id,
+    ] {
+        instance_id.get_or_insert_with(|| STANDALONE_INSTANCE_ID.to_owned());
     }
     if config.archiver.dir == tally_reconciler::ArchiverConfig::default().dir {
         config.archiver.dir = s.data_dir.join("archive");
@@ -99,16 +115,51 @@ fn node(config: &StandaloneConfig) -> anyhow::Result<KafkaNode> {
     Ok(node)
 }
 
+/// How standalone came by its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerOrigin {
+    /// Started by this run.
+    Started,
+    /// Left running by an earlier standalone that was killed, with the same
+    /// configuration, and serving: used as it is (a restart after a crash of
+    /// the Tally process costs no broker restart and no log recovery).
+    Adopted,
+}
+
+impl BrokerOrigin {
+    /// What the start-up line adds about the broker.
+    pub fn note(self) -> &'static str {
+        match self {
+            Self::Started => "",
+            Self::Adopted => "; left running by the previous run, adopted",
+        }
+    }
+}
+
+/// How long a leftover broker may take to answer before it is replaced.
+const ADOPTION_PROBE: Duration = Duration::from_secs(5);
+
 /// Starts Apache Kafka on 127.0.0.1 with its data under the data directory
-/// and waits until it serves clients.
-pub async fn start_broker(config: &StandaloneConfig) -> anyhow::Result<ManagedBroker> {
+/// and waits until it serves clients; or adopts the broker an earlier
+/// standalone in the same data directory left running, when it runs the same
+/// configuration and serves (any other leftover is stopped first).
+pub async fn start_broker(config: &StandaloneConfig) -> anyhow::Result<(ManagedBroker, BrokerOrigin)> {
     let node = node(config)?;
     std::fs::create_dir_all(&node.dir).with_context(|| format!("Failed to create {}", node.dir.display()))?;
     let tools = Tools::find()?;
     let marker = node.dir.display().to_string();
-    let started = tokio::task::spawn_blocking(move || -> anyhow::Result<ServerProcess> {
-        if kill_leftover(&node.pidfile(), &marker) {
-            tracing::warn!("stopped the broker a previous standalone run in this data directory left behind");
+    let started = tokio::task::spawn_blocking(move || -> anyhow::Result<(ServerProcess, BrokerOrigin)> {
+        let name = "Apache Kafka (standalone)";
+        if let Some(mut leftover) = ServerProcess::find_leftover(name, &node.pidfile(), &marker, &node.log_file()) {
+            if node.is_running_as(&leftover, ADOPTION_PROBE) {
+                tracing::info!(pid = leftover.pid(), "adopted the broker a previous standalone run left running");
+                return Ok((leftover, BrokerOrigin::Adopted));
+            }
+            tracing::warn!(
+                pid = leftover.pid(),
+                "stopping the broker a previous standalone run left behind (another configuration, or not answering)"
+            );
+            leftover.kill();
         }
         for (port, setting) in [(node.port, "standalone.broker-port"), (node.controller_port, "standalone.controller-port")]
         {
@@ -122,10 +173,11 @@ pub async fn start_broker(config: &StandaloneConfig) -> anyhow::Result<ManagedBr
                 .into());
             }
         }
-        Ok(node.start(&tools, crate::services::BROKER_START_TIMEOUT)?)
+        Ok((node.start(&tools, crate::services::BROKER_START_TIMEOUT)?, BrokerOrigin::Started))
     })
     .await
     .context("Failed to start the broker")??;
-    let log = started.log().to_path_buf();
-    Ok(ManagedBroker { process: Arc::new(Mutex::new(started)), log })
+    let (process, origin) = started;
+    let log = process.log().to_path_buf();
+    Ok((ManagedBroker { process: Arc::new(Mutex::new(process)), log }, origin))
 }

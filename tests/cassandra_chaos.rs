@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::client::{lost_and_duplicated, post_until_stopped, Acknowledged};
-use common::{cassandra_store_sections, process_sections_with_store, write_config, Load, TallyProcess};
+use common::supervisor::Supervised;
+use common::{cassandra_store_sections, process_sections_with_store, write_config, Load};
 use tally_store::{CountStore, ScyllaConfig, ScyllaStore};
 use tally_testkit::process::free_port;
 use tally_testkit::{bounded, Broker, Cassandra, RedisServer};
@@ -51,40 +52,6 @@ impl Fault {
 const FAULTS: [Fault; 5] =
     [Fault::KillWriter, Fault::KillCounter, Fault::KillQuery, Fault::KillCassandra, Fault::StopCassandra];
 
-/// The services, started again when they exit (the test plays systemd or Kubernetes).
-struct Supervised {
-    config: std::path::PathBuf,
-    running: Vec<(&'static str, TallyProcess)>,
-    restarts: Vec<&'static str>,
-}
-
-impl Supervised {
-    fn start(config: &std::path::Path) -> Self {
-        let running = ["ingest", "counter", "writer", "query"].map(|s| (s, TallyProcess::spawn(config, s))).into();
-        Self { config: config.to_owned(), running, restarts: Vec::new() }
-    }
-
-    fn restart_exited(&mut self) {
-        for (name, process) in &mut self.running {
-            if process.exited() {
-                *process = TallyProcess::spawn(&self.config, name);
-                self.restarts.push(name);
-            }
-        }
-    }
-
-    fn kill_and_restart(&mut self, name: &str) {
-        let index = self.running.iter().position(|(n, _)| *n == name).expect("a supervised service");
-        let (name, process) = self.running.remove(index);
-        process.kill9();
-        self.running.insert(index, (name, TallyProcess::spawn(&self.config, name)));
-    }
-
-    fn get(&self, name: &str) -> &TallyProcess {
-        &self.running.iter().find(|(n, _)| *n == name).expect("a supervised service").1
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_and_cassandra_faults_lose_and_duplicate_no_acknowledged_view() {
     let faults: usize = std::env::var("TALLY_CHAOS_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(FAULTS.len());
@@ -107,7 +74,7 @@ async fn writer_and_cassandra_faults_lose_and_duplicate_no_acknowledged_view() {
             &store,
         );
         let config = write_config(dir.path(), &kafka, &sections);
-        let mut services = Supervised::start(&config);
+        let mut services = Supervised::start(&config, &["ingest", "counter", "writer", "query"]);
         assert!(
             services.get("writer").wait_for_metric("tally_writer_owned_partitions", 1.0, Duration::from_secs(90)),
             "the writer connected to Cassandra and joined its group"

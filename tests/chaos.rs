@@ -62,6 +62,21 @@ impl Service {
     fn respawn(&mut self) {
         self.process = TallyProcess::spawn(&self.config, self.command);
     }
+
+    /// Starts the service again if it exited; a start that fails (its
+    /// broker is down) leaves it exited for the next round.
+    fn restart_if_exited(&mut self) -> Option<String> {
+        if !self.process.exited() {
+            return None;
+        }
+        Some(match TallyProcess::try_spawn(&self.config, self.command) {
+            Ok(started) => {
+                self.process = started;
+                format!("{} exited; restarted by the supervisor", self.name)
+            }
+            Err(e) => format!("{} exited and did not start again ({e}); tried again later", self.name),
+        })
+    }
 }
 
 /// The video the hot client watches, listed in `ingest.salting.hot-videos`.
@@ -143,15 +158,10 @@ async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally
 }
 
 /// Starts again every service that exited on its own, as systemd or
-/// Kubernetes would: a counter fenced out of its group while the broker was
-/// away stops with an error by design, and its restart must lose nothing.
+/// Kubernetes would (a service that cannot reach its broker at start-up
+/// exits with an error); its restart must lose nothing.
 fn restart_exited(services: &mut [Service], injected: &mut Vec<String>) {
-    for service in services.iter_mut() {
-        if service.process.exited() {
-            service.respawn();
-            injected.push(format!("{} exited; restarted by the supervisor", service.name));
-        }
-    }
+    injected.extend(services.iter_mut().filter_map(Service::restart_if_exited));
 }
 
 /// Stops the second gateway, by SIGTERM (it drains) or `kill -9`, and starts it again.

@@ -1,7 +1,8 @@
 //! A zombie counter: frozen (SIGSTOP) past its session while another counter
 //! takes its partitions over, then thawed with a range still buffered. It
 //! emits that range under its old claim; the fence must drop it (the
-//! successor has recounted it), so the totals stay exact.
+//! successor has recounted it), so the totals stay exact. The thawed counter
+//! then rejoins its group and counts again.
 
 mod common;
 
@@ -85,14 +86,15 @@ async fn a_thawed_zombie_counters_range_is_fenced_and_counted_once() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             zombie.thaw();
             eprintln!("attempt {attempt}: taken over after {frozen_for:?} frozen; thawed");
-            // The zombie emits what it had, finds its commit refused, and stops or rejoins.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !zombie.exited() && Instant::now() < deadline {
+            // The zombie emits what it had, finds the group moved on without
+            // it, and rejoins: it counts again beside the survivor.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !(owned(&zombie) == Some(2.0) && owned(&survivor) == Some(2.0)) {
+                assert!(!zombie.exited(), "the thawed counter stopped instead of rejoining its group");
+                assert!(Instant::now() < deadline, "the thawed counter did not rejoin its group");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if !zombie.exited() {
-                zombie.terminate(Duration::from_secs(30));
-            }
+            assert!(zombie.terminate(Duration::from_secs(30)).success(), "the rejoined counter drained and stopped");
             fenced = fold(&kafka).await.fenced_chunks;
             eprintln!("attempt {attempt}: fenced chunks so far: {fenced}");
             if fenced > 0 {

@@ -81,6 +81,11 @@ impl Drop for BrokerReaper {
     }
 }
 
+/// The pid in the broker's pidfile.
+fn broker_pid(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("data/broker/kafka.pid")).expect("broker pidfile").trim().to_owned()
+}
+
 fn batch(video: &str, ids: std::ops::Range<u32>) -> Vec<Value> {
     ids.map(|i| json!({"video_id": video, "event_id": format!("{video}-{i}")})).collect()
 }
@@ -103,12 +108,16 @@ async fn posted_views_become_queryable_and_survive_kill_9_and_restart() {
         // Acknowledged just before the crash: maybe counted, maybe not yet; never lost.
         post(&http, &ingest, batch("trailer", 300..500)).await;
         post(&http, &ingest, batch("late-night", 0..50)).await;
+        let broker = broker_pid(dir.path());
         tally.kill9();
         expected.insert("trailer", 500);
         expected.insert("late-night", 50);
 
         let tally = TallyProcess::spawn(&config, "standalone");
         let (ingest, query) = (tally.address_of("ingest"), tally.address_of("query"));
+        assert_eq!(broker_pid(dir.path()), broker, "the broker the killed run left running was adopted, not restarted");
+        let broker_line = tally.next_line_containing("broker", Duration::from_secs(10)).expect("the broker line");
+        assert!(broker_line.contains("adopted"), "{broker_line}");
         post(&http, &ingest, batch("short", 5..10)).await; // 5..7 are resends
         expected.insert("short", 10);
         wait_for(&http, &query, &expected, Duration::from_secs(90)).await;
@@ -170,6 +179,38 @@ async fn standalone_stops_with_an_error_when_its_broker_exits() {
         .unwrap()
         .0;
         assert!(!status.success(), "standalone must not run on without its broker: {status:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_broker_with_another_configuration_is_replaced_and_its_data_kept() {
+    bounded(Duration::from_secs(240), async {
+        let dir = tempfile::tempdir().unwrap();
+        let _reaper = BrokerReaper(dir.path().to_owned());
+        let config = write_config(dir.path());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let tally = TallyProcess::spawn(&config, "standalone");
+        let (ingest, query) = (tally.address_of("ingest"), tally.address_of("query"));
+        post(&http, &ingest, batch("pilot", 0..40)).await;
+        let expected = BTreeMap::from([("pilot", 40)]);
+        wait_for(&http, &query, &expected, Duration::from_secs(60)).await;
+        let leftover = broker_pid(dir.path());
+        tally.kill9();
+
+        // The next run asks for another broker heap: the leftover is not what it would start.
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("[standalone]\n", "[standalone]\nbroker-heap = \"600m\"\n")).unwrap();
+        let tally = TallyProcess::spawn(&config, "standalone");
+        let replacement = broker_pid(dir.path());
+        assert_ne!(replacement, leftover, "a broker of another configuration was adopted");
+        assert!(!std::path::Path::new(&format!("/proc/{leftover}")).exists(), "the leftover broker still runs");
+        let broker_line = tally.next_line_containing("broker", Duration::from_secs(10)).expect("the broker line");
+        assert!(!broker_line.contains("adopted"), "{broker_line}");
+        let cmdline = std::fs::read(format!("/proc/{replacement}/cmdline")).expect("the new broker runs");
+        assert!(String::from_utf8_lossy(&cmdline).contains("-Xmx600m"), "the new broker runs the new heap");
+        wait_for(&http, &tally.address_of("query"), &expected, Duration::from_secs(60)).await;
+        assert!(tally.terminate(Duration::from_secs(30)).success());
     })
     .await;
 }

@@ -8,11 +8,20 @@
 # the counter publishing lag every 250 ms). The generator's exactness check
 # afterwards says whether the crash lost or repeated any view.
 #
-#   loadtest/scripts/restart.sh   # RUNS=3 RATE=60 BATCH=10 KILL_AT=10 DOWN=5 DURATION=40
+#   loadtest/scripts/restart.sh   # CRASH=process RUNS=3 RATE=60 BATCH=10 KILL_AT=10 DOWN=5 DURATION=40
+#
+# CRASH=process kills the Tally process alone (its broker runs on and the
+# restarted standalone adopts it); CRASH=machine kills the broker with it.
 #
 # Prints the medians and writes RESULTS/restart-*/summary.json.
 source "$(dirname "$0")/../lib.sh"
 RUNS=${RUNS:-3} RATE=${RATE:-60} BATCH=${BATCH:-10} KILL_AT=${KILL_AT:-10} DOWN=${DOWN:-5} DURATION=${DURATION:-40}
+CRASH=${CRASH:-process}
+case $CRASH in
+    process) KILL_MODE=KILL_PROCESS ;; # the Tally process dies; its broker runs on and is adopted
+    machine) KILL_MODE=KILL ;;         # the Tally process and its broker die together
+    *) echo "restart.sh: CRASH is process or machine, not $CRASH" >&2; exit 2 ;;
+esac
 build
 DIR=$(results_dir restart)
 SETS=(--set counter.lag-interval=250ms)
@@ -20,12 +29,12 @@ metric() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk -v m="$1" '$1 == 
 owned() { curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk '/^tally_counter_owned_partitions/ { s += $2 } END { print s + 0 }' || true; }
 for i in $(seq 1 "$RUNS"); do
     start_standalone "$DIR/run-$i" "${SETS[@]}"
-    log "run $i/$RUNS: $((RATE * BATCH)) events/s for $DURATION s, kill -9 at $KILL_AT s, down $DOWN s"
+    log "run $i/$RUNS: $((RATE * BATCH)) events/s for $DURATION s, kill -9 ($CRASH) at $KILL_AT s, down $DOWN s"
     "$LOADGEN" --ingest "$INGEST" --query "$QUERY" --rate "$RATE" --batch "$BATCH" --duration "$DURATION" \
         --out "$DIR/run-$i.json" --plot "$DIR/run-$i.svg" >/dev/null 2>"$DIR/loadgen-$i.log" &
     LOADGEN_PID=$!
     sleep "$KILL_AT"
-    stop_standalone KILL
+    stop_standalone "$KILL_MODE"
     sleep "$DOWN"
     restarted=$(date +%s.%N)
     start_standalone "$DIR/run-$i" "${SETS[@]}"
@@ -50,7 +59,7 @@ for i in $(seq 1 "$RUNS"); do
 done
 med() { for f in "$DIR"/run-*.json; do jq "$1" "$f"; done | median; }
 jq -n --argjson machine "$(machine_json)" --argjson runs "$RUNS" \
-    --arg command "RUNS=$RUNS RATE=$RATE BATCH=$BATCH KILL_AT=$KILL_AT DOWN=$DOWN DURATION=$DURATION loadtest/scripts/restart.sh" \
+    --arg command "CRASH=$CRASH RUNS=$RUNS RATE=$RATE BATCH=$BATCH KILL_AT=$KILL_AT DOWN=$DOWN DURATION=$DURATION loadtest/scripts/restart.sh" \
     --argjson ready "$(med .restart.ready_s)" --argjson caught "$(med .restart.caught_up_s)" --argjson owned "$(med .restart.owns_partitions_s)" \
     --argjson lost "$(jq -s '[.[].exactness.lost] | add' "$DIR"/run-*.json)" \
     --argjson duplicated "$(jq -s '[.[].exactness.duplicated] | add' "$DIR"/run-*.json)" \

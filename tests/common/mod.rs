@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod query;
+pub mod supervisor;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -198,6 +199,9 @@ pub fn run_to_exit(config: &Path, args: &[&str], limit: Duration) -> (ExitStatus
     (status, printed)
 }
 
+/// How long a `tally` process may take to announce its admin URL.
+const ANNOUNCE_WITHIN: Duration = Duration::from_secs(120);
+
 /// A `tally` child process.
 pub struct TallyProcess {
     child: Child,
@@ -212,6 +216,13 @@ pub struct TallyProcess {
 impl TallyProcess {
     /// Runs `tally --config <config> <command>` and waits for its admin URL.
     pub fn spawn(config: &Path, command: &str) -> Self {
+        Self::try_spawn(config, command).unwrap_or_else(|e| panic!("tally {command}: {e}"))
+    }
+
+    /// Like [`Self::spawn`], for callers that expect a start to fail at
+    /// times (a supervisor starting a service while a dependency is down):
+    /// the error says how the process ended.
+    pub fn try_spawn(config: &Path, command: &str) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .arg("--config")
             .arg(config)
@@ -220,7 +231,7 @@ impl TallyProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn tally");
+            .map_err(|e| format!("cannot spawn: {e}"))?;
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -230,18 +241,30 @@ impl TallyProcess {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Above standalone's 60 s for its broker to start, plus the services.
+        let deadline = Instant::now() + ANNOUNCE_WITHIN;
         let mut announced = Vec::new();
         let admin = loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("tally announced its admin URL");
-            announced.push(line.clone());
-            if let Some(rest) = line.split("admin http://").nth(1).or_else(|| line.split("metrics http://").nth(1)) {
-                break rest.trim_end_matches("/metrics").to_owned();
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    announced.push(line.clone());
+                    let url = line.split("admin http://").nth(1).or_else(|| line.split("metrics http://").nth(1));
+                    if let Some(rest) = url {
+                        break rest.trim_end_matches("/metrics").to_owned();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().map_err(|e| format!("cannot wait: {e}"))?;
+                    return Err(format!("exited before announcing its admin URL ({status})"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("announced no admin URL within {ANNOUNCE_WITHIN:?}; killed"));
+                }
             }
         };
-        Self { child, lines: rx, admin, announced }
+        Ok(Self { child, lines: rx, admin, announced })
     }
 
     /// The `host:port` of the announced URL on the line containing `label`.
@@ -253,6 +276,18 @@ impl TallyProcess {
             .unwrap_or_else(|| panic!("no {label} line in {:?}", self.announced));
         let url = line.split("http://").nth(1).expect("a URL on the line");
         url.split('/').next().expect("host:port").to_owned()
+    }
+
+    /// The next line printed after the admin announcement that contains
+    /// `needle`, waiting up to `limit`.
+    pub fn next_line_containing(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let line = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()?;
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
     }
 
     /// The process id.

@@ -2,6 +2,7 @@
 //! `cleanup.policy`): some Kafka-protocol brokers report only what a topic was
 //! created with, and clients that read them expect both.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -57,24 +58,32 @@ impl Replication {
     }
 }
 
-/// Creates the `topics` that do not exist yet; existing ones are left as they are.
+/// Creates the `topics` that do not exist yet; existing ones are left as they
+/// are. Which exist is read from metadata first, so a service whose topics
+/// exist starts without the controller: while the cluster has lost its
+/// controller quorum, or where its principal may not create topics.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(config, "tally-admin")
-        .create()
-        .map_err(|source| KafkaSetupError::Client { what: "admin client", source })?;
-    let brokers = {
+    let cluster = {
         let metadata_config = config.clone();
-        tokio::task::spawn_blocking(move || broker_count(&metadata_config, Duration::from_secs(10)))
+        tokio::task::spawn_blocking(move || cluster_topics(&metadata_config, Duration::from_secs(10)))
             .await
             .map_err(|e| KafkaSetupError::CreateTopic { topic: "*".into(), reason: e.to_string() })??
     };
+    let missing: Vec<&TopicSpec> = topics.iter().filter(|t| !cluster.topics.contains(&t.name)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let brokers = cluster.brokers;
+    let admin: AdminClient<DefaultClientContext> = base_config(config, "tally-admin")
+        .create()
+        .map_err(|source| KafkaSetupError::Client { what: "admin client", source })?;
     let replication = Replication::for_cluster(config, brokers);
     if replication.factor == 1 && brokers > 1 {
         tracing::warn!(brokers, "creating topics with replication factor 1 on a multi-broker cluster, as configured");
     }
     let retention = config.topics.retention.as_millis().to_string();
     let min_insync = replication.min_insync.map(|n| n.to_string());
-    let new_topics: Vec<NewTopic<'_>> = topics
+    let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {
             let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication.factor));
@@ -111,13 +120,28 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
     Ok(())
 }
 
-/// Brokers in the cluster, from metadata (blocking).
-pub fn broker_count(config: &KafkaConfig, timeout: Duration) -> Result<usize, KafkaSetupError> {
+/// What the cluster's metadata says, as far as creating topics needs it.
+#[derive(Debug)]
+struct ClusterTopics {
+    /// Brokers in the cluster.
+    brokers: usize,
+    /// Names of the topics that exist.
+    topics: HashSet<String>,
+}
+
+/// Brokers and existing topics, from metadata (blocking).
+fn cluster_topics(config: &KafkaConfig, timeout: Duration) -> Result<ClusterTopics, KafkaSetupError> {
     let consumer: BaseConsumer = base_config(config, "tally-metadata")
         .create()
         .map_err(|source| KafkaSetupError::Client { what: "metadata client", source })?;
     let metadata = consumer.fetch_metadata(None, timeout).map_err(KafkaSetupError::Metadata)?;
-    Ok(metadata.brokers().len())
+    let topics = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name().to_owned())
+        .collect();
+    Ok(ClusterTopics { brokers: metadata.brokers().len(), topics })
 }
 
 /// Partition count of `topic`, from broker metadata (blocking; call from

@@ -140,12 +140,8 @@ impl KafkaNode {
             move |source| ServerError::Io { what, path, source }
         };
         std::fs::create_dir_all(self.data_dir()).map_err(io("create", &self.data_dir()))?;
-        let mut text = String::from("# Written by Tally (tally-servers); rewritten at every start.\n");
-        for (k, v) in self.properties() {
-            let _ = writeln!(text, "{k}={v}");
-        }
         let config = self.dir.join("server.properties");
-        std::fs::write(&config, text).map_err(io("write", &config))?;
+        std::fs::write(&config, self.properties_file()).map_err(io("write", &config))?;
         let log4j = self.dir.join("log4j2.properties");
         std::fs::write(&log4j, LOG4J2).map_err(io("write", &log4j))?;
         if self.data_dir().join("meta.properties").exists() {
@@ -165,6 +161,27 @@ impl KafkaNode {
             });
         }
         Ok(())
+    }
+
+    /// The text of its `server.properties`.
+    fn properties_file(&self) -> String {
+        let mut text = String::from("# Written by Tally (tally-servers); rewritten at every start.\n");
+        for (k, v) in self.properties() {
+            let _ = writeln!(text, "{k}={v}");
+        }
+        text
+    }
+
+    /// Whether `leftover`, a node found running in this node's directory
+    /// ([`ServerProcess::find_leftover`]), runs this node's configuration
+    /// (properties and heap) and answers a metadata request within `limit`:
+    /// then it can serve as this node instead of being restarted.
+    pub fn is_running_as(&self, leftover: &ServerProcess, limit: Duration) -> bool {
+        let written = std::fs::read_to_string(self.dir.join("server.properties")).unwrap_or_default();
+        let heap = format!("-Xmx{} ", self.heap);
+        written == self.properties_file()
+            && leftover.command_line().is_some_and(|cmdline| cmdline.contains(&heap))
+            && wait_for_metadata(&self.bootstrap(), 1, limit)
     }
 
     /// Starts the node (after [`KafkaNode::prepare`]) without waiting for it.

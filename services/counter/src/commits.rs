@@ -31,26 +31,33 @@ pub enum Verdict {
     /// Not committed this time; librdkafka commits the stored offsets again
     /// on its next tick (or the revoke does), so counting goes on.
     Retried(RDKafkaErrorCode),
-    /// This member no longer owns (some of) the partitions: counting on
-    /// would emit ranges another member also emits. The counter must stop.
+    /// The group moved on without this member: its session expired
+    /// (`UNKNOWN_MEMBER_ID`, a coordinator away longer than the session, a
+    /// long pause), or a partition of the commit already went to another
+    /// member. librdkafka revokes this member's partitions as lost and
+    /// rejoins; whoever owns a partition next (this member again, perhaps)
+    /// claims it and re-emits after the last committed end, and the claim
+    /// fences whatever this member still emits for it. Counting goes on.
+    Expelled(RDKafkaErrorCode),
+    /// Another member took this member's static identity
+    /// (`FENCED_INSTANCE_ID`): it can never rejoin as itself. The counter
+    /// must stop, so its supervisor or operator sees the duplicate.
     Fenced(RDKafkaErrorCode),
 }
 
 /// Judges the result of a commit of `offsets` on `topic`; `owned` says
 /// whether this counter still owns a partition.
 ///
-/// Fatal: the coordinator no longer knows this member (`UNKNOWN_MEMBER_ID`,
-/// `FENCED_INSTANCE_ID`), or the group moved on (`REBALANCE_IN_PROGRESS`,
-/// a newer generation, `ILLEGAL_GENERATION`, or member epoch,
-/// `STALE_MEMBER_EPOCH`) and a partition of the commit is already gone (its
-/// flush end may never be committed while its records were emitted).
-/// While this counter still owns every partition of the commit, the group
-/// moving on is no fencing: members of incremental groups (cooperative-sticky,
-/// the consumer protocol) keep their partitions through a rebalance, a
-/// commit racing the new generation is refused, and librdkafka commits the
-/// stored offsets again under the new one (or, if the member really was
-/// fenced, revokes its partitions as lost, which stops their counting).
-/// Anything else is retried.
+/// Fenced: another member has this member's static identity. Expelled: the
+/// coordinator no longer knows this member (`UNKNOWN_MEMBER_ID`), or the
+/// group moved on (`REBALANCE_IN_PROGRESS`, a newer generation,
+/// `ILLEGAL_GENERATION`, or member epoch, `STALE_MEMBER_EPOCH`) and a
+/// partition of the commit is already gone. While this counter still owns
+/// every partition of the commit, the group moving on is no expulsion:
+/// members of incremental groups (cooperative-sticky, the consumer protocol)
+/// keep their partitions through a rebalance, a commit racing the new
+/// generation is refused, and librdkafka commits the stored offsets again
+/// under the new one. Anything else is retried.
 pub fn judge(
     result: &KafkaResult<()>,
     offsets: &TopicPartitionList,
@@ -73,21 +80,19 @@ pub fn judge(
     }
     // Nothing to commit is not a failure (librdkafka reports it for empty commits).
     codes.retain(|code| *code != RDKafkaErrorCode::NoOffset);
-    if let Some(code) = codes.iter().copied().find(|code| is_fenced(*code)) {
+    if let Some(code) = codes.iter().copied().find(|code| *code == RDKafkaErrorCode::FencedInstanceId) {
         return Verdict::Fenced(code);
     }
+    if let Some(code) = codes.iter().copied().find(|code| *code == RDKafkaErrorCode::UnknownMemberId) {
+        return Verdict::Expelled(code);
+    }
     if let Some(code) = codes.iter().copied().find(|code| gone && group_moved_on(*code)) {
-        return Verdict::Fenced(code);
+        return Verdict::Expelled(code);
     }
     match codes.first() {
         Some(code) => Verdict::Retried(*code),
         None => Verdict::Committed,
     }
-}
-
-/// Whether `code` says the coordinator has fenced this member out of the group.
-fn is_fenced(code: RDKafkaErrorCode) -> bool {
-    matches!(code, RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId)
 }
 
 /// Whether `code` says the group rebalanced (or is rebalancing) since this
@@ -162,11 +167,12 @@ mod tests {
     }
 
     #[test]
-    fn a_member_fenced_out_of_the_group_is_fatal_whoever_owns_what() {
-        for code in [RDKafkaErrorCode::UnknownMemberId, RDKafkaErrorCode::FencedInstanceId] {
-            let offsets = list(&[0]);
-            assert_eq!(judge(&failed(code), &offsets, "views", |_| true), Verdict::Fenced(code), "{code:?}");
-        }
+    fn a_member_the_coordinator_forgot_is_expelled_and_a_stolen_static_identity_is_fatal() {
+        let offsets = list(&[0]);
+        let unknown = RDKafkaErrorCode::UnknownMemberId;
+        assert_eq!(judge(&failed(unknown), &offsets, "views", |_| true), Verdict::Expelled(unknown));
+        let stolen = RDKafkaErrorCode::FencedInstanceId;
+        assert_eq!(judge(&failed(stolen), &offsets, "views", |_| true), Verdict::Fenced(stolen));
     }
 
     #[test]
@@ -178,12 +184,12 @@ mod tests {
         for code in [RDKafkaErrorCode::IllegalGeneration, RDKafkaErrorCode::StaleMemberEpoch] {
             let offsets = list(&[0, 3]);
             assert_eq!(judge(&failed(code), &offsets, "views", |_| true), Verdict::Retried(code), "{code:?}");
-            assert_eq!(judge(&failed(code), &offsets, "views", |p| p != 3), Verdict::Fenced(code), "{code:?}");
+            assert_eq!(judge(&failed(code), &offsets, "views", |p| p != 3), Verdict::Expelled(code), "{code:?}");
         }
     }
 
     #[test]
-    fn a_rebalance_in_progress_is_fatal_only_once_a_partition_is_gone() {
+    fn a_rebalance_in_progress_expels_only_once_a_partition_is_gone() {
         let offsets = list(&[0, 3]);
         let rebalancing = failed(RDKafkaErrorCode::RebalanceInProgress);
         assert_eq!(
@@ -192,7 +198,7 @@ mod tests {
         );
         assert_eq!(
             judge(&rebalancing, &offsets, "views", |p| p != 3),
-            Verdict::Fenced(RDKafkaErrorCode::RebalanceInProgress)
+            Verdict::Expelled(RDKafkaErrorCode::RebalanceInProgress)
         );
     }
 

@@ -90,7 +90,7 @@ impl CounterMetrics {
             )?,
             commit_failures: IntCounter::new(
                 "tally_counter_commit_failures_total",
-                "Offset commits that failed; a member fenced out of the group also stops the counter",
+                "Offset commits that failed; one refused because another member has this member's group-instance-id also stops the counter",
             )?,
             reemitted_ranges: IntCounter::new(
                 "tally_counter_reemitted_ranges_total",

@@ -268,6 +268,12 @@ impl Shared {
             }
             self.metrics.revoke_flushes.inc_by(sealed as u64);
         }
+        if consumer.assignment_lost() {
+            // The group moved on: a commit now would be refused, and the
+            // partitions' next owners start from the last committed ends.
+            self.forget(inner, selected);
+            return Ok(());
+        }
         // Released even when the commit fails: they are not ours any more.
         let committed = self.commit_acknowledged(inner, selected, |list| consumer.commit(&list, CommitMode::Sync));
         self.forget(inner, selected);
@@ -340,9 +346,9 @@ impl Shared {
     /// Commits, and waits for, the acknowledged ends the background commit
     /// has not confirmed yet, of the partitions `selected` picks (revoke,
     /// shutdown), so the next owner starts as late as possible. A failure is
-    /// logged and counted and, unless this member was fenced out of the
-    /// group, not an error: the next owner re-emits the flushes after the
-    /// last committed end, exactly.
+    /// logged and counted and, unless another member took this member's
+    /// static identity, not an error: the next owner re-emits the flushes
+    /// after the last committed end, exactly.
     ///
     /// `commit` commits the list it is given and waits (on revoke: a
     /// synchronous commit; at shutdown: one bounded by the drain budget).
@@ -378,9 +384,14 @@ impl Shared {
                 tracing::warn!(error = %code, ?ends, "final offset commit failed; the next owner re-emits the flushes after the last committed end");
                 Ok(())
             }
+            Verdict::Expelled(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %code, ?ends, "final offset commit rejected: the group moved on without this member; the next owner re-emits the flushes after the last committed end");
+                Ok(())
+            }
             Verdict::Fenced(code) => {
                 self.metrics.commit_failures.inc();
-                tracing::error!(error = %code, ?ends, "final offset commit rejected: this member was fenced out of the group");
+                tracing::error!(error = %code, ?ends, "final offset commit rejected: another member has this member's group-instance-id");
                 Err(WorkerError::Fenced(code))
             }
         }
@@ -388,8 +399,10 @@ impl Shared {
 
     /// Handles the result of a background commit (inside `poll`, on the
     /// consumer thread): a success confirms the acknowledged ends it covers;
-    /// a failure is logged and counted; a member fenced out of the group
-    /// stops the counter, which must not count partitions it no longer owns.
+    /// a failure is logged and counted. A member the group moved on without
+    /// counts on until librdkafka revokes its partitions as lost and rejoins
+    /// (what it emits meanwhile is fenced by its successors' claims); a
+    /// member whose static identity another member took stops the counter.
     pub fn committed(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
         let topic = &self.recovery.views_topic;
         let mut inner = self.lock();
@@ -407,9 +420,13 @@ impl Shared {
                 self.metrics.commit_failures.inc();
                 tracing::warn!(error = %code, offsets = ?offsets, "offset commit failed; the stored offsets are committed again on the next tick");
             }
+            Verdict::Expelled(code) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %code, offsets = ?offsets, "offset commit rejected: the group moved on without this member; it rejoins");
+            }
             Verdict::Fenced(code) => {
                 self.metrics.commit_failures.inc();
-                tracing::error!(error = %code, offsets = ?offsets, "offset commit rejected: this member was fenced out of the group; stopping");
+                tracing::error!(error = %code, offsets = ?offsets, "offset commit rejected: another member has this member's group-instance-id; stopping");
                 inner.failure.get_or_insert(WorkerError::Fenced(code));
             }
         }

@@ -56,9 +56,9 @@ pub enum WorkerError {
         /// The error.
         source: rdkafka::error::KafkaError,
     },
-    /// The group coordinator rejected a background offset commit because
-    /// this member no longer owns its partitions (see [`crate::commits`]).
-    #[error("offset commit rejected, this member was fenced out of the group: {0}")]
+    /// The group coordinator rejected an offset commit because another
+    /// member has this member's `group-instance-id` (see [`crate::commits`]).
+    #[error("offset commit rejected, another member has this member's group-instance-id: {0}")]
     Fenced(rdkafka::error::RDKafkaErrorCode),
     /// The emitter stopped.
     #[error("the flush emitter stopped")]
