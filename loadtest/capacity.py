@@ -126,7 +126,9 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
         raise CapacityError("the results have no sqlite configuration")
     run = runs["sqlite"]
     work = run["work"]
-    events = work["events_accepted"]
+    # Records written to the views topic in the window: what the gateway and
+    # the broker handled (a 503 after the ack timeout may have been written).
+    events = work["events_produced"]
     m = Measured(source=f"{summary['command']} ({summary['machine']['date']}, commit {summary['machine']['commit']})")
     m.events_per_cpu_s["gateway"] = _ratio(events, _process(run, "ingest")["cpu_s"], "gateway")
     m.events_per_cpu_s["broker"] = _ratio(events, _steady_cpu_s(_process(run, "broker")), "broker")
@@ -141,6 +143,13 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
     m.views_bytes_per_event = run["topics"]["views"]["bytes_per_record"]
     m.counts_bytes_per_row = run["topics"]["counts"]["bytes_per_record"]
     m.rss_bytes = {name: p["peak_rss_kib"] * 1024 for name, p in run["processes"].items() if p.get("peak_rss_kib")}
+    answers = run.get("loadgen", {}).get("answers") or {}
+    refused = sum(n for status, n in answers.items() if status != "202")
+    if refused:
+        m.notes.append(
+            f"**the run was overloaded**: {refused} of {sum(answers.values())} ingest requests were refused "
+            f"({answers}); its costs per unit include the contention"
+        )
     entries = work.get("counter_dedup_entries_at_end") or 0
     if entries <= 0:
         raise CapacityError("the counter reported no dedup entries: its memory per entry is unknown")

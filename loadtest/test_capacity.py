@@ -30,7 +30,8 @@ def summary(cassandra=False):
                 "loadgen": {"cpu_s": 3.0, "peak_rss_kib": 20_000},
             },
             "work": {
-                "events_accepted": 1_000_000,
+                "events_produced": 1_000_000,
+                "events_accepted": 900_000,
                 "events_counted": 1_000_000,
                 "deltas_written": 100_000,
                 "queries_answered": 100_000,
@@ -82,6 +83,12 @@ class MeasuredCosts(unittest.TestCase):
         m = measured_from(summary(), peers)
         self.assertEqual(m.events_per_cpu_s["counter"], 1_250_000)
         self.assertIn("peers.sh", m.notes[0])
+
+    def test_a_run_with_refused_requests_is_flagged_as_overloaded(self):
+        s = summary()
+        self.assertEqual(measured_from(s).notes, [])
+        s["configurations"][0]["loadgen"] = {"answers": {"202": 90, "503": 10}}
+        self.assertIn("overloaded", measured_from(s).notes[0])
 
     def test_cassandra_rows_per_cpu_second_without_its_jit(self):
         m = measured_from(summary(cassandra=True))

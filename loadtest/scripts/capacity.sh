@@ -95,7 +95,16 @@ run_configuration() {
     RUN=$DIR/$name
     mkdir -p "$RUN"
     log "configuration $name: $((RATE * BATCH)) events/s, $QUERY_RATE queries/s, $duration s"
-    start_broker "$RUN/broker"
+    # `tally broker` gives the JVM 60 s to serve; a busy machine can need longer.
+    local attempt
+    for attempt in 1 2 3; do
+        start_broker "$RUN/broker-$attempt" && break
+        stop_broker
+        local pidfile=$RUN/broker-$attempt/data/broker/kafka.pid
+        if [[ -f $pidfile ]] && grep -qa kafka.Kafka "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; then kill -KILL "$(cat "$pidfile")"; fi
+        ((attempt < 3)) || return 1
+    done
+    ln -sfn "broker-$attempt" "$RUN/broker"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$RUN/redis.log" 2>&1 &
     local redis_pid=$!
     PIDS+=("$redis_pid")
@@ -150,7 +159,7 @@ EOF
         log "warm-up load, $WARMUP_LOAD s"
         "$LOADGEN" --ingest "$INGEST" --query "$QUERY" --rate "$RATE" --batch "$BATCH" --duration "$WARMUP_LOAD" \
             --max-requests $((RATE * WARMUP_LOAD)) --videos "$VIDEOS" --zipf "$ZIPF" --duplicates "$DUPLICATES" \
-            --query-rate "$QUERY_RATE" --no-exactness --out "$RUN/warmup.json" >/dev/null 2>"$RUN/warmup.log"
+            --query-rate "$QUERY_RATE" --no-exactness --broker "$BROKER" --out "$RUN/warmup.json" >/dev/null 2>"$RUN/warmup.log"
         sleep 3
     fi
     all_alive "${procs[@]}"
@@ -188,7 +197,13 @@ EOF
     local peak_rss load_avg_after
     peak_rss=$(peak_rss_json "${procs[@]}")
     load_avg_after=$(cut -d' ' -f1 /proc/loadavg)
-    local events_accepted counted deltas queries
+    # Records the window added to the views topic: the gateway's and the
+    # broker's work, 503s included (an event refused after the ack timeout
+    # may still have been written); the topic's records since it was created
+    # for its bytes per record.
+    local events_accepted produced topic_records counted deltas queries
+    produced=$(jq '.partitions.spread.per_partition | add' "$RUN/loadgen.json")
+    topic_records=$((produced + $(jq '.partitions.spread.per_partition | add // 0' "$RUN/warmup.json" 2>/dev/null || echo 0)))
     events_accepted=$(metric_delta tally_ingest_events_accepted_total ingest)
     counted=$(metric_delta tally_counter_events_total counter)
     deltas=$(metric_delta tally_writer_deltas_total writer)
@@ -200,22 +215,23 @@ EOF
         --argjson queries "$queries" --argjson batches "$(metric_delta tally_writer_batches_total writer)" \
         --argjson flushes "$(metric_delta tally_counter_flushes_total counter)" \
         --argjson dedup_entries "$(metric_sum tally_counter_dedup_entries "$RUN/metrics-after-counter.txt")" \
-        --argjson views_log "$(log_bytes_per_record tally.views "$events_accepted")" \
-        --argjson counts_log "$(log_bytes_per_record tally.counts "$deltas")" \
+        --argjson produced "$produced" \
+        --argjson views_log "$(log_bytes_per_record tally.views "$topic_records")" \
+        --argjson counts_log "$(log_bytes_per_record tally.counts "$(metric_sum tally_writer_deltas_total "$RUN/metrics-after-writer.txt")")" \
         --argjson la0 "$load_avg_before" --argjson la1 "$load_avg_after" \
         '{configuration: $name, offered: {events_per_s: ($loadgen[0].ingest.offered_rate_rps * $loadgen[0].ingest.batch),
                    queries_per_s: ($loadgen[0].query.offered_rate_rps // null), duration_s: $duration},
           window_s: $elapsed, load_average_1m: {before: $la0, after: $la1},
           processes: ($cpu | with_entries(.value += {peak_rss_kib: $peak_rss_kib[.key]})
             + {loadgen: {cpu_s: ($loadgen_time[0].user_s + $loadgen_time[0].sys_s), peak_rss_kib: $loadgen_time[0].max_rss_kib}}),
-          work: {events_accepted: $events_accepted, events_counted: $counted, counter_flushes: $flushes,
+          work: {events_produced: $produced, events_accepted: $events_accepted, events_counted: $counted, counter_flushes: $flushes,
                  deltas_written: $deltas, writer_batches: $batches, queries_answered: $queries,
                  counter_dedup_entries_at_end: $dedup_entries},
           topics: {views: $views_log, counts: $counts_log},
           loadgen: {ingest_events_per_s: $loadgen[0].ingest.events_per_s, ingest_latency_ms: $loadgen[0].ingest.latency_ms,
                     answers: $loadgen[0].ingest.answers.statuses, query: ($loadgen[0].query | {requests_per_s: .steady.requests_per_s, latency_ms: .steady.latency_ms, failures}),
                     exactness: $loadgen[0].exactness}}' >"$RUN/run.json"
-    jq -c '{configuration, cpu_s: (.processes | map_values(.cpu_s)), work, exactness: .loadgen.exactness | {lost, duplicated}}' "$RUN/run.json" >&2
+    jq -c '{configuration, cpu_s: (.processes | map_values(.cpu_s)), work, answers: .loadgen.answers, exactness: .loadgen.exactness | {lost, duplicated}}' "$RUN/run.json" >&2
     stop_pids
     stop_broker
 }
