@@ -52,6 +52,9 @@ class Rules:
     cores_per_instance: int = 2
     # At least this many instances of every service (one can fail or roll).
     min_instances: int = 2
+    # Most memory planned for one counter instance (assumption: 16 GiB
+    # containers); more instances when the dedup windows need it.
+    counter_max_memory_bytes: float = 16 * GIB
     # Views partitions >= this x the most counter or writer instances, so
     # either can double without adding partitions (a topic's partition
     # count is fixed once data is in it: keys would move and each
@@ -97,6 +100,9 @@ class Measured:
     counter_bytes_per_dedup_entry: float = 0.0
     cassandra_rows_per_cpu_s: float | None = None
     cassandra_writer_rows_per_cpu_s: float | None = None
+    # Cores each process used with no load (by process name), already left
+    # out of the costs per unit above.
+    fixed_cores: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -119,6 +125,48 @@ def _ratio(work: float, cpu_s: float, what: str) -> float:
     return work / cpu_s
 
 
+def _per_cpu_s(run: dict, name: str, work: float, m: Measured) -> float:
+    """Units of `work` per CPU-second of process `name` beyond its idle cost.
+
+    The run's idle window (no load, same processes, just before the load)
+    gives the cores the process burns regardless of load (polls, heartbeats,
+    timers): recorded in `m.fixed_cores` and left out of the cost per unit,
+    which would otherwise charge them to the work and grow them with the rate.
+    """
+    what = f"{name} ({run['configuration']})"
+    cpu_s = _steady_cpu_s(_process(run, name))
+    idle = run.get("idle", {})
+    idle_process = idle.get("processes", {}).get(name)
+    if idle_process is None or not idle.get("window_s"):
+        m.fixed_cores.setdefault(name, 0.0)
+        return _ratio(work, cpu_s, what)
+    fixed = max(0.0, _steady_cpu_s(idle_process)) / idle["window_s"]
+    marginal = cpu_s - fixed * run["window_s"]
+    if marginal <= 0:
+        m.notes.append(f"{what}: no CPU above its idle rate; its whole CPU is charged to the work")
+        m.fixed_cores.setdefault(name, 0.0)
+        return _ratio(work, cpu_s, what)
+    m.fixed_cores.setdefault(name, fixed)
+    return _ratio(work, marginal, what)
+
+
+def _bytes_per_dedup_entry(run: dict, m: Measured) -> float:
+    """The counter's memory per dedup entry: the growth of its RSS over the
+    growth of its dedup window in the measured window; without those, its
+    whole peak RSS over the entries at the end (an upper bound: the base
+    memory is charged to the entries)."""
+    work, counter = run["work"], _process(run, "counter")
+    entries = work.get("counter_dedup_entries_at_end") or 0
+    if entries <= 0:
+        raise CapacityError("the counter reported no dedup entries: its memory per entry is unknown")
+    grown = entries - (work.get("counter_dedup_entries_before") or 0)
+    before, after = counter.get("rss_kib_before"), counter.get("rss_kib_after")
+    if before and after and after > before and grown > 0:
+        return (after - before) * 1024 / grown
+    m.notes.append("counter memory per dedup entry: its whole peak RSS over the entries (an upper bound)")
+    return counter["peak_rss_kib"] * 1024 / entries
+
+
 def measured_from(summary: dict, peers: dict | None = None) -> Measured:
     """The per-unit costs of a capacity.sh summary (and a peers.sh summary)."""
     runs = {run["configuration"]: run for run in summary["configurations"]}
@@ -130,16 +178,16 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
     # the broker handled (a 503 after the ack timeout may have been written).
     events = work["events_produced"]
     m = Measured(source=f"{summary['command']} ({summary['machine']['date']}, commit {summary['machine']['commit']})")
-    m.events_per_cpu_s["gateway"] = _ratio(events, _process(run, "ingest")["cpu_s"], "gateway")
-    m.events_per_cpu_s["broker"] = _ratio(events, _steady_cpu_s(_process(run, "broker")), "broker")
-    m.events_per_cpu_s["counter"] = _ratio(work["events_counted"], _process(run, "counter")["cpu_s"], "counter")
+    m.events_per_cpu_s["gateway"] = _per_cpu_s(run, "ingest", events, m)
+    m.events_per_cpu_s["broker"] = _per_cpu_s(run, "broker", events, m)
+    m.events_per_cpu_s["counter"] = _per_cpu_s(run, "counter", work["events_counted"], m)
     m.rows_per_event = work["deltas_written"] / work["events_counted"]
-    m.writer_rows_per_cpu_s = _ratio(work["deltas_written"], _process(run, "writer")["cpu_s"], "writer")
-    m.queries_per_cpu_s = _ratio(work["queries_answered"], _process(run, "query")["cpu_s"], "query")
+    m.writer_rows_per_cpu_s = _per_cpu_s(run, "writer", work["deltas_written"], m)
+    m.queries_per_cpu_s = _per_cpu_s(run, "query", work["queries_answered"], m)
     # Redis serves the queries' cache reads and the writer's write-through.
-    m.redis_ops_per_cpu_s = _ratio(
-        work["queries_answered"] + work["deltas_written"], _process(run, "redis")["cpu_s"], "redis"
-    )
+    m.redis_ops_per_cpu_s = _per_cpu_s(run, "redis", work["queries_answered"] + work["deltas_written"], m)
+    if "idle" not in run:
+        m.notes.append("the run has no idle window: every cost per unit includes the process's fixed costs")
     m.views_bytes_per_event = run["topics"]["views"]["bytes_per_record"]
     m.counts_bytes_per_row = run["topics"]["counts"]["bytes_per_record"]
     m.rss_bytes = {name: p["peak_rss_kib"] * 1024 for name, p in run["processes"].items() if p.get("peak_rss_kib")}
@@ -150,25 +198,25 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
             f"**the run was overloaded**: {refused} of {sum(answers.values())} ingest requests were refused "
             f"({answers}); its costs per unit include the contention"
         )
-    entries = work.get("counter_dedup_entries_at_end") or 0
-    if entries <= 0:
-        raise CapacityError("the counter reported no dedup entries: its memory per entry is unknown")
-    # Whole peak RSS over the entries: the base memory is charged to them (an upper bound).
-    m.counter_bytes_per_dedup_entry = m.rss_bytes["counter"] / entries
+    m.counter_bytes_per_dedup_entry = _bytes_per_dedup_entry(run, m)
     if peers is not None:
         tally = peers["medians"]["tally"]
+        measured = m.events_per_cpu_s["counter"]
         m.events_per_cpu_s["counter"] = tally["events_per_cpu_s"]
         m.notes.append(
             f"counter: {tally['events_per_cpu_s']:,.0f} events per CPU-second from `{peers['command']}` "
             f"({peers['machine']['date']}): CPU-bound on a pre-filled topic, instead of the capacity run's "
-            f"{_ratio(work['events_counted'], _process(run, 'counter')['cpu_s'], 'counter'):,.0f}"
+            f"{measured:,.0f}"
         )
     if "cassandra" in runs:
         c = runs["cassandra"]
         rows = c["work"]["deltas_written"]
-        m.cassandra_writer_rows_per_cpu_s = _ratio(rows, _process(c, "writer")["cpu_s"], "writer on Cassandra")
+        cassandra = Measured(source="")
+        m.cassandra_writer_rows_per_cpu_s = _per_cpu_s(c, "writer", rows, cassandra)
         if "cassandra" in c["processes"]:
-            m.cassandra_rows_per_cpu_s = _ratio(rows, _steady_cpu_s(c["processes"]["cassandra"]), "Cassandra")
+            m.cassandra_rows_per_cpu_s = _per_cpu_s(c, "cassandra", rows, cassandra)
+            m.fixed_cores["cassandra"] = cassandra.fixed_cores["cassandra"]
+        m.notes += cassandra.notes
     return m
 
 
@@ -182,6 +230,7 @@ class IngestPlan:
     partitions: int
     partitions_why: str
     instances: dict[str, int]
+    counter_bound: str
     cores: dict[str, float]
     memory_bytes: dict[str, float]
     rows_per_s: float
@@ -209,25 +258,47 @@ def cores_for(rate: float, per_cpu_s: float, rules: Rules) -> float:
     return rate / (per_cpu_s * rules.utilisation)
 
 
-def instances_for(cores: float, rules: Rules) -> int:
-    return max(rules.min_instances, math.ceil(cores / rules.cores_per_instance))
+def sized(rate_cores: float, fixed_cores: float, minimum: int, size: int, rules: Rules) -> tuple[float, int]:
+    """(cores, units) for `rate_cores` of work plus `fixed_cores` per unit of
+    `size` cores (an instance, a node), at least `minimum` units; the fixed
+    cost is planned at the same utilisation as the rest."""
+    units = max(minimum, math.ceil(rate_cores / size))
+    for _ in range(100):
+        cores = rate_cores + units * fixed_cores / rules.utilisation
+        needed = max(minimum, math.ceil(cores / size))
+        if needed <= units:
+            return cores, units
+        units = needed
+    raise CapacityError(f"a fixed cost of {fixed_cores:.2f} cores per {size}-core unit leaves no room for work")
 
 
 def plan_ingest(m: Measured, events_per_s: float, rules: Rules = Rules()) -> IngestPlan:
     """Partitions, instances, cores, memory, brokers and store nodes for an event rate."""
     rows_per_s = events_per_s * m.rows_per_event
-    cores = {
+    work_cores = {
         "gateway": cores_for(events_per_s, m.events_per_cpu_s["gateway"], rules),
         "counter": cores_for(events_per_s, m.events_per_cpu_s["counter"], rules),
         "writer": cores_for(rows_per_s, m.writer_rows_per_cpu_s, rules),
     }
-    instances = {name: instances_for(c, rules) for name, c in cores.items()}
+    process = {"gateway": "ingest", "counter": "counter", "writer": "writer"}
+    cores, instances = {}, {}
+    for name, c in work_cores.items():
+        fixed = m.fixed_cores.get(process[name], 0.0)
+        cores[name], instances[name] = sized(c, fixed, rules.min_instances, rules.cores_per_instance, rules)
+    # The counter holds each owned partition's dedup window (the last
+    # `dedup_window_s` of events, at most `dedup_max_entries` a partition);
+    # after one instance fails the others hold its partitions too, so the
+    # survivors must fit every window in `counter_max_memory_bytes` each.
+    window_entries = events_per_s * rules.dedup_window_s
+    window_bytes = window_entries * m.counter_bytes_per_dedup_entry / rules.utilisation
+    by_memory = 1 + math.ceil(window_bytes / rules.counter_max_memory_bytes)
+    counter_bound = "CPU"
+    if by_memory > instances["counter"]:
+        instances["counter"], counter_bound = by_memory, "memory"
     by_instances = rules.partitions_per_instance * max(instances["counter"], instances["writer"])
-    by_dedup = events_per_s * rules.dedup_window_s / rules.dedup_max_entries
+    by_dedup = window_entries / rules.dedup_max_entries
     partitions = round_up(max(by_instances, by_dedup), rules.partition_multiple)
     why = "dedup window" if by_dedup > by_instances else f"{rules.partitions_per_instance} x counter/writer instances"
-    # The counter holds each owned partition's dedup window; after one
-    # instance fails the others hold its partitions too.
     entries_per_partition = min(rules.dedup_max_entries, events_per_s / partitions * rules.dedup_window_s)
     survivors = max(1, instances["counter"] - 1)
     counter_entries = entries_per_partition * math.ceil(partitions / survivors)
@@ -246,7 +317,12 @@ def plan_ingest(m: Measured, events_per_s: float, rules: Rules = Rules()) -> Ing
     disk = (events_per_s * m.views_bytes_per_event + rows_per_s * m.counts_bytes_per_row) * (
         rules.retention_s * rules.replication
     )
-    broker_cores = cores_for(events_per_s, m.events_per_cpu_s["broker"], rules) * rules.replication
+    # The broker's idle cost is what one node spent serving this pipeline's
+    # groups with no load; charged once (it grows with partitions and
+    # consumers, which was not measured).
+    broker_cores = cores_for(events_per_s, m.events_per_cpu_s["broker"], rules) * rules.replication + m.fixed_cores.get(
+        "broker", 0.0
+    ) / rules.utilisation
     needs = {
         "replication": rules.replication,
         "CPU": math.ceil(broker_cores / rules.broker_cores),
@@ -256,13 +332,19 @@ def plan_ingest(m: Measured, events_per_s: float, rules: Rules = Rules()) -> Ing
     brokers_why = max(needs, key=lambda k: needs[k])
     cassandra_nodes = cassandra_cores = None
     if m.cassandra_rows_per_cpu_s:
-        cassandra_cores = cores_for(rows_per_s, m.cassandra_rows_per_cpu_s, rules) * rules.cassandra_replication
-        cassandra_nodes = max(rules.cassandra_replication, math.ceil(cassandra_cores / rules.cassandra_cores))
+        cassandra_cores, cassandra_nodes = sized(
+            cores_for(rows_per_s, m.cassandra_rows_per_cpu_s, rules) * rules.cassandra_replication,
+            m.fixed_cores.get("cassandra", 0.0),
+            rules.cassandra_replication,
+            rules.cassandra_cores,
+            rules,
+        )
     return IngestPlan(
         events_per_s=events_per_s,
         partitions=partitions,
         partitions_why=why,
         instances=instances,
+        counter_bound=counter_bound,
         cores=cores,
         memory_bytes=memory,
         rows_per_s=rows_per_s,
@@ -278,14 +360,23 @@ def plan_ingest(m: Measured, events_per_s: float, rules: Rules = Rules()) -> Ing
 
 def plan_query(m: Measured, queries_per_s: float, rules: Rules = Rules()) -> QueryPlan:
     """Query instances and Redis shards for a query rate (every query one cache read)."""
-    cores = cores_for(queries_per_s, m.queries_per_cpu_s, rules)
-    redis_cores = cores_for(queries_per_s, m.redis_ops_per_cpu_s, rules)
+    cores, instances = sized(
+        cores_for(queries_per_s, m.queries_per_cpu_s, rules),
+        m.fixed_cores.get("query", 0.0),
+        rules.min_instances,
+        rules.cores_per_instance,
+        rules,
+    )
+    # One core per shard: Redis executes commands on one thread.
+    redis_cores, redis_shards = sized(
+        cores_for(queries_per_s, m.redis_ops_per_cpu_s, rules), m.fixed_cores.get("redis", 0.0), 1, 1, rules
+    )
     return QueryPlan(
         queries_per_s=queries_per_s,
-        query_instances=instances_for(cores, rules),
+        query_instances=instances,
         query_cores=cores,
         query_memory_bytes=m.rss_bytes["query"] / rules.utilisation,
-        redis_shards=max(1, math.ceil(redis_cores)),
+        redis_shards=redis_shards,
         redis_cores=redis_cores,
     )
 
@@ -338,6 +429,9 @@ def markdown(m: Measured, event_rates: list[float], query_rates: list[float], ru
         f"- views topic: {m.views_bytes_per_event:.1f} bytes per event on disk; counts topic: "
         f"{m.counts_bytes_per_row:.1f} bytes per row",
     ]
+    fixed = ", ".join(f"{name} {cores:.3f}" for name, cores in sorted(m.fixed_cores.items()) if cores > 0)
+    if fixed:
+        lines.append(f"- idle (fixed) cores per process, left out of the costs above and added per instance: {fixed}")
     lines += [f"- {note}" for note in m.notes]
     lines += [
         "",
@@ -345,7 +439,11 @@ def markdown(m: Measured, event_rates: list[float], query_rates: list[float], ru
         rule,
         row("views partitions", lambda p: f"{p.partitions} ({p.partitions_why})"),
         service("gateway", "gateway (`tally ingest`)"),
-        service("counter", "counter (`tally counter`)"),
+        row(
+            "counter (`tally counter`)",
+            lambda p: f"{p.instances['counter']} x {rules.cores_per_instance} cores ({p.cores['counter']:.2f} needed; "
+            f"bound: {p.counter_bound}), {_size(p.memory_bytes['counter'])} each",
+        ),
         row("rows to the store", lambda p: f"{p.rows_per_s:,.0f}/s"),
         service("writer", "writer (`tally writer`, SQLite cost)"),
         row(

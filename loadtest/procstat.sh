@@ -56,11 +56,15 @@ cpu_json() {
             | from_entries'
 }
 
-# peak_rss_json NAME=PID ...: {NAME: VmHWM in KiB} of the living processes.
-peak_rss_json() {
-    local spec
+# peak_rss_json NAME=PID ...: {NAME: VmHWM in KiB} of the living processes
+# (rss_json: VmRSS, the resident memory now).
+peak_rss_json() { status_kib_json VmHWM "$@"; }
+rss_json() { status_kib_json VmRSS "$@"; }
+status_kib_json() {
+    local field=$1 spec
+    shift
     for spec in "$@"; do
-        awk -v name="${spec%%=*}" '/^VmHWM:/ { printf "%s\t%s\n", name, $2 }' "/proc/${spec#*=}/status" 2>/dev/null || true
+        awk -v name="${spec%%=*}" -v f="$field:" '$1 == f { printf "%s\t%s\n", name, $2 }' "/proc/${spec#*=}/status" 2>/dev/null || true
     done | jq -R -s 'split("\n") | map(select(length > 0) | split("\t") | {key: .[0], value: (.[1] | tonumber)}) | from_entries'
 }
 

@@ -14,6 +14,9 @@ def process(cpu_s, rss_kib, threads=None):
     return {"cpu_s": cpu_s, "peak_rss_kib": rss_kib, "threads": threads or {}}
 
 
+PROCESSES = ("ingest", "broker", "counter", "writer", "query", "redis")
+
+
 def summary(cassandra=False):
     """A capacity.sh summary with round numbers: 1,000,000 events in the window."""
     runs = [
@@ -23,7 +26,9 @@ def summary(cassandra=False):
                 "ingest": process(10.0, 50_000),  # 100,000 events per CPU-s
                 # 30 CPU-s of which 10 in the JIT compiler: 50,000 events per steady CPU-s
                 "broker": process(30.0, 400_000, {"C2 CompilerThre": 8.0, "C1 CompilerThre": 2.0, "data-plane-kafk": 15.0}),
-                "counter": process(5.0, 200_000),  # 200,000 per CPU-s; 200 MiB
+                # 200,000 per CPU-s; its RSS grew by 60,000 KiB while its dedup
+                # window grew by 600,000 entries: 102.4 bytes each.
+                "counter": {**process(5.0, 200_000), "rss_kib_before": 140_000, "rss_kib_after": 200_000},
                 "writer": process(2.0, 40_000),  # 100,000 rows -> 50,000 rows per CPU-s
                 "query": process(4.0, 30_000),  # 100,000 queries -> 25,000 per CPU-s
                 "redis": process(1.0, 10_000),  # 200,000 operations per CPU-s
@@ -35,9 +40,13 @@ def summary(cassandra=False):
                 "events_counted": 1_000_000,
                 "deltas_written": 100_000,
                 "queries_answered": 100_000,
+                "counter_dedup_entries_before": 400_000,
                 "counter_dedup_entries_at_end": 1_000_000,
             },
             "topics": {"views": {"bytes_per_record": 100.0}, "counts": {"bytes_per_record": 40.0}},
+            "window_s": 100.0,
+            # No process burns CPU when idle, but the tests that say otherwise.
+            "idle": {"window_s": 10.0, "processes": {name: process(0.0, 0) for name in PROCESSES}},
         }
     ]
     if cassandra:
@@ -71,8 +80,48 @@ class MeasuredCosts(unittest.TestCase):
     def test_the_jvm_jit_compiler_threads_are_left_out_of_the_broker_cost(self):
         self.assertEqual(measured_from(summary()).events_per_cpu_s["broker"], 50_000)
 
-    def test_the_counter_memory_per_dedup_entry_charges_the_whole_peak_rss(self):
-        self.assertAlmostEqual(measured_from(summary()).counter_bytes_per_dedup_entry, 200_000 * 1024 / 1_000_000)
+    def test_the_idle_cost_is_fixed_and_left_out_of_the_cost_per_unit(self):
+        s = summary()
+        # 0.5 CPU-s in 10 idle seconds: 0.05 cores, so 5 of the gateway's
+        # 10 CPU-s in the 100 s window were fixed and 5 did the 1,000,000 events.
+        s["configurations"][0]["idle"]["processes"]["ingest"] = process(0.5, 0)
+        m = measured_from(s)
+        self.assertAlmostEqual(m.fixed_cores["ingest"], 0.05)
+        self.assertAlmostEqual(m.events_per_cpu_s["gateway"], 200_000)
+
+    def test_an_idle_cost_above_the_loaded_one_charges_everything_to_the_work(self):
+        s = summary()
+        s["configurations"][0]["idle"]["processes"]["ingest"] = process(2.0, 0)
+        m = measured_from(s)
+        self.assertEqual(m.events_per_cpu_s["gateway"], 100_000)
+        self.assertIn("no CPU above its idle rate", m.notes[0])
+
+    def test_fixed_cores_are_added_per_instance(self):
+        s = summary()
+        s["configurations"][0]["idle"]["processes"]["ingest"] = process(0.5, 0)
+        plan = plan_ingest(measured_from(s), 1_000_000)
+        # 1M / (200k x 0.5) = 10 cores for the events: 5 instances, whose fixed
+        # 5 x 0.05 / 0.5 make 10.5 cores, so 6 instances: 10.6 cores.
+        self.assertAlmostEqual(plan.cores["gateway"], 10.6)
+        self.assertEqual(plan.instances["gateway"], 6)
+
+    def test_a_fixed_cost_that_fills_the_instance_is_refused(self):
+        s = summary()
+        # 1 core per instance when idle, planned at 50%: a 2-core instance has no room left.
+        s["configurations"][0]["idle"]["processes"]["ingest"] = process(10.0, 0)
+        s["configurations"][0]["processes"]["ingest"]["cpu_s"] = 200.0
+        with self.assertRaisesRegex(CapacityError, "no room"):
+            plan_ingest(measured_from(s), 1_000_000)
+
+    def test_the_counter_memory_per_dedup_entry_is_its_rss_growth_over_the_window_growth(self):
+        self.assertAlmostEqual(measured_from(summary()).counter_bytes_per_dedup_entry, 102.4)
+
+    def test_without_rss_growth_the_whole_peak_rss_is_charged_to_the_entries(self):
+        s = summary()
+        del s["configurations"][0]["processes"]["counter"]["rss_kib_before"]
+        m = measured_from(s)
+        self.assertAlmostEqual(m.counter_bytes_per_dedup_entry, 200_000 * 1024 / 1_000_000)
+        self.assertIn("upper bound", m.notes[0])
 
     def test_peer_figures_replace_the_counter_cost_and_say_so(self):
         peers = {
@@ -127,7 +176,10 @@ class Plans(unittest.TestCase):
     def test_instances_grow_with_the_rate(self):
         plan = plan_ingest(self.m, 1_000_000)
         self.assertEqual(plan.instances["gateway"], 10)  # 20 cores / 2 per instance
-        self.assertEqual(plan.instances["counter"], 5)
+        # 600M dedup entries x 102.4 bytes / 0.5 = 123 GB: 8 x 16 GiB, plus one to fail.
+        self.assertEqual(plan.instances["counter"], 9)
+        self.assertEqual(plan.counter_bound, "memory")
+        self.assertEqual(plan_ingest(self.m, 100_000).counter_bound, "CPU")
 
     def test_partitions_follow_the_dedup_window_at_high_rates(self):
         plan = plan_ingest(self.m, 1_000_000)

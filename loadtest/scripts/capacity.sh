@@ -25,7 +25,8 @@
 # For each process (the broker's JVM, redis-server, each service, the load
 # generator, the Cassandra JVM when its PID can be found by its port): the
 # CPU seconds (utime + stime, /proc/PID/stat) from just before the load to
-# the end of the exactness check, by thread group too (/proc/PID/task), the
+# the end of the exactness check, by thread group too (/proc/PID/task), and
+# over IDLE seconds with no load just before it (the fixed costs), the
 # peak RSS (VmHWM), and the work it did (events accepted, events counted,
 # deltas written, queries answered, from each service's /metrics); the views
 # topic's bytes on disk per record. With PERF_SECONDS=N and a working
@@ -40,12 +41,12 @@ source "$(dirname "$0")/../lib.sh"
 source "$ROOT/loadtest/procstat.sh"
 RATE=${RATE:-20} BATCH=${BATCH:-1000} DURATION=${DURATION:-60} QUERY_RATE=${QUERY_RATE:-2000}
 VIDEOS=${VIDEOS:-10000} ZIPF=${ZIPF:-1.2} DUPLICATES=${DUPLICATES:-0.05} WARMUP=${WARMUP:-5}
-WARMUP_LOAD=${WARMUP_LOAD:-15} CASSANDRA=${CASSANDRA:-} CASSANDRA_DURATION=${CASSANDRA_DURATION:-20} PERF_SECONDS=${PERF_SECONDS:-0}
+WARMUP_LOAD=${WARMUP_LOAD:-15} IDLE=${IDLE:-20} CASSANDRA=${CASSANDRA:-} CASSANDRA_DURATION=${CASSANDRA_DURATION:-20} PERF_SECONDS=${PERF_SECONDS:-0}
 REDIS_PORT=$((BASE_PORT + 3))
 INGEST_ADMIN=127.0.0.1:$((BASE_PORT + 5)) COUNTER_ADMIN=127.0.0.1:$((BASE_PORT + 6))
 WRITER_ADMIN=127.0.0.1:$((BASE_PORT + 7)) QUERY_ADMIN=127.0.0.1:$((BASE_PORT + 8))
 COMMAND="RATE=$RATE BATCH=$BATCH DURATION=$DURATION QUERY_RATE=$QUERY_RATE VIDEOS=$VIDEOS ZIPF=$ZIPF DUPLICATES=$DUPLICATES"
-COMMAND+=" WARMUP_LOAD=$WARMUP_LOAD CASSANDRA=$CASSANDRA CASSANDRA_DURATION=$CASSANDRA_DURATION PERF_SECONDS=$PERF_SECONDS loadtest/scripts/capacity.sh"
+COMMAND+=" WARMUP_LOAD=$WARMUP_LOAD IDLE=$IDLE CASSANDRA=$CASSANDRA CASSANDRA_DURATION=$CASSANDRA_DURATION PERF_SECONDS=$PERF_SECONDS loadtest/scripts/capacity.sh"
 build
 DIR=$(results_dir capacity)
 
@@ -162,6 +163,12 @@ EOF
             --query-rate "$QUERY_RATE" --no-exactness --broker "$BROKER" --out "$RUN/warmup.json" >/dev/null 2>"$RUN/warmup.log"
         sleep 3
     fi
+    # Idle: what each process costs per second with no load (polls, heartbeats,
+    # timers), so that the model can tell fixed costs from costs per unit.
+    log "idle, $IDLE s"
+    cpu_snapshot "${procs[@]}" >"$RUN/idle-before.tsv"
+    sleep "$IDLE"
+    cpu_snapshot "${procs[@]}" >"$RUN/idle-after.tsv"
     all_alive "${procs[@]}"
     for service in ingest counter writer query; do
         local admin_var=${service^^}_ADMIN
@@ -169,6 +176,8 @@ EOF
     done
     local load_avg_before started
     load_avg_before=$(cut -d' ' -f1 /proc/loadavg)
+    local rss_before
+    rss_before=$(rss_json "${procs[@]}")
     cpu_snapshot "${procs[@]}" >"$RUN/cpu-before.tsv"
     started=$(date +%s.%N)
     # The generator under GNU time: its own CPU and peak RSS over its whole life.
@@ -194,8 +203,9 @@ EOF
         local admin_var=${service^^}_ADMIN
         metrics "${!admin_var}" >"$RUN/metrics-after-$service.txt"
     done
-    local peak_rss load_avg_after
+    local peak_rss rss_after load_avg_after
     peak_rss=$(peak_rss_json "${procs[@]}")
+    rss_after=$(rss_json "${procs[@]}")
     load_avg_after=$(cut -d' ' -f1 /proc/loadavg)
     # Records the window added to the views topic: the gateway's and the
     # broker's work, 503s included (an event refused after the ack timeout
@@ -215,18 +225,22 @@ EOF
         --argjson queries "$queries" --argjson batches "$(metric_delta tally_writer_batches_total writer)" \
         --argjson flushes "$(metric_delta tally_counter_flushes_total counter)" \
         --argjson dedup_entries "$(metric_sum tally_counter_dedup_entries "$RUN/metrics-after-counter.txt")" \
+        --argjson dedup_entries_before "$(metric_sum tally_counter_dedup_entries "$RUN/metrics-before-counter.txt")" \
+        --argjson rss_before "$rss_before" --argjson rss_after "$rss_after" \
         --argjson produced "$produced" \
         --argjson views_log "$(log_bytes_per_record tally.views "$topic_records")" \
         --argjson counts_log "$(log_bytes_per_record tally.counts "$(metric_sum tally_writer_deltas_total "$RUN/metrics-after-writer.txt")")" \
+        --argjson idle_s "$IDLE" --argjson idle "$(cpu_json "$RUN/idle-before.tsv" "$RUN/idle-after.tsv")" \
         --argjson la0 "$load_avg_before" --argjson la1 "$load_avg_after" \
         '{configuration: $name, offered: {events_per_s: ($loadgen[0].ingest.offered_rate_rps * $loadgen[0].ingest.batch),
                    queries_per_s: ($loadgen[0].query.offered_rate_rps // null), duration_s: $duration},
-          window_s: $elapsed, load_average_1m: {before: $la0, after: $la1},
-          processes: ($cpu | with_entries(.value += {peak_rss_kib: $peak_rss_kib[.key]})
+          window_s: $elapsed, idle: {window_s: $idle_s, processes: $idle}, load_average_1m: {before: $la0, after: $la1},
+          processes: ($cpu | with_entries(.value += {peak_rss_kib: $peak_rss_kib[.key],
+                rss_kib_before: $rss_before[.key], rss_kib_after: $rss_after[.key]})
             + {loadgen: {cpu_s: ($loadgen_time[0].user_s + $loadgen_time[0].sys_s), peak_rss_kib: $loadgen_time[0].max_rss_kib}}),
           work: {events_produced: $produced, events_accepted: $events_accepted, events_counted: $counted, counter_flushes: $flushes,
                  deltas_written: $deltas, writer_batches: $batches, queries_answered: $queries,
-                 counter_dedup_entries_at_end: $dedup_entries},
+                 counter_dedup_entries_before: $dedup_entries_before, counter_dedup_entries_at_end: $dedup_entries},
           topics: {views: $views_log, counts: $counts_log},
           loadgen: {ingest_events_per_s: $loadgen[0].ingest.events_per_s, ingest_latency_ms: $loadgen[0].ingest.latency_ms,
                     answers: $loadgen[0].ingest.answers.statuses, query: ($loadgen[0].query | {requests_per_s: .steady.requests_per_s, latency_ms: .steady.latency_ms, failures}),
