@@ -93,6 +93,8 @@ class Measured:
     rows_per_event: float = 0.0
     writer_rows_per_cpu_s: float = 0.0
     queries_per_cpu_s: float = 0.0
+    # The query service's cache lookups by outcome in the window (hit, miss, ...).
+    query_lookups: dict[str, int] = field(default_factory=dict)
     redis_ops_per_cpu_s: float = 0.0
     views_bytes_per_event: float = 0.0
     counts_bytes_per_row: float = 0.0
@@ -184,6 +186,7 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
     m.rows_per_event = work["deltas_written"] / work["events_counted"]
     m.writer_rows_per_cpu_s = _per_cpu_s(run, "writer", work["deltas_written"], m)
     m.queries_per_cpu_s = _per_cpu_s(run, "query", work["queries_answered"], m)
+    m.query_lookups = work.get("query_cache_lookups") or {}
     # Redis serves the queries' cache reads and the writer's write-through.
     m.redis_ops_per_cpu_s = _per_cpu_s(run, "redis", work["queries_answered"] + work["deltas_written"], m)
     if "idle" not in run:
@@ -423,8 +426,16 @@ def markdown(m: Measured, event_rates: list[float], query_rates: list[float], ru
         lines.append(f"- writer on Cassandra: {m.cassandra_writer_rows_per_cpu_s:,.0f} rows per CPU-second")
     if m.cassandra_rows_per_cpu_s:
         lines.append(f"- Cassandra (one node, JIT threads left out): {m.cassandra_rows_per_cpu_s:,.0f} rows per CPU-second")
+    lookups = sum(m.query_lookups.values())
+    hits = (
+        f" ({m.query_lookups.get('hit', 0) / lookups:.0%} of its cache lookups hits: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(m.query_lookups.items()))
+        + ")"
+        if lookups
+        else ""
+    )
     lines += [
-        f"- query service: {m.queries_per_cpu_s:,.0f} queries per CPU-second; "
+        f"- query service: {m.queries_per_cpu_s:,.0f} queries per CPU-second{hits}; "
         f"Redis: {m.redis_ops_per_cpu_s:,.0f} operations per CPU-second",
         f"- views topic: {m.views_bytes_per_event:.1f} bytes per event on disk; counts topic: "
         f"{m.counts_bytes_per_row:.1f} bytes per row",

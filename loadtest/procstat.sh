@@ -114,7 +114,14 @@ perf_profile() {
             sym = rest; sub(/::h[0-9a-f]{16}$/, "", sym); if (sym == "") sym = "[unknown]"
             group = comm; sub(/[-_:#. ]?[0-9]+$/, "", group)
             proc = (ids[1] in name) ? name[ids[1]] : ids[1]
-            printf "%s\t%s\t%s\t%s\n", proc, group, dso, sym
+            # The library a sample is in: Rust crates by the first
+            # path segment, librdkafka and mimalloc by their C prefixes.
+            lib = dso
+            if (dso == "[kernel.kallsyms]") lib = "kernel"
+            else if (sym ~ /^rd_/) lib = "librdkafka (C)"
+            else if (sym ~ /^_?mi_/) lib = "mimalloc"
+            else if (sym ~ /::/) { lib = sym; sub(/^(<|&|dyn |mut )+/, "", lib); sub(/::.*/, "", lib); sub(/<.*/, "", lib) }
+            printf "%s\t%s\t%s\t%s\t%s\n", proc, group, dso, sym, lib
         }' >"$out.samples"
     local total
     total=$(wc -l <"$out.samples")
@@ -127,8 +134,15 @@ perf_profile() {
         cut -f1,2 "$out.samples" | tr '\t' ' ' | share 0.5
         echo "## by process and shared object (>= 0.5%)"
         cut -f1,3 "$out.samples" | tr '\t' ' ' | share 0.5
-        echo "## by process and symbol (>= 0.3%)"
-        cut -f1,4 "$out.samples" | awk -F '\t' '{ print $1 "  " $2 }' | share 0.3
+        echo "## by process and library or crate (>= 0.5%)"
+        cut -f1,5 "$out.samples" | tr '\t' ' ' | share 0.5
+        local name n
+        for name in $(cut -f1 "$out.samples" | sort -u); do
+            n=$(awk -F '\t' -v p="$name" '$1 == p' "$out.samples" | wc -l)
+            echo "## $name: top symbols, share of its own $n samples"
+            awk -F '\t' -v p="$name" '$1 == p { print $4 }' "$out.samples" | sort | uniq -c | sort -rn | head -15 |
+                awk -v t="$n" '{ c = $1; $1 = ""; printf "%6.2f%%  %s\n", c / t * 100, substr($0, 2) }'
+        done
     } >"$out.txt"
     rm -f "$out.data"
 }

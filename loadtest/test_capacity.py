@@ -228,6 +228,11 @@ class Output(unittest.TestCase):
         self.assertIn("| | 10k queries/s |", text)
         self.assertIn("Cassandra nodes | not measured", text)
 
+    def test_the_query_cost_names_its_cache_hit_ratio(self):
+        s = summary()
+        s["configurations"][0]["work"]["query_cache_lookups"] = {"hit": 75, "miss": 25}
+        self.assertIn("75% of its cache lookups hits: hit 75, miss 25", markdown(measured_from(s), [10_000], [10_000]))
+
     def test_only_the_marked_section_is_replaced(self):
         text = f"intro\n{capacity.BEGIN}\nold\n{capacity.END}\noutro\n"
         out = replace_between_markers(text, "new\n")

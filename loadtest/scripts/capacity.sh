@@ -72,6 +72,12 @@ metrics() { curl -fsS --max-time 5 "http://$1/metrics"; }
 metric_sum() { awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.0f\n", s }' "$2"; }
 # metric_delta NAME SERVICE: the growth of NAME in SERVICE's /metrics over the window.
 metric_delta() { echo $(($(metric_sum "$1" "$RUN/metrics-after-$2.txt") - $(metric_sum "$1" "$RUN/metrics-before-$2.txt"))); }
+# metric_deltas_json NAME SERVICE: {label value: growth} of every series of NAME (one label).
+metric_deltas_json() {
+    awk -v m="$1" 'index($1, m "{") == 1 { split($1, p, "\""); v[p[2]] += (FILENAME ~ /after/ ? $2 : -$2) }
+        END { for (k in v) printf "%s\t%d\n", k, v[k] }' "$RUN/metrics-before-$2.txt" "$RUN/metrics-after-$2.txt" |
+        jq -R -s 'split("\n") | map(select(length > 0) | split("\t") | {key: .[0], value: (.[1] | tonumber)}) | from_entries'
+}
 # pid_on_port PORT: the PID listening on a loopback TCP port (for a server we did not start).
 pid_on_port() { ss -Hltnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
 # all_alive NAME=PID ...: fails, naming it and its log's last line, when one has exited.
@@ -227,6 +233,8 @@ EOF
         --argjson dedup_entries "$(metric_sum tally_counter_dedup_entries "$RUN/metrics-after-counter.txt")" \
         --argjson dedup_entries_before "$(metric_sum tally_counter_dedup_entries "$RUN/metrics-before-counter.txt")" \
         --argjson rss_before "$rss_before" --argjson rss_after "$rss_after" \
+        --argjson lookups "$(metric_deltas_json tally_query_cache_lookups_total query)" \
+        --argjson store_loads "$(metric_deltas_json tally_query_store_loads_total query)" \
         --argjson produced "$produced" \
         --argjson views_log "$(log_bytes_per_record tally.views "$topic_records")" \
         --argjson counts_log "$(log_bytes_per_record tally.counts "$(metric_sum tally_writer_deltas_total "$RUN/metrics-after-writer.txt")")" \
@@ -240,6 +248,7 @@ EOF
             + {loadgen: {cpu_s: ($loadgen_time[0].user_s + $loadgen_time[0].sys_s), peak_rss_kib: $loadgen_time[0].max_rss_kib}}),
           work: {events_produced: $produced, events_accepted: $events_accepted, events_counted: $counted, counter_flushes: $flushes,
                  deltas_written: $deltas, writer_batches: $batches, queries_answered: $queries,
+                 query_cache_lookups: $lookups, query_store_loads: $store_loads,
                  counter_dedup_entries_before: $dedup_entries_before, counter_dedup_entries_at_end: $dedup_entries},
           topics: {views: $views_log, counts: $counts_log},
           loadgen: {ingest_events_per_s: $loadgen[0].ingest.events_per_s, ingest_latency_ms: $loadgen[0].ingest.latency_ms,
