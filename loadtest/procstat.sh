@@ -118,6 +118,7 @@ perf_profile() {
             # path segment, librdkafka and mimalloc by their C prefixes.
             lib = dso
             if (dso == "[kernel.kallsyms]") lib = "kernel"
+            else if (dso !~ /^tally/) lib = dso
             else if (sym ~ /^rd_/) lib = "librdkafka (C)"
             else if (sym ~ /^_?mi_/) lib = "mimalloc"
             else if (sym ~ /::/) { lib = sym; sub(/^(<|&|dyn |mut )+/, "", lib); sub(/::.*/, "", lib); sub(/<.*/, "", lib) }
@@ -140,8 +141,9 @@ perf_profile() {
         for name in $(cut -f1 "$out.samples" | sort -u); do
             n=$(awk -F '\t' -v p="$name" '$1 == p' "$out.samples" | wc -l)
             echo "## $name: top symbols, share of its own $n samples"
-            awk -F '\t' -v p="$name" '$1 == p { print $4 }' "$out.samples" | sort | uniq -c | sort -rn | head -15 |
-                awk -v t="$n" '{ c = $1; $1 = ""; printf "%6.2f%%  %s\n", c / t * 100, substr($0, 2) }'
+            # (awk stops the list, not head: a closed pipe would fail the script under pipefail)
+            awk -F '\t' -v p="$name" '$1 == p { print $4 }' "$out.samples" | sort | uniq -c | sort -rn |
+                awk -v t="$n" 'NR <= 15 { c = $1; $1 = ""; printf "%6.2f%%  %s\n", c / t * 100, substr($0, 2) }'
         done
     } >"$out.txt"
     rm -f "$out.data"

@@ -38,8 +38,8 @@ log "measured load: $((RATE * BATCH)) events/s for $DURATION s"
 LOADGEN_PID=$!
 if ((PERF_SECONDS > 0)) && perf_works; then
     sleep "$WARMUP"
-    gen=$(pgrep -P "$LOADGEN_PID" | head -1)
-    perf_profile "$DIR/profile" "$PERF_SECONDS" "${PROCS[@]}" ${gen:+loadgen="$gen"}
+    gen=$(pgrep -P "$LOADGEN_PID" || true)
+    perf_profile "$DIR/profile" "$PERF_SECONDS" "${PROCS[@]}" ${gen:+loadgen="${gen%%$'\n'*}"}
 fi
 wait "$LOADGEN_PID"
 elapsed=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }')
