@@ -194,13 +194,14 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
     m.views_bytes_per_event = run["topics"]["views"]["bytes_per_record"]
     m.counts_bytes_per_row = run["topics"]["counts"]["bytes_per_record"]
     m.rss_bytes = {name: p["peak_rss_kib"] * 1024 for name, p in run["processes"].items() if p.get("peak_rss_kib")}
-    answers = run.get("loadgen", {}).get("answers") or {}
-    refused = sum(n for status, n in answers.items() if status != "202")
-    if refused:
-        m.notes.append(
-            f"**the run was overloaded**: {refused} of {sum(answers.values())} ingest requests were refused "
-            f"({answers}); its costs per unit include the contention"
-        )
+    for name, each in runs.items():
+        answers = each.get("loadgen", {}).get("answers") or {}
+        refused = sum(n for status, n in answers.items() if status != "202")
+        if refused:
+            m.notes.append(
+                f"**the {name} run was overloaded**: {refused} of {sum(answers.values())} ingest requests were "
+                f"refused ({answers}); its costs per unit include the contention"
+            )
     m.counter_bytes_per_dedup_entry = _bytes_per_dedup_entry(run, m)
     if peers is not None:
         tally = peers["medians"]["tally"]

@@ -115,12 +115,13 @@ perf_profile() {
             group = comm; sub(/[-_:#. ]?[0-9]+$/, "", group)
             proc = (ids[1] in name) ? name[ids[1]] : ids[1]
             # The library a sample is in: Rust crates by the first
-            # path segment, librdkafka and mimalloc by their C prefixes.
+            # path segment, librdkafka, mimalloc and SQLite by their C prefixes.
             lib = dso
             if (dso == "[kernel.kallsyms]") lib = "kernel"
             else if (dso !~ /^tally/) lib = dso
             else if (sym ~ /^rd_/) lib = "librdkafka (C)"
             else if (sym ~ /^_?mi_/) lib = "mimalloc"
+            else if (sym ~ /^(sqlite3|pager|pcache|vdbe|btree|walIndex|unixRead|unixWrite)/) lib = "SQLite (C)"
             else if (sym ~ /::/) { lib = sym; sub(/^(<|&|dyn |mut )+/, "", lib); sub(/::.*/, "", lib); sub(/<.*/, "", lib) }
             printf "%s\t%s\t%s\t%s\t%s\n", proc, group, dso, sym, lib
         }' >"$out.samples"
@@ -135,13 +136,14 @@ perf_profile() {
         cut -f1,2 "$out.samples" | tr '\t' ' ' | share 0.5
         echo "## by process and shared object (>= 0.5%)"
         cut -f1,3 "$out.samples" | tr '\t' ' ' | share 0.5
-        echo "## by process and library or crate (>= 0.5%)"
-        cut -f1,5 "$out.samples" | tr '\t' ' ' | share 0.5
         local name n
         for name in $(cut -f1 "$out.samples" | sort -u); do
             n=$(awk -F '\t' -v p="$name" '$1 == p' "$out.samples" | wc -l)
+            # (awk stops the lists, not head: a closed pipe would fail the script under pipefail)
+            echo "## $name: by library or crate, share of its own $n samples (>= 1%)"
+            awk -F '\t' -v p="$name" '$1 == p { print $5 }' "$out.samples" | sort | uniq -c | sort -rn |
+                awk -v t="$n" '$1 / t >= 0.01 { c = $1; $1 = ""; printf "%6.2f%%  %s\n", c / t * 100, substr($0, 2) }'
             echo "## $name: top symbols, share of its own $n samples"
-            # (awk stops the list, not head: a closed pipe would fail the script under pipefail)
             awk -F '\t' -v p="$name" '$1 == p { print $4 }' "$out.samples" | sort | uniq -c | sort -rn |
                 awk -v t="$n" 'NR <= 15 { c = $1; $1 = ""; printf "%6.2f%%  %s\n", c / t * 100, substr($0, 2) }'
         done
