@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Capacity plan from measured costs: what Tally needs for a target load.
 
-    loadtest/capacity.py RESULTS_DIR [--peers PEERS_SUMMARY] [--write CAPACITY.md]
+    loadtest/capacity.py RESULTS_DIR... [--peers PEERS_SUMMARY] [--write CAPACITY.md]
 
-RESULTS_DIR is a folder written by loadtest/scripts/capacity.sh (its
+Each RESULTS_DIR is a folder written by loadtest/scripts/capacity.sh (or its
 summary.json): each service's CPU seconds, peak RSS and work done under one
-open-loop load, as separate processes on one broker. From those it derives
+open-loop load, as separate processes on one broker; with several, each
+figure is the median over the runs that measured it. From those it derives
 per-core capacities (events per CPU-second of the gateway, the broker, the
 counter; rows per CPU-second of the writer and of Cassandra; queries per
 CPU-second of the query service and Redis), then sizes every component for
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,14 +206,7 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
             )
     m.counter_bytes_per_dedup_entry = _bytes_per_dedup_entry(run, m)
     if peers is not None:
-        tally = peers["medians"]["tally"]
-        measured = m.events_per_cpu_s["counter"]
-        m.events_per_cpu_s["counter"] = tally["events_per_cpu_s"]
-        m.notes.append(
-            f"counter: {tally['events_per_cpu_s']:,.0f} events per CPU-second from `{peers['command']}` "
-            f"({peers['machine']['date']}): CPU-bound on a pre-filled topic, instead of the capacity run's "
-            f"{measured:,.0f}"
-        )
+        apply_peers(m, peers)
     if "cassandra" in runs:
         c = runs["cassandra"]
         rows = c["work"]["deltas_written"]
@@ -221,6 +216,51 @@ def measured_from(summary: dict, peers: dict | None = None) -> Measured:
             m.cassandra_rows_per_cpu_s = _per_cpu_s(c, "cassandra", rows, cassandra)
             m.fixed_cores["cassandra"] = cassandra.fixed_cores["cassandra"]
         m.notes += cassandra.notes
+    return m
+
+
+def apply_peers(m: Measured, peers: dict) -> None:
+    """The counter's cost from a peers.sh summary (CPU-bound on a pre-filled topic)."""
+    tally = peers["medians"]["tally"]
+    measured = m.events_per_cpu_s["counter"]
+    m.events_per_cpu_s["counter"] = tally["events_per_cpu_s"]
+    m.notes.append(
+        f"counter: {tally['events_per_cpu_s']:,.0f} events per CPU-second from `{peers['command']}` "
+        f"({peers['machine']['date']}): CPU-bound on a pre-filled topic, instead of the capacity runs' "
+        f"{measured:,.0f}"
+    )
+
+
+def median_of(runs: list[Measured]) -> Measured:
+    """Each figure's median over several runs (those that measured it); the
+    cache lookups summed; every run's notes, numbered."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def med(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    def med_dict(dicts: list[dict[str, float]]) -> dict[str, float]:
+        return {k: med([d.get(k) for d in dicts]) for k in sorted(set().union(*dicts))}
+
+    m = Measured(source="; ".join(f"run {i + 1}: {r.source}" for i, r in enumerate(runs)))
+    for name in ("events_per_cpu_s", "rss_bytes", "fixed_cores"):
+        setattr(m, name, med_dict([getattr(r, name) for r in runs]))
+    for name in (
+        "rows_per_event",
+        "writer_rows_per_cpu_s",
+        "queries_per_cpu_s",
+        "redis_ops_per_cpu_s",
+        "views_bytes_per_event",
+        "counts_bytes_per_row",
+        "counter_bytes_per_dedup_entry",
+        "cassandra_rows_per_cpu_s",
+        "cassandra_writer_rows_per_cpu_s",
+    ):
+        setattr(m, name, med([getattr(r, name) for r in runs]))
+    m.query_lookups = {k: sum(r.query_lookups.get(k, 0) for r in runs) for k in set().union(*(r.query_lookups for r in runs))}
+    m.notes = [f"run {i + 1}: {note}" for i, r in enumerate(runs) for note in r.notes]
     return m
 
 
@@ -520,7 +560,9 @@ def load_summary(results: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a capacity.sh results folder (or its summary.json)")
+    parser.add_argument(
+        "results", type=Path, nargs="+", help="capacity.sh results folders (or their summary.json): medians over them"
+    )
     parser.add_argument("--peers", type=Path, help="a peers.sh summary.json: the counter's CPU-bound cost")
     parser.add_argument("--write", type=Path, help="replace the generated section of this Markdown file")
     parser.add_argument("--events", type=float, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -530,10 +572,13 @@ def main(argv: list[str]) -> int:
     rules = Rules(retention_s=args.retention_days * 24 * 3600)
     try:
         peers = load_summary(args.peers) if args.peers else None
-        summary = load_summary(args.results)
-        m = measured_from(summary, peers)
+        m = median_of([measured_from(load_summary(results)) for results in args.results])
+        if peers is not None:
+            apply_peers(m, peers)
+        runs = f"the medians of {len(args.results)} runs" if len(args.results) > 1 else "one run"
         text = (
-            f"Generated by `loadtest/capacity.py` from `{m.source}`, with a retention of {args.retention_days:g} days.\n\n"
+            f"Generated by `loadtest/capacity.py` from {runs} ({m.source}), "
+            f"with a retention of {args.retention_days:g} days.\n\n"
             + markdown(m, args.events, args.queries, rules)
         )
         if args.write:

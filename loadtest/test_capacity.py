@@ -157,6 +157,27 @@ class MeasuredCosts(unittest.TestCase):
             measured_from(s)
 
 
+class Medians(unittest.TestCase):
+    def test_each_figure_is_the_median_over_the_runs_that_measured_it(self):
+        slow, fast, faster = summary(), summary(cassandra=True), summary()
+        slow["configurations"][0]["processes"]["ingest"]["cpu_s"] = 20.0  # 50,000 events per CPU-s
+        faster["configurations"][0]["processes"]["ingest"]["cpu_s"] = 5.0  # 200,000
+        m = capacity.median_of([measured_from(s) for s in (slow, fast, faster)])
+        self.assertEqual(m.events_per_cpu_s["gateway"], 100_000)
+        # Only one run measured Cassandra: its figure stands.
+        self.assertEqual(m.cassandra_rows_per_cpu_s, 5_000)
+        self.assertIn("run 3:", m.source)
+
+    def test_cache_lookups_are_summed_and_notes_say_their_run(self):
+        a, b = summary(), summary()
+        a["configurations"][0]["work"]["query_cache_lookups"] = {"hit": 3, "miss": 1}
+        b["configurations"][0]["work"]["query_cache_lookups"] = {"hit": 5}
+        b["configurations"][0]["loadgen"] = {"answers": {"202": 1, "503": 1}}
+        m = capacity.median_of([measured_from(a), measured_from(b)])
+        self.assertEqual(m.query_lookups, {"hit": 8, "miss": 1})
+        self.assertTrue(m.notes[0].startswith("run 2: **the sqlite run was overloaded**"))
+
+
 class Plans(unittest.TestCase):
     def setUp(self):
         self.m = measured_from(summary(cassandra=True))
@@ -251,6 +272,21 @@ class Output(unittest.TestCase):
             written = doc.read_text()
             self.assertIn("RATE=20 loadtest/scripts/capacity.sh", written)
             self.assertIn("Cassandra nodes | 3 x 8 cores", written)
+
+    def test_main_takes_the_medians_of_several_folders(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for i, cpu_s in enumerate((20.0, 10.0, 5.0)):
+                s = summary()
+                s["configurations"][0]["processes"]["ingest"]["cpu_s"] = cpu_s
+                path = Path(tmp) / f"summary-{i}.json"
+                path.write_text(json.dumps(s))
+                paths.append(str(path))
+            doc = Path(tmp) / "CAPACITY.md"
+            doc.write_text(f"{capacity.BEGIN}\n{capacity.END}\n")
+            self.assertEqual(capacity.main(paths + ["--write", str(doc)]), 0)
+            self.assertIn("the medians of 3 runs", doc.read_text())
+            self.assertIn("gateway: 100,000 events per CPU-second", doc.read_text())
 
     def test_a_missing_results_folder_is_an_error_not_a_traceback(self):
         with tempfile.TemporaryDirectory() as tmp:
