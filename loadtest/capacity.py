@@ -455,7 +455,7 @@ def markdown(m: Measured, event_rates: list[float], query_rates: list[float], ru
         )
 
     lines = [
-        "Measured costs per CPU-second of each process beyond its idle cost (from the run named above):",
+        "Measured costs per CPU-second of each process beyond its idle cost (from the runs named above):",
         "",
         f"- gateway: {m.events_per_cpu_s['gateway']:,.0f} events per CPU-second (1,000-event batches)",
         f"- broker (one node, replication 1, JIT threads left out): "
