@@ -34,6 +34,7 @@ fn chunk(partition: u32, start: i64, end: i64, index: u32, count: u32, deltas: &
                 count: *n,
             })
             .collect(),
+        uniques: Vec::new(),
     }
 }
 

@@ -63,6 +63,7 @@ fn main() {
         max_rows_per_flush: 100_000,
         max_buffered_rows: 1_000_000,
         flush_interval: Duration::from_secs(1),
+        uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
     };
     let mut rates = Vec::new();
     let mut duplicates = 0;

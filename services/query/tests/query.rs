@@ -67,6 +67,7 @@ async fn seeded_store() -> SqliteStore {
             Delta { video_id: "popular".into(), salt: Salt(3), minute: T0, count: 2 },
             Delta { video_id: "popular".into(), salt: Salt(0), minute: T0 + 3_600_000, count: 8 },
         ],
+        uniques: Vec::new(),
     };
     store.apply(vec![tally_store::CountsEntry::chunk(chunk)]).await.unwrap();
     store
