@@ -6,7 +6,10 @@
 
 use tally_model::counts::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, Owner};
 use tally_model::Salt;
-use tally_store::{CountStore, CountsEntry, Granularity, PeriodSummary, ScyllaConfig, ScyllaStore, SqliteStore};
+use tally_store::{CountStore, CountsEntry, Granularity, PeriodSummary, ScyllaStore, SqliteStore};
+
+mod support;
+use support::scylla_store;
 
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
@@ -304,17 +307,6 @@ async fn real_time_counts_outside_reconciled_periods_stay_in_every_read(store: i
     // The reconciler still compares against pure real time.
     let realtime_eleven = store.realtime_minutes(T0 + HOUR, T0 + 2 * HOUR).await.unwrap();
     assert_eq!(realtime_eleven, vec![("a".into(), T0 + HOUR, 3), ("a".into(), T0 + 90 * MINUTE, 1)]);
-}
-
-/// A store in a fresh keyspace of the Cassandra node at `uri`.
-async fn scylla_store(uri: &str) -> ScyllaStore {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut config = ScyllaConfig::from_uri(uri);
-    config.keyspace = format!("tally_contract_{}_{nanos}_{n}", std::process::id());
-    config.create_schema = true;
-    ScyllaStore::connect(config).await.unwrap_or_else(|e| panic!("connect to Cassandra at {uri}: {e}"))
 }
 
 macro_rules! contract {
