@@ -9,7 +9,6 @@ use tally_model::Salt;
 use tally_store::{CountStore, CountsEntry, Granularity, PeriodSummary, ScyllaStore, SqliteStore};
 
 mod support;
-use support::scylla_store;
 
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
@@ -319,11 +318,7 @@ macro_rules! contract {
                 F: FnOnce(ScyllaStore) -> Fut,
                 Fut: std::future::Future<Output = ()>,
             {
-                let node = tally_testkit::Cassandra::shared();
-                let store = scylla_store(&node.contact_point()).await;
-                body(store.clone()).await;
-                store.drop_keyspace().await.unwrap();
-                drop(node);
+                support::in_cassandra(body).await;
             }
 
             #[tokio::test]

@@ -5,10 +5,10 @@
 use tally_model::counts::{FlushChunk, FlushHeader, SketchDelta};
 use tally_model::uniques;
 use tally_model::Salt;
-use tally_store::{CountStore, CountsEntry, ScyllaStore, SqliteStore, StoreError};
+use tally_store::{CountStore, CountsEntry, SqliteStore, StoreError};
 
 mod support;
-use support::scylla_store;
+use support::in_cassandra;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -127,20 +127,6 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     body(SqliteStore::in_memory().unwrap()).await;
-}
-
-/// In a keyspace of its own on the run's Cassandra node (or a node of the
-/// test's own), dropped afterwards.
-async fn in_cassandra<F, Fut>(body: F)
-where
-    F: FnOnce(ScyllaStore) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let node = tally_testkit::Cassandra::shared();
-    let store = scylla_store(&node.contact_point()).await;
-    body(store.clone()).await;
-    store.drop_keyspace().await.unwrap();
-    drop(node);
 }
 
 contract!(sqlite_in_memory, in_sqlite);

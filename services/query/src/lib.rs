@@ -12,11 +12,13 @@
 //! - [`service`]: [`QueryService::build`] and [`QueryService::run`].
 //! - [`api`]: the handlers.
 //! - [`lookup`]: cache-then-store with single flight and stale fallback.
+//! - [`flights`]: single flight (concurrent loads of one key share one store read).
 //! - [`uniques`]: unique viewers over whole hours, cached the same way.
 //! - [`metrics`]: cache outcomes and breaker state.
 
 pub mod api;
 pub mod config;
+pub mod flights;
 pub mod lookup;
 pub mod metrics;
 pub mod service;

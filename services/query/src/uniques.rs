@@ -8,15 +8,14 @@
 //! store read; when the store fails, a cached answer of any age is served
 //! marked `stale`. Cache errors open the same kind of circuit as for totals.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::FutureExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tally_cache::{CacheBackend, CachedRange};
@@ -26,6 +25,7 @@ use tally_service::Problem;
 use tally_store::{CountStore, Granularity, StoreError};
 
 use crate::api::{bad_request, check_id, parse_time, unavailable, ApiState};
+use crate::flights::Flights;
 
 /// Longest range one request may ask for.
 pub const MAX_RANGE: Duration = Duration::from_secs(400 * 24 * 3600);
@@ -40,8 +40,6 @@ pub struct UniquesQuery {
     pub to: String,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<String, String>>>;
-
 /// Cache-then-store reads of unique viewers.
 pub struct UniquesLookup<S> {
     store: S,
@@ -49,7 +47,7 @@ pub struct UniquesLookup<S> {
     breaker: Breaker,
     fresh_for_ms: i64,
     retention: Duration,
-    inflight: Mutex<HashMap<String, Flight>>,
+    inflight: Flights<String>,
 }
 
 /// One answer and where it came from.
@@ -74,7 +72,7 @@ impl<S: CountStore + Clone> UniquesLookup<S> {
             breaker,
             fresh_for_ms: i64::try_from(fresh_for.as_millis()).unwrap_or(i64::MAX),
             retention,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Flights::default(),
         }
     }
 
@@ -98,19 +96,10 @@ impl<S: CountStore + Clone> UniquesLookup<S> {
     }
 
     async fn load(self: &Arc<Self>, key: String, video: String, from: i64, to: i64) -> Result<String, String> {
-        let flight = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            inflight
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let store = self.store.clone();
-                    async move { read(&store, video, from, to).await.map_err(|e| e.to_string()) }.boxed().shared()
-                })
-                .clone()
-        };
-        let result = flight.await;
-        self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
-        result
+        let store = self.store.clone();
+        self.inflight
+            .run(&key, move || async move { read(&store, video, from, to).await.map_err(|e| e.to_string()) }.boxed())
+            .await
     }
 
     async fn cache_get(&self, key: &str) -> (Option<CachedRange>, bool) {

@@ -12,3 +12,17 @@ pub async fn scylla_store(uri: &str) -> ScyllaStore {
     config.create_schema = true;
     ScyllaStore::connect(config).await.unwrap_or_else(|e| panic!("connect to Cassandra at {uri}: {e}"))
 }
+
+/// Runs `body` on a store in a keyspace of its own on the run's Cassandra
+/// node (or a node of the test's own), and drops the keyspace afterwards.
+pub async fn in_cassandra<F, Fut>(body: F)
+where
+    F: FnOnce(ScyllaStore) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let node = tally_testkit::Cassandra::shared();
+    let store = scylla_store(&node.contact_point()).await;
+    body(store.clone()).await;
+    store.drop_keyspace().await.unwrap();
+    drop(node);
+}
