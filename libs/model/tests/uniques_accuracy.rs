@@ -6,6 +6,9 @@
 //! the exact count, and audiences below 100 must be counted exactly.
 //! (The end-to-end path through Kafka, counter, writer and store is tested
 //! on a smaller set in the workspace's `tests/uniques.rs`.)
+//!
+//! `TALLY_TEST_LG_K=12 cargo nextest run -p tally-model --test
+//! uniques_accuracy --no-capture` measures another lgK (BENCHMARKS.md).
 
 use tally_model::uniques::{self, Merged, UniquesEstimate, DEFAULT_LG_K};
 
@@ -32,10 +35,10 @@ fn a_thousand_audiences_from_1_to_1_000_000_are_estimated_within_3_2_percent_and
     let mut failures = Vec::new();
     let mut worst = 0f64;
     let mut buffer = [0u8; 32];
+    let lg_k = std::env::var("TALLY_TEST_LG_K").map_or(DEFAULT_LG_K, |v| v.parse().expect("TALLY_TEST_LG_K: 4 to 21"));
     for video in 0..VIDEOS {
         let exact = audience(video);
-        let mut sketches: Vec<_> =
-            (0..PARTITIONS * HOURS).map(|_| uniques::new_sketch(DEFAULT_LG_K).unwrap()).collect();
+        let mut sketches: Vec<_> = (0..PARTITIONS * HOURS).map(|_| uniques::new_sketch(lg_k).unwrap()).collect();
         for viewer in 0..exact {
             // Some viewers come back in another hour on another partition.
             let cell = (viewer as usize * 7) % sketches.len();
@@ -57,6 +60,10 @@ fn a_thousand_audiences_from_1_to_1_000_000_are_estimated_within_3_2_percent_and
         }
         assert!(lower_bound <= uniques && uniques <= upper_bound);
     }
-    println!("worst relative error over {VIDEOS} audiences: {:.4}", worst);
+    println!(
+        "lgK {lg_k}: worst relative error over {VIDEOS} audiences {:.4}; {} outside the bounds",
+        worst,
+        failures.len()
+    );
     assert!(failures.is_empty(), "(exact, estimate, said exact) outside the bounds: {failures:?}");
 }
