@@ -110,9 +110,20 @@ impl Merged {
         self.union.to_sketch(STORED_TYPE).serialize()
     }
 
-    /// The estimate of the union.
+    /// The estimate of the union, always by the estimator that depends on
+    /// the registers alone (DataSketches' composite estimator): a sketch
+    /// built in one range keeps the HIP estimator, which depends on the order
+    /// of its updates, and a counter crash or rebalance re-cuts ranges. So
+    /// the same viewers give the same estimate however flushes split them.
     pub fn estimate(&self) -> UniquesEstimate {
-        UniquesEstimate::of(&self.union.to_sketch(HllType::Hll8))
+        let merged = self.union.to_sketch(HllType::Hll8);
+        // Merging a register array into a non-empty union rebuilds its
+        // estimator from the registers (merging is idempotent: the registers
+        // and coupons stay as they are). The library has no other way to ask.
+        let mut registers_only = HllUnion::new(MAX_LG_K).unwrap_or_else(|_| unreachable!("21 is valid"));
+        registers_only.update(&merged);
+        registers_only.update(&merged);
+        UniquesEstimate::of(&registers_only.to_sketch(HllType::Hll8))
     }
 }
 
@@ -219,6 +230,21 @@ mod tests {
         let sizes: Vec<(u32, usize)> = [1, 100, 1_000, 2_000, 100_000].into_iter().map(|n| (n, bytes(n))).collect();
         assert_eq!(sizes[..3], [(1, 12), (100, 412), (1_000, 4_012)]);
         assert!(sizes[3..].iter().all(|(_, b)| (8_232..=8_260).contains(b)), "{sizes:?}");
+    }
+
+    #[test]
+    fn the_estimate_depends_on_the_viewers_not_on_how_flushes_split_them() {
+        // One range holding all the viewers (an unmerged sketch keeps the HIP
+        // estimator), or the same viewers in three ranges (merged: composite),
+        // as after a counter crash re-cut the ranges.
+        let viewers = || (0..40_000).map(|i| format!("v-{i}"));
+        let mut whole = Merged::default();
+        whole.add(&serialize(&sketch_of(viewers()))).unwrap();
+        let mut split = Merged::default();
+        for part in 0..3 {
+            split.add(&serialize(&sketch_of(viewers().skip(part * 13_000).take(14_000)))).unwrap();
+        }
+        assert_eq!(whole.estimate(), split.estimate());
     }
 
     #[test]
