@@ -155,7 +155,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
         }
         Command::Standalone => {
             let mut config = config;
-            standalone::prepare(&mut config);
+            standalone::prepare(&mut config)?;
             let (broker, origin) = standalone::start_broker(&config.standalone).await?;
             supervisor.spawn("broker", broker.clone().watch(supervisor.token()));
             let outcome = run_standalone(&config, origin, supervisor, &registry, &readiness).await;

@@ -73,7 +73,7 @@ impl ManagedBroker {
 }
 
 /// Adjusts `config` for one process on one machine.
-pub fn prepare(config: &mut TallyConfig) {
+pub fn prepare(config: &mut TallyConfig) -> anyhow::Result<()> {
     let s = &config.standalone;
     config.kafka.brokers = format!("127.0.0.1:{}", s.broker_port);
     // One member per group: after a crash, the restarted member should not wait
@@ -100,6 +100,30 @@ pub fn prepare(config: &mut TallyConfig) {
     if config.store == StoreConfig::default() {
         config.store.sqlite_path = s.data_dir.join("counts.db");
     }
+    if config.ingest.viewer_id_key.is_none() {
+        config.ingest.viewer_id_key = Some(viewer_id_key(&s.data_dir)?);
+    }
+    Ok(())
+}
+
+/// The viewer pseudonym key of a data directory: generated at the first
+/// start and kept, so a viewer hashes the same after every restart.
+fn viewer_id_key(data_dir: &std::path::Path) -> anyhow::Result<tally_config::Secret> {
+    use anyhow::Context;
+    use rand::RngCore;
+    let path = data_dir.join("viewer-id.key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => return Ok(tally_config::Secret::new(key.trim())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("Failed to read {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(data_dir).with_context(|| format!("Failed to create {}", data_dir.display()))?;
+    std::fs::write(&path, &key).with_context(|| format!("Failed to write {}", path.display()))?;
+    Ok(tally_config::Secret::new(key))
 }
 
 /// The broker's node description: one KRaft node in `<data-dir>/broker`.

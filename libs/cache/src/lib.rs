@@ -15,7 +15,8 @@
 //! # Layout
 //!
 //! - this file: [`Cache`], [`CachedTotal`], [`CacheError`], [`CacheBackend`].
-//! - [`redis_cache`]: Redis (`tally:total:{video}` keys holding JSON).
+//! - [`redis_cache`]: Redis (`tally:total:{video}` keys holding JSON; range
+//!   answers such as unique viewers under `tally:range:{key}`).
 //! - [`memory`]: an in-process map for `tally standalone` without Redis.
 
 pub mod memory;
@@ -58,6 +59,17 @@ impl CachedTotal {
     }
 }
 
+/// A cached answer about a range (unique viewers of a video over hours):
+/// the answer's JSON and when it was written. Unlike totals, such an answer
+/// has one writer (the query service), so the last write wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedRange {
+    /// The answer, JSON.
+    pub json: String,
+    /// When the entry was written (epoch ms).
+    pub written_ms: i64,
+}
+
 /// Why a cache operation failed (the caller degrades to the store).
 #[derive(Debug, thiserror::Error)]
 #[error("cache unavailable: {0}")]
@@ -88,6 +100,25 @@ impl CacheBackend {
             Self::Redis(c) => c.put_many(entries, retention).await,
             Self::Memory(c) => {
                 c.put_many(entries, retention);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the range answer under `key` (`None` for a miss).
+    pub async fn get_range(&self, key: &str) -> Result<Option<CachedRange>, CacheError> {
+        match self {
+            Self::Redis(c) => c.get_range(key).await,
+            Self::Memory(c) => Ok(c.get_range(key)),
+        }
+    }
+
+    /// Writes the range answer under `key`, kept for `retention`.
+    pub async fn put_range(&self, key: &str, entry: &CachedRange, retention: Duration) -> Result<(), CacheError> {
+        match self {
+            Self::Redis(c) => c.put_range(key, entry, retention).await,
+            Self::Memory(c) => {
+                c.put_range(key, entry, retention);
                 Ok(())
             }
         }

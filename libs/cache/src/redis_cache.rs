@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
-use crate::{CacheError, CachedTotal};
+use crate::{CacheError, CachedRange, CachedTotal};
 
 /// Redis-backed cache; cheap to clone (one multiplexed, reconnecting connection).
 #[derive(Clone)]
@@ -95,6 +95,27 @@ impl RedisCache {
         }
         let mut connection = self.connection.clone();
         script.query_async::<i64>(&mut connection).await.map(|_| ()).map_err(|e| CacheError(e.to_string()))
+    }
+
+    pub(crate) async fn get_range(&self, key: &str) -> Result<Option<CachedRange>, CacheError> {
+        let mut connection = self.connection.clone();
+        let raw: Option<String> =
+            connection.get(format!("tally:range:{key}")).await.map_err(|e| CacheError(e.to_string()))?;
+        Ok(raw.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    pub(crate) async fn put_range(
+        &self,
+        key: &str,
+        entry: &CachedRange,
+        retention: Duration,
+    ) -> Result<(), CacheError> {
+        let value = serde_json::to_string(entry).map_err(|e| CacheError(e.to_string()))?;
+        let mut connection = self.connection.clone();
+        connection
+            .set_ex::<_, _, ()>(format!("tally:range:{key}"), value, retention.as_secs().max(1))
+            .await
+            .map_err(|e| CacheError(e.to_string()))
     }
 
     /// PING.

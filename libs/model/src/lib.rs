@@ -17,6 +17,8 @@
 //! - [`salt`]: partition keys, hot videos salted by event id (the rule that keeps a retry's partition).
 //! - [`hot`]: the heavy-hitter detector that reports at run time which videos are hot (it never salts).
 //! - [`hash`]: the stable hash every process must agree on.
+//! - [`uniques`]: unique-viewer sketches (DataSketches HLL): building, merging, estimating.
+//! - [`viewer`]: viewer pseudonyms (the keyed hash the gateway applies to `viewer_id`).
 
 pub mod counting;
 pub mod counts;
@@ -26,7 +28,9 @@ pub mod hot;
 pub mod parse;
 pub mod salt;
 pub mod timestamp;
+pub mod uniques;
 pub mod video_id;
+pub mod viewer;
 pub mod wire;
 
 pub use event::{EventId, ViewEvent};

@@ -40,6 +40,7 @@ fn chunks() -> Vec<FlushChunk> {
                     count: 3,
                 })
                 .collect(),
+            uniques: Vec::new(),
         })
         .collect()
 }

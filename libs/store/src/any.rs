@@ -3,7 +3,7 @@
 
 use tally_model::counts::Owner;
 
-use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
 use crate::{CountStore, ScyllaStore, SqliteStore, StoreError};
 
 /// The embedded store or the ScyllaDB store. Cheap to clone.
@@ -63,6 +63,10 @@ impl CountStore for AnyStore {
 
     async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
         dispatch!(self, s => s.replace_batch(period, minutes))
+    }
+
+    async fn uniques(&self, video: String, from_ms: i64, to_ms: i64) -> Result<UniquesRead, StoreError> {
+        dispatch!(self, s => s.uniques(video, from_ms, to_ms))
     }
 
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {

@@ -24,6 +24,7 @@
 //! - [`model`]: what is stored and read ([`Granularity`], [`Total`], [`Point`], [`CountsEntry`]).
 //! - [`fence`]: admitting the chunks of a batch in log order (both stores).
 //! - [`layers`]: which minutes reads take from the batch layer, which from real time (both stores).
+//! - [`uniques`]: unique-viewer sketch rows: what an apply writes, which rows a read merges (both stores).
 //! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
 //! - [`scylla`]: the ScyllaDB / Cassandra store (`infra/scylla/schema.cql`).
 //! - [`any`]: [`AnyStore`], the configured one of the two.
@@ -35,11 +36,12 @@ pub mod layers;
 pub mod model;
 pub mod scylla;
 pub mod sqlite;
+pub mod uniques;
 
 use std::future::Future;
 
 pub use any::AnyStore;
-pub use model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
+pub use model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
 pub use scylla::{ScyllaConfig, ScyllaStore};
 pub use sqlite::{SqliteStore, Synchronous};
 use tally_model::counts::Owner;
@@ -115,6 +117,16 @@ pub trait CountStore: Send + Sync + 'static {
         period: PeriodSummary,
         minutes: Vec<(String, i64, i64)>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Unique viewers of `video` in the hours from the one holding `from_ms`
+    /// through the one holding the last millisecond before `to_ms`: the union
+    /// of its sketches over every salt and source partition ([`uniques`]).
+    fn uniques(
+        &self,
+        video: String,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<UniquesRead, StoreError>> + Send;
 
     /// The reconciled periods, oldest first.
     fn periods(&self) -> impl Future<Output = Result<Vec<PeriodSummary>, StoreError>> + Send;

@@ -86,6 +86,19 @@ pub struct Point {
     pub views: i64,
 }
 
+/// Unique viewers of a video over whole hours.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UniquesRead {
+    /// First hour read, epoch ms.
+    pub from_ms: i64,
+    /// End of the last hour read (exclusive), epoch ms.
+    pub to_ms: i64,
+    /// The union's estimate and bounds.
+    pub estimate: tally_model::uniques::UniquesEstimate,
+    /// Stored sketches merged.
+    pub sketches: usize,
+}
+
 /// The effect of one apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ApplyOutcome {
@@ -100,6 +113,10 @@ pub struct ApplyOutcome {
     pub fenced: u64,
     /// Chunks dropped for the same reason.
     pub fenced_chunks: u64,
+    /// Unique-viewer sketches merged into their hour rows.
+    pub sketches_applied: u64,
+    /// Sketches ignored because their hour row already had their version or newer.
+    pub sketches_stale: u64,
 }
 
 impl ApplyOutcome {
@@ -111,6 +128,8 @@ impl ApplyOutcome {
             stale: self.stale + other.stale,
             fenced: self.fenced + other.fenced,
             fenced_chunks: self.fenced_chunks + other.fenced_chunks,
+            sketches_applied: self.sketches_applied + other.sketches_applied,
+            sketches_stale: self.sketches_stale + other.sketches_stale,
         }
     }
 }

@@ -3,6 +3,10 @@
 //! moved commit in one transaction, durably by default ([`Synchronous`]).
 //! Reads follow [`crate::layers`]: batch counts for the reconciled periods,
 //! real-time counts for every other minute, in one read transaction.
+//! Unique-viewer sketches live in tables of their own (`uniques`), applied in
+//! the same transaction as the counts.
+
+mod uniques;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,7 +16,7 @@ use tally_model::counts::{FlushChunk, Owner};
 
 use crate::fence::{admit, token_from_db, token_to_db};
 use crate::layers::{self, Reconciled, Segment, FAR_FUTURE, FAR_PAST};
-use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
 use crate::{CountStore, StoreError};
 
 const SCHEMA: &str = "
@@ -133,6 +137,7 @@ impl SqliteStore {
             ))
             .map_err(unavailable)?;
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
+        connection.execute_batch(uniques::SCHEMA).map_err(unavailable)?;
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
 
@@ -173,7 +178,7 @@ fn apply_entries(connection: &mut Connection, entries: Vec<CountsEntry>) -> Resu
     // Immediate: the owners read here must not change before this transaction commits.
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
     let admitted = admit(read_owners(&tx)?, entries);
-    let outcome = apply_chunks(&tx, &admitted.chunks)?;
+    let outcome = apply_chunks(&tx, &admitted.chunks)?.plus(uniques::apply(&tx, &admitted.chunks)?);
     {
         let mut upsert_owner = tx
             .prepare_cached(
@@ -473,6 +478,11 @@ impl CountStore for SqliteStore {
             tx.commit().map_err(unavailable)
         })
         .await
+    }
+
+    async fn uniques(&self, video: String, from_ms: i64, to_ms: i64) -> Result<UniquesRead, StoreError> {
+        let (from, to) = layers::series_range(from_ms, to_ms, Granularity::Hour)?;
+        self.with(move |c| uniques::read(c, &video, from, to)).await
     }
 
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {

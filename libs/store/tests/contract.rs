@@ -6,7 +6,9 @@
 
 use tally_model::counts::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, Owner};
 use tally_model::Salt;
-use tally_store::{CountStore, CountsEntry, Granularity, PeriodSummary, ScyllaConfig, ScyllaStore, SqliteStore};
+use tally_store::{CountStore, CountsEntry, Granularity, PeriodSummary, ScyllaStore, SqliteStore};
+
+mod support;
 
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
@@ -34,6 +36,7 @@ fn chunk(partition: u32, start: i64, end: i64, index: u32, count: u32, deltas: &
                 count: *n,
             })
             .collect(),
+        uniques: Vec::new(),
     }
 }
 
@@ -305,17 +308,6 @@ async fn real_time_counts_outside_reconciled_periods_stay_in_every_read(store: i
     assert_eq!(realtime_eleven, vec![("a".into(), T0 + HOUR, 3), ("a".into(), T0 + 90 * MINUTE, 1)]);
 }
 
-/// A store in a fresh keyspace of the Cassandra node at `uri`.
-async fn scylla_store(uri: &str) -> ScyllaStore {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut config = ScyllaConfig::from_uri(uri);
-    config.keyspace = format!("tally_contract_{}_{nanos}_{n}", std::process::id());
-    config.create_schema = true;
-    ScyllaStore::connect(config).await.unwrap_or_else(|e| panic!("connect to Cassandra at {uri}: {e}"))
-}
-
 macro_rules! contract {
     (scylla $name:ident) => {
         mod $name {
@@ -326,11 +318,7 @@ macro_rules! contract {
                 F: FnOnce(ScyllaStore) -> Fut,
                 Fut: std::future::Future<Output = ()>,
             {
-                let node = tally_testkit::Cassandra::shared();
-                let store = scylla_store(&node.contact_point()).await;
-                body(store.clone()).await;
-                store.drop_keyspace().await.unwrap();
-                drop(node);
+                support::in_cassandra(body).await;
             }
 
             #[tokio::test]

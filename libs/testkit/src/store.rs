@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_model::counts::Owner;
-use tally_store::{ApplyOutcome, CountStore, CountsEntry, Granularity, PeriodSummary, Point, StoreError, Total};
+use tally_store::{
+    ApplyOutcome, CountStore, CountsEntry, Granularity, PeriodSummary, Point, StoreError, Total, UniquesRead,
+};
 
 /// Wraps a store; while `down` is set every call fails as unavailable, and
 /// reads can be slowed down.
@@ -68,6 +70,10 @@ impl<S: CountStore> CountStore for SwitchableStore<S> {
     async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
         self.check()?;
         self.inner.replace_batch(period, minutes).await
+    }
+    async fn uniques(&self, video: String, from: i64, to: i64) -> Result<UniquesRead, StoreError> {
+        self.check()?;
+        self.inner.uniques(video, from, to).await
     }
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {
         self.check()?;

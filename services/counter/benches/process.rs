@@ -4,7 +4,11 @@
 //! (zipf-like video popularity over 100k videos, 10% resends).
 //!
 //! `cargo bench -p tally-counter --bench process` prints the median of 7
-//! runs of 2,000,000 records each (events per second, one thread).
+//! runs of 2,000,000 records each (events per second, one thread, and per
+//! CPU-second of that thread). Viewers (`TALLY_BENCH_VIEWERS`): `distinct`
+//! (the default) gives every event a viewer pseudonym as the gateway writes
+//! them (32 hex digits) drawn from a million viewers, so the counter
+//! sketches unique viewers; `none` sends no viewer id.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +26,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const RECORDS: usize = 2_000_000;
 const RUNS: usize = 7;
 
-fn records() -> Vec<Vec<u8>> {
+/// A viewer pseudonym as the gateway writes them, for viewer number `n`.
+fn pseudonym(n: u64) -> Arc<str> {
+    let mixed = u128::from(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) << 64 | u128::from(n);
+    Arc::from(format!("{mixed:032x}"))
+}
+
+/// CPU time of the calling thread so far (Linux: `/proc/thread-self/schedstat`, in ns).
+fn thread_cpu() -> Duration {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    Duration::from_nanos(text.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0))
+}
+
+fn records(viewers: bool) -> Vec<Vec<u8>> {
     // The test kit's xorshift generator; this odd seed gives the sequence the figures were measured with.
     let mut generator = tally_testkit::views::Load::new(0x9e37_79b9_7f4a_7c15);
     let mut rand = move || generator.rand();
@@ -39,7 +55,8 @@ fn records() -> Vec<Vec<u8>> {
                 video_id: VideoId::parse(&video).expect("video"),
                 ts_ms: received - (rand() % 60_000) as i64,
                 event_id: EventId::parse(&id).expect("id"),
-                viewer_id: Some(Arc::from("viewer-1234")),
+                // A resend repeats its viewer; viewers watch several videos.
+                viewer_id: viewers.then(|| pseudonym(k.wrapping_mul(0x2545_f491_4f6c_dd1d) % 1_000_000)),
                 attributes: None,
                 received_ms: received,
             };
@@ -51,7 +68,12 @@ fn records() -> Vec<Vec<u8>> {
 }
 
 fn main() {
-    let records = records();
+    let viewers = match std::env::var("TALLY_BENCH_VIEWERS").as_deref() {
+        Ok("none") => false,
+        Ok("distinct") | Err(_) => true,
+        Ok(other) => panic!("TALLY_BENCH_VIEWERS must be distinct or none, not {other}"),
+    };
+    let records = records(viewers);
     let rules = Rules {
         counting: CountingRule {
             allowed_lateness_ms: 3_600_000,
@@ -63,13 +85,16 @@ fn main() {
         max_rows_per_flush: 100_000,
         max_buffered_rows: 1_000_000,
         flush_interval: Duration::from_secs(1),
+        uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
     };
     let mut rates = Vec::new();
+    let mut cpu_rates = Vec::new();
     let mut duplicates = 0;
     for _ in 0..RUNS {
         let mut state = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 2_000_000), vec![]);
         let records: Vec<(i64, &[u8])> = records.iter().enumerate().map(|(o, p)| (o as i64, &p[..])).collect();
         let started = Instant::now();
+        let cpu_before = thread_cpu();
         // As the processing thread does: runs of records, in passes.
         for flush in records.chunks(100_000) {
             let mut i = 0;
@@ -90,8 +115,17 @@ fn main() {
         }
         let elapsed = started.elapsed().as_secs_f64();
         rates.push(RECORDS as f64 / elapsed);
+        cpu_rates.push(RECORDS as f64 / (thread_cpu() - cpu_before).as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
+    cpu_rates.sort_by(f64::total_cmp);
+    println!(
+        "viewers: {}; per CPU-second of the thread: median {:.0} events (min {:.0}, max {:.0})",
+        if viewers { "a pseudonym on every event (1,000,000 viewers)" } else { "none" },
+        cpu_rates[RUNS / 2],
+        cpu_rates[0],
+        cpu_rates[RUNS - 1]
+    );
     println!(
         "counter process (decode+dedup+aggregate+seal), 1 thread, {RECORDS} records x {RUNS} runs: median {:.0} events/s (min {:.0}, max {:.0}); duplicates per run {}",
         rates[RUNS / 2],

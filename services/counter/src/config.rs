@@ -64,6 +64,15 @@ pub struct CounterConfig {
     /// own client: a slow broker never stalls polling).
     #[serde(with = "humantime_serde")]
     pub lag_interval: Duration,
+    /// lgK of the unique-viewer sketches the counter builds per video and
+    /// hour (4..=21): 2^lgK registers, a relative standard error of about
+    /// 1.04 / 2^(lgK/2) once merged (0.8 % at 14), 2^(lgK-1) bytes per sketch
+    /// once past the exact range (8 KiB at 14). Changing it later is safe:
+    /// sketches of different lgK merge at the smaller one.
+    pub uniques_lg_k: u8,
+    /// Bytes of sketches per record of the counts topic (a record holds at
+    /// least one sketch, whatever its size).
+    pub chunk_sketch_bytes: usize,
 }
 
 impl CounterConfig {
@@ -99,6 +108,8 @@ impl Default for CounterConfig {
             dlq_max_consecutive: 1_000,
             delivery_timeout: Duration::from_secs(30),
             lag_interval: Duration::from_secs(2),
+            uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+            chunk_sketch_bytes: 256 * 1024,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Destination {
     pub dlq_topic: String,
     /// Deltas per counts record.
     pub chunk_rows: usize,
+    /// Bytes of sketches per counts record (at least one sketch each).
+    pub chunk_sketch_bytes: usize,
 }
 
 /// Runs until the job channel closes or `shutdown`, whichever comes first
@@ -116,18 +118,19 @@ async fn emit(producer: &FutureProducer, destination: &Destination, job: &FlushJ
     }
     let partition = job.partition % destination.counts_partitions.max(1);
     let key = job.partition.to_string();
-    let chunk_rows = destination.chunk_rows.max(1);
-    let chunk_count = job.rows.len().div_ceil(chunk_rows).max(1);
-    for index in 0..chunk_count {
-        let rows = job.rows.iter().skip(index * chunk_rows).take(chunk_rows);
+    let chunks = plan_chunks(job, destination);
+    let chunk_count = chunks.len();
+    for (index, chunk) in chunks.into_iter().enumerate() {
         let mut header = job.header;
         header.chunk_index = u32::try_from(index).unwrap_or(u32::MAX);
         header.chunk_count = u32::try_from(chunk_count).unwrap_or(u32::MAX);
         if index > 0 {
             header.stats = counts::FlushStats::default();
         }
-        let payload =
-            counts::encode(&header, rows.map(|(video, salt, minute, count)| (&**video, *salt, *minute, *count)));
+        let rows = job.rows[chunk.rows].iter().map(|(video, salt, minute, count)| (&**video, *salt, *minute, *count));
+        let sketches =
+            job.uniques[chunk.sketches].iter().map(|(video, salt, hour, bytes)| (&**video, *salt, *hour, &bytes[..]));
+        let payload = counts::encode_chunk(&header, rows, sketches);
         let record = FutureRecord::to(&destination.counts_topic).partition(partition).key(&key).payload(&payload);
         deliveries.push(send(producer, record).await?);
     }
@@ -139,6 +142,37 @@ async fn emit(producer: &FutureProducer, destination: &Destination, job: &FlushJ
         }
     }
     Ok(())
+}
+
+/// The deltas and sketches of one counts record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChunkPlan {
+    rows: std::ops::Range<usize>,
+    sketches: std::ops::Range<usize>,
+}
+
+/// Splits a flush into records: deltas by `chunk-rows`, then sketches by
+/// `chunk-sketch-bytes` (at least one each); always one record, even empty.
+fn plan_chunks(job: &FlushJob, destination: &Destination) -> Vec<ChunkPlan> {
+    let chunk_rows = destination.chunk_rows.max(1);
+    let mut plans: Vec<ChunkPlan> = (0..job.rows.len().div_ceil(chunk_rows))
+        .map(|i| ChunkPlan { rows: i * chunk_rows..((i + 1) * chunk_rows).min(job.rows.len()), sketches: 0..0 })
+        .collect();
+    let mut start = 0;
+    while start < job.uniques.len() {
+        let mut end = start + 1;
+        let mut bytes = job.uniques[start].3.len();
+        while end < job.uniques.len() && bytes + job.uniques[end].3.len() <= destination.chunk_sketch_bytes {
+            bytes += job.uniques[end].3.len();
+            end += 1;
+        }
+        plans.push(ChunkPlan { rows: 0..0, sketches: start..end });
+        start = end;
+    }
+    if plans.is_empty() {
+        plans.push(ChunkPlan { rows: 0..0, sketches: 0..0 });
+    }
+    plans
 }
 
 /// Enqueues one record, waiting while the producer queue is full.
@@ -155,5 +189,44 @@ async fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
             }
             Err((e, _)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_model::Salt;
+
+    fn job(rows: usize, sketch_sizes: &[usize]) -> FlushJob {
+        FlushJob {
+            partition: 0,
+            header: counts::FlushHeader::default(),
+            rows: (0..rows).map(|i| (Box::from(format!("v{i}")), Salt(0), 0, 1)).collect(),
+            uniques: sketch_sizes.iter().map(|n| (Box::from("v"), Salt(0), 0, vec![0; *n])).collect(),
+            dead: Vec::new(),
+            sealed_at: Instant::now(),
+        }
+    }
+
+    fn destination() -> Destination {
+        Destination {
+            views_topic: String::new(),
+            counts_topic: String::new(),
+            counts_partitions: 1,
+            dlq_topic: String::new(),
+            chunk_rows: 2,
+            chunk_sketch_bytes: 100,
+        }
+    }
+
+    #[test]
+    fn deltas_split_by_rows_and_sketches_by_bytes() {
+        let plans = plan_chunks(&job(5, &[60, 40, 30, 500, 10]), &destination());
+        let shape: Vec<_> = plans.iter().map(|p| (p.rows.clone(), p.sketches.clone())).collect();
+        assert_eq!(
+            shape,
+            vec![(0..2, 0..0), (2..4, 0..0), (4..5, 0..0), (0..0, 0..2), (0..0, 2..3), (0..0, 3..4), (0..0, 4..5)]
+        );
+        assert_eq!(plan_chunks(&job(0, &[]), &destination()), vec![ChunkPlan { rows: 0..0, sketches: 0..0 }]);
     }
 }

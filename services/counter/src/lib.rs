@@ -44,6 +44,7 @@
 //! - [`lag`]: consumer lag, measured on a thread of its own.
 //! - [`ownership`]: a partition's life in this counter: owned, draining, released.
 //! - [`partition`]: one partition's open range; classification of records.
+//! - [`viewers`]: the unique-viewer sketches of an open range, per video, salt and hour.
 //! - [`aggregate`]: pre-aggregation. The counting rule (lateness, the
 //!   deterministic dedup window) is `tally_model::counting`, shared with the batch recount.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
@@ -69,6 +70,7 @@ pub mod recovery;
 pub mod service;
 pub mod shared;
 pub mod verify;
+pub mod viewers;
 pub mod worker;
 
 pub use config::CounterConfig;

@@ -12,6 +12,7 @@ use tally_model::Salt;
 
 use crate::aggregate::Aggregate;
 use crate::dlq::{DeadLetter, DeadReason, DlqGuard, DlqLimitExceeded, DlqLimits};
+use crate::viewers::{SketchRow, Viewers};
 
 /// The rules every partition applies.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Rules {
     pub max_buffered_rows: usize,
     /// Flush at least this often.
     pub flush_interval: Duration,
+    /// lgK of the unique-viewer sketches (4..=21).
+    pub uniques_lg_k: u8,
 }
 
 /// What the counter does with a decoded record, before dedup.
@@ -79,7 +82,8 @@ struct Pending<'a> {
     received_ms: i64,
     video_id: &'a str,
     salt: Salt,
-    minute: i64,
+    ts_ms: i64,
+    viewer: Option<&'a str>,
 }
 
 /// The records of one pass waiting for [`PartitionState::settle`].
@@ -90,7 +94,8 @@ struct Pass<'a> {
 
 impl Default for Pass<'_> {
     fn default() -> Self {
-        let empty = Pending { offset: 0, key: 0, received_ms: 0, video_id: "", salt: Salt::NONE, minute: 0 };
+        let empty =
+            Pending { offset: 0, key: 0, received_ms: 0, video_id: "", salt: Salt::NONE, ts_ms: 0, viewer: None };
         Self { records: [empty; PASS], len: 0 }
     }
 }
@@ -111,6 +116,8 @@ pub struct FlushJob {
     pub header: FlushHeader,
     /// Deltas, sorted.
     pub rows: Vec<(Box<str>, Salt, i64, u32)>,
+    /// Hourly sketches of the viewers, sorted.
+    pub uniques: Vec<SketchRow>,
     /// Dead letters of the range.
     pub dead: Vec<DeadLetter>,
     /// When it was sealed.
@@ -149,6 +156,7 @@ pub struct PartitionState {
     next: i64,
     dedup: Dedup,
     aggregate: Aggregate,
+    viewers: Viewers,
     stats: FlushStats,
     dead: Vec<DeadLetter>,
     guard: DlqGuard,
@@ -185,6 +193,7 @@ impl PartitionState {
             next: start,
             dedup,
             aggregate: Aggregate::default(),
+            viewers: Viewers::default(),
             stats: FlushStats::default(),
             dead: Vec::new(),
             guard: DlqGuard::default(),
@@ -232,7 +241,7 @@ impl PartitionState {
         }
         let mut pass = Pass::default();
         let outcome = self.classify_into(record, rules, &mut pass);
-        self.settle(&pass);
+        self.settle(&pass, rules.uniques_lg_k);
         outcome.map(|()| true)
     }
 
@@ -270,7 +279,7 @@ impl PartitionState {
                 break;
             }
         }
-        self.settle(&pass);
+        self.settle(&pass, rules.uniques_lg_k);
         outcome.map(|()| taken)
     }
 
@@ -353,7 +362,8 @@ impl PartitionState {
                     received_ms: received.received_ms,
                     video_id: view.video_id,
                     salt: view.salt,
-                    minute: minute_bucket(view.ts_ms),
+                    ts_ms: view.ts_ms,
+                    viewer: view.viewer_id,
                 });
             }
         }
@@ -366,7 +376,7 @@ impl PartitionState {
 
     /// The second half: deduplicates the pass in offset order, then counts
     /// what is new (the aggregate is a sum: its order does not matter).
-    fn settle(&mut self, pass: &Pass<'_>) {
+    fn settle(&mut self, pass: &Pass<'_>, uniques_lg_k: u8) {
         let records = &pass.records[..pass.len];
         let mut duplicate = [false; PASS];
         for (record, duplicate) in records.iter().zip(&mut duplicate) {
@@ -377,7 +387,10 @@ impl PartitionState {
                 self.stats.duplicates += 1;
             } else {
                 self.stats.counted += 1;
-                self.aggregate.add(record.video_id, record.salt, record.minute);
+                self.aggregate.add(record.video_id, record.salt, minute_bucket(record.ts_ms));
+                if let Some(viewer) = record.viewer {
+                    self.viewers.add(record.video_id, record.salt, record.ts_ms, viewer, uniques_lg_k);
+                }
             }
         }
     }
@@ -426,6 +439,7 @@ impl PartitionState {
             partition: self.partition,
             header,
             rows: self.aggregate.drain_sorted(),
+            uniques: self.viewers.drain_sorted(),
             dead: std::mem::take(&mut self.dead),
             sealed_at: now,
         };

@@ -54,6 +54,9 @@ pub enum CounterError {
     /// checked ([`tally_kafka::topology`]).
     #[error("topology check")]
     Topology(#[source] TopologyError),
+    /// `counter.uniques-lg-k` is outside what sketches allow.
+    #[error("counter.uniques-lg-k: {0}")]
+    UniquesLgK(#[from] tally_model::uniques::UniquesError),
 }
 
 /// A built counter, ready to run.
@@ -77,6 +80,7 @@ impl CounterService {
         readiness: &Readiness,
     ) -> Result<Self, CounterError> {
         kafka.validate_member("counter", config.group_instance_id.as_deref()).map_err(KafkaSetupError::from)?;
+        tally_model::uniques::new_sketch(config.uniques_lg_k)?;
         if kafka.create_topics {
             ensure_topics(kafka, &tally_topics(kafka)).await?;
         }
@@ -126,6 +130,7 @@ impl CounterService {
             max_rows_per_flush: c.max_rows_per_flush,
             max_buffered_rows: c.max_buffered_rows,
             flush_interval: c.flush_interval,
+            uniques_lg_k: c.uniques_lg_k,
         };
         let recovery = RecoveryContext {
             kafka: self.kafka.clone(),
@@ -143,6 +148,7 @@ impl CounterService {
             counts_partitions: self.counts_partitions,
             dlq_topic: topics.views_dlq.clone(),
             chunk_rows: c.chunk_rows,
+            chunk_sketch_bytes: c.chunk_sketch_bytes,
         };
         let member = GroupMember { group_id: &c.group_id, instance_id: c.group_instance_id.as_deref() };
         let mut consumer = group_consumer_config(&self.kafka, "tally-counter", &member);

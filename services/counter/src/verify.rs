@@ -184,6 +184,7 @@ mod tests {
                 .iter()
                 .map(|(v, n)| Delta { video_id: (*v).into(), salt: Salt(0), minute: 0, count: *n })
                 .collect(),
+            uniques: Vec::new(),
         })
     }
 

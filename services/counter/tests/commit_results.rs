@@ -52,6 +52,7 @@ fn fixture(end: i64) -> Fixture {
         max_rows_per_flush: 1_000,
         max_buffered_rows: 1_000,
         flush_interval: Duration::from_secs(1),
+        uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
     };
     let recovery = RecoveryContext {
         kafka,

@@ -52,6 +52,15 @@ pub struct IngestConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     /// Hot-key salting: which videos spread over partitions, and the detector that reports hot ones.
     pub salting: SaltingConfig,
+    /// The secret key of viewer pseudonyms: every `viewer_id` is replaced by
+    /// HMAC-SHA-256(key, viewer_id) (128 bits, 32 hex digits) before the
+    /// event reaches Kafka, so raw viewer ids are never in `tally.views`, the
+    /// counts topic or the archive. Every gateway must have the same key, kept
+    /// for as long as unique viewers are compared: a new key makes every
+    /// viewer a new one. Absent: viewer ids are dropped at the gateway and
+    /// unique viewers count nobody (`tally standalone` keeps a generated
+    /// key in its data directory).
+    pub viewer_id_key: Option<Secret>,
 }
 
 /// One API key and its rate limit.
@@ -88,6 +97,7 @@ impl Default for IngestConfig {
             retry_after: Duration::from_secs(1),
             api_keys: Vec::new(),
             salting: SaltingConfig::default(),
+            viewer_id_key: None,
         }
     }
 }

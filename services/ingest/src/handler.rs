@@ -21,7 +21,8 @@ use axum::Json;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tally_model::hot::HotKeyDetector;
-use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, Salt, SaltPolicy};
+use tally_model::viewer::Pseudonymizer;
+use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, Salt, SaltPolicy, ViewEvent};
 use tally_service::Problem;
 
 use crate::metrics::IngestMetrics;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub detector: Mutex<HotKeyDetector>,
     /// Gateway metrics.
     pub metrics: IngestMetrics,
+    /// Replaces viewer ids with their pseudonyms; `None`: viewer ids are dropped.
+    pub viewers: Option<Pseudonymizer>,
 }
 
 /// The handler.
@@ -161,7 +164,14 @@ fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> V
             let salt = state.salt_policy.salt(event);
             salted += u64::from(salt != Salt::NONE);
             let mut payload = Vec::with_capacity(64);
-            wire::encode(event, salt, &mut payload);
+            match &event.viewer_id {
+                None => wire::encode(event, salt, &mut payload),
+                Some(raw) => {
+                    // A raw viewer id never leaves the gateway.
+                    let viewer_id = state.viewers.as_ref().map(|p| Arc::from(p.pseudonym(raw)));
+                    wire::encode(&ViewEvent { viewer_id, ..event.clone() }, salt, &mut payload);
+                }
+            }
             (PartitionKey::new(video, salt).as_bytes().to_vec(), payload)
         })
         .collect();

@@ -15,6 +15,7 @@ use tally_kafka::clients::{idempotent_producer, ProducerSettings};
 use tally_kafka::topics::{ensure_topics, tally_topics};
 use tally_kafka::{KafkaConfig, KafkaSetupError};
 use tally_model::hot::HotKeyDetector;
+use tally_model::viewer::Pseudonymizer;
 use tally_model::{Limits, SaltPolicy};
 use tally_service::http_metrics::{self, HttpMetrics};
 use tally_service::Readiness;
@@ -125,7 +126,13 @@ impl IngestService {
             salt_policy,
             detector: Mutex::new(detector),
             metrics,
+            viewers: config.viewer_id_key.as_ref().map(|key| Pseudonymizer::new(key.expose().as_bytes())),
         });
+        if config.viewer_id_key.is_none() {
+            tracing::warn!(
+                "ingest.viewer-id-key is not set: viewer ids are dropped at the gateway, unique viewers count nobody"
+            );
+        }
         let router = Router::new()
             .route("/v1/events", post(handler::post_events))
             .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))

@@ -23,7 +23,9 @@ fn now_ms() -> i64 {
 async fn posted_events_land_in_the_views_topic_once_with_keys_and_payloads() {
     bounded(LIMIT, async {
         let broker = Broker::shared();
-        let gateway = Gateway::start(&broker, |_| {}).await;
+        let key = "gateway-test-key";
+        let gateway =
+            Gateway::start(&broker, |config| config.viewer_id_key = Some(tally_config::Secret::new(key))).await;
         let ts = now_ms() - 60_000;
         let array = json!([
             {"video_id": "alpha", "event_id": "a-1", "ts": ts, "viewer_id": "u1"},
@@ -56,7 +58,9 @@ async fn posted_events_land_in_the_views_topic_once_with_keys_and_payloads() {
                 ),
             );
         }
-        assert_eq!(by_id["a-1"], ("alpha".into(), ts, Some("u1".into()), None));
+        // The viewer id travels only as its keyed pseudonym.
+        let pseudonym = tally_model::viewer::Pseudonymizer::new(key.as_bytes()).pseudonym("u1");
+        assert_eq!(by_id["a-1"], ("alpha".into(), ts, Some(pseudonym), None));
         assert_eq!(by_id["b-1"].1, ts, "RFC 3339 and epoch ms give the same time");
         assert_eq!(by_id["a-2"].3.as_deref(), Some(r#"{"country":"NL"}"#));
         assert!(by_id.contains_key("g-1") && by_id.contains_key("g-2"));

@@ -1,4 +1,4 @@
-//! The public API: totals, series and batch lookups.
+//! The public API: totals, series and batch lookups (unique viewers: [`crate::uniques`]).
 
 use std::sync::Arc;
 
@@ -24,17 +24,19 @@ pub struct ApiState<S> {
     pub max_series_points: i64,
     /// `Retry-After` for 503s, seconds.
     pub retry_after_secs: u64,
+    /// Cache-then-store reads of unique viewers.
+    pub uniques: Arc<crate::uniques::UniquesLookup<S>>,
 }
 
-fn bad_request(kind: &'static str, detail: impl Into<String>) -> Problem {
+pub(crate) fn bad_request(kind: &'static str, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, kind, "Invalid request", detail)
 }
 
-fn unavailable(retry_after: u64, detail: impl Into<String>) -> Problem {
+pub(crate) fn unavailable(retry_after: u64, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Counts unavailable", detail).retry_after(retry_after)
 }
 
-fn check_id(id: &str) -> Result<(), Problem> {
+pub(crate) fn check_id(id: &str) -> Result<(), Problem> {
     tally_model::video_id::validate(id).map_err(|e| bad_request("invalid-video-id", format!("video id {e}")))
 }
 
@@ -79,7 +81,7 @@ pub struct SeriesQuery {
     pub step: Option<String>,
 }
 
-fn parse_time(raw: &str, name: &str) -> Result<i64, Problem> {
+pub(crate) fn parse_time(raw: &str, name: &str) -> Result<i64, Problem> {
     raw.parse::<i64>()
         .ok()
         .or_else(|| parse_rfc3339_ms(raw).ok())

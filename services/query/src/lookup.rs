@@ -10,15 +10,15 @@
 //! - Cache errors open a circuit: while it is open the cache is skipped
 //!   (`bypass`) and every lookup goes to the store.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::FutureExt;
 use tally_cache::{CacheBackend, CachedTotal};
 use tally_service::breaker::Breaker;
 use tally_store::{CountStore, Total};
 
+use crate::flights::Flights;
 use crate::metrics::QueryMetrics;
 
 /// One answered total.
@@ -37,8 +37,6 @@ pub struct Answer {
 #[error("store unavailable and nothing cached: {0}")]
 pub struct Unavailable(pub String);
 
-type Flight = Shared<BoxFuture<'static, Result<Total, String>>>;
-
 /// Cache-then-store lookups.
 pub struct Lookup<S> {
     store: S,
@@ -46,7 +44,7 @@ pub struct Lookup<S> {
     breaker: Breaker,
     fresh_for_ms: i64,
     retention: Duration,
-    inflight: Mutex<HashMap<String, Flight>>,
+    inflight: Flights<Total>,
     metrics: QueryMetrics,
 }
 
@@ -66,7 +64,7 @@ impl<S: CountStore + Clone> Lookup<S> {
             breaker,
             fresh_for_ms: i64::try_from(fresh_for.as_millis()).unwrap_or(i64::MAX),
             retention,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Flights::default(),
             metrics,
         }
     }
@@ -123,27 +121,17 @@ impl<S: CountStore + Clone> Lookup<S> {
     }
 
     async fn load_one(self: &Arc<Self>, video: String) -> Result<Total, String> {
-        let flight = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            inflight
-                .entry(video.clone())
-                .or_insert_with(|| {
-                    let store = self.store.clone();
-                    let metrics = self.metrics.clone();
-                    let key = video.clone();
-                    async move {
-                        let loaded = store.totals(vec![key]).await;
-                        metrics.store_loads.with_label_values(&[if loaded.is_ok() { "ok" } else { "error" }]).inc();
-                        loaded.map_err(|e| e.to_string())?.pop().ok_or_else(|| "store returned no total".to_owned())
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
-        };
-        let result = flight.await;
-        self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&video);
-        result
+        let (store, metrics, key) = (self.store.clone(), self.metrics.clone(), video.clone());
+        self.inflight
+            .run(&video, move || {
+                async move {
+                    let loaded = store.totals(vec![key]).await;
+                    metrics.store_loads.with_label_values(&[if loaded.is_ok() { "ok" } else { "error" }]).inc();
+                    loaded.map_err(|e| e.to_string())?.pop().ok_or_else(|| "store returned no total".to_owned())
+                }
+                .boxed()
+            })
+            .await
     }
 
     /// Cached entries (all `None` when the cache is off, failing or its circuit open).

@@ -19,6 +19,7 @@ use crate::api::{self, ApiState};
 use crate::config::QueryConfig;
 use crate::lookup::Lookup;
 use crate::metrics::QueryMetrics;
+use crate::uniques::UniquesLookup;
 
 /// The OpenAPI document of the query API.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -71,17 +72,26 @@ impl QueryService {
             Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
         });
         readiness.set(STORE_CHECK, probe().await);
+        let uniques = Arc::new(UniquesLookup::new(
+            store.clone(),
+            cache.clone(),
+            Breaker::new(config.cache_breaker_failures, config.cache_breaker_cool_down),
+            config.fresh_for,
+            config.cache_retention,
+        ));
         let lookup = Arc::new(Lookup::new(store, cache, breaker, config.fresh_for, config.cache_retention, metrics));
         let state = Arc::new(ApiState {
             lookup,
             max_batch_ids: config.max_batch_ids,
             max_series_points: config.max_series_points,
             retry_after_secs: config.retry_after.as_secs().max(1),
+            uniques,
         });
         let router = Router::new()
             .route("/v1/videos/{id}/views", get(api::total::<S>))
             .route("/v1/videos/{id}/views/series", get(api::series::<S>))
             .route("/v1/views:batchGet", post(api::batch_get::<S>))
+            .route("/v1/videos/{id}/uniques", get(crate::uniques::uniques::<S>))
             .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
             .fallback(api::not_found)
             .method_not_allowed_fallback(api::method_not_allowed)

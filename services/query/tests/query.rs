@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use prometheus::Registry;
 use serde_json::{json, Value};
 use tally_cache::{CacheBackend, RedisCache};
-use tally_model::counts::{Delta, FlushChunk, FlushHeader};
+use tally_model::counts::{Delta, FlushChunk, FlushHeader, SketchDelta};
 use tally_model::Salt;
 use tally_query::{QueryConfig, QueryService};
 use tally_service::Readiness;
@@ -67,9 +67,90 @@ async fn seeded_store() -> SqliteStore {
             Delta { video_id: "popular".into(), salt: Salt(3), minute: T0, count: 2 },
             Delta { video_id: "popular".into(), salt: Salt(0), minute: T0 + 3_600_000, count: 8 },
         ],
+        uniques: vec![
+            SketchDelta { video_id: "popular".into(), salt: Salt(0), hour: T0, sketch: viewers(0..50) },
+            SketchDelta { video_id: "popular".into(), salt: Salt(3), hour: T0, sketch: viewers(40..60) },
+            SketchDelta { video_id: "popular".into(), salt: Salt(0), hour: T0 + 3_600_000, sketch: viewers(55..70) },
+        ],
     };
     store.apply(vec![tally_store::CountsEntry::chunk(chunk)]).await.unwrap();
     store
+}
+
+fn viewers(range: std::ops::Range<u32>) -> Vec<u8> {
+    let mut sketch = tally_model::uniques::new_sketch(12).unwrap();
+    for i in range {
+        sketch.update_with_coupon(tally_model::uniques::viewer_coupon(&format!("viewer-{i}")));
+    }
+    tally_model::uniques::serialize(&sketch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_viewers_merge_salts_and_hours_are_cached_and_served_stale_while_the_store_is_down() {
+    bounded(Duration::from_secs(60), async {
+        let redis = RedisServer::start();
+        let store = SwitchableStore::new(seeded_store().await);
+        let query = start(store.clone(), Some(&redis)).await;
+        // Mid-hour bounds widen to whole hours.
+        let path = format!("/v1/videos/popular/uniques?from={}&to={}", T0 + 5, T0 + 3_600_000);
+        let first = query.get(&path).await;
+        assert_eq!(first.status(), 200);
+        assert_eq!(first.headers()["x-tally-cache"], "miss");
+        let body: Value = first.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "video_id": "popular", "from": "2026-11-22T10:00:00Z", "to": "2026-11-22T11:00:00Z",
+                "uniques": 60, "lower_bound": 60, "upper_bound": 60, "exact": true, "exact_through": null,
+                "stale": false,
+            })
+        );
+        assert_eq!(query.get(&path).await.headers()["x-tally-cache"], "hit");
+        let two_hours: Value = query
+            .get(&format!("/v1/videos/popular/uniques?from={T0}&to={}", T0 + 7_200_000))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(two_hours["uniques"], 70);
+        let nobody: Value =
+            query.get(&format!("/v1/videos/nobody/uniques?from={T0}&to={}", T0 + 1)).await.json().await.unwrap();
+        assert_eq!((nobody["uniques"].clone(), nobody["exact"].clone()), (json!(0), json!(true)));
+        for bad in [
+            format!("/v1/videos/popular/uniques?from={T0}&to={T0}"),
+            format!("/v1/videos/popular/uniques?from={T0}"),
+            format!("/v1/videos/popular/uniques?from={T0}&to={}", T0 + 401 * 86_400_000),
+            format!("/v1/videos/bad%20id/uniques?from={T0}&to={}", T0 + 1),
+        ] {
+            assert_eq!(query.get(&bad).await.status(), 400, "{bad}");
+        }
+        store.set_down(true);
+        // A cached answer past its freshness would be served stale; this one is fresh.
+        assert_eq!(query.get(&path).await.status(), 200);
+        let uncached = query.get(&format!("/v1/videos/other/uniques?from={T0}&to={}", T0 + 1)).await;
+        assert_eq!(uncached.status(), 503);
+        query.shutdown.cancel();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_viewers_cached_past_their_freshness_are_served_stale_while_the_store_is_down() {
+    bounded(Duration::from_secs(60), async {
+        let redis = RedisServer::start();
+        let store = SwitchableStore::new(seeded_store().await);
+        let query = start_with(store.clone(), Some(&redis), Duration::from_millis(1)).await;
+        let path = format!("/v1/videos/popular/uniques?from={T0}&to={}", T0 + 3_600_000);
+        assert_eq!(query.get(&path).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store.set_down(true);
+        let stale = query.get(&path).await;
+        assert_eq!(stale.headers()["x-tally-cache"], "stale");
+        let body: Value = stale.json().await.unwrap();
+        assert_eq!((body["uniques"].clone(), body["stale"].clone()), (json!(60), json!(true)));
+        query.shutdown.cancel();
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

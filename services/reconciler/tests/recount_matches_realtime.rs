@@ -120,6 +120,7 @@ fn realtime(records: &[Record]) -> BTreeMap<(String, i64), i64> {
         max_rows_per_flush: 1_000,
         max_buffered_rows: 1_000,
         flush_interval: Duration::from_secs(3_600),
+        uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
     };
     let mut out = BTreeMap::new();
     for partition in [0, 1] {

@@ -13,6 +13,8 @@ pub struct WriterMetrics {
     pub deltas: IntCounterVec,
     /// Chunks of superseded owners (zombie counters) dropped.
     pub fenced_chunks: IntCounter,
+    /// Unique-viewer sketches by outcome (applied, stale).
+    pub sketches: IntCounterVec,
     /// Store retries after retryable errors.
     pub retries: IntCounter,
     /// Store circuit: 0 closed, 2 open (retrying with backoff).
@@ -48,6 +50,13 @@ impl WriterMetrics {
                 "tally_writer_fenced_chunks_total",
                 "Counts chunks dropped because a later claim superseded their owner (a zombie counter)",
             )?,
+            sketches: IntCounterVec::new(
+                Opts::new(
+                    "tally_writer_sketches_total",
+                    "Unique-viewer sketches by outcome: applied (merged into their hour row) or stale (the row had their version: a replay)",
+                ),
+                &["outcome"],
+            )?,
             retries: IntCounter::new("tally_writer_retries_total", "Store retries after retryable errors")?,
             breaker_state: IntGauge::new(
                 "tally_writer_breaker_state",
@@ -74,6 +83,7 @@ impl WriterMetrics {
         registry.register(Box::new(m.batch_duration.clone()))?;
         registry.register(Box::new(m.deltas.clone()))?;
         registry.register(Box::new(m.fenced_chunks.clone()))?;
+        registry.register(Box::new(m.sketches.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;

@@ -256,6 +256,8 @@ impl<S: CountStore> WriterService<S> {
                     self.metrics.deltas.with_label_values(&["stale"]).inc_by(outcome.stale);
                     self.metrics.deltas.with_label_values(&["fenced"]).inc_by(outcome.fenced);
                     self.metrics.fenced_chunks.inc_by(outcome.fenced_chunks);
+                    self.metrics.sketches.with_label_values(&["applied"]).inc_by(outcome.sketches_applied);
+                    self.metrics.sketches.with_label_values(&["stale"]).inc_by(outcome.sketches_stale);
                     self.metrics.breaker_state.set(0);
                     self.readiness.set(STORE_CHECK, Ok(()));
                     break;

@@ -1,8 +1,8 @@
-//! The bytes of counts records, format version 2. All integers big-endian.
+//! The bytes of counts records, format version 3. All integers big-endian.
 //!
-//! Every record starts with the format version (`2`) and a kind byte.
+//! Every record starts with the format version (`3`) and a kind byte.
 //!
-//! A flush chunk (kind `0`):
+//! A flush chunk (kind `0`): the header, then sections.
 //!
 //! | bytes | field |
 //! |---|---|
@@ -15,18 +15,42 @@
 //! | 8 | `dedup_horizon`: oldest source offset the dedup state still needs at `end` |
 //! | 8 | `max_received_ms`: newest gateway receive time seen at `end` |
 //! | 4 × 4 | flush statistics: events read, counted, duplicates, dead-lettered (whole flush; chunk 0 only, 0 elsewhere) |
-//! | 4 | number of deltas, then per delta: 1 + n `video_id`, 2 `salt`, 8 `minute` (epoch ms), 4 `count` |
+//! | sections | to the end of the record: 1 `kind`, 4 `length` (bytes of the body), body |
+//!
+//! Sections, each kind at most once per chunk, in any order:
+//!
+//! - kind `1`, count deltas: 4 `n`, then per delta 1 + n `video_id`, 2 `salt`,
+//!   8 `minute` (epoch ms), 4 `count`.
+//! - kind `2`, unique viewers per hour: 4 `n`, then per sketch 1 + n
+//!   `video_id`, 2 `salt`, 8 `hour` (epoch ms), 4 + n the sketch (Apache
+//!   DataSketches HLL serialization, see [`crate::uniques`]).
+//!
+//! A new aggregate (views by country, by device) is a new section kind: the
+//! header, the versions, the fences and the re-emission stay as they are. A
+//! reader refuses a section kind it does not know, as it refuses an unknown
+//! version: skipping it would let the rows it feeds move past a range whose
+//! values were never applied.
 //!
 //! A claim (kind `1`): 4 `source_partition`, 8 `owner`, 8 `resume_from`,
 //! 8 `claimed_at_ms`, 1 + n `claimant`.
 //!
+//! Version 2 (the same header followed by the deltas alone, no section
+//! framing) is still read, so a writer can be upgraded before the counters.
 //! Version 1 (no owners, no claims) is refused: its records could not be fenced.
 
-use super::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, FlushStats, RecordHead};
+use super::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, FlushStats, RecordHead, SketchDelta};
 use crate::salt::Salt;
 
 /// The version this build writes.
-pub const COUNTS_VERSION: u8 = 2;
+pub const COUNTS_VERSION: u8 = 3;
+
+/// The oldest version this build reads.
+pub const OLDEST_READ_VERSION: u8 = 2;
+
+/// Section of count deltas.
+const SECTION_COUNTS: u8 = 1;
+/// Section of hourly unique-viewer sketches.
+const SECTION_UNIQUES_HOUR: u8 = 2;
 
 /// Bytes of an encoded chunk header (version and kind included).
 pub const HEADER_LEN: usize = 74;
@@ -38,8 +62,13 @@ const KIND_CLAIM: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CountsError {
     /// Written by a format this build does not know.
-    #[error("unsupported counts format version {0}")]
+    #[error(
+        "unsupported counts format version {0}: this build reads versions {OLDEST_READ_VERSION} to {COUNTS_VERSION} (a newer counter wrote it? upgrade this service)"
+    )]
     UnsupportedVersion(u8),
+    /// A chunk section this build does not know.
+    #[error("unknown counts section kind {0} (an aggregate of a newer counter? upgrade this service)")]
+    UnknownSection(u8),
     /// A record kind this build does not know.
     #[error("unknown counts record kind {0}")]
     UnknownKind(u8),
@@ -53,9 +82,25 @@ pub fn encoded_delta_len(video_id: &str) -> usize {
     1 + video_id.len() + 2 + 8 + 4
 }
 
-/// Encodes a chunk header followed by `deltas`.
+/// Bytes a sketch takes on the wire.
+pub fn encoded_sketch_len(video_id: &str, sketch: &[u8]) -> usize {
+    1 + video_id.len() + 2 + 8 + 4 + sketch.len()
+}
+
+/// Encodes a chunk header followed by a section of `deltas` (no sketches).
 pub fn encode<'a>(header: &FlushHeader, deltas: impl ExactSizeIterator<Item = (&'a str, Salt, i64, u32)>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 4 + deltas.len() * 32);
+    encode_chunk(header, deltas, std::iter::empty())
+}
+
+/// Encodes a chunk: its header, a section of `deltas` when there are any
+/// and a section of hourly `sketches` `(video_id, salt, hour, bytes)` when
+/// there are any.
+pub fn encode_chunk<'a, 'b>(
+    header: &FlushHeader,
+    deltas: impl ExactSizeIterator<Item = (&'a str, Salt, i64, u32)>,
+    sketches: impl ExactSizeIterator<Item = (&'b str, Salt, i64, &'b [u8])>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 10 + deltas.len() * 32);
     out.extend_from_slice(&[COUNTS_VERSION, KIND_CHUNK]);
     out.extend_from_slice(&header.epoch.to_be_bytes());
     out.extend_from_slice(&header.source_partition.to_be_bytes());
@@ -69,16 +114,47 @@ pub fn encode<'a>(header: &FlushHeader, deltas: impl ExactSizeIterator<Item = (&
     for stat in [header.stats.read, header.stats.counted, header.stats.duplicates, header.stats.dead_lettered] {
         out.extend_from_slice(&stat.to_be_bytes());
     }
-    out.extend_from_slice(&u32::try_from(deltas.len()).unwrap_or(u32::MAX).to_be_bytes());
-    for (video_id, salt, minute, count) in deltas {
-        // Video ids are validated at 128 bytes at most.
-        out.push(u8::try_from(video_id.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(video_id.as_bytes());
-        out.extend_from_slice(&salt.0.to_be_bytes());
-        out.extend_from_slice(&minute.to_be_bytes());
-        out.extend_from_slice(&count.to_be_bytes());
+    if deltas.len() > 0 {
+        let section = open_section(&mut out, SECTION_COUNTS, deltas.len());
+        for (video_id, salt, minute, count) in deltas {
+            push_key(&mut out, video_id, salt, minute);
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        close_section(&mut out, section);
+    }
+    if sketches.len() > 0 {
+        let section = open_section(&mut out, SECTION_UNIQUES_HOUR, sketches.len());
+        for (video_id, salt, hour, sketch) in sketches {
+            push_key(&mut out, video_id, salt, hour);
+            out.extend_from_slice(&u32::try_from(sketch.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(sketch);
+        }
+        close_section(&mut out, section);
     }
     out
+}
+
+/// Writes a section's kind, a length to fill in and its item count; returns
+/// where the length goes.
+fn open_section(out: &mut Vec<u8>, kind: u8, items: usize) -> usize {
+    out.push(kind);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&u32::try_from(items).unwrap_or(u32::MAX).to_be_bytes());
+    at
+}
+
+fn close_section(out: &mut [u8], at: usize) {
+    let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn push_key(out: &mut Vec<u8>, video_id: &str, salt: Salt, bucket: i64) {
+    // Video ids are validated at 128 bytes at most.
+    out.push(u8::try_from(video_id.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(video_id.as_bytes());
+    out.extend_from_slice(&salt.0.to_be_bytes());
+    out.extend_from_slice(&bucket.to_be_bytes());
 }
 
 /// Encodes a claim (a claimant name longer than 255 bytes is cut at a character boundary).
@@ -106,7 +182,7 @@ pub fn encode_claim(claim: &Claim) -> Vec<u8> {
 /// scanning a partition's tail).
 pub fn decode_head(bytes: &[u8]) -> Result<RecordHead, CountsError> {
     let mut r = Reader { bytes, pos: 0 };
-    match read_kind(&mut r)? {
+    match read_kind(&mut r)?.1 {
         KIND_CHUNK => Ok(RecordHead::Chunk(read_header(&mut r)?)),
         _ => Ok(RecordHead::Claim(read_claim(&mut r)?)),
     }
@@ -116,9 +192,13 @@ pub fn decode_head(bytes: &[u8]) -> Result<RecordHead, CountsError> {
 pub fn decode(bytes: &[u8]) -> Result<CountsRecord, CountsError> {
     let mut r = Reader { bytes, pos: 0 };
     let record = match read_kind(&mut r)? {
-        KIND_CHUNK => {
+        (OLDEST_READ_VERSION, KIND_CHUNK) => {
             let header = read_header(&mut r)?;
-            CountsRecord::Chunk(FlushChunk { header, deltas: read_deltas(&mut r)? })
+            CountsRecord::Chunk(FlushChunk { header, deltas: read_deltas(&mut r)?, uniques: Vec::new() })
+        }
+        (_, KIND_CHUNK) => {
+            let header = read_header(&mut r)?;
+            read_sections(&mut r, header)?
         }
         _ => CountsRecord::Claim(read_claim(&mut r)?),
     };
@@ -128,13 +208,14 @@ pub fn decode(bytes: &[u8]) -> Result<CountsRecord, CountsError> {
     Ok(record)
 }
 
-fn read_kind(r: &mut Reader<'_>) -> Result<u8, CountsError> {
+/// The version and the kind.
+fn read_kind(r: &mut Reader<'_>) -> Result<(u8, u8), CountsError> {
     let version = r.take(1)?[0];
-    if version != COUNTS_VERSION {
+    if !(OLDEST_READ_VERSION..=COUNTS_VERSION).contains(&version) {
         return Err(CountsError::UnsupportedVersion(version));
     }
     match r.take(1)?[0] {
-        kind @ (KIND_CHUNK | KIND_CLAIM) => Ok(kind),
+        kind @ (KIND_CHUNK | KIND_CLAIM) => Ok((version, kind)),
         other => Err(CountsError::UnknownKind(other)),
     }
 }
@@ -158,21 +239,66 @@ fn read_header(r: &mut Reader<'_>) -> Result<FlushHeader, CountsError> {
     Ok(header)
 }
 
+fn read_sections(r: &mut Reader<'_>, header: FlushHeader) -> Result<CountsRecord, CountsError> {
+    let mut chunk = FlushChunk { header, deltas: Vec::new(), uniques: Vec::new() };
+    let mut seen = Vec::new();
+    while r.pos < r.bytes.len() {
+        let kind = r.take(1)?[0];
+        let len = r.u32()? as usize;
+        if seen.contains(&kind) {
+            return Err(CountsError::Malformed("a section kind repeated"));
+        }
+        seen.push(kind);
+        let mut body = Reader { bytes: r.take(len)?, pos: 0 };
+        match kind {
+            SECTION_COUNTS => chunk.deltas = read_deltas(&mut body)?,
+            SECTION_UNIQUES_HOUR => chunk.uniques = read_sketches(&mut body)?,
+            other => return Err(CountsError::UnknownSection(other)),
+        }
+        if body.pos != body.bytes.len() {
+            return Err(CountsError::Malformed("section longer than its items"));
+        }
+    }
+    Ok(CountsRecord::Chunk(chunk))
+}
+
 fn read_deltas(r: &mut Reader<'_>) -> Result<Vec<Delta>, CountsError> {
     let n = r.u32()? as usize;
     let mut deltas = Vec::with_capacity(n.min(r.bytes.len() / 15));
     for _ in 0..n {
-        let len = usize::from(r.take(1)?[0]);
-        let video_id = std::str::from_utf8(r.take(len)?).map_err(|_| CountsError::Malformed("video_id not UTF-8"))?;
-        if crate::video_id::validate(video_id).is_err() {
-            return Err(CountsError::Malformed("invalid video_id"));
-        }
-        let salt = Salt(u16::from_be_bytes(r.array()?));
-        let minute = i64::from_be_bytes(r.array()?);
+        let (video_id, salt, minute) = read_key(r)?;
         let count = r.u32()?;
-        deltas.push(Delta { video_id: video_id.to_owned(), salt, minute, count });
+        deltas.push(Delta { video_id, salt, minute, count });
     }
     Ok(deltas)
+}
+
+fn read_sketches(r: &mut Reader<'_>) -> Result<Vec<SketchDelta>, CountsError> {
+    let n = r.u32()? as usize;
+    let mut sketches = Vec::with_capacity(n.min(r.bytes.len() / 16));
+    for _ in 0..n {
+        let (video_id, salt, hour) = read_key(r)?;
+        if hour.rem_euclid(3_600_000) != 0 {
+            return Err(CountsError::Malformed("sketch hour not on an hour"));
+        }
+        let len = r.u32()? as usize;
+        let sketch = r.take(len)?.to_vec();
+        // Checked here, so that a damaged sketch is dead-lettered with its record.
+        crate::uniques::deserialize(&sketch).map_err(|_| CountsError::Malformed("sketch is not an HLL sketch"))?;
+        sketches.push(SketchDelta { video_id, salt, hour, sketch });
+    }
+    Ok(sketches)
+}
+
+fn read_key(r: &mut Reader<'_>) -> Result<(String, Salt, i64), CountsError> {
+    let len = usize::from(r.take(1)?[0]);
+    let video_id = std::str::from_utf8(r.take(len)?).map_err(|_| CountsError::Malformed("video_id not UTF-8"))?;
+    if crate::video_id::validate(video_id).is_err() {
+        return Err(CountsError::Malformed("invalid video_id"));
+    }
+    let salt = Salt(u16::from_be_bytes(r.array()?));
+    let bucket = i64::from_be_bytes(r.array()?);
+    Ok((video_id.to_owned(), salt, bucket))
 }
 
 fn read_claim(r: &mut Reader<'_>) -> Result<Claim, CountsError> {
@@ -256,7 +382,73 @@ mod tests {
             chunk.deltas[1],
             Delta { video_id: "v2".into(), salt: Salt(9), minute: 1_795_341_660_000, count: 1 }
         );
-        assert_eq!(bytes.len(), HEADER_LEN + 4 + encoded_delta_len("v1") + encoded_delta_len("v2"));
+        assert_eq!(bytes.len(), HEADER_LEN + 1 + 4 + 4 + encoded_delta_len("v1") + encoded_delta_len("v2"));
+        assert!(chunk.uniques.is_empty());
+    }
+
+    fn small_sketch(viewers: &[&str]) -> Vec<u8> {
+        let mut sketch = crate::uniques::new_sketch(12).unwrap();
+        for viewer in viewers {
+            sketch.update_with_coupon(crate::uniques::viewer_coupon(viewer));
+        }
+        crate::uniques::serialize(&sketch)
+    }
+
+    #[test]
+    fn chunks_with_sketches_round_trip() {
+        let sketch = small_sketch(&["a", "b"]);
+        let deltas = [("v1", Salt(0), 1_795_341_660_000, 3u32)];
+        let sketches = [("v1", Salt(0), 1_795_341_600_000, sketch.as_slice())];
+        let bytes = encode_chunk(&header(), deltas.iter().copied(), sketches.iter().copied());
+        let chunk = chunk_of(decode(&bytes).unwrap());
+        assert_eq!(chunk.deltas.len(), 1);
+        assert_eq!(
+            chunk.uniques,
+            vec![SketchDelta { video_id: "v1".into(), salt: Salt(0), hour: 1_795_341_600_000, sketch: sketch.clone() }]
+        );
+        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Chunk(header()));
+        let only_sketches = encode_chunk(&header(), std::iter::empty(), sketches.iter().copied());
+        let chunk = chunk_of(decode(&only_sketches).unwrap());
+        assert!(chunk.deltas.is_empty());
+        assert_eq!(chunk.uniques.len(), 1);
+        assert_eq!(only_sketches.len(), HEADER_LEN + 1 + 4 + 4 + encoded_sketch_len("v1", &sketch));
+    }
+
+    #[test]
+    fn version_2_chunks_are_still_read() {
+        // Version 2: the header, then the deltas without section framing.
+        let mut bytes = encode(&header(), std::iter::empty());
+        bytes[0] = 2;
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        bytes.extend_from_slice(&[2, b'v', b'9', 0, 4]);
+        bytes.extend_from_slice(&60_000i64.to_be_bytes());
+        bytes.extend_from_slice(&5u32.to_be_bytes());
+        let chunk = chunk_of(decode(&bytes).unwrap());
+        assert_eq!(chunk.deltas, vec![Delta { video_id: "v9".into(), salt: Salt(4), minute: 60_000, count: 5 }]);
+        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Chunk(header()));
+    }
+
+    #[test]
+    fn newer_versions_unknown_sections_and_damaged_sketches_are_refused_clearly() {
+        let mut newer = encode(&header(), [("v1", Salt(0), 0, 1u32)].into_iter());
+        newer[0] = 4;
+        let error = decode(&newer).unwrap_err();
+        assert_eq!(error, CountsError::UnsupportedVersion(4));
+        assert!(error.to_string().contains("reads versions 2 to 3"), "{error}");
+        assert_eq!(decode_head(&newer), Err(CountsError::UnsupportedVersion(4)));
+        let mut unknown = encode(&header(), std::iter::empty());
+        unknown.extend_from_slice(&[9, 0, 0, 0, 0]);
+        assert_eq!(decode(&unknown), Err(CountsError::UnknownSection(9)));
+        let garbage = b"not a sketch".as_slice();
+        let bad = encode_chunk(&header(), std::iter::empty(), [("v1", Salt(0), 0, garbage)].into_iter());
+        assert_eq!(decode(&bad), Err(CountsError::Malformed("sketch is not an HLL sketch")));
+        let off_hour = small_sketch(&["a"]);
+        let bad =
+            encode_chunk(&header(), std::iter::empty(), [("v1", Salt(0), 60_000, off_hour.as_slice())].into_iter());
+        assert_eq!(decode(&bad), Err(CountsError::Malformed("sketch hour not on an hour")));
+        let mut repeated = encode(&header(), std::iter::empty());
+        repeated.extend_from_slice(&[1, 0, 0, 0, 4, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 0]);
+        assert_eq!(decode(&repeated), Err(CountsError::Malformed("a section kind repeated")));
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The record format of the `tally.counts` topic, version 2: the counter's
+//! The record format of the `tally.counts` topic, version 3: the counter's
 //! flushes, and the claims that fence a partition's earlier owners.
 //!
 //! A flush covers a contiguous offset range `[start, end)` of one source
 //! partition of `tally.views` and holds one delta per `(video_id, salt,
-//! minute)` counted in that range. Big flushes are split into chunks; each
-//! chunk carries the whole flush header, so any record says which range it
-//! belongs to.
+//! minute)` counted in that range, and one sketch of the viewers per
+//! `(video_id, salt, hour)` ([`crate::uniques`]). Big flushes are split into
+//! chunks; each chunk carries the whole flush header, so any record says
+//! which range it belongs to. A chunk's aggregates travel in typed sections
+//! ([`codec`]), so a new aggregate needs a new section kind, not a new protocol.
 //!
 //! A claim is written by a counter when it takes a source partition over,
 //! before it reads anything: "from this point of the counts partition on,
@@ -25,7 +27,8 @@ pub mod codec;
 pub mod fence;
 
 pub use codec::{
-    decode, decode_head, encode, encode_claim, encoded_delta_len, CountsError, COUNTS_VERSION, HEADER_LEN,
+    decode, decode_head, encode, encode_chunk, encode_claim, encoded_delta_len, encoded_sketch_len, CountsError,
+    COUNTS_VERSION, HEADER_LEN, OLDEST_READ_VERSION,
 };
 pub use fence::{Admission, Fences, Owner};
 
@@ -94,13 +97,28 @@ pub struct Delta {
     pub count: u32,
 }
 
+/// The viewers of one video in one hour, as far as one flush saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SketchDelta {
+    /// The video.
+    pub video_id: String,
+    /// The salt its events were keyed with.
+    pub salt: Salt,
+    /// Start of the hour, epoch ms.
+    pub hour: i64,
+    /// The viewers' sketch (DataSketches HLL serialization).
+    pub sketch: Vec<u8>,
+}
+
 /// A decoded chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlushChunk {
     /// The flush it belongs to.
     pub header: FlushHeader,
-    /// Its deltas.
+    /// Its count deltas.
     pub deltas: Vec<Delta>,
+    /// Its hourly unique-viewer sketches.
+    pub uniques: Vec<SketchDelta>,
 }
 
 /// A counter taking a source partition over. Its position in the counts

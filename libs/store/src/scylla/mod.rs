@@ -47,6 +47,7 @@
 //! - [`schema`]: `infra/scylla/schema.cql`, applied on request.
 //! - [`plan`]: what an update writes, as pure functions.
 //! - `apply.rs`: the write path; `reads.rs`: totals, series, `as_of`;
+//!   `uniques.rs`: unique-viewer sketch rows (`video_uniques`);
 //!   `batch_layer.rs`: the reconciler's tables.
 
 mod apply;
@@ -55,6 +56,7 @@ pub mod config;
 pub mod plan;
 mod reads;
 pub mod schema;
+mod uniques;
 
 use std::sync::Arc;
 
@@ -70,7 +72,7 @@ use scylla::statement::prepared::PreparedStatement;
 use tally_model::counts::Owner;
 
 pub use self::config::{ConsistencyLevel, ScyllaConfig};
-use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
 use crate::{CountStore, StoreError};
 
 /// The ScyllaDB store. Cheap to clone.
@@ -82,6 +84,7 @@ pub struct ScyllaStore {
 struct Inner {
     session: Session,
     statements: Statements,
+    uniques: uniques::UniquesStatements,
     config: ScyllaConfig,
     /// `(hour, video)` pairs already written to `videos_by_hour` by this process.
     indexed: std::sync::Mutex<std::collections::HashSet<(i64, String)>>,
@@ -179,10 +182,12 @@ impl ScyllaStore {
             session.await_schema_agreement().await.map_err(unavailable)?;
         }
         let statements = Statements::prepare(&session, &config.keyspace).await?;
+        let uniques = uniques::UniquesStatements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 session,
                 statements,
+                uniques,
                 config,
                 indexed: std::sync::Mutex::new(std::collections::HashSet::new()),
                 generation: std::sync::atomic::AtomicI64::new(0),
@@ -353,6 +358,11 @@ impl CountStore for ScyllaStore {
 
     async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
         self.write_batch(period, minutes).await
+    }
+
+    async fn uniques(&self, video: String, from_ms: i64, to_ms: i64) -> Result<UniquesRead, StoreError> {
+        let (from, to) = crate::layers::series_range(from_ms, to_ms, Granularity::Hour)?;
+        self.read_uniques(&video, from, to).await
     }
 
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {

@@ -161,6 +161,7 @@ mod tests {
                 .iter()
                 .map(|(v, s, m, c)| Delta { video_id: (*v).into(), salt: Salt(*s), minute: *m, count: *c })
                 .collect(),
+            uniques: Vec::new(),
         }
     }
 

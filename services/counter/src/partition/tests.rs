@@ -18,6 +18,7 @@ fn rules() -> Rules {
         max_rows_per_flush: 1_000,
         max_buffered_rows: 2,
         flush_interval: Duration::from_secs(1),
+        uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
     }
 }
 
@@ -87,6 +88,7 @@ fn sealed<'a>(records: &'a [(i64, Vec<u8>)], forced: Vec<i64>, passes: bool) -> 
         max_rows_per_flush: 5,
         max_buffered_rows: 1_000,
         flush_interval: Duration::from_secs(3_600),
+        uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
         ..rules()
     };
     let now = Instant::now();

@@ -41,6 +41,7 @@ fn gateway(salting: &SaltingConfig) -> AppState {
             salting.detector_capacity,
         )),
         metrics,
+        viewers: Some(tally_model::viewer::Pseudonymizer::new(b"test-key")),
     }
 }
 
@@ -89,4 +90,26 @@ fn a_configured_hot_video_spreads_over_salted_keys() {
     assert!(spread.iter().all(|k| k.starts_with("launch~")), "{spread:?}");
     let cold: HashSet<String> = keys(&gateway(&salting), &body("cold", 200), T).into_iter().collect();
     assert_eq!(cold, HashSet::from(["cold".to_owned()]));
+}
+
+#[test]
+fn viewer_ids_leave_the_gateway_only_as_keyed_pseudonyms() {
+    let body = r#"{"video_id":"v","event_id":"e1","viewer_id":"alice@example.com"}
+{"video_id":"v","event_id":"e2","viewer_id":"alice@example.com"}
+{"video_id":"v","event_id":"e3"}"#;
+    let viewers = |gateway: &AppState| -> Vec<Option<String>> {
+        let events = parse_events(body.as_bytes(), BodyFormat::Ndjson, &gateway.limits, T).unwrap();
+        encode(gateway, &events, T)
+            .iter()
+            .map(|(_, payload)| {
+                assert!(!String::from_utf8_lossy(payload).contains("alice"), "raw viewer id on the wire");
+                tally_model::wire::decode(payload).unwrap().viewer_id.map(str::to_owned)
+            })
+            .collect()
+    };
+    let keyed = gateway(&SaltingConfig::default());
+    let expected = tally_model::viewer::Pseudonymizer::new(b"test-key").pseudonym("alice@example.com");
+    assert_eq!(viewers(&keyed), vec![Some(expected.clone()), Some(expected), None]);
+    let unkeyed = AppState { viewers: None, ..gateway(&SaltingConfig::default()) };
+    assert_eq!(viewers(&unkeyed), vec![None, None, None], "without a key viewer ids are dropped");
 }

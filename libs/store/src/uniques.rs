@@ -1,0 +1,209 @@
+//! Unique-viewer sketches: what applying the sketches of a batch writes, as
+//! pure functions both stores share.
+//!
+//! Rows, per video and source partition of `tally.views` (the owner, as
+//! for count rows):
+//!
+//! - an hour row per `(hour, salt)`: the union of the hour's sketches of
+//!   every flush applied to it, with the version of the last one. A sketch is
+//!   merged only when its flush's version is newer than the row's, so a
+//!   replayed or re-emitted range changes nothing, not even the estimator's
+//!   state;
+//! - a day row per UTC day (salts merged): the union of the sketches its hour
+//!   rows took. It moves only when an hour row does; merging is idempotent
+//!   besides, so it cannot inflate either.
+//!
+//! Reads union the day rows of the whole days of a range and the hour rows
+//! of the hours at its edges, over every salt and source partition.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tally_model::counts::FlushChunk;
+use tally_model::uniques::{self, UniquesError};
+
+use crate::model::Granularity;
+use crate::StoreError;
+
+/// One sketch of one flush for one hour row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SketchUpdate {
+    /// The video.
+    pub video_id: String,
+    /// Source partition of the flush (the row's owner).
+    pub source_partition: i32,
+    /// The flush's version.
+    pub version: i64,
+    /// The salt.
+    pub salt: i16,
+    /// Start of the hour, epoch ms.
+    pub hour: i64,
+    /// The sketch (DataSketches HLL serialization).
+    pub sketch: Vec<u8>,
+}
+
+/// The sketch updates of a chunk, in order.
+pub fn updates(chunk: &FlushChunk) -> impl Iterator<Item = SketchUpdate> + '_ {
+    let h = chunk.header;
+    chunk.uniques.iter().map(move |s| SketchUpdate {
+        video_id: s.video_id.clone(),
+        source_partition: i32::try_from(h.source_partition).unwrap_or(i32::MAX),
+        version: h.version(),
+        // Salts are below 2^15 (sub-shards are bounded far lower).
+        salt: i16::try_from(s.salt.0).unwrap_or(i16::MAX),
+        hour: s.hour,
+        sketch: s.sketch.clone(),
+    })
+}
+
+/// Updates grouped by `(video, source partition)`, each group in log order
+/// (its updates read what the previous ones wrote).
+pub fn grouped(chunks: &[FlushChunk]) -> BTreeMap<(String, i32), Vec<SketchUpdate>> {
+    let mut groups: BTreeMap<(String, i32), Vec<SketchUpdate>> = BTreeMap::new();
+    for update in chunks.iter().flat_map(updates) {
+        groups.entry((update.video_id.clone(), update.source_partition)).or_default().push(update);
+    }
+    groups
+}
+
+/// The stored rows of one `(video, source partition)` an update group touches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CurrentSketches {
+    /// Hour rows: `(hour, salt)` → (sketch, version).
+    pub hours: HashMap<(i64, i16), (Vec<u8>, i64)>,
+    /// Day rows: day → sketch.
+    pub days: HashMap<i64, Vec<u8>>,
+}
+
+/// A row to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SketchWrite {
+    /// [`Granularity::Hour`] or [`Granularity::Day`].
+    pub granularity: Granularity,
+    /// Start of the hour or day, epoch ms.
+    pub bucket: i64,
+    /// The salt (0 for days).
+    pub salt: i16,
+    /// The new sketch.
+    pub sketch: Vec<u8>,
+    /// Version of the last flush merged in (hour rows: the row's version;
+    /// both: the cell timestamp of the ScyllaDB store).
+    pub version: i64,
+}
+
+/// What one group comes to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SketchPlan {
+    /// Rows to write, hours then days, each once with its final value.
+    pub writes: Vec<SketchWrite>,
+    /// Sketches merged.
+    pub applied: u64,
+    /// Sketches whose hour row already had their version or a newer one.
+    pub stale: u64,
+}
+
+/// Hours and days an update group reads.
+pub fn keys(updates: &[SketchUpdate]) -> (Vec<i64>, Vec<i64>) {
+    let mut hours: Vec<i64> = updates.iter().map(|u| u.hour).collect();
+    let mut days: Vec<i64> = updates.iter().map(|u| Granularity::Day.bucket(u.hour)).collect();
+    for keys in [&mut hours, &mut days] {
+        keys.sort_unstable();
+        keys.dedup();
+    }
+    (hours, days)
+}
+
+/// Applies `updates` (one group, in log order) over `current`.
+pub fn plan(updates: &[SketchUpdate], mut current: CurrentSketches) -> Result<SketchPlan, StoreError> {
+    let mut plan = SketchPlan::default();
+    let mut hours_written: BTreeMap<(i64, i16), i64> = BTreeMap::new();
+    let mut days_written: BTreeMap<i64, i64> = BTreeMap::new();
+    for update in updates {
+        let key = (update.hour, update.salt);
+        let stored = current.hours.get(&key);
+        if stored.is_some_and(|(_, version)| *version >= update.version) {
+            plan.stale += 1;
+            continue;
+        }
+        let hour =
+            uniques::merge_bytes(stored.map(|(bytes, _)| bytes.as_slice()), &[&update.sketch]).map_err(invalid)?;
+        current.hours.insert(key, (hour, update.version));
+        let day = Granularity::Day.bucket(update.hour);
+        let merged =
+            uniques::merge_bytes(current.days.get(&day).map(Vec::as_slice), &[&update.sketch]).map_err(invalid)?;
+        current.days.insert(day, merged);
+        hours_written.insert(key, update.version);
+        days_written.insert(day, update.version);
+        plan.applied += 1;
+    }
+    for ((hour, salt), version) in hours_written {
+        let (sketch, _) = current.hours.remove(&(hour, salt)).unwrap_or_default();
+        plan.writes.push(SketchWrite { granularity: Granularity::Hour, bucket: hour, salt, sketch, version });
+    }
+    for (day, version) in days_written {
+        let sketch = current.days.remove(&day).unwrap_or_default();
+        plan.writes.push(SketchWrite { granularity: Granularity::Day, bucket: day, salt: 0, sketch, version });
+    }
+    Ok(plan)
+}
+
+fn invalid(e: UniquesError) -> StoreError {
+    StoreError::Invalid(format!("unique-viewer sketch: {e}"))
+}
+
+/// The rows a uniques read takes: whole UTC days as day rows, the hours
+/// at the edges as hour rows. `from_ms` and `to_ms` are on hours.
+pub fn read_plan(from_ms: i64, to_ms: i64) -> Vec<crate::layers::Segment> {
+    crate::layers::segments(from_ms, to_ms, Granularity::Day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn sketch(viewers: std::ops::Range<u32>) -> Vec<u8> {
+        let mut sketch = uniques::new_sketch(12).unwrap();
+        for i in viewers {
+            sketch.update_with_coupon(uniques::viewer_coupon(&format!("viewer-{i}")));
+        }
+        uniques::serialize(&sketch)
+    }
+
+    fn update(version: i64, hour: i64, viewers: std::ops::Range<u32>) -> SketchUpdate {
+        SketchUpdate { video_id: "v".into(), source_partition: 0, version, salt: 0, hour, sketch: sketch(viewers) }
+    }
+
+    fn count(bytes: &[u8]) -> u64 {
+        uniques::UniquesEstimate::of(&uniques::deserialize(bytes).unwrap()).uniques
+    }
+
+    #[test]
+    fn newer_flushes_merge_and_replays_are_stale() {
+        let first = plan(&[update(10, HOUR, 0..5), update(10, 2 * HOUR, 3..8)], CurrentSketches::default()).unwrap();
+        assert_eq!((first.applied, first.stale, first.writes.len()), (2, 0, 3));
+        let day = &first.writes[2];
+        assert_eq!((day.granularity, day.bucket, count(&day.sketch)), (Granularity::Day, 0, 8));
+        let mut current = CurrentSketches::default();
+        for w in &first.writes {
+            match w.granularity {
+                Granularity::Hour => drop(current.hours.insert((w.bucket, w.salt), (w.sketch.clone(), w.version))),
+                _ => drop(current.days.insert(w.bucket, w.sketch.clone())),
+            }
+        }
+        let replay = plan(&[update(10, HOUR, 0..5), update(9, 2 * HOUR, 100..200)], current.clone()).unwrap();
+        assert_eq!((replay.applied, replay.stale), (0, 2));
+        assert!(replay.writes.is_empty(), "a replay writes nothing");
+        let next = plan(&[update(20, HOUR, 4..6)], current).unwrap();
+        let counts: Vec<(Granularity, u64, i64)> =
+            next.writes.iter().map(|w| (w.granularity, count(&w.sketch), w.version)).collect();
+        assert_eq!(counts, vec![(Granularity::Hour, 6, 20), (Granularity::Day, 8, 20)]);
+    }
+
+    #[test]
+    fn a_damaged_stored_sketch_is_an_invalid_request() {
+        let mut current = CurrentSketches::default();
+        current.hours.insert((HOUR, 0), (b"junk".to_vec(), 1));
+        assert!(matches!(plan(&[update(2, HOUR, 0..1)], current), Err(StoreError::Invalid(_))));
+    }
+}

@@ -1,0 +1,133 @@
+//! The store contract for unique viewers: both stores (the embedded one, and
+//! the ScyllaDB/Cassandra one against a real Apache Cassandra 5.0 node)
+//! merge a flush's sketches once per owner, whatever is replayed.
+
+use tally_model::counts::{FlushChunk, FlushHeader, SketchDelta};
+use tally_model::uniques;
+use tally_model::Salt;
+use tally_store::{CountStore, CountsEntry, SqliteStore, StoreError};
+
+mod support;
+use support::in_cassandra;
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+const T0: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
+const DAY0: i64 = T0 - 10 * HOUR;
+
+fn sketch(viewers: impl Iterator<Item = u32>) -> Vec<u8> {
+    let mut sketch = uniques::new_sketch(uniques::DEFAULT_LG_K).unwrap();
+    for viewer in viewers {
+        sketch.update_with_coupon(uniques::viewer_coupon(&format!("viewer-{viewer}")));
+    }
+    uniques::serialize(&sketch)
+}
+
+/// One flush of source `partition` ending at `end`, with the viewers of
+/// `(video, salt, hour)` given as ranges of viewer numbers.
+fn flush(partition: u32, end: i64, rows: &[(&str, u16, i64, std::ops::Range<u32>)]) -> CountsEntry {
+    CountsEntry::chunk(FlushChunk {
+        header: FlushHeader { source_partition: partition, end, chunk_count: 1, ..FlushHeader::default() },
+        deltas: Vec::new(),
+        uniques: rows
+            .iter()
+            .map(|(video, salt, hour, viewers)| SketchDelta {
+                video_id: (*video).into(),
+                salt: Salt(*salt),
+                hour: *hour,
+                sketch: sketch(viewers.clone()),
+            })
+            .collect(),
+    })
+}
+
+fn history() -> Vec<CountsEntry> {
+    vec![
+        flush(0, 10, &[("a", 0, T0, 0..60), ("b", 0, T0, 0..5)]),
+        // The same video's other salt on another source partition: viewers overlap.
+        flush(1, 4, &[("a", 3, T0, 30..90)]),
+        // The next day, and a big audience spread over both partitions.
+        flush(0, 20, &[("a", 0, T0 + 25 * HOUR, 1_000..1_005), ("big", 0, T0, 0..6_000)]),
+        flush(1, 9, &[("a", 3, T0 + 26 * HOUR, 0..10), ("big", 3, T0 + HOUR, 4_000..9_000)]),
+    ]
+}
+
+async fn uniques_of(store: &impl CountStore, video: &str, from: i64, to: i64) -> uniques::UniquesEstimate {
+    store.uniques(video.into(), from, to).await.unwrap().estimate
+}
+
+async fn every_read(store: &impl CountStore) -> Vec<uniques::UniquesEstimate> {
+    let mut out = Vec::new();
+    for (video, from, to) in [
+        ("a", T0, T0 + HOUR),
+        ("a", DAY0, DAY0 + DAY),
+        ("a", DAY0, DAY0 + 2 * DAY),
+        ("a", T0 + 20 * HOUR, T0 + 26 * HOUR),
+        ("b", T0, T0 + 1),
+        ("big", DAY0, DAY0 + 2 * DAY),
+        ("big", T0, T0 + HOUR),
+    ] {
+        out.push(uniques_of(store, video, from, to).await);
+    }
+    out
+}
+
+async fn sketches_merge_over_salts_partitions_hours_and_days_and_replays_change_nothing(store: impl CountStore) {
+    let first = store.apply(history()).await.unwrap();
+    assert_eq!((first.sketches_applied, first.sketches_stale), (7, 0));
+    let reads = every_read(&store).await;
+    let exact: Vec<(u64, bool)> = reads.iter().take(5).map(|e| (e.uniques, e.exact)).collect();
+    // a: hour T0 = 0..90; day 0 the same; two days add 1,000..1,005 (0..10 seen);
+    // the six hours up to T0 + 26 h hold T0 + 25 h only: 5.
+    assert_eq!(exact, vec![(90, true), (90, true), (95, true), (5, true), (5, true)]);
+    let big = reads[5];
+    assert!(!big.exact && (big.uniques as f64 - 9_000.0).abs() / 9_000.0 < 0.032, "{big:?}");
+    assert!(big.lower_bound <= 9_000 && 9_000 <= big.upper_bound, "{big:?}");
+    let hour = reads[6];
+    assert!((hour.uniques as f64 - 6_000.0).abs() / 6_000.0 < 0.032, "{hour:?}");
+    // The whole topic again, then each flush twice in one batch: every row already has its version.
+    let replay = store.apply(history()).await.unwrap();
+    assert_eq!((replay.sketches_applied, replay.sketches_stale), (0, 7));
+    for entry in history() {
+        store.apply(vec![entry.clone(), entry]).await.unwrap();
+    }
+    assert_eq!(every_read(&store).await, reads, "replays changed an estimate");
+}
+
+async fn a_video_nobody_watched_has_no_viewers_and_an_empty_range_is_refused(store: impl CountStore) {
+    let read = store.uniques("nobody".into(), T0, T0 + DAY).await.unwrap();
+    assert_eq!((read.estimate, read.sketches), (uniques::UniquesEstimate::ZERO, 0));
+    assert_eq!((read.from_ms, read.to_ms), (T0, T0 + DAY));
+    let widened = store.uniques("nobody".into(), T0 + 1, T0 + 2).await.unwrap();
+    assert_eq!((widened.from_ms, widened.to_ms), (T0, T0 + HOUR), "whole hours are read");
+    assert!(matches!(store.uniques("a".into(), T0, T0).await, Err(StoreError::Invalid(_))));
+}
+
+macro_rules! contract {
+    ($name:ident, $run:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sketches_merge_over_salts_partitions_hours_and_days_and_replays_change_nothing() {
+                $run(super::sketches_merge_over_salts_partitions_hours_and_days_and_replays_change_nothing).await;
+            }
+
+            #[tokio::test]
+            async fn a_video_nobody_watched_has_no_viewers_and_an_empty_range_is_refused() {
+                $run(super::a_video_nobody_watched_has_no_viewers_and_an_empty_range_is_refused).await;
+            }
+        }
+    };
+}
+
+async fn in_sqlite<F, Fut>(body: F)
+where
+    F: FnOnce(SqliteStore) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    body(SqliteStore::in_memory().unwrap()).await;
+}
+
+contract!(sqlite_in_memory, in_sqlite);
+contract!(scylla, in_cassandra);
