@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_counter::CounterConfig;
 use tally_ingest::IngestConfig;
 use tally_kafka::KafkaConfig;
@@ -15,7 +15,7 @@ use tally_service::logging::LogConfig;
 use tally_writer::WriterConfig;
 
 /// Everything `tally` can be configured with.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct TallyConfig {
     /// Logging.
@@ -27,6 +27,7 @@ pub struct TallyConfig {
     /// The ingest gateway.
     pub ingest: IngestConfig,
     /// The counter.
+    #[serde(serialize_with = "crate::config_show::serialize_counter")]
     pub counter: CounterConfig,
     /// The writer.
     pub writer: WriterConfig,
@@ -47,6 +48,23 @@ pub struct TallyConfig {
 }
 
 impl TallyConfig {
+    /// The free-form maps whose keys environment variables spell literally
+    /// ([`tally_config::env`]): librdkafka's dotted properties
+    /// (`TALLY_KAFKA__PROPERTIES__SASL_PASSWORD` is `sasl.password`) and
+    /// object_store's options (`TALLY_ARCHIVER__OBJECT_STORE_OPTIONS__AWS_REGION`
+    /// is `aws_region`).
+    pub const ENV_LITERAL_KEYS: &'static [tally_config::LiteralKeys] = &[
+        tally_config::LiteralKeys { path: "kafka.properties", underscore: '.' },
+        tally_config::LiteralKeys { path: "kafka.consumer-properties", underscore: '.' },
+        tally_config::LiteralKeys { path: "archiver.object-store-options", underscore: '_' },
+    ];
+
+    /// Loads the configuration: defaults, `file`, `TALLY_` environment
+    /// variables (with [`Self::ENV_LITERAL_KEYS`]), then `overrides`.
+    pub fn load(file: Option<&std::path::Path>, overrides: &[String]) -> Result<Self, tally_config::ConfigError> {
+        tally_config::load_with(file, overrides, Self::ENV_LITERAL_KEYS)
+    }
+
     /// Checks what the file's types cannot: the group settings of counter,
     /// writer and archiver ([`KafkaConfig::validate_membership`]), so a
     /// conflict fails start-up with the setting's name instead of a consumer
@@ -59,7 +77,7 @@ impl TallyConfig {
 }
 
 /// The scheduled batch recount (`tally reconciler`) and `tally reconcile`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ReconcilerConfig {
     /// Admin listener of `tally reconciler`.
@@ -88,7 +106,7 @@ impl Default for ReconcilerConfig {
 }
 
 /// Which store holds the counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreBackend {
     /// The embedded store: SQLite in `sqlite-path` (standalone, tests, small installs).
@@ -98,7 +116,7 @@ pub enum StoreBackend {
 }
 
 /// The count store.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct StoreConfig {
     /// Which store: `sqlite` (embedded, the default) or `scylla`.
@@ -129,7 +147,7 @@ impl Default for StoreConfig {
 }
 
 /// Admin actions on the admin port of `tally reconciler` and `tally standalone`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct AdminConfig {
     /// Keys allowed to run admin actions; with none, the actions answer 403.
@@ -137,7 +155,7 @@ pub struct AdminConfig {
 }
 
 /// One admin key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AdminKeyConfig {
     /// Name logged with every action (never the key itself).
@@ -147,7 +165,7 @@ pub struct AdminKeyConfig {
 }
 
 /// The cache.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct CacheConfig {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/`; empty means no Redis (an
@@ -165,7 +183,7 @@ impl Default for CacheConfig {
 }
 
 /// `tally standalone`: every service in one process, a managed broker.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct StandaloneConfig {
     /// Where the broker's data, the embedded store and the broker log live.
@@ -194,7 +212,7 @@ impl Default for StandaloneConfig {
 }
 
 /// How the process stops.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ShutdownConfig {
     /// How long in-flight work may take to drain after SIGTERM/Ctrl-C before
@@ -297,6 +315,37 @@ sub-shards = 8
         let config = load("[writer]\ngroup-instance-id = \"writer 0\"\n");
         let refused = config.validate().unwrap_err().to_string();
         assert!(refused.starts_with("writer.group-instance-id"), "{refused}");
+    }
+
+    #[test]
+    fn the_shipped_example_file_loads_and_states_every_default() {
+        // tally.example.toml documents every key with its default value: it
+        // must load (no unknown or misspelt key) and change nothing.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tally.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let example: TallyConfig = tally_config::load(Some(&path), &[]).unwrap();
+        assert_eq!(example, TallyConfig::default(), "tally.example.toml and the built-in defaults differ");
+        // Every section is in it, uncommented.
+        for section in [
+            "[log]",
+            "[shutdown]",
+            "[kafka]",
+            "[kafka.topics]",
+            "[ingest]",
+            "[ingest.salting]",
+            "[counter]",
+            "[writer]",
+            "[query]",
+            "[store]",
+            "[store.scylla]",
+            "[cache]",
+            "[standalone]",
+            "[admin]",
+            "[archiver]",
+            "[reconciler]",
+        ] {
+            assert!(text.lines().any(|l| l.trim() == section), "no {section} in tally.example.toml");
+        }
     }
 
     #[test]

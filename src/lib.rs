@@ -5,6 +5,7 @@
 //! - [`admin_actions`]: reconcile and dead-letter replay over HTTP, behind admin keys.
 //! - [`cli`]: flags and subcommands.
 //! - [`config`]: [`TallyConfig`](config::TallyConfig), the whole configuration.
+//! - [`config_show`]: `tally config`, the effective configuration as TOML, secrets redacted.
 //! - [`run`]: dispatching a subcommand under the shutdown root.
 //! - [`dlq_replay`]: `tally dlq replay`.
 //! - [`services`]: starting each service (alone or together).
@@ -14,6 +15,7 @@
 pub mod admin_actions;
 pub mod cli;
 pub mod config;
+pub mod config_show;
 pub mod dlq_replay;
 pub mod run;
 pub mod services;

@@ -21,7 +21,7 @@ const SHUTDOWN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: TallyConfig = match tally_config::load(cli.config.as_deref(), &cli.overrides) {
+    let config = match TallyConfig::load(cli.config.as_deref(), &cli.overrides) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("tally: {e}");

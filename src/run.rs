@@ -37,7 +37,7 @@ pub async fn run(command: Command, config: TallyConfig) -> anyhow::Result<u8> {
     let readiness = Readiness::default();
     match command {
         Command::Config => {
-            println!("{config:#?}");
+            print!("{}", crate::config_show::redacted_toml(&config)?);
             return Ok(0);
         }
         Command::Dlq { action: DlqAction::Replay { topic, kind, dry_run } } => {

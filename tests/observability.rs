@@ -1,27 +1,28 @@
-//! Every Grafana panel and every alert rule, evaluated by a real Prometheus
-//! (Debian's, installed by `scripts/setup`) scraping a running pipeline
-//! (`tally standalone` under a little traffic of every kind): each query must
-//! parse, and each panel must return data.
+//! Every Grafana panel and every alert and SLO rule, evaluated by a real
+//! Prometheus (Debian's, installed by `scripts/setup`) scraping a running
+//! pipeline (`tally standalone` under a little traffic of every kind): each
+//! query must parse, and each panel must return data but those listed in
+//! [`EMPTY_IN_A_SHORT_STANDALONE_RUN`].
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::prometheus::Prometheus;
 use common::TallyProcess;
 use serde_json::{json, Value};
 use tally_testkit::bounded;
-use tally_testkit::process::{find_binary, free_port, wait_for_port};
+use tally_testkit::process::free_port;
 
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// Panels with no data in this test, and why; their queries must still parse.
+const EMPTY_IN_A_SHORT_STANDALONE_RUN: &[(&str, &str)] = &[
+    ("Consumer group lag, as the broker sees it", "kafka-exporter is part of the compose stack, not of this test"),
+    (
+        "Batch layer behind (hours)",
+        "the reconciler's gauges read 0 (no time) until a pass finds every partition archived, hours after a start",
+    ),
+];
 
 struct BrokerReaper(std::path::PathBuf);
 
@@ -47,10 +48,12 @@ fn dashboard_queries() -> Vec<(String, String)> {
     queries
 }
 
-/// `expr:` values of the alert rules (single-line or `|` blocks).
+/// `expr:` values of the alert and SLO rules (single-line or `|` blocks).
 fn alert_exprs() -> Vec<String> {
     let root = env!("CARGO_MANIFEST_DIR");
-    let text = std::fs::read_to_string(format!("{root}/infra/prometheus/alerts.yml")).unwrap();
+    let text = ["alerts.yml", "slo.yml"]
+        .map(|file| std::fs::read_to_string(format!("{root}/infra/prometheus/{file}")).unwrap())
+        .join("\n");
     let lines: Vec<&str> = text.lines().collect();
     let mut exprs = Vec::new();
     let mut i = 0;
@@ -78,12 +81,6 @@ fn alert_exprs() -> Vec<String> {
     exprs
 }
 
-async fn query(http: &reqwest::Client, prometheus: SocketAddr, expr: &str) -> Value {
-    let url =
-        reqwest::Url::parse_with_params(&format!("http://{prometheus}/api/v1/query"), &[("query", expr)]).unwrap();
-    http.get(url).send().await.unwrap().json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_returns_data_and_every_alert_parses_against_a_running_pipeline() {
     bounded(Duration::from_secs(200), async {
@@ -105,29 +102,7 @@ async fn every_dashboard_panel_returns_data_and_every_alert_parses_against_a_run
         let tally = TallyProcess::spawn(&config, "standalone");
         let (ingest, api) = (tally.address_of("ingest"), tally.address_of("query"));
 
-        let port = free_port();
-        let prometheus_addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let prometheus_config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &prometheus_config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tally-standalone\n    static_configs:\n      - targets: [\"{}\"]\n",
-                tally.admin
-            ),
-        )
-        .unwrap();
-        let _prometheus = Prometheus(
-            Command::new(find_binary("prometheus", "TALLY_PROMETHEUS_BIN"))
-                .arg(format!("--config.file={}", prometheus_config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
-                .arg(format!("--web.listen-address={prometheus_addr}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start prometheus"),
-        );
-        assert!(wait_for_port(prometheus_addr, Duration::from_secs(20)), "prometheus listens");
+        let prometheus = Prometheus::start(dir.path(), &[("tally-standalone", &tally.admin)], &[]);
 
         // Traffic of every kind, for ~20 s: views, resends, late events, bad requests, queries.
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
@@ -148,16 +123,23 @@ async fn every_dashboard_panel_returns_data_and_every_alert_parses_against_a_run
 
         let mut failures = Vec::new();
         for (title, expr) in dashboard_queries() {
-            let answer = query(&http, prometheus_addr, &expr).await;
+            let answer = prometheus.query(&http, &expr).await;
             let results = answer["data"]["result"].as_array().map_or(0, Vec::len);
-            if answer["status"] != "success" || results == 0 {
+            let may_be_empty = EMPTY_IN_A_SHORT_STANDALONE_RUN.iter().any(|(panel, _)| *panel == title);
+            if answer["status"] != "success" || (results == 0 && !may_be_empty) {
                 failures.push(format!("panel {title:?}: {expr} -> {answer}"));
             }
+        }
+        for (panel, why) in EMPTY_IN_A_SHORT_STANDALONE_RUN {
+            assert!(
+                dashboard_queries().iter().any(|(title, _)| title == panel),
+                "{panel:?} may be empty ({why}) but is no panel of the dashboard"
+            );
         }
         let alerts = alert_exprs();
         assert!(alerts.len() >= 8, "alert rules found: {alerts:?}");
         for expr in alerts {
-            let answer = query(&http, prometheus_addr, &expr).await;
+            let answer = prometheus.query(&http, &expr).await;
             if answer["status"] != "success" {
                 failures.push(format!("alert expr {expr} -> {answer}"));
             }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod prometheus;
 pub mod query;
 pub mod supervisor;
 

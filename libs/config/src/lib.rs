@@ -9,20 +9,27 @@
 //! Environment variables name a path with `__` between sections and `_` for
 //! the dashes inside a key: `TALLY_INGEST__ACK_TIMEOUT=2s` sets
 //! `ingest.ack-timeout`. Only variables with a `__` are configuration; the
-//! others (`TALLY_SCYLLA_URI` for tests, say) are left alone.
+//! others (`TALLY_SCYLLA_URI` for tests, say) are left alone. Free-form maps
+//! declared [`LiteralKeys`] take their keys literally, with `_` standing for
+//! the map's own separator: `TALLY_KAFKA__PROPERTIES__SASL_PASSWORD` sets
+//! `kafka.properties."sasl.password"` ([`env`]).
 //!
 //! # Layout
 //!
-//! - this file: [`load`] and its [`ConfigError`];
-//! - [`secret`]: [`Secret`], a string that never shows in logs or `Debug`.
+//! - this file: [`load`], [`load_with`] and their [`ConfigError`];
+//! - [`env`]: the `TALLY_` environment layer and its literal-key maps;
+//! - [`secret`]: [`Secret`], a string that never shows in logs, `Debug` or
+//!   a serialized configuration.
 
+pub mod env;
 pub mod secret;
 
+pub use env::{LiteralKeys, TallyEnv};
 pub use secret::Secret;
 
 use std::path::Path;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 use figment::Figment;
 use serde::de::DeserializeOwned;
@@ -47,6 +54,16 @@ pub const ENV_PREFIX: &str = "TALLY_";
 /// Loads `T` from its defaults (`T`'s `#[serde(default)]`), the optional
 /// `file`, the process environment and the `overrides` (`key.path=value`).
 pub fn load<T: DeserializeOwned>(file: Option<&Path>, overrides: &[String]) -> Result<T, ConfigError> {
+    load_with(file, overrides, &[])
+}
+
+/// [`load`], with the maps in `literal` taking their keys literally from
+/// environment variables.
+pub fn load_with<T: DeserializeOwned>(
+    file: Option<&Path>,
+    overrides: &[String],
+    literal: &'static [LiteralKeys],
+) -> Result<T, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = file {
         if !path.exists() {
@@ -54,10 +71,7 @@ pub fn load<T: DeserializeOwned>(file: Option<&Path>, overrides: &[String]) -> R
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    let env = Env::prefixed(ENV_PREFIX)
-        .filter(|key| key.as_str().contains("__"))
-        .map(|key| key.as_str().replace("__", ".").replace('_', "-").into());
-    figment = figment.merge(env);
+    figment = figment.merge(TallyEnv::new(ENV_PREFIX, literal));
     for item in overrides {
         let (key, raw) = item.split_once('=').ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
         let value: Value = raw.parse().unwrap_or_else(|never| match never {});
@@ -116,6 +130,35 @@ mod tests {
             let flagged: Root =
                 load(Some(Path::new("tally.toml")), &["ingest.max-events=3".into()]).map_err(|e| e.to_string())?;
             assert_eq!(flagged.ingest.max_events, 3);
+            Ok(())
+        });
+    }
+
+    #[derive(Debug, Deserialize, PartialEq, Default)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+    struct WithMap {
+        kafka: KafkaLike,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq, Default)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+    struct KafkaLike {
+        properties: std::collections::BTreeMap<String, String>,
+    }
+
+    #[test]
+    fn environment_variables_set_dotted_keys_of_literal_maps_beside_the_file() {
+        const MAPS: &[LiteralKeys] = &[LiteralKeys { path: "kafka.properties", underscore: '.' }];
+        Jail::expect_with(|jail| {
+            jail.create_file("tally.toml", "[kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n")?;
+            jail.set_env("TALLY_KAFKA__PROPERTIES__SASL_PASSWORD", "007");
+            let loaded: WithMap = load_with(Some(Path::new("tally.toml")), &[], MAPS).map_err(|e| e.to_string())?;
+            assert_eq!(loaded.kafka.properties.get("sasl.password").map(String::as_str), Some("007"));
+            assert_eq!(loaded.kafka.properties.get("security.protocol").map(String::as_str), Some("sasl_ssl"));
+            // Without the declaration the old spelling applies: a key that
+            // librdkafka would not know.
+            let plain: WithMap = load(Some(Path::new("tally.toml")), &[]).map_err(|e| e.to_string())?;
+            assert!(plain.kafka.properties.get("sasl.password").is_none(), "{plain:?}");
             Ok(())
         });
     }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// A configuration string that `Debug` and `Display` redact.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -18,6 +18,14 @@ impl Secret {
     /// The secret itself; keep it out of logs.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// Serialized redacted, like `Display`: `***`, or `""` when unset (so a
+/// printed configuration shows whether a secret is set, never what it is).
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "***" })
     }
 }
 
@@ -42,5 +50,11 @@ mod tests {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?} {secret}"), "Secret(***) ***");
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn secrets_serialize_redacted_and_unset_ones_empty() {
+        let json = serde_json::to_string(&[Secret::new("hunter2"), Secret::new("")]).unwrap();
+        assert_eq!(json, r#"["***",""]"#);
     }
 }

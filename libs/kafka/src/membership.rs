@@ -19,12 +19,12 @@
 //!   rebalance; a static member that stops does not leave its group, so its
 //!   partitions move only once its session expires.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::KafkaConfig;
 
 /// The consumer group protocol (`group.protocol`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GroupProtocol {
     /// JoinGroup/SyncGroup, understood by every Kafka-protocol broker.
@@ -46,7 +46,7 @@ impl GroupProtocol {
 }
 
 /// How a `classic` group assigns partitions (`partition.assignment.strategy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AssignmentStrategy {
     /// Incremental: a rebalance revokes only the partitions that move; the

@@ -39,7 +39,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::ViewEvent;
 use crate::hash::stable_hash;
@@ -62,7 +62,7 @@ impl Salt {
 }
 
 /// How hot videos are salted.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct SaltingConfig {
     /// Videos salted (spread over `sub-shards` keys), whatever their rate:

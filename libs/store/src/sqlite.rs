@@ -76,7 +76,7 @@ const TOTAL: i64 = 3;
 
 /// How the embedded store's commits reach the disk (SQLite's `synchronous`
 /// in WAL mode), setting `store.sqlite-synchronous`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Synchronous {
     /// Every commit is on disk (fsync of the WAL) before it returns. The

@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_config::Secret;
 use tally_model::SaltingConfig;
 
 /// Gateway settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct IngestConfig {
     /// Public API listener (`POST /v1/events`, `/openapi.json`).
@@ -64,7 +64,7 @@ pub struct IngestConfig {
 }
 
 /// One API key and its rate limit.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ApiKeyConfig {
     /// Name used in logs and metrics (never the key itself).

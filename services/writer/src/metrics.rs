@@ -1,6 +1,6 @@
 //! The writer's metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Writer metrics.
 #[derive(Clone, Debug)]
@@ -27,6 +27,10 @@ pub struct WriterMetrics {
     pub freshness: Histogram,
     /// Partitions of the counts topic this writer holds (checked every second).
     pub owned_partitions: IntGauge,
+    /// Records of tally.counts not yet applied, per held partition ([`crate::lag`]).
+    pub lag_records: IntGaugeVec,
+    /// When the processing loop last turned, epoch seconds ([`crate::lag`]).
+    pub heartbeat: IntGauge,
 }
 
 impl WriterMetrics {
@@ -78,7 +82,26 @@ impl WriterMetrics {
                 "tally_writer_owned_partitions",
                 "Partitions of the counts topic assigned to this writer",
             )?,
+            lag_records: IntGaugeVec::new(
+                Opts::new(
+                    "tally_writer_consumer_lag_records",
+                    "Records of the counts topic not yet applied (high watermark minus position), per partition held",
+                ),
+                &["partition"],
+            )?,
+            heartbeat: IntGauge::new(
+                "tally_writer_heartbeat_timestamp_seconds",
+                "When the writer's processing loop last turned (epoch seconds); stamped at least every second, also while retrying the store",
+            )?,
         };
+        // From registration on, not 0 (1970): a liveness probe or an alert
+        // reading it before the loop's first turn sees a fresh process.
+        m.heartbeat.set(tally_model::timestamp::now_ms() / 1000);
+        // Every outcome exists from the start at 0, so rate() and increase()
+        // see the first delta of each.
+        for outcome in ["applied", "stale", "fenced"] {
+            m.deltas.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_duration.clone()))?;
         registry.register(Box::new(m.deltas.clone()))?;
@@ -90,6 +113,8 @@ impl WriterMetrics {
         registry.register(Box::new(m.cache_errors.clone()))?;
         registry.register(Box::new(m.freshness.clone()))?;
         registry.register(Box::new(m.owned_partitions.clone()))?;
+        registry.register(Box::new(m.lag_records.clone()))?;
+        registry.register(Box::new(m.heartbeat.clone()))?;
         Ok(m)
     }
 }

@@ -30,6 +30,7 @@ use tally_store::{CountStore, CountsEntry, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WriterConfig;
+use crate::lag::{stamp_heartbeat, LagMonitor};
 use crate::metrics::WriterMetrics;
 
 /// Name of the writer's readiness check.
@@ -117,7 +118,9 @@ impl<S: CountStore> WriterService<S> {
         consumer.subscribe(&[&self.kafka.topics.counts])?;
         self.readiness.set(STORE_CHECK, self.store.ping().await.map_err(|e| e.to_string()));
         let mut last_assignment_check = Instant::now();
+        let mut lag = LagMonitor::new(&self.kafka.topics.counts, self.metrics.clone());
         loop {
+            lag.tick(&consumer);
             if last_assignment_check.elapsed() >= Duration::from_secs(1) {
                 last_assignment_check = Instant::now();
                 let owned = consumer.assignment()?.count();
@@ -263,6 +266,8 @@ impl<S: CountStore> WriterService<S> {
                     break;
                 }
                 Err(e) if e.is_retryable() => {
+                    // Backing off is not wedged: TallyWriterBreakerOpen says it.
+                    stamp_heartbeat(&self.metrics);
                     self.metrics.retries.inc();
                     self.metrics.breaker_state.set(2);
                     self.readiness.set(STORE_CHECK, Err(e.to_string()));

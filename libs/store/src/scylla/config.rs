@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_config::Secret;
 
 /// Consistency of every read and write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConsistencyLevel {
     /// One replica (development clusters only).
@@ -32,7 +32,7 @@ impl ConsistencyLevel {
 }
 
 /// How to reach and use the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ScyllaConfig {
     /// Contact points, `host:port`; the driver discovers the rest of the cluster.

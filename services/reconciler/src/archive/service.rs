@@ -20,7 +20,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_config::Secret;
 use tally_kafka::clients::{group_consumer_config, is_transient};
 use tally_kafka::{GroupMember, KafkaConfig, MembershipError};
@@ -31,7 +31,7 @@ use super::parquet_io::{self, ArchiveError, ArchivedView};
 use super::storage::ArchiveStorage;
 
 /// The `[archiver]` configuration section.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ArchiverConfig {
     /// Admin listener when run on its own.

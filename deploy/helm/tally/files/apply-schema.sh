@@ -1,0 +1,1 @@
+../../../../infra/init/apply-schema.sh

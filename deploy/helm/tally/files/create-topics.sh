@@ -1,0 +1,1 @@
+../../../../infra/init/create-topics.sh
