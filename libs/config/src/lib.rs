@@ -157,8 +157,10 @@ mod tests {
             assert_eq!(loaded.kafka.properties.get("security.protocol").map(String::as_str), Some("sasl_ssl"));
             // Without the declaration the old spelling applies: a key that
             // librdkafka would not know.
+            jail.set_env("TALLY_KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret");
             let plain: WithMap = load(Some(Path::new("tally.toml")), &[]).map_err(|e| e.to_string())?;
             assert!(plain.kafka.properties.get("sasl.password").is_none(), "{plain:?}");
+            assert_eq!(plain.kafka.properties.get("sasl-password").map(String::as_str), Some("s3cret"));
             Ok(())
         });
     }
