@@ -98,8 +98,10 @@ pub fn serialize_counter<S: Serializer>(config: &CounterConfig, serializer: S) -
         dlq_max_consecutive,
         delivery_timeout,
         lag_interval,
+        uniques_lg_k,
+        chunk_sketch_bytes,
     } = config;
-    let mut s = serializer.serialize_struct("CounterConfig", 16)?;
+    let mut s = serializer.serialize_struct("CounterConfig", 18)?;
     s.serialize_field("admin-listen", admin_listen)?;
     s.serialize_field("group-id", group_id)?;
     s.serialize_field("group-instance-id", group_instance_id)?;
@@ -116,6 +118,8 @@ pub fn serialize_counter<S: Serializer>(config: &CounterConfig, serializer: S) -
     s.serialize_field("dlq-max-consecutive", dlq_max_consecutive)?;
     s.serialize_field("delivery-timeout", &Human::from(*delivery_timeout))?;
     s.serialize_field("lag-interval", &Human::from(*lag_interval))?;
+    s.serialize_field("uniques-lg-k", uniques_lg_k)?;
+    s.serialize_field("chunk-sketch-bytes", chunk_sketch_bytes)?;
     s.end()
 }
 
