@@ -28,7 +28,7 @@ async fn a_writer_stopped_with_sigstop_fires_tally_writer_down_within_five_minut
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("counts.db");
         let config = write_config(dir.path(), &kafka, &counter_writer_sections(&db, ""));
-        let mut load = Load::new(0x5167_0b);
+        let mut load = Load::new(0x0051_670b);
         let mut producer = ViewsProducer::new(&kafka, &[]);
         let _counter = TallyProcess::spawn(&config, "counter");
         let writer = TallyProcess::spawn(&config, "writer");

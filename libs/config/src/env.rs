@@ -50,8 +50,9 @@ impl TallyEnv {
         Self { prefix, literal }
     }
 
-    /// The (path, value) each configuration variable sets, from `vars`.
-    fn settings(&self, vars: impl Iterator<Item = (String, String)>) -> Result<Vec<(Vec<String>, Value)>, Error> {
+    /// The (path, value) each configuration variable sets, from `vars`; the
+    /// error names the variable and what is wrong with it.
+    fn settings(&self, vars: impl Iterator<Item = (String, String)>) -> Result<Vec<(Vec<String>, Value)>, String> {
         let mut out = Vec::new();
         for (name, raw) in vars {
             let Some(rest) = strip_prefix_ignore_case(name.trim(), self.prefix) else { continue };
@@ -60,7 +61,7 @@ impl TallyEnv {
             }
             let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             if parts.iter().any(String::is_empty) {
-                return Err(Error::from(format!("environment variable {name}: an empty part between `__`")));
+                return Err(format!("environment variable {name}: an empty part between `__`"));
             }
             let mut path: Vec<String> = Vec::new();
             let mut value = None;
@@ -68,10 +69,9 @@ impl TallyEnv {
                 let here = path.join(".");
                 if let Some(map) = self.literal.iter().find(|m| m.path == here) {
                     if i + 1 != parts.len() {
-                        return Err(Error::from(format!(
-                            "environment variable {name}: `{}` is one key of {here}, so it must end the name",
-                            part
-                        )));
+                        return Err(format!(
+                            "environment variable {name}: `{part}` is one key of {here}, so it must end the name"
+                        ));
                     }
                     path.push(part.replace('_', &map.underscore.to_string()));
                     value = Some(Value::from(raw.clone()));
@@ -95,7 +95,7 @@ impl Provider for TallyEnv {
         let vars =
             std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
         let mut root = Dict::new();
-        for (path, value) in self.settings(vars)? {
+        for (path, value) in self.settings(vars).map_err(Error::from)? {
             insert(&mut root, &path, value);
         }
         Ok(Profile::Default.collect(root))
@@ -134,7 +134,7 @@ mod tests {
         LiteralKeys { path: "archiver.object-store-options", underscore: '_' },
     ];
 
-    fn settings(vars: &[(&str, &str)]) -> Result<Vec<(String, Value)>, Error> {
+    fn settings(vars: &[(&str, &str)]) -> Result<Vec<(String, Value)>, String> {
         let env = TallyEnv::new("TALLY_", MAPS);
         let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Ok(env.settings(vars)?.into_iter().map(|(path, value)| (path.join("|"), value)).collect())
@@ -165,9 +165,9 @@ mod tests {
     #[test]
     fn other_variables_are_ignored_and_bad_names_refused() {
         assert!(settings(&[("TALLY_SCYLLA_URI", "x"), ("PATH", "/bin"), ("TALLYX__A", "1")]).unwrap().is_empty());
-        let err = settings(&[("TALLY_KAFKA__PROPERTIES__SASL_PASSWORD__X", "1")]).unwrap_err().to_string();
+        let err = settings(&[("TALLY_KAFKA__PROPERTIES__SASL_PASSWORD__X", "1")]).unwrap_err();
         assert!(err.contains("must end the name"), "{err}");
-        let err = settings(&[("TALLY_INGEST____ACK", "1")]).unwrap_err().to_string();
+        let err = settings(&[("TALLY_INGEST____ACK", "1")]).unwrap_err();
         assert!(err.contains("empty part"), "{err}");
     }
 }
