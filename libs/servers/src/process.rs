@@ -250,6 +250,14 @@ mod tests {
         let script = format!("(exec -a 'leftover {marker}' sleep 60 & echo $! > '{}')", pidfile.display());
         let status = Command::new("bash").args(["-c", &script]).status().expect("bash");
         assert!(status.success());
+        // The orphan may still be in its execve, whose command line reads
+        // empty for a moment: wait until it runs as `leftover`.
+        let pid: u32 = std::fs::read_to_string(pidfile).unwrap().trim().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !command_line(pid).is_some_and(|c| c.starts_with("leftover ")) {
+            assert!(Instant::now() < deadline, "the orphan never ran: {:?}", command_line(pid));
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]
