@@ -163,14 +163,7 @@ impl ServerProcess {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Handle::Adopted { pid, .. } => {
-                let pid = *pid;
-                signal(pid, "KILL");
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
+            Handle::Adopted { pid, .. } => kill_and_wait_gone(*pid),
         }
         let _ = std::fs::remove_file(&self.pidfile);
     }
@@ -221,12 +214,18 @@ pub fn kill_leftover(pidfile: &Path, marker: &str) -> bool {
         return false;
     }
     tracing::warn!(pid, marker, "stopping a server left behind by an earlier run");
+    kill_and_wait_gone(pid);
+    true
+}
+
+/// SIGKILL to `pid`, a process that is not our child, then waits (up to
+/// 10 s) until init has reaped it.
+fn kill_and_wait_gone(pid: u32) {
     signal(pid, "KILL");
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    true
 }
 
 /// Whether something on this machine accepts connections on `port` of 127.0.0.1.
