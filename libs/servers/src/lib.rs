@@ -24,7 +24,7 @@ pub mod kafka;
 pub mod process;
 pub mod tools;
 
-pub use cassandra::CassandraNode;
+pub use cassandra::{CassandraNode, CommitLogSync};
 pub use kafka::KafkaNode;
 pub use process::ServerProcess;
 pub use tools::Tools;

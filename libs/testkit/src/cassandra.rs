@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use tally_servers::{CassandraNode, ServerProcess, Tools};
+use tally_servers::{CassandraNode, CommitLogSync, ServerProcess, Tools};
 
 use crate::process::free_port;
 use crate::server_dir::ServerDir;
@@ -35,16 +35,25 @@ struct OwnNode {
 }
 
 impl Cassandra {
-    /// Starts a node of this test's own (system keyspaces not fsynced: tests only).
+    /// Starts a node of this test's own (system keyspaces not fsynced, writes
+    /// acknowledged before the commit log is synced: tests that never kill it).
     pub fn start() -> Self {
-        Self::start_node(|node| node.test_speedups = true)
+        Self::start_node(|node| {
+            node.test_speedups = true;
+            node.commitlog_sync = CommitLogSync::Periodic;
+        })
     }
 
-    /// Starts a node of this test's own with nothing skipped (every fsync
-    /// Cassandra makes by default): a kill -9 and restart of it is a crash
-    /// and restart of an operator's node.
+    /// Starts a node of this test's own configured as a single-replica
+    /// operator's node must be (every fsync, `commitlog_sync: batch`): a kill
+    /// -9 and restart of it is a crash and restart of that node.
     pub fn start_default() -> Self {
-        Self::start_node(|_| {})
+        Self::start_with_commitlog(CommitLogSync::Batch)
+    }
+
+    /// Like [`Cassandra::start_default`], with the given commit log mode.
+    pub fn start_with_commitlog(commitlog_sync: CommitLogSync) -> Self {
+        Self::start_node(|node| node.commitlog_sync = commitlog_sync)
     }
 
     fn start_node(configure: impl FnOnce(&mut CassandraNode)) -> Self {

@@ -46,6 +46,7 @@ pub use cluster::KafkaCluster;
 pub use redis::RedisServer;
 pub use s3::S3Server;
 use tally_kafka::KafkaConfig;
+pub use tally_servers::CommitLogSync;
 
 /// A name no other test uses: `prefix-<random>`.
 pub fn unique(prefix: &str) -> String {

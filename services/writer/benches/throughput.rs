@@ -4,15 +4,17 @@
 //! as the counter emits them), then a `WriterService` applies them from
 //! offset 0 into a fresh store: an on-disk SQLite file (the embedded store),
 //! and a fresh keyspace on a real Apache Cassandra 5.0 node of its own (one
-//! node, 1 GB heap, Cassandra's default fsyncs; consistency `one`, the only
-//! quorum of one replica). Repeated `RUNS` times per store, the stores
-//! alternating, with a new consumer group each; prints every run and the
-//! medians.
+//! node, 1 GB heap, `commitlog_sync: batch` as a single replica needs;
+//! consistency `one`, the only quorum of one replica). Repeated `RUNS` times
+//! per store, the stores alternating, with a new consumer group each; prints
+//! every run and the medians.
 //!
 //! `cargo bench -p tally-writer --bench throughput` (needs Kafka and
-//! Cassandra: scripts/setup). `TALLY_BENCH_STORES=sqlite` (or `cassandra`)
-//! measures one store only. Rows are deltas applied (one minute row plus its
-//! three rollups each).
+//! Cassandra: scripts/setup). `TALLY_BENCH_STORES` lists the stores measured:
+//! `sqlite`, `cassandra` (the default: both), and `cassandra-periodic`, a
+//! second node with Cassandra's default `commitlog_sync: periodic`, which
+//! acknowledges before syncing (what durability costs). Rows are deltas
+//! applied (one minute row plus its three rollups each).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,7 +28,7 @@ use tally_model::Salt;
 use tally_service::Readiness;
 use tally_store::scylla::{ConsistencyLevel, ScyllaConfig, ScyllaStore};
 use tally_store::{CountStore, SqliteStore};
-use tally_testkit::{Broker, Cassandra};
+use tally_testkit::{Broker, Cassandra, CommitLogSync};
 use tally_writer::{WriterConfig, WriterService};
 use tokio_util::sync::CancellationToken;
 
@@ -87,11 +89,19 @@ async fn main() {
     }
     let rows = f64::from(SOURCE_PARTITIONS * FLUSHES_PER_PARTITION * VIDEOS_PER_FLUSH);
     let stores = std::env::var("TALLY_BENCH_STORES").unwrap_or_else(|_| "sqlite,cassandra".into());
-    let cassandra = stores.contains("cassandra").then(Cassandra::start_default);
+    let wanted = |store: &str| stores.split(',').any(|s| s.trim() == store);
+    let cassandra_nodes: Vec<(&str, &str, Cassandra)> = [
+        ("Cassandra", "cassandra", CommitLogSync::Batch),
+        ("Cassandra, periodic commit log", "cassandra-periodic", CommitLogSync::Periodic),
+    ]
+    .into_iter()
+    .filter(|(_, key, _)| wanted(key))
+    .map(|(name, key, sync)| (name, key, Cassandra::start_with_commitlog(sync)))
+    .collect();
     let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for run in 0..RUNS {
         let dir = tempfile::tempdir().expect("tempdir");
-        if stores.contains("sqlite") {
+        if wanted("sqlite") {
             let store = SqliteStore::open(&dir.path().join("counts.db")).expect("store");
             let rate = measure(&kafka, store, &format!("writer-bench-sqlite-{run}"), rows).await;
             println!(
@@ -100,7 +110,7 @@ async fn main() {
             );
             rates.entry("SQLite").or_default().push(rate);
         }
-        if let Some(cassandra) = &cassandra {
+        for (name, key, cassandra) in &cassandra_nodes {
             let config = ScyllaConfig {
                 nodes: vec![cassandra.contact_point()],
                 keyspace: format!("writer_bench_{run}_{}", std::process::id()),
@@ -109,12 +119,12 @@ async fn main() {
                 ..ScyllaConfig::default()
             };
             let store = ScyllaStore::connect(config).await.expect("Cassandra store");
-            let rate = measure(&kafka, store, &format!("writer-bench-cassandra-{run}"), rows).await;
+            let rate = measure(&kafka, store, &format!("writer-bench-{key}-{run}"), rows).await;
             println!(
-                "run {run}, Cassandra: {rows} rows in {:.2} s: {rate:.0} rows/s (from the first applied batch)",
+                "run {run}, {name}: {rows} rows in {:.2} s: {rate:.0} rows/s (from the first applied batch)",
                 rows / rate
             );
-            rates.entry("Cassandra").or_default().push(rate);
+            rates.entry(name).or_default().push(rate);
         }
     }
     for (store, mut runs) in rates {

@@ -44,6 +44,8 @@
 //! # Layout
 //!
 //! - [`config`]: `[store.scylla]` settings.
+//! - [`durability`]: whether the cluster can forget acknowledged counts
+//!   (one replica, periodic commit log), warned about at connect.
 //! - [`schema`]: `infra/scylla/schema.cql`, applied on request.
 //! - [`plan`]: what an update writes, as pure functions.
 //! - `apply.rs`: the write path; `reads.rs`: totals, series, `as_of`;
@@ -53,6 +55,7 @@
 mod apply;
 mod batch_layer;
 pub mod config;
+pub mod durability;
 pub mod plan;
 mod reads;
 pub mod schema;
@@ -72,6 +75,7 @@ use scylla::statement::prepared::PreparedStatement;
 use tally_model::counts::Owner;
 
 pub use self::config::{ConsistencyLevel, ScyllaConfig};
+pub use self::durability::Durability;
 use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
 use crate::{CountStore, StoreError};
 
@@ -86,6 +90,8 @@ struct Inner {
     statements: Statements,
     uniques: uniques::UniquesStatements,
     config: ScyllaConfig,
+    /// What the cluster said about durability when the store connected.
+    durability: Durability,
     /// `(hour, video)` pairs already written to `videos_by_hour` by this process.
     indexed: std::sync::Mutex<std::collections::HashSet<(i64, String)>>,
     /// Last batch-layer generation timestamp handed out (microseconds).
@@ -183,16 +189,26 @@ impl ScyllaStore {
         }
         let statements = Statements::prepare(&session, &config.keyspace).await?;
         let uniques = uniques::UniquesStatements::prepare(&session, &config.keyspace).await?;
+        let durability = Durability::read(&session, &config.keyspace).await;
+        if let Some(risk) = durability.risk(&config.keyspace) {
+            tracing::warn!("{risk}");
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 session,
                 statements,
                 uniques,
                 config,
+                durability,
                 indexed: std::sync::Mutex::new(std::collections::HashSet::new()),
                 generation: std::sync::atomic::AtomicI64::new(0),
             }),
         })
+    }
+
+    /// What the contacted node and the keyspace said about durability at connect.
+    pub fn durability(&self) -> &Durability {
+        &self.inner.durability
     }
 
     /// Drops the keyspace (contract tests clean up after themselves).

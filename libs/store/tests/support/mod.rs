@@ -1,4 +1,5 @@
-//! What the store contract suites share.
+//! What the store's test binaries share (each uses part of it).
+#![allow(dead_code)]
 
 use tally_store::{ScyllaConfig, ScyllaStore};
 
