@@ -326,7 +326,7 @@ async fn main() {
                 group.wait_settled(settle_limit);
                 // Caught up with the prefill: steady counting before the first step.
                 let deadline = Instant::now() + settle_limit;
-                let lag = |group: &Group<'_>| group.counters[0].0.metric("tally_counter_consumer_lag_records_sum");
+                let lag = |group: &Group<'_>| group.counters[0].0.metric("tally_counter_owned_lag_records");
                 while lag(&group).is_none_or(|lag| lag > 1_000.0) {
                     assert!(Instant::now() < deadline, "the first counter did not catch up");
                     std::thread::sleep(Duration::from_millis(200));

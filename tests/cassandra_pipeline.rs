@@ -2,15 +2,18 @@
 //! writer (ScyllaDB/Cassandra store), query and reconciler over a real
 //! broker, a real redis-server and a real Cassandra node. Events posted to
 //! the gateway (resends included) become visible through the query API with
-//! exactly the acknowledged count, and stay so once the pipeline is quiet.
+//! exactly the acknowledged count, and stay so once the pipeline is quiet. A
+//! closed hour is archived and recounted by the reconciler into Cassandra's
+//! batch layer with zero drift, and reads then say it is exact.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{cassandra_store_sections, process_sections_with_store, write_config, TallyProcess};
+use common::{cassandra_store_sections, process_sections_with_store, run_to_exit, write_config, TallyProcess};
 use serde_json::{json, Value};
+use tally_testkit::views::ViewsProducer;
 use tally_testkit::{bounded, Broker, Cassandra, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,4 +79,116 @@ async fn events_posted_to_the_gateway_are_counted_exactly_in_cassandra() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_hour_is_reconciled_into_cassandra_with_zero_drift_and_reads_say_exact() {
+    bounded(Duration::from_secs(300), async {
+        let broker = Broker::shared();
+        let cassandra = Cassandra::shared();
+        let redis = RedisServer::start();
+        let kafka = tally_testkit::kafka_with_topics(&broker).await;
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = tally_testkit::unique("tally_batch").replace('-', "_");
+        let store = cassandra_store_sections(&cassandra.contact_point(), &keyspace);
+        let archive = dir.path().join("archive");
+        let batch_layer = format!(
+            "[archiver]\ndir = \"{}\"\nrecords-per-file = 100\nseal-grace = \"1ms\"\n\n\
+             [reconciler]\nadmin-listen = \"127.0.0.1:0\"\ninterval = \"1s\"\nfirst-lookback = \"6h\"\n",
+            archive.display()
+        );
+        let sections = process_sections_with_store(&redis.url(), 0, 0, "", &format!("{store}\n{batch_layer}"));
+        let config = write_config(dir.path(), &kafka, &sections);
+        let counter = TallyProcess::spawn(&config, "counter");
+        let writer = TallyProcess::spawn(&config, "writer");
+        let query = TallyProcess::spawn(&config, "query");
+        let reconciler = TallyProcess::spawn(&config, "reconciler");
+        let api = query.address_of("public API");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+
+        // An hour closed long ago (allowed lateness 1 h), its views received
+        // as it happened: 90 views, 6 resends inside the dedup window, 4
+        // views received 40 minutes late (within the allowed lateness).
+        let hour = (tally_model::timestamp::now_ms() / 3_600_000 - 3) * 3_600_000;
+        let mut events = Vec::new();
+        for i in 0..90 {
+            let t = hour + i * 30_000;
+            events.push((format!("film-{}", i % 3), format!("e{i}"), t, t + 100, true));
+        }
+        for i in 0..6 {
+            let t = hour + i * 30_000;
+            events.push((format!("film-{}", i % 3), format!("e{i}"), t, t + 20_000, false));
+        }
+        for i in 0..4 {
+            let t = hour + 600_000 + i * 1_000;
+            events.push((format!("film-{}", i % 3), format!("late{i}"), t, t + 2_400_000, true));
+        }
+        events.sort_by_key(|e| e.3);
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        producer.send(&events).await;
+        let expected = producer.expected.clone();
+        assert_eq!(expected.values().sum::<i64>(), 94);
+        let ids: Vec<String> = expected.keys().cloned().collect();
+
+        // The scheduled recount finds the hour closed and archived.
+        let hour_end = tally_model::timestamp::format_rfc3339_ms(hour + 3_600_000);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let answers = video_answers(&http, &api, &ids).await;
+            let settled = answers.iter().all(|(video, a)| {
+                a["views"].as_i64() == expected.get(video).copied()
+                    && a["batch_verified_views"] == a["views"]
+                    // Later hours are closed too and recounted (with no views):
+                    // exact through the hour's end or later.
+                    && a["exact_through"].as_str().is_some_and(|through| through >= hour_end.as_str())
+            });
+            if settled {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the hour was not reconciled: {answers:?}, want {expected:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+
+        // Recounting it again by hand reports zero drift and changes nothing.
+        let report = dir.path().join("report.json");
+        let (status, printed) = run_to_exit(
+            &config,
+            &[
+                "reconcile",
+                "--from",
+                &(hour).to_string(),
+                "--to",
+                &(hour + 3_600_000).to_string(),
+                "--report",
+                report.to_str().unwrap(),
+            ],
+            Duration::from_secs(120),
+        );
+        assert!(status.success(), "tally reconcile: {printed}");
+        let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let period = &report[0];
+        assert_eq!(
+            (period["batch_views"].as_i64(), period["realtime_views"].as_i64(), period["drift"].as_i64()),
+            (Some(94), Some(94), Some(0)),
+            "{report}"
+        );
+        assert_eq!(common::query::views(&http, &api, &ids).await, Ok(expected), "reconciling again changed counts");
+        for process in [reconciler, query, writer, counter] {
+            assert!(process.terminate(Duration::from_secs(30)).success());
+        }
+    })
+    .await;
+}
+
+/// `GET /v1/videos/{id}/views` of each video, as answered.
+async fn video_answers(http: &reqwest::Client, api: &str, ids: &[String]) -> BTreeMap<String, Value> {
+    let mut answers = BTreeMap::new();
+    for id in ids {
+        let answer = match http.get(format!("http://{api}/v1/videos/{id}/views")).send().await {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(e) => Value::String(e.to_string()),
+        };
+        answers.insert(id.clone(), answer);
+    }
+    answers
 }

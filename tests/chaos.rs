@@ -371,7 +371,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
                 let wanted: &[&str] = match *name {
                     "counter" => &[
                         "tally_counter_owned_partitions",
-                        "tally_counter_consumer_lag_records_sum",
+                        "tally_counter_owned_lag_records",
                         "tally_counter_events_total",
                         "tally_counter_buffered_rows",
                     ],

@@ -168,7 +168,7 @@ async fn partitions_revoked_in_a_rebalance_are_flushed_not_dropped() {
         producer.send(&load.batch(2_000, tally_model::timestamp::now_ms(), 10)).await;
         let started = Instant::now();
         let deadline = started + Duration::from_secs(30);
-        while !(first.metric("tally_counter_consumer_lag_records_sum") == Some(0.0)
+        while !(first.metric("tally_counter_owned_lag_records") == Some(0.0)
             && first.metric("tally_counter_buffered_rows").is_some_and(|rows| rows > 0.0))
         {
             assert!(Instant::now() < deadline, "the first counter never caught up");
@@ -196,7 +196,7 @@ async fn a_cooperative_rebalance_drains_only_the_revoked_partitions() {
         assert!(first.wait_for_metric("tally_counter_owned_partitions", 4.0, Duration::from_secs(30)));
         producer.send(&load.batch(2_000, tally_model::timestamp::now_ms(), 10)).await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(first.metric("tally_counter_consumer_lag_records_sum") == Some(0.0)
+        while !(first.metric("tally_counter_owned_lag_records") == Some(0.0)
             && first.metric("tally_counter_buffered_rows").is_some_and(|rows| rows > 0.0))
         {
             assert!(Instant::now() < deadline, "the first counter never caught up");

@@ -2,7 +2,8 @@
 //! Prometheus (Debian's, installed by `scripts/setup`) scraping a running
 //! pipeline (`tally standalone` under a little traffic of every kind): each
 //! query must parse, and each panel must return data but those listed in
-//! [`EMPTY_IN_A_SHORT_STANDALONE_RUN`].
+//! [`EMPTY_IN_A_SHORT_STANDALONE_RUN`]; and `promtool check metrics` finds
+//! nothing wrong with the live `/metrics` but the counter's service name.
 
 mod common;
 
@@ -32,6 +33,31 @@ impl Drop for BrokerReaper {
             let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         }
     }
+}
+
+/// What `promtool check metrics` says of an exposition, one finding a line.
+fn promtool_check_metrics(exposition: &str) -> Vec<String> {
+    use std::io::Write as _;
+    let mut child = Command::new(tally_testkit::process::find_binary("promtool", "TALLY_PROMTOOL_BIN"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let findings: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    assert_eq!(output.status.success(), findings.is_empty(), "promtool's status disagrees with its output: {text}");
+    findings
+}
+
+/// promtool reads the `counter` of `tally_counter_*` as the metric type in
+/// the name; it is the service's name, kept so every metric of a service
+/// shares its prefix.
+fn is_the_counter_service_name(finding: &str) -> bool {
+    finding.starts_with("tally_counter_") && finding.ends_with("metric name should not include type 'counter'")
 }
 
 fn dashboard_queries() -> Vec<(String, String)> {
@@ -82,7 +108,7 @@ fn alert_exprs() -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_dashboard_panel_returns_data_and_every_alert_parses_against_a_running_pipeline() {
+async fn every_dashboard_panel_returns_data_every_alert_parses_and_the_metrics_pass_promtool_on_a_running_pipeline() {
     bounded(Duration::from_secs(200), async {
         let dir = tempfile::tempdir().unwrap();
         let _reaper = BrokerReaper(dir.path().to_owned());
@@ -145,6 +171,12 @@ async fn every_dashboard_panel_returns_data_and_every_alert_parses_against_a_run
             }
         }
         assert!(failures.is_empty(), "{} queries failed:\n{}", failures.len(), failures.join("\n"));
+
+        let exposition =
+            http.get(format!("http://{}/metrics", tally.admin)).send().await.unwrap().text().await.unwrap();
+        let findings = promtool_check_metrics(&exposition);
+        let unexpected: Vec<&String> = findings.iter().filter(|finding| !is_the_counter_service_name(finding)).collect();
+        assert!(unexpected.is_empty(), "promtool check metrics on the live /metrics:\n{findings:#?}");
         assert!(tally.terminate(Duration::from_secs(30)).success());
     })
     .await;

@@ -4,7 +4,7 @@
 # (the generator keeps retrying its batches with the same ids), and is
 # started again. Measured from the restart command: the admin /readyz, the
 # counter owning its partitions again (group rejoin), and the counter caught up (it owns its partitions and its lag is at most one
-# second: tally_counter_consumer_lag_seconds_max <= 1, read every 100 ms,
+# second: tally_counter_owned_lag_seconds <= 1, read every 100 ms,
 # the counter publishing lag every 250 ms). The generator's exactness check
 # afterwards says whether the crash lost or repeated any view.
 #
@@ -43,7 +43,7 @@ for i in $(seq 1 "$RUNS"); do
     deadline=$((SECONDS + 300))
     while ((SECONDS < deadline)); do
         if [[ -z $owned_at ]] && (($(owned) > 0)); then owned_at=$(date +%s.%N); fi
-        lag=$(metric tally_counter_consumer_lag_seconds_max)
+        lag=$(metric tally_counter_owned_lag_seconds)
         lines=$(curl -fsS "http://$ADMIN/metrics" 2>/dev/null | grep -c '^tally_counter_consumer_lag_records{' || true)
         if (($(owned) > 0 && lines > 0)) && [[ -n $lag ]] && ((lag <= 1)); then caught=$(date +%s.%N); break; fi
         sleep 0.1

@@ -2,13 +2,25 @@
 //! test: scraping the given targets every second and, optionally, evaluating
 //! the repository's rule files every second. Killed on drop.
 
-use std::net::SocketAddr;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_testkit::process::{find_binary, free_port, wait_for_port};
+
+/// Whether `GET /-/ready` answers 200.
+fn is_ready(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /-/ready HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut status = [0u8; 12];
+    stream.read_exact(&mut status).is_ok() && status.ends_with(b" 200")
+}
 
 /// A running Prometheus.
 pub struct Prometheus {
@@ -47,6 +59,13 @@ impl Prometheus {
             .spawn()
             .expect("start prometheus");
         assert!(wait_for_port(addr, Duration::from_secs(20)), "prometheus listens on {addr}");
+        // It listens before it has opened its storage and loaded its rules,
+        // and answers queries with a plain-text 503 until then.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_ready(addr) {
+            assert!(Instant::now() < deadline, "prometheus at {addr} not ready within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Self { child, addr }
     }
 

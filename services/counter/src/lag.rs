@@ -1,15 +1,21 @@
 //! Consumer lag, measured off the consumer thread.
 //!
-//! The worker publishes each owned partition's position (next offset, receive
-//! time of the last record) into [`Positions`], a small map it updates once
-//! per batch. A [`LagMonitor`] thread with its own client asks the broker for
-//! high watermarks every `lag-interval` and sets the lag metrics. A slow or
-//! unreachable broker (1 s timeout per partition) stalls only that thread,
-//! never the poll loop.
+//! The worker publishes each owned partition's next offset into
+//! [`Positions`], a small map it updates once per batch. A [`LagMonitor`]
+//! thread with clients of its own asks the broker, every `lag-interval`, for
+//! each partition's high watermark and, for a partition behind it, for the
+//! timestamp of the oldest record not yet processed (the record at the next
+//! offset; the gateway's producer stamps it when it sends). Lag in seconds is
+//! that record's age: how long the oldest unprocessed view has waited. (The
+//! age of the last *processed* record would read an hour after an idle hour
+//! as soon as one new record arrives.) A slow or unreachable broker (1 s
+//! timeout per request) stalls only that thread, never the poll loop.
 //!
-//! Metrics (unchanged names): `tally_counter_consumer_lag_records` and
-//! `tally_counter_consumer_lag_seconds` per partition,
-//! `tally_counter_consumer_lag_records_sum` and `tally_counter_consumer_lag_seconds_max`.
+//! Metrics: `tally_counter_consumer_lag_records` and
+//! `tally_counter_consumer_lag_seconds` per partition;
+//! `tally_counter_owned_lag_records` (their sum) and
+//! `tally_counter_owned_lag_seconds` (their largest) over the partitions this
+//! instance owns.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -17,22 +23,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use tally_kafka::clients::base_config;
-use tally_kafka::KafkaConfig;
+use rdkafka::error::KafkaError;
 
 use crate::metrics::CounterMetrics;
 
-/// Longest one watermark request may take.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
+pub use crate::lag_probe::BrokerLagSource;
 
 /// Where one owned partition stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     /// Next offset the counter will process.
     pub next_offset: i64,
-    /// Gateway receive time of the last record processed (0 before the first).
-    pub last_received_ms: i64,
+}
+
+/// What the broker says of one owned partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The partition.
+    pub partition: i32,
+    /// Its high watermark (one past the last record).
+    pub high: i64,
+    /// Timestamp of the record at the partition's next offset, when it is behind
+    /// and the broker answered.
+    pub oldest_unprocessed_ms: Option<i64>,
 }
 
 /// Positions of the owned partitions, shared by the worker and the monitor.
@@ -85,19 +98,26 @@ impl Positions {
         partitions
     }
 
-    /// Publishes lag from high watermarks fetched for some partitions.
-    /// Partitions released since are skipped; a partition whose watermark
-    /// could not be fetched keeps its last value and is left out of the sum.
-    pub fn publish(&self, highs: &[(i32, i64)], now_ms: i64) {
+    /// Where `partition` stands, if it is owned.
+    pub fn position(&self, partition: i32) -> Option<Position> {
+        self.lock().get(&partition).copied()
+    }
+
+    /// Publishes lag from what the broker said of some partitions.
+    /// Partitions released since are skipped; a partition the broker did not
+    /// answer for keeps its last value and is left out of the sum. Records
+    /// processed since the measurement only make it an overestimate by one
+    /// interval at most.
+    pub fn publish(&self, measured: &[PartitionLag], now_ms: i64) {
         let map = self.lock();
         let (mut sum, mut max_seconds) = (0i64, 0i64);
-        for (partition, high) in highs {
+        for measurement in measured {
+            let partition = &measurement.partition;
             let Some(position) = map.get(partition) else { continue };
-            let lag = (high - position.next_offset).max(0);
-            let seconds = if lag > 0 && position.last_received_ms > 0 {
-                ((now_ms - position.last_received_ms) / 1000).max(0)
-            } else {
-                0
+            let lag = (measurement.high - position.next_offset).max(0);
+            let seconds = match measurement.oldest_unprocessed_ms {
+                Some(oldest_ms) if lag > 0 => ((now_ms - oldest_ms) / 1000).max(0),
+                _ => 0,
             };
             let label = partition.to_string();
             self.metrics.lag_records.with_label_values(&[&label]).set(lag);
@@ -105,35 +125,18 @@ impl Positions {
             sum += lag;
             max_seconds = max_seconds.max(seconds);
         }
-        self.metrics.lag_records_sum.set(sum);
-        self.metrics.lag_seconds_max.set(max_seconds);
+        self.metrics.owned_lag_records.set(sum);
+        self.metrics.owned_lag_seconds.set(max_seconds);
     }
 }
 
-/// Where high watermarks come from (the broker; a fake in tests).
-pub trait Watermarks: Send + 'static {
+/// What the lag is measured against (the broker; a fake in tests).
+pub trait LagSource: Send + 'static {
     /// The high watermark of `partition` of the views topic.
-    fn high(&self, partition: i32) -> Result<i64, rdkafka::error::KafkaError>;
-}
-
-/// High watermarks from the broker, through a client of the monitor's own.
-pub struct BrokerWatermarks {
-    client: BaseConsumer,
-    topic: String,
-}
-
-impl BrokerWatermarks {
-    /// A client that only asks for watermarks (no group, no fetching).
-    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Self, rdkafka::error::KafkaError> {
-        let client = base_config(kafka, "tally-counter-lag").create()?;
-        Ok(Self { client, topic: topic.to_owned() })
-    }
-}
-
-impl Watermarks for BrokerWatermarks {
-    fn high(&self, partition: i32) -> Result<i64, rdkafka::error::KafkaError> {
-        self.client.fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT).map(|(_, high)| high)
-    }
+    fn high(&self, partition: i32) -> Result<i64, KafkaError>;
+    /// Timestamp (epoch ms) of the first record of `partition` at or after
+    /// `offset`, or `None` when none arrived within the request's time.
+    fn timestamp_at(&mut self, partition: i32, offset: i64) -> Result<Option<i64>, KafkaError>;
 }
 
 /// The lag-measuring thread; stopped (and joined) on drop.
@@ -144,11 +147,11 @@ pub struct LagMonitor {
 
 impl LagMonitor {
     /// Starts measuring every `interval`.
-    pub fn spawn(positions: Positions, source: impl Watermarks, interval: Duration) -> std::io::Result<Self> {
+    pub fn spawn(positions: Positions, source: impl LagSource, interval: Duration) -> std::io::Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("tally-counter-lag".into())
-            .spawn(move || monitor(&positions, &source, interval, &stopped))?;
+            .spawn(move || monitor(&positions, source, interval, &stopped))?;
         Ok(Self { stop: Some(stop), thread: Some(thread) })
     }
 }
@@ -162,23 +165,52 @@ impl Drop for LagMonitor {
     }
 }
 
-fn monitor(positions: &Positions, source: &impl Watermarks, interval: Duration, stopped: &Receiver<()>) {
+fn monitor(positions: &Positions, mut source: impl LagSource, interval: Duration, stopped: &Receiver<()>) {
+    // The oldest unprocessed record's timestamp per partition, by offset: a
+    // partition that has not moved is not asked again.
+    let mut oldest: HashMap<i32, (i64, i64)> = HashMap::new();
     loop {
         match stopped.recv_timeout(interval) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
-        let mut highs = Vec::new();
-        for partition in positions.partitions() {
-            match source.high(partition) {
-                Ok(high) => highs.push((partition, high)),
-                Err(e) => tracing::debug!(partition, error = %e, "high watermark unavailable; lag not updated"),
-            }
+        let owned = positions.partitions();
+        oldest.retain(|partition, _| owned.contains(partition));
+        let mut measured = Vec::new();
+        for partition in owned {
+            let high = match source.high(partition) {
+                Ok(high) => high,
+                Err(e) => {
+                    tracing::debug!(partition, error = %e, "high watermark unavailable; lag not updated");
+                    continue;
+                }
+            };
+            let Some(position) = positions.position(partition) else { continue };
+            let oldest_unprocessed_ms = if high <= position.next_offset {
+                None
+            } else if let Some(ms) =
+                oldest.get(&partition).and_then(|&(offset, ms)| (offset == position.next_offset).then_some(ms))
+            {
+                Some(ms)
+            } else {
+                match source.timestamp_at(partition, position.next_offset) {
+                    Ok(Some(ms)) => {
+                        oldest.insert(partition, (position.next_offset, ms));
+                        Some(ms)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(partition, error = %e, "oldest unprocessed record unavailable; lag not updated");
+                        continue;
+                    }
+                }
+            };
+            measured.push(PartitionLag { partition, high, oldest_unprocessed_ms });
             if !matches!(stopped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
                 return;
             }
         }
-        positions.publish(&highs, tally_model::timestamp::now_ms());
+        positions.publish(&measured, tally_model::timestamp::now_ms());
     }
 }
 
@@ -206,35 +238,94 @@ mod tests {
         let registry = Registry::new();
         let positions = Positions::new(CounterMetrics::register(&registry).unwrap());
         let now = 1_795_341_600_000;
-        positions.update(0, Position { next_offset: 90, last_received_ms: now - 5_000 });
-        positions.update(1, Position { next_offset: 40, last_received_ms: now - 1_000 });
-        positions.update(2, Position { next_offset: 7, last_received_ms: now - 60_000 });
-        positions.publish(&[(0, 100), (1, 40), (2, 10)], now);
+        positions.update(0, Position { next_offset: 90 });
+        positions.update(1, Position { next_offset: 40 });
+        positions.update(2, Position { next_offset: 7 });
+        let lag = |partition, high, oldest: Option<i64>| PartitionLag {
+            partition,
+            high,
+            oldest_unprocessed_ms: oldest.map(|age| now - age),
+        };
+        positions.publish(&[lag(0, 100, Some(5_000)), lag(1, 40, None), lag(2, 10, Some(60_000))], now);
         assert_eq!(gauge(&registry, "tally_counter_consumer_lag_records", Some("0")), Some(10));
         assert_eq!(gauge(&registry, "tally_counter_consumer_lag_seconds", Some("0")), Some(5));
         assert_eq!(gauge(&registry, "tally_counter_consumer_lag_records", Some("1")), Some(0));
         assert_eq!(gauge(&registry, "tally_counter_consumer_lag_seconds", Some("1")), Some(0), "caught up: 0 s");
-        assert_eq!(gauge(&registry, "tally_counter_consumer_lag_records_sum", None), Some(13));
-        assert_eq!(gauge(&registry, "tally_counter_consumer_lag_seconds_max", None), Some(60));
+        assert_eq!(gauge(&registry, "tally_counter_owned_lag_records", None), Some(13));
+        assert_eq!(gauge(&registry, "tally_counter_owned_lag_seconds", None), Some(60));
 
         positions.remove(2);
         assert_eq!(gauge(&registry, "tally_counter_consumer_lag_records", Some("2")), None);
         // A measurement started before the release must not bring the series back.
-        positions.publish(&[(0, 100), (2, 10)], now);
+        positions.publish(&[lag(0, 100, Some(5_000)), lag(2, 10, Some(60_000))], now);
         assert_eq!(gauge(&registry, "tally_counter_consumer_lag_records", Some("2")), None);
-        assert_eq!(gauge(&registry, "tally_counter_consumer_lag_records_sum", None), Some(10));
+        assert_eq!(gauge(&registry, "tally_counter_owned_lag_records", None), Some(10));
     }
 
-    /// Watermarks that take `delay` each, reporting a high watermark set by the test.
+    /// A topic whose records are stamped by the test: offset -> timestamp.
+    struct Stamped {
+        stamps: Vec<i64>,
+        asked: Arc<AtomicI64>,
+    }
+
+    impl LagSource for Stamped {
+        fn high(&self, _: i32) -> Result<i64, KafkaError> {
+            Ok(self.stamps.len() as i64)
+        }
+
+        fn timestamp_at(&mut self, _: i32, offset: i64) -> Result<Option<i64>, KafkaError> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Ok(usize::try_from(offset).ok().and_then(|o| self.stamps.get(o).copied()))
+        }
+    }
+
+    #[test]
+    fn lag_in_seconds_is_the_age_of_the_oldest_unprocessed_record_not_of_the_last_processed_one() {
+        let registry = Registry::new();
+        let positions = Positions::new(CounterMetrics::register(&registry).unwrap());
+        let now = tally_model::timestamp::now_ms();
+        // An hour of silence after offset 0, then one view 30 s ago that is
+        // not processed yet: it has waited 30 s, not an hour.
+        let asked = Arc::new(AtomicI64::new(0));
+        let source = Stamped { stamps: vec![now - 3_600_000, now - 30_000], asked: asked.clone() };
+        positions.update(0, Position { next_offset: 1 });
+        let monitor = LagMonitor::spawn(positions.clone(), source, Duration::from_millis(10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gauge(&registry, "tally_counter_owned_lag_records", None) != Some(1) {
+            assert!(Instant::now() < deadline, "lag not published");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let seconds = gauge(&registry, "tally_counter_consumer_lag_seconds", Some("0")).unwrap();
+        assert!((30..=35).contains(&seconds), "lag seconds {seconds}");
+        assert_eq!(gauge(&registry, "tally_counter_owned_lag_seconds", None), Some(seconds));
+        // A partition that has not moved is not probed again.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "the same offset was probed again");
+        // Caught up: no record to wait for, no lag.
+        positions.update(0, Position { next_offset: 2 });
+        while gauge(&registry, "tally_counter_owned_lag_records", None) != Some(0) {
+            assert!(Instant::now() < deadline, "caught-up lag not published");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(gauge(&registry, "tally_counter_owned_lag_seconds", None), Some(0));
+        drop(monitor);
+    }
+
+    /// Requests that take `delay` each, reporting a high watermark set by the test.
     struct Slow {
         delay: Duration,
         high: Arc<AtomicI64>,
     }
 
-    impl Watermarks for Slow {
-        fn high(&self, _: i32) -> Result<i64, rdkafka::error::KafkaError> {
+    impl LagSource for Slow {
+        fn high(&self, _: i32) -> Result<i64, KafkaError> {
             std::thread::sleep(self.delay);
             Ok(self.high.load(Ordering::SeqCst))
+        }
+
+        fn timestamp_at(&mut self, _: i32, _: i64) -> Result<Option<i64>, KafkaError> {
+            std::thread::sleep(self.delay);
+            Ok(Some(1))
         }
     }
 
@@ -242,7 +333,7 @@ mod tests {
     fn slow_watermark_requests_never_block_the_worker_and_lag_still_arrives() {
         let registry = Registry::new();
         let positions = Positions::new(CounterMetrics::register(&registry).unwrap());
-        positions.update(0, Position { next_offset: 0, last_received_ms: 0 });
+        positions.update(0, Position { next_offset: 0 });
         let high = Arc::new(AtomicI64::new(500));
         let source = Slow { delay: Duration::from_millis(400), high: high.clone() };
         let monitor = LagMonitor::spawn(positions.clone(), source, Duration::from_millis(10)).unwrap();
@@ -251,7 +342,7 @@ mod tests {
         let mut slowest = Duration::ZERO;
         for next in 0..2_000i64 {
             let one = Instant::now();
-            positions.update(0, Position { next_offset: next, last_received_ms: 1 });
+            positions.update(0, Position { next_offset: next });
             slowest = slowest.max(one.elapsed());
             if next % 100 == 0 {
                 std::thread::sleep(Duration::from_millis(1));
@@ -259,13 +350,13 @@ mod tests {
         }
         assert!(slowest < Duration::from_millis(100), "a position update waited {slowest:?} for a watermark request");
         assert!(started.elapsed() < Duration::from_millis(400) * 2, "updates took {:?}", started.elapsed());
-        positions.update(0, Position { next_offset: 200, last_received_ms: 1 });
+        positions.update(0, Position { next_offset: 200 });
         let deadline = Instant::now() + Duration::from_secs(5);
-        while gauge(&registry, "tally_counter_consumer_lag_records_sum", None) != Some(300) {
+        while gauge(&registry, "tally_counter_owned_lag_records", None) != Some(300) {
             assert!(
                 Instant::now() < deadline,
                 "lag not published: {:?}",
-                gauge(&registry, "tally_counter_consumer_lag_records_sum", None)
+                gauge(&registry, "tally_counter_owned_lag_records", None)
             );
             std::thread::sleep(Duration::from_millis(20));
         }

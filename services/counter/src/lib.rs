@@ -41,7 +41,7 @@
 //! - [`worker`]: the consumer thread: polls, hands records over in batches, resumes paused partitions.
 //! - [`processor`]: the processing thread: counts batches, seals flushes, commits, pauses.
 //! - [`shared`]: state of both threads, rebalance callbacks, stale-record marks.
-//! - [`lag`]: consumer lag, measured on a thread of its own.
+//! - [`lag`]: consumer lag, measured on a thread of its own; [`lag_probe`]: what it asks the broker.
 //! - [`ownership`]: a partition's life in this counter: owned, draining, released.
 //! - [`partition`]: one partition's open range; classification of records.
 //! - [`viewers`]: the unique-viewer sketches of an open range, per video, salt and hour.
@@ -51,6 +51,7 @@
 //! - [`claim`]: claiming a partition before taking it over (the zombie fence).
 //! - [`commits`]: committing acknowledged ends off the processing thread; judging commit failures.
 //! - [`recovery`]: taking over a partition from the log.
+//! - [`outcomes`]: what became of each record read, tallied for the metrics.
 //! - [`dlq`]: dead letters with provenance, and the halt limit.
 //! - [`verify`]: folds the counts topic as the writer would (tests, audits).
 //! - [`metrics`]: the counter's Prometheus metrics.
@@ -62,7 +63,9 @@ pub mod config;
 pub mod dlq;
 pub mod emitter;
 pub mod lag;
+pub mod lag_probe;
 pub mod metrics;
+pub mod outcomes;
 pub mod ownership;
 pub mod partition;
 pub mod processor;

@@ -29,9 +29,9 @@ pub struct CounterMetrics {
     /// Lag per partition in seconds (now minus receive time of the last record; 0 when caught up).
     pub lag_seconds: IntGaugeVec,
     /// Sum of lag over partitions, in records.
-    pub lag_records_sum: IntGauge,
+    pub owned_lag_records: IntGauge,
     /// Largest lag over partitions, in seconds.
-    pub lag_seconds_max: IntGauge,
+    pub owned_lag_seconds: IntGauge,
     /// Partitions paused for backpressure.
     pub paused_partitions: IntGauge,
     /// Times a partition was paused for backpressure.
@@ -118,12 +118,12 @@ impl CounterMetrics {
                 ),
                 &["partition"],
             )?,
-            lag_records_sum: IntGauge::new(
-                "tally_counter_consumer_lag_records_sum",
+            owned_lag_records: IntGauge::new(
+                "tally_counter_owned_lag_records",
                 "Records not yet processed, all partitions",
             )?,
-            lag_seconds_max: IntGauge::new(
-                "tally_counter_consumer_lag_seconds_max",
+            owned_lag_seconds: IntGauge::new(
+                "tally_counter_owned_lag_seconds",
                 "Largest lag in seconds over partitions",
             )?,
             paused_partitions: IntGauge::new("tally_counter_paused_partitions", "Partitions paused for backpressure")?,
@@ -166,8 +166,8 @@ impl CounterMetrics {
         registry.register(Box::new(m.recovery_duration.clone()))?;
         registry.register(Box::new(m.lag_records.clone()))?;
         registry.register(Box::new(m.lag_seconds.clone()))?;
-        registry.register(Box::new(m.lag_records_sum.clone()))?;
-        registry.register(Box::new(m.lag_seconds_max.clone()))?;
+        registry.register(Box::new(m.owned_lag_records.clone()))?;
+        registry.register(Box::new(m.owned_lag_seconds.clone()))?;
         registry.register(Box::new(m.paused_partitions.clone()))?;
         registry.register(Box::new(m.pauses.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
@@ -178,6 +178,7 @@ impl CounterMetrics {
         registry.register(Box::new(m.partitions_revoked.clone()))?;
         registry.register(Box::new(m.stale_completions.clone()))?;
         registry.register(Box::new(m.clock_skew_clamped.clone()))?;
+        crate::outcomes::OutcomeTally::initialise(&m);
         Ok(m)
     }
 }

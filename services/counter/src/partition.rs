@@ -171,8 +171,6 @@ pub struct PartitionState {
     /// the broker's time plus the allowed skew) since the last
     /// [`Self::take_clock_skew_clamped`].
     clock_skew_clamped: u64,
-    /// Receive time of the last record processed.
-    pub last_received_ms: i64,
     /// Whether the consumer delivers its records (backpressure).
     pub flow: Flow,
     /// Records of batches polled before this mark (before the partition was
@@ -202,7 +200,6 @@ impl PartitionState {
             last_flush: Instant::now(),
             acknowledged: None,
             clock_skew_clamped: 0,
-            last_received_ms: 0,
             flow: Flow::Flowing,
             valid_from_mark: 0,
         }
@@ -353,7 +350,6 @@ impl PartitionState {
             }
             Verdict::Count(view) => {
                 self.guard.record(false);
-                self.last_received_ms = view.received_ms;
                 let received = rules.counting.trusted_received(view.received_ms, log_ms);
                 self.clock_skew_clamped += u64::from(received.clamped);
                 pass.push(Pending {

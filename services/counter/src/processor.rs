@@ -15,7 +15,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 use tally_model::counting::BYTES_PER_ENTRY;
 
-use crate::partition::{Flow, FlushJob, Input, PartitionState, Rules};
+use crate::outcomes::OutcomeTally;
+use crate::partition::{Flow, Input, PartitionState, Rules};
 use crate::shared::{position, CounterContext, Inner, Shared};
 use crate::worker::WorkerError;
 
@@ -105,7 +106,7 @@ impl Processor<'_> {
     /// Counts batches until the consumer thread hangs up; spent batches go
     /// back through `spare` for reuse.
     pub fn run(&self, batches: &Receiver<Batch>, spare: &SyncSender<Batch>) -> Result<(), WorkerError> {
-        let mut outcomes = [0u64; 4];
+        let mut outcomes = OutcomeTally::default();
         let mut last_housekeeping = Instant::now();
         loop {
             let received = batches.recv_timeout(HOUSEKEEPING);
@@ -130,7 +131,7 @@ impl Processor<'_> {
                 last_housekeeping = now;
                 self.seal_due(&mut inner, &mut outcomes)?;
                 self.apply_backpressure(&mut inner)?;
-                publish_outcomes(self.shared, &mut outcomes);
+                outcomes.publish(&self.shared.metrics);
                 self.shared.positions.update_all(inner.partitions.owned().map(|s| (s.partition, position(s))));
             }
         }
@@ -141,7 +142,7 @@ impl Processor<'_> {
         inner: &mut Inner,
         batch: &Batch,
         now: Instant,
-        outcomes: &mut [u64; 4],
+        outcomes: &mut OutcomeTally,
     ) -> Result<(), WorkerError> {
         let records = &batch.records;
         let mut i = 0;
@@ -176,7 +177,7 @@ impl Processor<'_> {
                 // Checked after every run: a forced boundary must be sealed exactly there.
                 if state.due(now, self.rules) {
                     let job = state.seal(now);
-                    publish_job_stats(outcomes, &job);
+                    outcomes.add_job(&job);
                     inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
                 }
             }
@@ -193,7 +194,7 @@ impl Processor<'_> {
         Ok(())
     }
 
-    fn seal_due(&self, inner: &mut Inner, outcomes: &mut [u64; 4]) -> Result<(), WorkerError> {
+    fn seal_due(&self, inner: &mut Inner, outcomes: &mut OutcomeTally) -> Result<(), WorkerError> {
         let now = Instant::now();
         let mut jobs = Vec::new();
         for state in inner.partitions.owned_iter_mut() {
@@ -202,7 +203,7 @@ impl Processor<'_> {
             }
         }
         for job in jobs {
-            publish_job_stats(outcomes, &job);
+            outcomes.add_job(&job);
             inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
         }
         Ok(())
@@ -230,32 +231,6 @@ impl Processor<'_> {
         metrics.dedup_bytes.set((entries * BYTES_PER_ENTRY) as i64);
         metrics.buffered_rows.set(inner.partitions.owned().map(PartitionState::buffered_rows).sum::<usize>() as i64);
         Ok(())
-    }
-}
-
-fn publish_job_stats(outcomes: &mut [u64; 4], job: &FlushJob) {
-    let stats = job.header.stats;
-    outcomes[0] += u64::from(stats.counted);
-    outcomes[1] += u64::from(stats.duplicates);
-    for dead in &job.dead {
-        match dead.reason {
-            crate::dlq::DeadReason::Late => outcomes[2] += 1,
-            crate::dlq::DeadReason::Malformed => outcomes[3] += 1,
-        }
-    }
-}
-
-/// Publishes the outcome counts gathered since the last call.
-pub fn publish_outcomes(shared: &Shared, outcomes: &mut [u64; 4]) {
-    let metrics = &shared.metrics;
-    for (index, outcome) in ["counted", "duplicate", "late", "malformed"].iter().enumerate() {
-        if outcomes[index] > 0 {
-            metrics.events.with_label_values(&[outcome]).inc_by(outcomes[index]);
-            if index >= 2 {
-                metrics.dead_letters.with_label_values(&[outcome]).inc_by(outcomes[index]);
-            }
-            outcomes[index] = 0;
-        }
     }
 }
 

@@ -447,7 +447,7 @@ impl Shared {
 
 /// Where a partition stands, for the lag monitor.
 pub fn position(state: &PartitionState) -> Position {
-    Position { next_offset: state.next_offset(), last_received_ms: state.last_received_ms }
+    Position { next_offset: state.next_offset() }
 }
 
 #[cfg(test)]

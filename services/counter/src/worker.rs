@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::claim::{ClaimError, Claimer};
 use crate::dlq::DlqLimitExceeded;
 use crate::emitter::Completion;
-use crate::lag::{BrokerWatermarks, LagMonitor};
+use crate::lag::{BrokerLagSource, LagMonitor};
 use crate::metrics::CounterMetrics;
 use crate::partition::{Flow, FlushJob, Rules};
 use crate::processor::{Batch, Processor, BATCH};
@@ -130,7 +130,7 @@ impl Worker {
     /// error), waits for the acknowledgements, commits, and leaves the group,
     /// all within `drain` (the final commit keeps at least 1 s).
     pub fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), WorkerError> {
-        let watermarks = BrokerWatermarks::new(&self.shared.recovery.kafka, &self.shared.recovery.views_topic)?;
+        let watermarks = BrokerLagSource::new(&self.shared.recovery.kafka, &self.shared.recovery.views_topic)?;
         let lag = LagMonitor::spawn(self.shared.positions.clone(), watermarks, self.lag_interval)?;
         let outcome = self.consume(&shutdown);
         drop(lag);

@@ -184,20 +184,19 @@ async fn lag_is_reported_per_partition_by_the_monitor_thread_and_returns_to_zero
             counter.registry.gather().iter().filter(|f| f.name() == name).map(|f| f.get_metric().len()).sum::<usize>()
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while series("tally_counter_consumer_lag_records") < 4
-            || value("tally_counter_consumer_lag_records_sum", None) != 0.0
+        while series("tally_counter_consumer_lag_records") < 4 || value("tally_counter_owned_lag_records", None) != 0.0
         {
             assert!(
                 Instant::now() < deadline,
                 "lag series: {}, sum {}",
                 series("tally_counter_consumer_lag_records"),
-                value("tally_counter_consumer_lag_records_sum", None)
+                value("tally_counter_owned_lag_records", None)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(series("tally_counter_consumer_lag_records"), 4, "one series per owned partition");
         assert_eq!(series("tally_counter_consumer_lag_seconds"), 4);
-        assert_eq!(value("tally_counter_consumer_lag_seconds_max", None), 0.0, "caught up: no lag in seconds");
+        assert_eq!(value("tally_counter_owned_lag_seconds", None), 0.0, "caught up: no lag in seconds");
         for partition in ["0", "1", "2", "3"] {
             assert_eq!(value("tally_counter_consumer_lag_records", Some(partition)), 0.0, "partition {partition}");
         }
@@ -208,7 +207,7 @@ async fn lag_is_reported_per_partition_by_the_monitor_thread_and_returns_to_zero
         let folded = fold_until(&kafka, &producer.expected, Duration::from_secs(60)).await;
         assert_eq!(folded.totals, producer.expected);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while value("tally_counter_consumer_lag_records_sum", None) != 0.0 {
+        while value("tally_counter_owned_lag_records", None) != 0.0 {
             assert!(Instant::now() < deadline, "lag did not return to 0");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -325,6 +324,50 @@ async fn a_counter_whose_broker_is_gone_still_stops_within_its_drain_budget() {
         // budget; waiting out the group session (45 s) for a coordinator, on
         // commit or on close, would pass 45 s.
         assert!(stopping.elapsed() < Duration::from_secs(15), "stopped after {:?}", stopping.elapsed());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_probe_reads_the_timestamp_of_the_record_at_an_offset_from_the_broker() {
+    use rdkafka::producer::FutureRecord;
+    use tally_counter::lag::{BrokerLagSource, LagSource};
+    bounded(LIMIT, async {
+        let (_broker, kafka) = setup().await;
+        let settings = tally_kafka::clients::ProducerSettings {
+            delivery_timeout: Duration::from_secs(10),
+            linger: Duration::ZERO,
+            queue_capacity: 16,
+        };
+        let producer = tally_kafka::clients::idempotent_producer(&kafka, "lag-probe-test", &settings).unwrap();
+        // The views topic is stamped by the broker (LogAppendTime): each
+        // record's time is known to lie between its send and its acknowledgement.
+        let mut windows = Vec::new();
+        for i in 0..3 {
+            if i == 1 {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+            }
+            let sent = tally_model::timestamp::now_ms();
+            let record = FutureRecord::to(&kafka.topics.views).partition(2).key("k").payload("p");
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+            windows.push(sent..=tally_model::timestamp::now_ms());
+        }
+        let topic = kafka.topics.views.clone();
+        let (high, at_one, at_end) = tokio::task::spawn_blocking(move || {
+            let mut source = BrokerLagSource::new(&kafka, &topic).unwrap();
+            (source.high(2).unwrap(), source.timestamp_at(2, 1).unwrap(), source.timestamp_at(2, 3).unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(high, 3);
+        let at_one = at_one.expect("the record at offset 1 was read");
+        assert!(
+            windows[1].contains(&at_one),
+            "the record at offset 1 was stamped at {at_one}, sent in {:?}",
+            windows[1]
+        );
+        assert!(!windows[0].contains(&at_one), "offset 0's time, 1.5 s earlier, was read instead");
+        assert_eq!(at_end, None, "nothing at the high watermark yet");
     })
     .await;
 }

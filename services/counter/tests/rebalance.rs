@@ -119,7 +119,7 @@ async fn partitions_paused_for_backpressure_when_revoked_are_fetched_again_when_
         }
         assert!(first.metric("tally_counter_partition_pauses_total") > 0.0, "backpressure paused partitions");
         let missing = wait_for_totals(&kafka, &producer.expected, Duration::from_secs(60)).await;
-        let lag = first.metric("tally_counter_consumer_lag_records_sum");
+        let lag = first.metric("tally_counter_owned_lag_records");
         eprintln!("counted after {:?}", started.elapsed());
         // Stopped before asserting: a counter left running would hold the test's runtime.
         first.stop().await;

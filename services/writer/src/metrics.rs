@@ -102,6 +102,9 @@ impl WriterMetrics {
         for outcome in ["applied", "stale", "fenced"] {
             m.deltas.with_label_values(&[outcome]);
         }
+        for outcome in ["applied", "stale"] {
+            m.sketches.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_duration.clone()))?;
         registry.register(Box::new(m.deltas.clone()))?;

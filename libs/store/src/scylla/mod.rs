@@ -72,6 +72,7 @@ use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Statement;
 use tally_model::counts::Owner;
 
 pub use self::config::{ConsistencyLevel, ScyllaConfig};
@@ -122,6 +123,18 @@ struct Statements {
     write_batch_by_video: PreparedStatement,
     write_period: PreparedStatement,
     read_periods: PreparedStatement,
+}
+
+/// A schema change waits until every node has applied it, and DROP KEYSPACE
+/// snapshots every table first: on a busy node either takes longer than a
+/// data request may (`store.scylla.request-timeout`), and giving up early
+/// leaves the change half-announced, so they get a timeout of their own.
+const SCHEMA_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn schema_change(text: String) -> Statement {
+    let mut statement = Statement::new(text);
+    statement.set_request_timeout(Some(SCHEMA_CHANGE_TIMEOUT));
+    statement
 }
 
 /// Shards of `videos_by_hour`.
@@ -183,7 +196,7 @@ impl ScyllaStore {
         let session = builder.build().await.map_err(unavailable)?;
         if config.create_schema {
             for statement in schema::statements(&config.keyspace, &config.replication) {
-                session.query_unpaged(statement, ()).await.map_err(from_execution)?;
+                session.query_unpaged(schema_change(statement), ()).await.map_err(from_execution)?;
             }
             session.await_schema_agreement().await.map_err(unavailable)?;
         }
@@ -214,7 +227,7 @@ impl ScyllaStore {
     /// Drops the keyspace (contract tests clean up after themselves).
     pub async fn drop_keyspace(&self) -> Result<(), StoreError> {
         let statement = format!("DROP KEYSPACE IF EXISTS {}", self.inner.config.keyspace);
-        self.inner.session.query_unpaged(statement, ()).await.map_err(from_execution)?;
+        self.inner.session.query_unpaged(schema_change(statement), ()).await.map_err(from_execution)?;
         Ok(())
     }
 
