@@ -139,7 +139,8 @@ pub trait LagSource: Send + 'static {
     fn timestamp_at(&mut self, partition: i32, offset: i64) -> Result<Option<i64>, KafkaError>;
 }
 
-/// The lag-measuring thread; stopped (and joined) on drop.
+/// The lag-measuring thread; stopped (and joined) on drop, or within a
+/// bound by [`Self::stop_within`].
 pub struct LagMonitor {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -154,11 +155,35 @@ impl LagMonitor {
             .spawn(move || monitor(&positions, source, interval, &stopped))?;
         Ok(Self { stop: Some(stop), thread: Some(thread) })
     }
+
+    /// Tells the thread to stop at its next check, without waiting: a
+    /// request to an unreachable broker may hold it for its timeout.
+    pub fn request_stop(&mut self) {
+        drop(self.stop.take());
+    }
+
+    /// Stops the thread and waits for it at most `within`; a thread still
+    /// in a broker request then ends on its own when the request does.
+    /// Whether it ended in time.
+    pub fn stop_within(mut self, within: Duration) -> bool {
+        self.request_stop();
+        let Some(thread) = self.thread.take() else { return true };
+        let deadline = std::time::Instant::now() + within;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Drop for LagMonitor {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        self.request_stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -178,6 +203,11 @@ fn monitor(positions: &Positions, mut source: impl LagSource, interval: Duration
         oldest.retain(|partition, _| owned.contains(partition));
         let mut measured = Vec::new();
         for partition in owned {
+            // Checked before every partition: with the broker gone each
+            // request waits out its timeout, and the drain must not.
+            if !matches!(stopped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
+                return;
+            }
             let high = match source.high(partition) {
                 Ok(high) => high,
                 Err(e) => {
@@ -206,9 +236,6 @@ fn monitor(positions: &Positions, mut source: impl LagSource, interval: Duration
                 }
             };
             measured.push(PartitionLag { partition, high, oldest_unprocessed_ms });
-            if !matches!(stopped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
-                return;
-            }
         }
         positions.publish(&measured, tally_model::timestamp::now_ms());
     }
@@ -363,5 +390,62 @@ mod tests {
         let stopping = Instant::now();
         drop(monitor);
         assert!(stopping.elapsed() < Duration::from_secs(2), "the monitor stops within one request");
+    }
+
+    /// A broker that is gone: every request fails after `delay`.
+    struct Gone {
+        delay: Duration,
+        asked: Arc<AtomicI64>,
+    }
+
+    impl LagSource for Gone {
+        fn high(&self, _: i32) -> Result<i64, KafkaError> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            Err(KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::AllBrokersDown))
+        }
+
+        fn timestamp_at(&mut self, _: i32, _: i64) -> Result<Option<i64>, KafkaError> {
+            unreachable!("no high watermark, no probe")
+        }
+    }
+
+    #[test]
+    fn a_monitor_whose_broker_is_gone_stops_within_one_request_not_one_per_partition() {
+        let registry = Registry::new();
+        let positions = Positions::new(CounterMetrics::register(&registry).unwrap());
+        for partition in 0..8 {
+            positions.update(partition, Position { next_offset: 0 });
+        }
+        let delay = Duration::from_millis(300);
+        let asked = Arc::new(AtomicI64::new(0));
+        let monitor =
+            LagMonitor::spawn(positions, Gone { delay, asked: asked.clone() }, Duration::from_millis(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while asked.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the monitor never asked the broker");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stopping = Instant::now();
+        assert!(monitor.stop_within(Duration::from_secs(5)), "the monitor did not stop");
+        let took = stopping.elapsed();
+        assert!(took < delay * 2, "stopping took {took:?}: it went on asking for the other partitions");
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "requests after the stop was asked for");
+    }
+
+    #[test]
+    fn stopping_within_a_bound_shorter_than_the_request_leaves_the_monitor_to_end_with_it() {
+        let registry = Registry::new();
+        let positions = Positions::new(CounterMetrics::register(&registry).unwrap());
+        positions.update(0, Position { next_offset: 0 });
+        let asked = Arc::new(AtomicI64::new(0));
+        let gone = Gone { delay: Duration::from_secs(1), asked: asked.clone() };
+        let monitor = LagMonitor::spawn(positions, gone, Duration::from_millis(1)).unwrap();
+        while asked.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stopping = Instant::now();
+        assert!(!monitor.stop_within(Duration::from_millis(100)), "a request of 1 s cannot end within 100 ms");
+        assert!(stopping.elapsed() < Duration::from_millis(500), "stop_within waited past its bound");
     }
 }

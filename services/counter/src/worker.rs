@@ -131,17 +131,21 @@ impl Worker {
     /// all within `drain` (the final commit keeps at least 1 s).
     pub fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), WorkerError> {
         let watermarks = BrokerLagSource::new(&self.shared.recovery.kafka, &self.shared.recovery.views_topic)?;
-        let lag = LagMonitor::spawn(self.shared.positions.clone(), watermarks, self.lag_interval)?;
+        let mut lag = LagMonitor::spawn(self.shared.positions.clone(), watermarks, self.lag_interval)?;
         let outcome = self.consume(&shutdown);
-        drop(lag);
+        let deadline = Instant::now() + drain;
+        // Not waited for here: its broker requests must not eat the drain.
+        lag.request_stop();
         // After a failure (a halt at the dead-letter limit above all) the open
         // ranges must not be emitted: only in-flight flushes are finished.
-        let deadline = Instant::now() + drain;
         let drained = self.drain(deadline, outcome.is_ok());
         // Without a reachable coordinator, leaving the group may wait out the session.
         let budget = deadline.saturating_duration_since(Instant::now()).max(CLOSE_RESERVE);
         if !drop_within(self.consumer, budget) {
             tracing::warn!(?budget, "leaving the consumer group did not finish in time; the session will expire");
+        }
+        if !lag.stop_within(deadline.saturating_duration_since(Instant::now())) {
+            tracing::debug!("the lag monitor is still in a broker request; it ends with it");
         }
         outcome.and(drained)
     }
