@@ -77,6 +77,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The `service.name` of its spans (`tally-counter`, ...).
+    pub fn service_name(&self) -> String {
+        let name = match self {
+            Self::Ingest => "ingest",
+            Self::Counter => "counter",
+            Self::Writer => "writer",
+            Self::Query => "query",
+            Self::Reconciler | Self::Reconcile { .. } => "reconciler",
+            Self::Standalone => "standalone",
+            Self::Broker => "broker",
+            Self::VerifyCounts { .. } | Self::Config | Self::Dlq { .. } | Self::Topology { .. } => "tool",
+        };
+        format!("tally-{name}")
+    }
+}
+
 /// Topology actions.
 #[derive(Debug, Subcommand)]
 pub enum TopologyAction {

@@ -12,6 +12,7 @@ use tally_kafka::KafkaConfig;
 use tally_query::QueryConfig;
 use tally_reconciler::ArchiverConfig;
 use tally_service::logging::LogConfig;
+use tally_service::traces::TraceConfig;
 use tally_writer::WriterConfig;
 
 /// Everything `tally` can be configured with.
@@ -20,6 +21,8 @@ use tally_writer::WriterConfig;
 pub struct TallyConfig {
     /// Logging.
     pub log: LogConfig,
+    /// Call-chain tracing (OpenTelemetry over OTLP; off by default).
+    pub traces: TraceConfig,
     /// Process-wide shutdown behaviour.
     pub shutdown: ShutdownConfig,
     /// The Kafka-protocol broker and topics.

@@ -8,7 +8,8 @@
 //!   librdkafka settings: values whose key names a credential
 //!   ([`is_sensitive_key`]: `sasl.password`, `ssl.key.password`,
 //!   `sasl.oauthbearer.client.secret`, `sasl.jaas.config`, ...) become `***`;
-//! - `cache.redis-url`: the password of its user-info part becomes `***`.
+//! - `cache.redis-url` and `traces.otlp-endpoint`: the password of their
+//!   user-info part becomes `***`.
 //!
 //! A redacted file still parses (`***` is a string), so it can be diffed and
 //! shared; it cannot stand in for the original.
@@ -47,9 +48,11 @@ pub fn redacted_toml(config: &TallyConfig) -> Result<String, ShowError> {
             }
         }
     }
-    if let Some(url) = value.get_mut("cache").and_then(|c| c.get_mut("redis-url")) {
-        if let Some(text) = url.as_str() {
-            *url = toml::Value::String(redact_url_password(text));
+    for (section, key) in [("cache", "redis-url"), ("traces", "otlp-endpoint")] {
+        if let Some(url) = value.get_mut(section).and_then(|c| c.get_mut(key)) {
+            if let Some(text) = url.as_str() {
+                *url = toml::Value::String(redact_url_password(text));
+            }
         }
     }
     Ok(toml::to_string_pretty(&value)?)

@@ -33,6 +33,14 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     tally_service::logging::init(&config.log);
+    // Dropped after the runtime: the last spans are exported then.
+    let _tracing = match tally_service::traces::init(&config.traces, &cli.command.service_name()) {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("tally: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -11,6 +11,7 @@ const SECRETS: &[&str] = &[
     "sasl-pw-from-file",
     "key-pw-from-file",
     "redis-pw-from-file",
+    "otlp-pw-from-file",
     "ingest-key-from-file",
     "admin-key-from-file",
     "scylla-pw-from-file",
@@ -27,6 +28,9 @@ consumer-properties = { "ssl.key.password" = "key-pw-from-file", "session.timeou
 
 [cache]
 redis-url = "redis://app:redis-pw-from-file@redis:6379/0"
+
+[traces]
+otlp-endpoint = "https://tally:otlp-pw-from-file@collector:4318/v1/traces"
 
 [ingest]
 api-keys = [{ name = "web", key = "ingest-key-from-file", events-per-sec = 100.0, burst = 200.0 }]

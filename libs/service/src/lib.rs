@@ -11,6 +11,7 @@
 //! - [`http_metrics`]: request count and latency per matched route and status.
 //! - [`problem`]: RFC 9457 problem responses.
 //! - [`logging`]: `tracing` set-up (text or JSON).
+//! - [`traces`]: call-chain tracing, OpenTelemetry spans over OTLP, and W3C trace context on records.
 //! - [`serve`]: running an axum router on a listener until shutdown, with drain and a header read timeout.
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod problem;
 pub mod readiness;
 pub mod serve;
 pub mod supervisor;
+pub mod traces;
 
 pub use problem::Problem;
 pub use readiness::Readiness;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::ToBytes;
+use rdkafka::message::{Header, OwnedHeaders, ToBytes};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tally_kafka::fatal::{fatal_error, FatalError};
 use tally_model::counts;
+use tally_service::traces::{KeyValue, TRACEPARENT};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +75,17 @@ pub async fn run(
             },
             () = shutdown.cancelled() => return Ok(()),
         };
+        // Only when tracing is on and the range holds records of traced
+        // requests; ends (is exported) when the flush is acknowledged.
+        let span = job.links.start_span(
+            "counter flush",
+            vec![
+                KeyValue::new("tally.partition", i64::from(job.partition)),
+                KeyValue::new("tally.offsets.start", job.header.start),
+                KeyValue::new("tally.offsets.end", job.header.end),
+                KeyValue::new("tally.rows", i64::try_from(job.rows.len()).unwrap_or(i64::MAX)),
+            ],
+        );
         let mut backoff = Duration::from_millis(100);
         loop {
             let emitted = tokio::select! {
@@ -96,6 +108,7 @@ pub async fn run(
                 }
             }
         }
+        drop(span);
         let completion = Completion {
             partition: job.partition,
             owner: job.owner(),
@@ -131,7 +144,14 @@ async fn emit(producer: &FutureProducer, destination: &Destination, job: &FlushJ
         let sketches =
             job.uniques[chunk.sketches].iter().map(|(video, salt, hour, bytes)| (&**video, *salt, *hour, &bytes[..]));
         let payload = counts::encode_chunk(&header, rows, sketches);
-        let record = FutureRecord::to(&destination.counts_topic).partition(partition).key(&key).payload(&payload);
+        let mut record = FutureRecord::to(&destination.counts_topic).partition(partition).key(&key).payload(&payload);
+        // The first record carries the flush's trace contexts to the writer.
+        if index == 0 && !job.links.is_empty() {
+            let headers = job.links.traceparents().fold(OwnedHeaders::new(), |headers, value| {
+                headers.insert(Header { key: TRACEPARENT, value: Some(value.as_str()) })
+            });
+            record = record.headers(headers);
+        }
         deliveries.push(send(producer, record).await?);
     }
     for outcome in join_all(deliveries).await {
@@ -204,6 +224,7 @@ mod tests {
             rows: (0..rows).map(|i| (Box::from(format!("v{i}")), Salt(0), 0, 1)).collect(),
             uniques: sketch_sizes.iter().map(|n| (Box::from("v"), Salt(0), 0, vec![0; *n])).collect(),
             dead: Vec::new(),
+            links: tally_service::traces::Links::default(),
             sealed_at: Instant::now(),
         }
     }

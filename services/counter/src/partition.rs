@@ -13,6 +13,7 @@ use tally_model::Salt;
 use crate::aggregate::Aggregate;
 use crate::dlq::{DeadLetter, DeadReason, DlqGuard, DlqLimitExceeded, DlqLimits};
 use crate::viewers::{SketchRow, Viewers};
+use tally_service::traces::Links;
 
 /// The rules every partition applies.
 #[derive(Debug, Clone)]
@@ -120,6 +121,8 @@ pub struct FlushJob {
     pub uniques: Vec<SketchRow>,
     /// Dead letters of the range.
     pub dead: Vec<DeadLetter>,
+    /// The trace contexts of the range's records of traced requests.
+    pub links: Links,
     /// When it was sealed.
     pub sealed_at: Instant,
 }
@@ -159,6 +162,7 @@ pub struct PartitionState {
     viewers: Viewers,
     stats: FlushStats,
     dead: Vec<DeadLetter>,
+    links: Links,
     guard: DlqGuard,
     forced_ends: VecDeque<i64>,
     in_flight: Option<i64>,
@@ -194,6 +198,7 @@ impl PartitionState {
             viewers: Viewers::default(),
             stats: FlushStats::default(),
             dead: Vec::new(),
+            links: Links::default(),
             guard: DlqGuard::default(),
             forced_ends: forced_ends.into(),
             in_flight: None,
@@ -437,6 +442,7 @@ impl PartitionState {
             rows: self.aggregate.drain_sorted(),
             uniques: self.viewers.drain_sorted(),
             dead: std::mem::take(&mut self.dead),
+            links: std::mem::take(&mut self.links),
             sealed_at: now,
         };
         self.range_start = end;
@@ -444,6 +450,12 @@ impl PartitionState {
         self.in_flight = Some(end);
         self.last_flush = now;
         job
+    }
+
+    /// Records the trace context of a record of a traced request taken into
+    /// the open range: the flush's span links to it.
+    pub fn link(&mut self, traceparent: &[u8]) {
+        self.links.add_traceparent(traceparent);
     }
 
     /// Marks the flush ending at `end` as acknowledged: the next one may be

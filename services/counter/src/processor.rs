@@ -45,6 +45,8 @@ struct Record {
     log_ms: Option<i64>,
     key: Range<usize>,
     payload: Range<usize>,
+    /// The W3C `traceparent` header of a traced request's record.
+    traceparent: Option<Range<usize>>,
 }
 
 impl Batch {
@@ -53,7 +55,8 @@ impl Batch {
         Self { mark: 0, records: Vec::with_capacity(records), bytes: Vec::with_capacity(bytes) }
     }
 
-    /// Copies one record in; `log_ms` is the broker's timestamp of it, when it has one.
+    /// Copies one record in; `log_ms` is the broker's timestamp of it, when
+    /// it has one; `traceparent` its trace context, when its request was traced.
     pub fn push(
         &mut self,
         partition: i32,
@@ -61,10 +64,12 @@ impl Batch {
         log_ms: Option<i64>,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
+        traceparent: Option<&[u8]>,
     ) {
         let key = self.append(key.unwrap_or_default());
         let payload = self.append(payload.unwrap_or_default());
-        self.records.push(Record { partition, offset, log_ms, key, payload });
+        let traceparent = traceparent.map(|value| self.append(value));
+        self.records.push(Record { partition, offset, log_ms, key, payload, traceparent });
     }
 
     fn append(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -173,7 +178,11 @@ impl Processor<'_> {
                     key: &batch.bytes[r.key.clone()],
                     payload: &batch.bytes[r.payload.clone()],
                 };
-                i += state.process_run(&records[i..end], view, now, self.rules)?;
+                let taken = state.process_run(&records[i..end], view, now, self.rules)?;
+                for traced in records[i..i + taken].iter().filter_map(|r| r.traceparent.clone()) {
+                    state.link(&batch.bytes[traced]);
+                }
+                i += taken;
                 // Checked after every run: a forced boundary must be sealed exactly there.
                 if state.due(now, self.rules) {
                     let job = state.seal(now);
@@ -241,9 +250,9 @@ mod tests {
     #[test]
     fn a_batch_keeps_keys_and_payloads_apart_and_is_reused() {
         let mut batch = Batch::with_capacity(4, 64);
-        batch.push(1, 10, Some(5), Some(b"k1"), Some(b"payload-1"));
-        batch.push(2, 20, None, None, Some(b""));
-        batch.push(1, 11, Some(6), Some(b"k"), None);
+        batch.push(1, 10, Some(5), Some(b"k1"), Some(b"payload-1"), Some(b"00-trace"));
+        batch.push(2, 20, None, None, Some(b""), None);
+        batch.push(1, 11, Some(6), Some(b"k"), None, None);
         let seen: Vec<(i32, i64, &[u8], &[u8])> = batch
             .records
             .iter()
@@ -253,6 +262,9 @@ mod tests {
             seen,
             vec![(1, 10, &b"k1"[..], &b"payload-1"[..]), (2, 20, &b""[..], &b""[..]), (1, 11, &b"k"[..], &b""[..])]
         );
+        let traced: Vec<Option<&[u8]>> =
+            batch.records.iter().map(|r| r.traceparent.clone().map(|t| &batch.bytes[t])).collect();
+        assert_eq!(traced, vec![Some(&b"00-trace"[..]), None, None]);
         let capacity = batch.bytes.capacity();
         batch.clear();
         assert!(batch.is_empty());

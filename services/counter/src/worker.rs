@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Message, Timestamp};
+use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_kafka::clients::{drop_within, run_within, Unfinished};
 use tokio::sync::mpsc::UnboundedSender;
@@ -221,12 +221,17 @@ impl Worker {
                     if let Timestamp::CreateTime(_) = timestamp {
                         self.warn_create_time();
                     }
+                    // Only records of traced requests have headers.
+                    let traceparent = message.headers().and_then(|headers| {
+                        headers.iter().find(|h| h.key == tally_service::traces::TRACEPARENT).and_then(|h| h.value)
+                    });
                     batch.push(
                         message.partition(),
                         message.offset(),
                         timestamp.to_millis(),
                         message.key(),
                         message.payload(),
+                        traceparent,
                     )
                 }
                 Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {

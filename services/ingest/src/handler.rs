@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use tally_model::hot::HotKeyDetector;
 use tally_model::viewer::Pseudonymizer;
 use tally_model::{parse_events, wire, BodyFormat, Limits, ParseFailure, PartitionKey, Salt, SaltPolicy, ViewEvent};
+use tally_service::traces::{KeyValue, RequestSpan, TRACEPARENT};
 use tally_service::Problem;
 
 use crate::metrics::IngestMetrics;
@@ -59,21 +60,35 @@ pub struct AppState {
 
 /// The handler.
 pub async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    match accept(&state, request).await {
+    // Only when traces are exported and this request is sampled.
+    let mut span = RequestSpan::start("POST /v1/events", request.headers().get(TRACEPARENT).map(|v| v.as_bytes()));
+    let traceparent = span.as_ref().map(|s| s.traceparent().to_owned());
+    let response = match accept(&state, request, traceparent.as_deref()).await {
         Ok(accepted) => {
             state.metrics.events_accepted.inc_by(accepted as u64);
+            if let Some(span) = &mut span {
+                span.set(KeyValue::new("tally.events", i64::try_from(accepted).unwrap_or(i64::MAX)));
+            }
             (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response()
         }
         Err((reason, events, problem)) => {
             state.metrics.reject(reason, events);
+            if let Some(span) = &mut span {
+                span.set(KeyValue::new("tally.rejected", reason));
+            }
             problem.into_response()
         }
+    };
+    if let Some(span) = &mut span {
+        span.set(KeyValue::new("http.response.status_code", i64::from(response.status().as_u16())));
     }
+    response
 }
 
 type Rejection = (&'static str, usize, Problem);
 
-async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> {
+/// `traceparent`: the context the records carry, when the request is traced.
+async fn accept(state: &AppState, request: Request, traceparent: Option<&str>) -> Result<usize, Rejection> {
     let (parts, body) = request.into_parts();
     let caller = state.keys.authenticate(&parts.headers).ok_or_else(|| {
         (
@@ -123,7 +138,7 @@ async fn accept(state: &AppState, request: Request) -> Result<usize, Rejection> 
     }
     let records = encode(state, &events, now_ms);
     let count = records.len();
-    state.publisher.publish(records).await.map_err(|e| {
+    state.publisher.publish(records, traceparent).await.map_err(|e| {
         tracing::warn!(error = %e, events = count, "answering 503");
         let (reason, detail) = match &e {
             PublishError::Overloaded => ("overloaded", OVERLOADED.to_owned()),

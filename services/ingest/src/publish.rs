@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
 
@@ -77,8 +78,9 @@ impl Publisher {
         &self.producer
     }
 
-    /// Produces every record and waits for all acknowledgements.
-    pub async fn publish(&self, records: Vec<Record>) -> Result<(), PublishError> {
+    /// Produces every record and waits for all acknowledgements; with a
+    /// `traceparent` (a traced request), every record carries it as a header.
+    pub async fn publish(&self, records: Vec<Record>, traceparent: Option<&str>) -> Result<(), PublishError> {
         let count = records.len();
         let permits = u32::try_from(count)
             .ok()
@@ -89,8 +91,14 @@ impl Publisher {
         let started = Instant::now();
         let mut deliveries = FuturesUnordered::new();
         let mut enqueue_error = None;
+        let headers = traceparent.map(|value| {
+            OwnedHeaders::new().insert(Header { key: tally_service::traces::TRACEPARENT, value: Some(value) })
+        });
         for (key, payload) in &records {
-            let record = FutureRecord::to(&self.topic).key(key.as_slice()).payload(payload.as_slice());
+            let mut record = FutureRecord::to(&self.topic).key(key.as_slice()).payload(payload.as_slice());
+            if let Some(headers) = &headers {
+                record = record.headers(headers.clone());
+            }
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((e, _)) => {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_cache::{CacheBackend, CachedTotal};
@@ -25,6 +25,7 @@ use tally_kafka::topics::{ensure_topics, tally_topics};
 use tally_kafka::topology::{self, TopologyError};
 use tally_kafka::{GroupMember, KafkaConfig, KafkaSetupError};
 use tally_model::counts::{self, CountsRecord};
+use tally_service::traces::{KeyValue, Links, TRACEPARENT};
 use tally_service::Readiness;
 use tally_store::{CountStore, CountsEntry, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -143,17 +144,26 @@ impl<S: CountStore> WriterService<S> {
             };
             let mut batch = Vec::new();
             let mut offsets: HashMap<i32, i64> = HashMap::new();
-            self.take(first, &mut batch, &mut offsets, &shutdown).await?;
+            let mut links = Links::default();
+            self.take(first, &mut batch, &mut offsets, &mut links, &shutdown).await?;
             let deadline = tokio::time::Instant::now() + self.config.batch_max_wait;
             while batch.len() < self.config.batch_max_records {
                 match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(message)) => self.take(message, &mut batch, &mut offsets, &shutdown).await?,
+                    Ok(Ok(message)) => self.take(message, &mut batch, &mut offsets, &mut links, &shutdown).await?,
                     Ok(Err(e)) if is_transient(&e) => break,
                     Ok(Err(e)) => return Err(e.into()),
                     Err(_) => break,
                 }
             }
-            if !self.apply(batch, &shutdown).await? {
+            // Only when tracing is on and the batch carries flushes of traced
+            // requests' events; ends when the batch is stored.
+            let span = links.start_span(
+                "writer batch",
+                vec![KeyValue::new("tally.records", i64::try_from(batch.len()).unwrap_or(i64::MAX))],
+            );
+            let applied = self.apply(batch, &shutdown).await?;
+            drop(span);
+            if !applied {
                 break; // shut down while the store was unavailable: nothing committed
             }
             let mut list = TopicPartitionList::new();
@@ -192,10 +202,17 @@ impl<S: CountStore> WriterService<S> {
         message: BorrowedMessage<'_>,
         batch: &mut Vec<CountsEntry>,
         offsets: &mut HashMap<i32, i64>,
+        links: &mut Links,
         shutdown: &CancellationToken,
     ) -> Result<(), WriterError> {
         let (partition, offset) = (message.partition(), message.offset());
         offsets.insert(partition, offset);
+        // The first record of a flush of traced events carries their contexts.
+        if let Some(headers) = message.headers() {
+            for value in headers.iter().filter(|h| h.key == TRACEPARENT).filter_map(|h| h.value) {
+                links.add_traceparent(value);
+            }
+        }
         match counts::decode(message.payload().unwrap_or_default()) {
             Ok(record) => batch.push(CountsEntry { offset, record }),
             Err(e) => {
