@@ -17,6 +17,11 @@
 # ZIPF over VIDEOS videos, DUPLICATES resending an earlier id) and QUERY_RATE
 # queries/s, then checks exactness through the query API (lost, duplicated).
 #
+# With TRACES=RATIO (e.g. 0.01), the embedded-store configuration runs again
+# with call-chain tracing on at that sample ratio ("sqlite-traced"), its
+# spans exported over OTLP/HTTP to loadtest/otlp_sink.py (on
+# LOADTEST_BASE_PORT + 10), which counts the exports and their bytes.
+#
 # With CASSANDRA=HOST:PORT (a running Cassandra node, e.g. the one
 # `tally-test-servers` starts for scripts/test), everything is started again
 # fresh with the writer and the query service on that node instead (keyspace
@@ -42,11 +47,12 @@ source "$ROOT/loadtest/procstat.sh"
 RATE=${RATE:-20} BATCH=${BATCH:-1000} DURATION=${DURATION:-60} QUERY_RATE=${QUERY_RATE:-2000}
 VIDEOS=${VIDEOS:-10000} ZIPF=${ZIPF:-1.2} DUPLICATES=${DUPLICATES:-0.05} WARMUP=${WARMUP:-5}
 WARMUP_LOAD=${WARMUP_LOAD:-15} IDLE=${IDLE:-20} CASSANDRA=${CASSANDRA:-} CASSANDRA_DURATION=${CASSANDRA_DURATION:-20} PERF_SECONDS=${PERF_SECONDS:-0}
+TRACES=${TRACES:-} OTLP_SINK=127.0.0.1:$((BASE_PORT + 10))
 REDIS_PORT=$((BASE_PORT + 3))
 INGEST_ADMIN=127.0.0.1:$((BASE_PORT + 5)) COUNTER_ADMIN=127.0.0.1:$((BASE_PORT + 6))
 WRITER_ADMIN=127.0.0.1:$((BASE_PORT + 7)) QUERY_ADMIN=127.0.0.1:$((BASE_PORT + 8))
 COMMAND="RATE=$RATE BATCH=$BATCH DURATION=$DURATION QUERY_RATE=$QUERY_RATE VIDEOS=$VIDEOS ZIPF=$ZIPF DUPLICATES=$DUPLICATES"
-COMMAND+=" WARMUP_LOAD=$WARMUP_LOAD IDLE=$IDLE CASSANDRA=$CASSANDRA CASSANDRA_DURATION=$CASSANDRA_DURATION PERF_SECONDS=$PERF_SECONDS loadtest/scripts/capacity.sh"
+COMMAND+=" WARMUP_LOAD=$WARMUP_LOAD IDLE=$IDLE CASSANDRA=$CASSANDRA CASSANDRA_DURATION=$CASSANDRA_DURATION PERF_SECONDS=$PERF_SECONDS TRACES=$TRACES loadtest/scripts/capacity.sh"
 build
 DIR=$(results_dir capacity)
 
@@ -62,7 +68,14 @@ stop_pids() {
     done
     PIDS=()
 }
-cleanup() { stop_pids; stop_broker; }
+SINK_PID=
+stop_sink() {
+    [[ -n $SINK_PID ]] || return 0
+    kill -TERM "$SINK_PID" 2>/dev/null || true
+    wait "$SINK_PID" 2>/dev/null || true
+    SINK_PID=
+}
+cleanup() { stop_pids; stop_broker; stop_sink; }
 trap cleanup EXIT
 trap 'exit 143' INT TERM
 
@@ -265,6 +278,19 @@ EOF
 SQLITE_STORE="[store]
 sqlite-path = \"$DIR/sqlite/counts.db\""
 run_configuration sqlite "$DURATION" "$SQLITE_STORE"
+if [[ -n $TRACES ]]; then
+    mkdir -p "$DIR/sqlite-traced"
+    python3 "$ROOT/loadtest/otlp_sink.py" "$OTLP_SINK" "$DIR/sqlite-traced/otlp-sink.json" &
+    SINK_PID=$!
+    run_configuration sqlite-traced "$DURATION" "[store]
+sqlite-path = \"$DIR/sqlite-traced/counts.db\"
+
+[traces]
+otlp-endpoint = \"http://$OTLP_SINK/v1/traces\"
+sample-ratio = $TRACES"
+    stop_sink
+    log "OTLP sink: $(cat "$DIR/sqlite-traced/otlp-sink.json")"
+fi
 if [[ -n $CASSANDRA ]]; then
     keyspace=capacity_$(date -u +%Y%m%d%H%M%S)
     run_configuration cassandra "$CASSANDRA_DURATION" "[store]

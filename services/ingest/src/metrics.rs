@@ -3,6 +3,22 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// Every reason an event is refused for: each series exists at 0 from the
+/// start, so `rate()` and `increase()` see the first refusal.
+pub const REJECT_REASONS: &[&str] = &[
+    "unauthorized",
+    "unsupported_media_type",
+    "too_large",
+    "shed",
+    "timeout",
+    "unreadable",
+    "invalid",
+    "rate_limited",
+    "overloaded",
+    "broker_timeout",
+    "broker_error",
+];
+
 /// Gateway metrics.
 #[derive(Clone, Debug)]
 pub struct IngestMetrics {
@@ -60,11 +76,48 @@ impl IngestMetrics {
         registry.register(Box::new(metrics.produce_duration.clone()))?;
         registry.register(Box::new(metrics.events_salted.clone()))?;
         registry.register(Box::new(metrics.hot_videos.clone()))?;
+        for reason in REJECT_REASONS {
+            metrics.events_rejected.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 
-    /// Counts `events` refused for `reason`.
+    /// Counts `events` refused for `reason`, one of [`REJECT_REASONS`].
     pub fn reject(&self, reason: &str, events: usize) {
+        debug_assert!(REJECT_REASONS.contains(&reason), "rejection reason {reason:?} is not in REJECT_REASONS");
         self.events_rejected.with_label_values(&[reason]).inc_by(events.max(1) as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tally_ingest_events_rejected_total` by reason, as exported.
+    fn rejected(registry: &Registry) -> std::collections::BTreeMap<String, u64> {
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut text).unwrap();
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.strip_prefix("tally_ingest_events_rejected_total{reason=\""))
+            .map(|rest| {
+                let (reason, value) = rest.split_once("\"} ").unwrap();
+                (reason.to_owned(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_rejection_reason_series_exists_at_zero_before_the_first_refusal() {
+        let registry = Registry::new();
+        let metrics = IngestMetrics::register(&registry).unwrap();
+        let want: std::collections::BTreeMap<String, u64> =
+            REJECT_REASONS.iter().map(|r| ((*r).to_owned(), 0)).collect();
+        assert_eq!(rejected(&registry), want);
+        metrics.reject("invalid", 3);
+        metrics.reject("shed", 0);
+        let after = rejected(&registry);
+        assert_eq!((after["invalid"], after["shed"], after["overloaded"]), (3, 1, 0));
     }
 }
