@@ -176,7 +176,7 @@ impl Processor<'_> {
                 i += state.process_run(&records[i..end], view, now, self.rules)?;
                 // Checked after every run: a forced boundary must be sealed exactly there.
                 if state.due(now, self.rules) {
-                    let job = state.seal(now);
+                    let job = state.seal(now, self.rules);
                     outcomes.add_job(&job);
                     inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
                 }
@@ -199,7 +199,7 @@ impl Processor<'_> {
         let mut jobs = Vec::new();
         for state in inner.partitions.owned_iter_mut() {
             if state.due(now, self.rules) {
-                jobs.push(state.seal(now));
+                jobs.push(state.seal(now, self.rules));
             }
         }
         for job in jobs {
