@@ -103,8 +103,9 @@ pub fn serialize_counter<S: Serializer>(config: &CounterConfig, serializer: S) -
         lag_interval,
         uniques_lg_k,
         chunk_sketch_bytes,
+        trending_lg_max_map_size,
     } = config;
-    let mut s = serializer.serialize_struct("CounterConfig", 18)?;
+    let mut s = serializer.serialize_struct("CounterConfig", 19)?;
     s.serialize_field("admin-listen", admin_listen)?;
     s.serialize_field("group-id", group_id)?;
     s.serialize_field("group-instance-id", group_instance_id)?;
@@ -123,6 +124,7 @@ pub fn serialize_counter<S: Serializer>(config: &CounterConfig, serializer: S) -
     s.serialize_field("lag-interval", &Human::from(*lag_interval))?;
     s.serialize_field("uniques-lg-k", uniques_lg_k)?;
     s.serialize_field("chunk-sketch-bytes", chunk_sketch_bytes)?;
+    s.serialize_field("trending-lg-max-map-size", trending_lg_max_map_size)?;
     s.end()
 }
 

@@ -129,6 +129,7 @@ async fn the_reconciler_reports_exact_drift_and_reads_become_batch_correct() {
             header: FlushHeader { source_partition: 99, end: 1, chunk_count: 1, ..FlushHeader::default() },
             deltas: vec![Delta { video_id: "v1".into(), salt: Salt(0), minute: hour + 600_000, count: 5 }],
             uniques: Vec::new(),
+            trending: Vec::new(),
         };
         store.apply(vec![tally_store::CountsEntry::chunk(tamper)]).await.unwrap();
 
@@ -181,6 +182,7 @@ async fn a_closed_period_the_archive_does_not_cover_yet_waits_instead_of_being_c
             header: FlushHeader { source_partition: 0, end: 1, chunk_count: 1, ..FlushHeader::default() },
             deltas: vec![Delta { video_id: "w1".into(), salt: Salt(0), minute: hour, count: 40 }],
             uniques: Vec::new(),
+            trending: Vec::new(),
         };
         store.apply(vec![tally_store::CountsEntry::chunk(counted)]).await.unwrap();
         let options = options(&kafka, &archive_dir);

@@ -18,6 +18,7 @@
 //! - [`hot`]: the heavy-hitter detector that reports at run time which videos are hot (it never salts).
 //! - [`hash`]: the stable hash every process must agree on.
 //! - [`uniques`]: unique-viewer sketches (DataSketches HLL): building, merging, estimating.
+//! - [`trending`]: per-minute frequent-items sketches (DataSketches) and the candidates of a top list.
 //! - [`viewer`]: viewer pseudonyms (the keyed hash the gateway applies to `viewer_id`).
 
 pub mod counting;
@@ -28,6 +29,7 @@ pub mod hot;
 pub mod parse;
 pub mod salt;
 pub mod timestamp;
+pub mod trending;
 pub mod uniques;
 pub mod video_id;
 pub mod viewer;

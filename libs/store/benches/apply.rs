@@ -41,6 +41,7 @@ fn chunks() -> Vec<FlushChunk> {
                 })
                 .collect(),
             uniques: Vec::new(),
+            trending: Vec::new(),
         })
         .collect()
 }

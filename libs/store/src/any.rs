@@ -69,6 +69,19 @@ impl CountStore for AnyStore {
         dispatch!(self, s => s.uniques(video, from_ms, to_ms))
     }
 
+    async fn trending(&self, from_ms: i64, to_ms: i64) -> Result<tally_model::trending::Merged, StoreError> {
+        dispatch!(self, s => s.trending(from_ms, to_ms))
+    }
+
+    async fn window_views(
+        &self,
+        videos: Vec<String>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        dispatch!(self, s => s.window_views(videos, from_ms, to_ms))
+    }
+
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {
         dispatch!(self, s => s.periods())
     }

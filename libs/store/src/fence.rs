@@ -85,7 +85,15 @@ mod tests {
 
     fn chunk(offset: i64, owner: u64, start: i64, end: i64) -> CountsEntry {
         let header = FlushHeader { owner, start, end, chunk_count: 1, ..FlushHeader::default() };
-        CountsEntry { offset, record: CountsRecord::Chunk(FlushChunk { header, deltas: vec![], uniques: Vec::new() }) }
+        CountsEntry {
+            offset,
+            record: CountsRecord::Chunk(FlushChunk {
+                header,
+                deltas: vec![],
+                uniques: Vec::new(),
+                trending: Vec::new(),
+            }),
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! - [`fence`]: admitting the chunks of a batch in log order (both stores).
 //! - [`layers`]: which minutes reads take from the batch layer, which from real time (both stores).
 //! - [`uniques`]: unique-viewer sketch rows: what an apply writes, which rows a read merges (both stores).
+//! - [`trending`]: trending sketch rows per (minute, source partition): what an apply writes (both stores).
 //! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
 //! - [`scylla`]: the ScyllaDB / Cassandra store (`infra/scylla/schema.cql`).
 //! - [`any`]: [`AnyStore`], the configured one of the two.
@@ -36,6 +37,7 @@ pub mod layers;
 pub mod model;
 pub mod scylla;
 pub mod sqlite;
+pub mod trending;
 pub mod uniques;
 
 use std::future::Future;
@@ -127,6 +129,26 @@ pub trait CountStore: Send + Sync + 'static {
         from_ms: i64,
         to_ms: i64,
     ) -> impl Future<Output = Result<UniquesRead, StoreError>> + Send;
+
+    /// The sum of the trending sketches of every source partition over the
+    /// minutes from the one holding `from_ms` through the one holding the
+    /// last millisecond before `to_ms` ([`trending`]).
+    fn trending(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<tally_model::trending::Merged, StoreError>> + Send;
+
+    /// Views of each of `videos` over the same minutes as [`CountStore::trending`],
+    /// by the rule of totals and series (batch counts for the reconciled
+    /// periods, real-time counts for every other minute): what a minute
+    /// series of the range sums to.
+    fn window_views(
+        &self,
+        videos: Vec<String>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
 
     /// The reconciled periods, oldest first.
     fn periods(&self) -> impl Future<Output = Result<Vec<PeriodSummary>, StoreError>> + Send;

@@ -117,6 +117,10 @@ pub struct ApplyOutcome {
     pub sketches_applied: u64,
     /// Sketches ignored because their hour row already had their version or newer.
     pub sketches_stale: u64,
+    /// Trending sketches added to their minute rows.
+    pub trending_applied: u64,
+    /// Trending sketches ignored because their minute row already had their version or newer.
+    pub trending_stale: u64,
 }
 
 impl ApplyOutcome {
@@ -130,6 +134,8 @@ impl ApplyOutcome {
             fenced_chunks: self.fenced_chunks + other.fenced_chunks,
             sketches_applied: self.sketches_applied + other.sketches_applied,
             sketches_stale: self.sketches_stale + other.sketches_stale,
+            trending_applied: self.trending_applied + other.trending_applied,
+            trending_stale: self.trending_stale + other.trending_stale,
         }
     }
 }

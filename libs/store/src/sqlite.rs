@@ -4,8 +4,9 @@
 //! Reads follow [`crate::layers`]: batch counts for the reconciled periods,
 //! real-time counts for every other minute, in one read transaction.
 //! Unique-viewer sketches live in tables of their own (`uniques`), applied in
-//! the same transaction as the counts.
+//! the same transaction as the counts, and so do trending sketches (`trending`).
 
+mod trending;
 mod uniques;
 
 use std::path::Path;
@@ -138,6 +139,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         connection.execute_batch(SCHEMA).map_err(unavailable)?;
         connection.execute_batch(uniques::SCHEMA).map_err(unavailable)?;
+        connection.execute_batch(trending::SCHEMA).map_err(unavailable)?;
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
 
@@ -178,7 +180,9 @@ fn apply_entries(connection: &mut Connection, entries: Vec<CountsEntry>) -> Resu
     // Immediate: the owners read here must not change before this transaction commits.
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
     let admitted = admit(read_owners(&tx)?, entries);
-    let outcome = apply_chunks(&tx, &admitted.chunks)?.plus(uniques::apply(&tx, &admitted.chunks)?);
+    let outcome = apply_chunks(&tx, &admitted.chunks)?
+        .plus(uniques::apply(&tx, &admitted.chunks)?)
+        .plus(trending::apply(&tx, &admitted.chunks)?);
     {
         let mut upsert_owner = tx
             .prepare_cached(
@@ -483,6 +487,21 @@ impl CountStore for SqliteStore {
     async fn uniques(&self, video: String, from_ms: i64, to_ms: i64) -> Result<UniquesRead, StoreError> {
         let (from, to) = layers::series_range(from_ms, to_ms, Granularity::Hour)?;
         self.with(move |c| uniques::read(c, &video, from, to)).await
+    }
+
+    async fn trending(&self, from_ms: i64, to_ms: i64) -> Result<tally_model::trending::Merged, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.with(move |c| trending::read(c, from, to)).await
+    }
+
+    async fn window_views(
+        &self,
+        videos: Vec<String>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.with(move |c| trending::window_views(c, videos, from, to)).await
     }
 
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {

@@ -55,6 +55,7 @@ fn flush(partition: u32, n: i64) -> FlushChunk {
         },
         deltas,
         uniques: Vec::new(),
+        trending: Vec::new(),
     }
 }
 

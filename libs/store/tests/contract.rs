@@ -37,6 +37,7 @@ fn chunk(partition: u32, start: i64, end: i64, index: u32, count: u32, deltas: &
             })
             .collect(),
         uniques: Vec::new(),
+        trending: Vec::new(),
     }
 }
 

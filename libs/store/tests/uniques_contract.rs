@@ -38,6 +38,7 @@ fn flush(partition: u32, end: i64, rows: &[(&str, u16, i64, std::ops::Range<u32>
                 sketch: sketch(viewers.clone()),
             })
             .collect(),
+        trending: Vec::new(),
     })
 }
 

@@ -75,6 +75,16 @@ impl<S: CountStore> CountStore for SwitchableStore<S> {
         self.check()?;
         self.inner.uniques(video, from, to).await
     }
+    async fn trending(&self, from: i64, to: i64) -> Result<tally_model::trending::Merged, StoreError> {
+        self.check()?;
+        self.inner.trending(from, to).await
+    }
+
+    async fn window_views(&self, videos: Vec<String>, from: i64, to: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.check()?;
+        self.inner.window_views(videos, from, to).await
+    }
+
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {
         self.check()?;
         self.inner.periods().await

@@ -86,6 +86,7 @@ fn main() {
         max_buffered_rows: 1_000_000,
         flush_interval: Duration::from_secs(1),
         uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+        trending_lg_max_map_size: tally_model::trending::DEFAULT_LG_MAX_MAP_SIZE,
     };
     let mut rates = Vec::new();
     let mut cpu_rates = Vec::new();
@@ -109,7 +110,7 @@ fn main() {
                     .expect("no poison");
             }
             // Seal every 100k records, as a 1 s flush interval would at 100k/s.
-            let job = state.seal(Instant::now());
+            let job = state.seal(Instant::now(), &rules);
             duplicates += job.header.stats.duplicates;
             state.complete(job.header.end);
         }

@@ -73,6 +73,12 @@ pub struct CounterConfig {
     /// Bytes of sketches per record of the counts topic (a record holds at
     /// least one sketch, whatever its size).
     pub chunk_sketch_bytes: usize,
+    /// log2 of the slots of the frequent-items sketch a flush carries per
+    /// minute it touched, for trending videos (3..=16). A sketch keeps up to
+    /// `0.75 × 2^lg` videos exactly; beyond, its estimates are within
+    /// `3.5 / 2^lg` of the minute's views the flush saw (usually far less).
+    /// At most about `2^lg × 0.75 × (video id bytes + 12)` bytes per sketch.
+    pub trending_lg_max_map_size: u8,
 }
 
 impl CounterConfig {
@@ -109,6 +115,7 @@ impl Default for CounterConfig {
             delivery_timeout: Duration::from_secs(30),
             lag_interval: Duration::from_secs(2),
             uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+            trending_lg_max_map_size: tally_model::trending::DEFAULT_LG_MAX_MAP_SIZE,
             chunk_sketch_bytes: 256 * 1024,
         }
     }

@@ -143,7 +143,8 @@ async fn emit(producer: &FutureProducer, destination: &Destination, job: &FlushJ
         let rows = job.rows[chunk.rows].iter().map(|(video, salt, minute, count)| (&**video, *salt, *minute, *count));
         let sketches =
             job.uniques[chunk.sketches].iter().map(|(video, salt, hour, bytes)| (&**video, *salt, *hour, &bytes[..]));
-        let payload = counts::encode_chunk(&header, rows, sketches);
+        let trending = job.trending[chunk.trending].iter().map(|s| (s.minute, &s.sketch[..]));
+        let payload = counts::encode_sections(&header, rows, sketches, trending);
         let mut record = FutureRecord::to(&destination.counts_topic).partition(partition).key(&key).payload(&payload);
         // The first record carries the flush's trace contexts to the writer.
         if index == 0 && !job.links.is_empty() {
@@ -169,30 +170,53 @@ async fn emit(producer: &FutureProducer, destination: &Destination, job: &FlushJ
 struct ChunkPlan {
     rows: std::ops::Range<usize>,
     sketches: std::ops::Range<usize>,
+    trending: std::ops::Range<usize>,
 }
 
-/// Splits a flush into records: deltas by `chunk-rows`, then sketches by
-/// `chunk-sketch-bytes` (at least one each); always one record, even empty.
+impl ChunkPlan {
+    const EMPTY: Self = Self { rows: 0..0, sketches: 0..0, trending: 0..0 };
+}
+
+/// Splits a flush into records: deltas by `chunk-rows`, then unique-viewer
+/// sketches and then trending sketches by `chunk-sketch-bytes` (at least
+/// one each); always one record, even empty. Each sketch goes in exactly
+/// one record: the writer adds a trending sketch to its row once per flush
+/// version, so a sketch split over records could not be told from a replay.
 fn plan_chunks(job: &FlushJob, destination: &Destination) -> Vec<ChunkPlan> {
     let chunk_rows = destination.chunk_rows.max(1);
     let mut plans: Vec<ChunkPlan> = (0..job.rows.len().div_ceil(chunk_rows))
-        .map(|i| ChunkPlan { rows: i * chunk_rows..((i + 1) * chunk_rows).min(job.rows.len()), sketches: 0..0 })
+        .map(|i| ChunkPlan { rows: i * chunk_rows..((i + 1) * chunk_rows).min(job.rows.len()), ..ChunkPlan::EMPTY })
         .collect();
-    let mut start = 0;
-    while start < job.uniques.len() {
-        let mut end = start + 1;
-        let mut bytes = job.uniques[start].3.len();
-        while end < job.uniques.len() && bytes + job.uniques[end].3.len() <= destination.chunk_sketch_bytes {
-            bytes += job.uniques[end].3.len();
-            end += 1;
-        }
-        plans.push(ChunkPlan { rows: 0..0, sketches: start..end });
-        start = end;
+    let uniques: Vec<usize> = job.uniques.iter().map(|s| s.3.len()).collect();
+    for sketches in pack(&uniques, destination.chunk_sketch_bytes) {
+        plans.push(ChunkPlan { sketches, ..ChunkPlan::EMPTY });
+    }
+    let trending: Vec<usize> = job.trending.iter().map(|s| s.sketch.len()).collect();
+    for trending in pack(&trending, destination.chunk_sketch_bytes) {
+        plans.push(ChunkPlan { trending, ..ChunkPlan::EMPTY });
     }
     if plans.is_empty() {
-        plans.push(ChunkPlan { rows: 0..0, sketches: 0..0 });
+        plans.push(ChunkPlan::EMPTY);
     }
     plans
+}
+
+/// Consecutive ranges of items of `sizes` bytes, each at most `limit`
+/// bytes unless a single item is larger.
+fn pack(sizes: &[usize], limit: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let mut end = start + 1;
+        let mut bytes = sizes[start];
+        while end < sizes.len() && bytes + sizes[end] <= limit {
+            bytes += sizes[end];
+            end += 1;
+        }
+        ranges.push(start..end);
+        start = end;
+    }
+    ranges
 }
 
 /// Enqueues one record, waiting while the producer queue is full.
@@ -223,6 +247,7 @@ mod tests {
             header: counts::FlushHeader::default(),
             rows: (0..rows).map(|i| (Box::from(format!("v{i}")), Salt(0), 0, 1)).collect(),
             uniques: sketch_sizes.iter().map(|n| (Box::from("v"), Salt(0), 0, vec![0; *n])).collect(),
+            trending: Vec::new(),
             dead: Vec::new(),
             links: tally_service::traces::Links::default(),
             sealed_at: Instant::now(),
@@ -248,6 +273,22 @@ mod tests {
             shape,
             vec![(0..2, 0..0), (2..4, 0..0), (4..5, 0..0), (0..0, 0..2), (0..0, 2..3), (0..0, 3..4), (0..0, 4..5)]
         );
-        assert_eq!(plan_chunks(&job(0, &[]), &destination()), vec![ChunkPlan { rows: 0..0, sketches: 0..0 }]);
+        assert_eq!(plan_chunks(&job(0, &[]), &destination()), vec![ChunkPlan::EMPTY]);
+    }
+
+    #[test]
+    fn each_minutes_trending_sketch_goes_in_exactly_one_record() {
+        let mut flush = job(1, &[]);
+        flush.trending = [70, 20, 90, 300]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| counts::MinuteSketch { minute: i as i64 * 60_000, sketch: vec![0; *n] })
+            .collect();
+        let plans = plan_chunks(&flush, &destination());
+        let trending: Vec<_> = plans.iter().map(|p| p.trending.clone()).collect();
+        assert_eq!(trending, vec![0..0, 0..2, 2..3, 3..4]);
+        let mut carried: Vec<usize> = plans.iter().flat_map(|p| p.trending.clone()).collect();
+        carried.sort_unstable();
+        assert_eq!(carried, vec![0, 1, 2, 3], "every sketch once");
     }
 }

@@ -45,6 +45,7 @@
 //! - [`ownership`]: a partition's life in this counter: owned, draining, released.
 //! - [`partition`]: one partition's open range; classification of records.
 //! - [`viewers`]: the unique-viewer sketches of an open range, per video, salt and hour.
+//! - [`trending`]: a flush's frequent-items sketch per minute it touched (trending videos).
 //! - [`aggregate`]: pre-aggregation. The counting rule (lateness, the
 //!   deterministic dedup window) is `tally_model::counting`, shared with the batch recount.
 //! - [`emitter`]: producing flushes and dead letters until acknowledged.
@@ -72,6 +73,7 @@ pub mod processor;
 pub mod recovery;
 pub mod service;
 pub mod shared;
+pub mod trending;
 pub mod verify;
 pub mod viewers;
 pub mod worker;

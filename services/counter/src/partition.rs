@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tally_model::counting::{dedup_key, CountingRule, Dedup};
-use tally_model::counts::{FlushHeader, FlushStats};
+use tally_model::counts::{FlushHeader, FlushStats, MinuteSketch};
 use tally_model::timestamp::minute_bucket;
 use tally_model::wire::{self, WireView};
 use tally_model::Salt;
@@ -30,6 +30,9 @@ pub struct Rules {
     pub flush_interval: Duration,
     /// lgK of the unique-viewer sketches (4..=21).
     pub uniques_lg_k: u8,
+    /// log2 of the slots of the per-minute trending sketches (3..=16,
+    /// checked when the service is built).
+    pub trending_lg_max_map_size: u8,
 }
 
 /// What the counter does with a decoded record, before dedup.
@@ -119,6 +122,8 @@ pub struct FlushJob {
     pub rows: Vec<(Box<str>, Salt, i64, u32)>,
     /// Hourly sketches of the viewers, sorted.
     pub uniques: Vec<SketchRow>,
+    /// Trending sketches, one per minute of `rows`, in minute order.
+    pub trending: Vec<MinuteSketch>,
     /// Dead letters of the range.
     pub dead: Vec<DeadLetter>,
     /// The trace contexts of the range's records of traced requests.
@@ -419,7 +424,7 @@ impl PartitionState {
     }
 
     /// Seals the open range into a flush job.
-    pub fn seal(&mut self, now: Instant) -> FlushJob {
+    pub fn seal(&mut self, now: Instant, rules: &Rules) -> FlushJob {
         let end = self.next;
         if self.forced_ends.front() == Some(&end) {
             self.forced_ends.pop_front();
@@ -436,11 +441,19 @@ impl PartitionState {
             max_received_ms: self.dedup.max_received_ms(),
             stats: std::mem::take(&mut self.stats),
         };
+        let rows = self.aggregate.drain_sorted();
+        let trending = crate::trending::minute_sketches(rules.trending_lg_max_map_size, &rows).unwrap_or_else(|e| {
+            // Unreachable: the size is checked when the service is built. The
+            // counts still go out; the window's error bound just misses them.
+            tracing::error!(partition = self.partition, error = %e, "no trending sketches for this flush");
+            Vec::new()
+        });
         let job = FlushJob {
             partition: self.partition,
             header,
-            rows: self.aggregate.drain_sorted(),
+            rows,
             uniques: self.viewers.drain_sorted(),
+            trending,
             dead: std::mem::take(&mut self.dead),
             links: std::mem::take(&mut self.links),
             sealed_at: now,

@@ -185,7 +185,7 @@ impl Processor<'_> {
                 i += taken;
                 // Checked after every run: a forced boundary must be sealed exactly there.
                 if state.due(now, self.rules) {
-                    let job = state.seal(now);
+                    let job = state.seal(now, self.rules);
                     outcomes.add_job(&job);
                     inner.jobs.send(job).map_err(|_| WorkerError::EmitterGone)?;
                 }
@@ -208,7 +208,7 @@ impl Processor<'_> {
         let mut jobs = Vec::new();
         for state in inner.partitions.owned_iter_mut() {
             if state.due(now, self.rules) {
-                jobs.push(state.seal(now));
+                jobs.push(state.seal(now, self.rules));
             }
         }
         for job in jobs {

@@ -57,6 +57,9 @@ pub enum CounterError {
     /// `counter.uniques-lg-k` is outside what sketches allow.
     #[error("counter.uniques-lg-k: {0}")]
     UniquesLgK(#[from] tally_model::uniques::UniquesError),
+    /// `counter.trending-lg-max-map-size` is outside what sketches allow.
+    #[error("counter.trending-lg-max-map-size: {0}")]
+    TrendingLgMaxMapSize(#[from] tally_model::trending::TrendingError),
 }
 
 /// A built counter, ready to run.
@@ -81,6 +84,7 @@ impl CounterService {
     ) -> Result<Self, CounterError> {
         kafka.validate_member("counter", config.group_instance_id.as_deref()).map_err(KafkaSetupError::from)?;
         tally_model::uniques::new_sketch(config.uniques_lg_k)?;
+        tally_model::trending::new_sketch(config.trending_lg_max_map_size)?;
         if kafka.create_topics {
             ensure_topics(kafka, &tally_topics(kafka)).await?;
         }
@@ -131,6 +135,7 @@ impl CounterService {
             max_buffered_rows: c.max_buffered_rows,
             flush_interval: c.flush_interval,
             uniques_lg_k: c.uniques_lg_k,
+            trending_lg_max_map_size: c.trending_lg_max_map_size,
         };
         let recovery = RecoveryContext {
             kafka: self.kafka.clone(),

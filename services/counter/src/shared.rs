@@ -299,7 +299,7 @@ impl Shared {
             .partitions
             .draining_mut(selected)
             .filter(|state| state.can_seal_at_shutdown())
-            .map(|state| state.seal(now))
+            .map(|state| state.seal(now, &self.recovery.rules))
             .collect();
         let sealed = jobs.len();
         for job in jobs {

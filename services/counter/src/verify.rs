@@ -185,6 +185,7 @@ mod tests {
                 .map(|(v, n)| Delta { video_id: (*v).into(), salt: Salt(0), minute: 0, count: *n })
                 .collect(),
             uniques: Vec::new(),
+            trending: Vec::new(),
         })
     }
 

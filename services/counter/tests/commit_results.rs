@@ -53,6 +53,7 @@ fn fixture(end: i64) -> Fixture {
         max_buffered_rows: 1_000,
         flush_interval: Duration::from_secs(1),
         uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+        trending_lg_max_map_size: tally_model::trending::DEFAULT_LG_MAX_MAP_SIZE,
     };
     let recovery = RecoveryContext {
         kafka,

@@ -1,4 +1,5 @@
-//! The public API: totals, series and batch lookups (unique viewers: [`crate::uniques`]).
+//! The public API: totals, series and batch lookups (unique viewers:
+//! [`crate::uniques`]; trending videos: [`crate::trending`]).
 
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct ApiState<S> {
     pub retry_after_secs: u64,
     /// Cache-then-store reads of unique viewers.
     pub uniques: Arc<crate::uniques::UniquesLookup<S>>,
+    /// Cache-then-store reads of trending videos.
+    pub trending: Arc<crate::trending::TrendingLookup<S>>,
 }
 
 pub(crate) fn bad_request(kind: &'static str, detail: impl Into<String>) -> Problem {

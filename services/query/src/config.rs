@@ -36,6 +36,10 @@ pub struct QueryConfig {
     /// a slower client is disconnected.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// A cached trending answer younger than this is served without asking
+    /// the store; at most 15 s (larger values are capped there).
+    #[serde(with = "humantime_serde")]
+    pub trending_fresh_for: Duration,
 }
 
 impl Default for QueryConfig {
@@ -51,6 +55,7 @@ impl Default for QueryConfig {
             max_series_points: 10_000,
             retry_after: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(10),
+            trending_fresh_for: Duration::from_secs(15),
         }
     }
 }

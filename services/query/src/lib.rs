@@ -14,14 +14,18 @@
 //! - [`lookup`]: cache-then-store with single flight and stale fallback.
 //! - [`flights`]: single flight (concurrent loads of one key share one store read).
 //! - [`uniques`]: unique viewers over whole hours, cached the same way.
+//! - [`trending`]: the most viewed videos of the last hour or day, cached up to 15 s.
+//! - [`cached`]: the cache and circuit both range reads share.
 //! - [`metrics`]: cache outcomes and breaker state.
 
 pub mod api;
+pub mod cached;
 pub mod config;
 pub mod flights;
 pub mod lookup;
 pub mod metrics;
 pub mod service;
+pub mod trending;
 pub mod uniques;
 
 pub use config::QueryConfig;

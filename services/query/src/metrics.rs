@@ -1,6 +1,6 @@
 //! The query service's own metrics (HTTP metrics come from `tally-service`).
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Query metrics.
 #[derive(Clone, Debug)]
@@ -36,6 +36,57 @@ impl QueryMetrics {
         registry.register(Box::new(m.cache.clone()))?;
         registry.register(Box::new(m.cache_breaker_state.clone()))?;
         registry.register(Box::new(m.store_loads.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Metrics of `GET /v1/trending`.
+#[derive(Clone, Debug)]
+pub struct TrendingMetrics {
+    /// Answers by source: hit, miss, stale (store down), bypass (cache circuit open).
+    pub answers: IntCounterVec,
+    /// Store reads of a trending answer by outcome (ok, error); concurrent misses share one.
+    pub refreshes: IntCounterVec,
+    /// How long one store read of a trending answer took.
+    pub refresh_seconds: Histogram,
+}
+
+impl TrendingMetrics {
+    /// Registers the metrics; every label value exists at 0 from the start
+    /// (a dashboard shows 0, not "no data", before the first request).
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            answers: IntCounterVec::new(
+                Opts::new(
+                    "tally_query_trending_answers_total",
+                    "Trending answers by source (hit, miss, stale, bypass)",
+                ),
+                &["source"],
+            )?,
+            refreshes: IntCounterVec::new(
+                Opts::new(
+                    "tally_query_trending_refreshes_total",
+                    "Store reads of trending answers by outcome (ok, error); concurrent misses share one",
+                ),
+                &["outcome"],
+            )?,
+            refresh_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tally_query_trending_refresh_seconds",
+                    "Duration of one store read of a trending answer",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
+        };
+        for source in ["hit", "miss", "stale", "bypass"] {
+            m.answers.with_label_values(&[source]);
+        }
+        for outcome in ["ok", "error"] {
+            m.refreshes.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(m.answers.clone()))?;
+        registry.register(Box::new(m.refreshes.clone()))?;
+        registry.register(Box::new(m.refresh_seconds.clone()))?;
         Ok(m)
     }
 }

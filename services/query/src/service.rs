@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::QueryConfig;
 use crate::lookup::Lookup;
-use crate::metrics::QueryMetrics;
+use crate::metrics::{QueryMetrics, TrendingMetrics};
+use crate::trending::TrendingLookup;
 use crate::uniques::UniquesLookup;
 
 /// The OpenAPI document of the query API.
@@ -79,6 +80,14 @@ impl QueryService {
             config.fresh_for,
             config.cache_retention,
         ));
+        let trending = Arc::new(TrendingLookup::new(
+            store.clone(),
+            cache.clone(),
+            Breaker::new(config.cache_breaker_failures, config.cache_breaker_cool_down),
+            config.trending_fresh_for,
+            config.cache_retention,
+            TrendingMetrics::register(registry)?,
+        ));
         let lookup = Arc::new(Lookup::new(store, cache, breaker, config.fresh_for, config.cache_retention, metrics));
         let state = Arc::new(ApiState {
             lookup,
@@ -86,12 +95,14 @@ impl QueryService {
             max_series_points: config.max_series_points,
             retry_after_secs: config.retry_after.as_secs().max(1),
             uniques,
+            trending,
         });
         let router = Router::new()
             .route("/v1/videos/{id}/views", get(api::total::<S>))
             .route("/v1/videos/{id}/views/series", get(api::series::<S>))
             .route("/v1/views:batchGet", post(api::batch_get::<S>))
             .route("/v1/videos/{id}/uniques", get(crate::uniques::uniques::<S>))
+            .route("/v1/trending", get(crate::trending::trending::<S>))
             .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
             .fallback(api::not_found)
             .method_not_allowed_fallback(api::method_not_allowed)

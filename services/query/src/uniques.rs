@@ -25,6 +25,7 @@ use tally_service::Problem;
 use tally_store::{CountStore, Granularity, StoreError};
 
 use crate::api::{bad_request, check_id, parse_time, unavailable, ApiState};
+use crate::cached::{AnswerCache, Cached};
 use crate::flights::Flights;
 
 /// Longest range one request may ask for.
@@ -43,10 +44,8 @@ pub struct UniquesQuery {
 /// Cache-then-store reads of unique viewers.
 pub struct UniquesLookup<S> {
     store: S,
-    cache: Option<CacheBackend>,
-    breaker: Breaker,
+    cache: AnswerCache,
     fresh_for_ms: i64,
-    retention: Duration,
     inflight: Flights<String>,
 }
 
@@ -68,10 +67,8 @@ impl<S: CountStore + Clone> UniquesLookup<S> {
     ) -> Self {
         Self {
             store,
-            cache,
-            breaker,
+            cache: AnswerCache::new(cache, breaker, retention),
             fresh_for_ms: i64::try_from(fresh_for.as_millis()).unwrap_or(i64::MAX),
-            retention,
             inflight: Flights::default(),
         }
     }
@@ -79,13 +76,13 @@ impl<S: CountStore + Clone> UniquesLookup<S> {
     async fn answer(self: &Arc<Self>, video: String, from: i64, to: i64) -> Result<Answered, String> {
         let key = format!("uniques:{video}:{from}:{to}");
         let now = tally_model::timestamp::now_ms();
-        let (cached, bypass) = self.cache_get(&key).await;
+        let Cached { entry: cached, bypassed: bypass } = self.cache.get(&key).await;
         if let Some(entry) = cached.as_ref().filter(|e| now - e.written_ms < self.fresh_for_ms) {
             return Ok(Answered { json: entry.json.clone(), stale: false, source: "hit" });
         }
         match self.load(key.clone(), video, from, to).await {
             Ok(json) => {
-                self.cache_put(&key, CachedRange { json: json.clone(), written_ms: now }).await;
+                self.cache.put(&key, CachedRange { json: json.clone(), written_ms: now }).await;
                 Ok(Answered { json, stale: false, source: if bypass { "bypass" } else { "miss" } })
             }
             Err(error) => match cached {
@@ -100,38 +97,6 @@ impl<S: CountStore + Clone> UniquesLookup<S> {
         self.inflight
             .run(&key, move || async move { read(&store, video, from, to).await.map_err(|e| e.to_string()) }.boxed())
             .await
-    }
-
-    async fn cache_get(&self, key: &str) -> (Option<CachedRange>, bool) {
-        let Some(cache) = &self.cache else { return (None, false) };
-        if !self.breaker.allow() {
-            return (None, true);
-        }
-        match cache.get_range(key).await {
-            Ok(entry) => {
-                self.breaker.success();
-                (entry, false)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cache read failed; reading the store");
-                self.breaker.failure();
-                (None, true)
-            }
-        }
-    }
-
-    async fn cache_put(&self, key: &str, entry: CachedRange) {
-        let Some(cache) = &self.cache else { return };
-        if !self.breaker.allow() {
-            return;
-        }
-        match cache.put_range(key, &entry, self.retention).await {
-            Ok(()) => self.breaker.success(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cache write failed");
-                self.breaker.failure();
-            }
-        }
     }
 }
 

@@ -72,6 +72,7 @@ async fn seeded_store() -> SqliteStore {
             SketchDelta { video_id: "popular".into(), salt: Salt(3), hour: T0, sketch: viewers(40..60) },
             SketchDelta { video_id: "popular".into(), salt: Salt(0), hour: T0 + 3_600_000, sketch: viewers(55..70) },
         ],
+        trending: Vec::new(),
     };
     store.apply(vec![tally_store::CountsEntry::chunk(chunk)]).await.unwrap();
     store

@@ -121,6 +121,7 @@ fn realtime(records: &[Record]) -> BTreeMap<(String, i64), i64> {
         max_buffered_rows: 1_000,
         flush_interval: Duration::from_secs(3_600),
         uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+        trending_lg_max_map_size: tally_model::trending::DEFAULT_LG_MAX_MAP_SIZE,
     };
     let mut out = BTreeMap::new();
     for partition in [0, 1] {
@@ -129,7 +130,7 @@ fn realtime(records: &[Record]) -> BTreeMap<(String, i64), i64> {
             let record = Input { offset: r.offset, log_ms: Some(r.log_ms), key: b"", payload: &payload(r) };
             state.process(record, &rules).unwrap();
         }
-        for (video, _salt, minute, count) in state.seal(Instant::now()).rows {
+        for (video, _salt, minute, count) in state.seal(Instant::now(), &rules).rows {
             *out.entry((video.to_string(), minute)).or_default() += i64::from(count);
         }
     }

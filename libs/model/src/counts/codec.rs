@@ -24,6 +24,11 @@
 //! - kind `2`, unique viewers per hour: 4 `n`, then per sketch 1 + n
 //!   `video_id`, 2 `salt`, 8 `hour` (epoch ms), 4 + n the sketch (Apache
 //!   DataSketches HLL serialization, see [`crate::uniques`]).
+//! - kind `3`, views per minute for trending: 4 `n`, then per sketch 8
+//!   `minute` (epoch ms), 4 + n the sketch of the flush's `(video, views)` of
+//!   that minute, salts merged (Apache DataSketches frequent-items
+//!   serialization of strings, see [`crate::trending`]); one per minute the
+//!   flush touched, in exactly one chunk of the flush.
 //!
 //! A new aggregate (views by country, by device) is a new section kind: the
 //! header, the versions, the fences and the re-emission stay as they are. A
@@ -38,7 +43,7 @@
 //! framing) is still read, so a writer can be upgraded before the counters.
 //! Version 1 (no owners, no claims) is refused: its records could not be fenced.
 
-use super::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, FlushStats, RecordHead, SketchDelta};
+use super::{Claim, CountsRecord, Delta, FlushChunk, FlushHeader, FlushStats, MinuteSketch, RecordHead, SketchDelta};
 use crate::salt::Salt;
 
 /// The version this build writes.
@@ -51,6 +56,8 @@ pub const OLDEST_READ_VERSION: u8 = 2;
 const SECTION_COUNTS: u8 = 1;
 /// Section of hourly unique-viewer sketches.
 const SECTION_UNIQUES_HOUR: u8 = 2;
+/// Section of per-minute frequent-items sketches (trending).
+const SECTION_TRENDING_MINUTE: u8 = 3;
 
 /// Bytes of an encoded chunk header (version and kind included).
 pub const HEADER_LEN: usize = 74;
@@ -87,18 +94,34 @@ pub fn encoded_sketch_len(video_id: &str, sketch: &[u8]) -> usize {
     1 + video_id.len() + 2 + 8 + 4 + sketch.len()
 }
 
+/// Bytes a trending sketch takes on the wire.
+pub fn encoded_minute_sketch_len(sketch: &[u8]) -> usize {
+    8 + 4 + sketch.len()
+}
+
 /// Encodes a chunk header followed by a section of `deltas` (no sketches).
 pub fn encode<'a>(header: &FlushHeader, deltas: impl ExactSizeIterator<Item = (&'a str, Salt, i64, u32)>) -> Vec<u8> {
     encode_chunk(header, deltas, std::iter::empty())
 }
 
-/// Encodes a chunk: its header, a section of `deltas` when there are any
-/// and a section of hourly `sketches` `(video_id, salt, hour, bytes)` when
-/// there are any.
+/// Encodes a chunk of deltas and hourly sketches (no trending sketches).
 pub fn encode_chunk<'a, 'b>(
     header: &FlushHeader,
     deltas: impl ExactSizeIterator<Item = (&'a str, Salt, i64, u32)>,
     sketches: impl ExactSizeIterator<Item = (&'b str, Salt, i64, &'b [u8])>,
+) -> Vec<u8> {
+    encode_sections(header, deltas, sketches, std::iter::empty())
+}
+
+/// Encodes a chunk: its header, a section of `deltas` when there are any,
+/// a section of hourly `sketches` `(video_id, salt, hour, bytes)` when
+/// there are any and a section of `trending` sketches `(minute, bytes)`
+/// when there are any.
+pub fn encode_sections<'a, 'b, 'c>(
+    header: &FlushHeader,
+    deltas: impl ExactSizeIterator<Item = (&'a str, Salt, i64, u32)>,
+    sketches: impl ExactSizeIterator<Item = (&'b str, Salt, i64, &'b [u8])>,
+    trending: impl ExactSizeIterator<Item = (i64, &'c [u8])>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 10 + deltas.len() * 32);
     out.extend_from_slice(&[COUNTS_VERSION, KIND_CHUNK]);
@@ -126,6 +149,15 @@ pub fn encode_chunk<'a, 'b>(
         let section = open_section(&mut out, SECTION_UNIQUES_HOUR, sketches.len());
         for (video_id, salt, hour, sketch) in sketches {
             push_key(&mut out, video_id, salt, hour);
+            out.extend_from_slice(&u32::try_from(sketch.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(sketch);
+        }
+        close_section(&mut out, section);
+    }
+    if trending.len() > 0 {
+        let section = open_section(&mut out, SECTION_TRENDING_MINUTE, trending.len());
+        for (minute, sketch) in trending {
+            out.extend_from_slice(&minute.to_be_bytes());
             out.extend_from_slice(&u32::try_from(sketch.len()).unwrap_or(u32::MAX).to_be_bytes());
             out.extend_from_slice(sketch);
         }
@@ -194,7 +226,12 @@ pub fn decode(bytes: &[u8]) -> Result<CountsRecord, CountsError> {
     let record = match read_kind(&mut r)? {
         (OLDEST_READ_VERSION, KIND_CHUNK) => {
             let header = read_header(&mut r)?;
-            CountsRecord::Chunk(FlushChunk { header, deltas: read_deltas(&mut r)?, uniques: Vec::new() })
+            CountsRecord::Chunk(FlushChunk {
+                header,
+                deltas: read_deltas(&mut r)?,
+                uniques: Vec::new(),
+                trending: Vec::new(),
+            })
         }
         (_, KIND_CHUNK) => {
             let header = read_header(&mut r)?;
@@ -240,7 +277,7 @@ fn read_header(r: &mut Reader<'_>) -> Result<FlushHeader, CountsError> {
 }
 
 fn read_sections(r: &mut Reader<'_>, header: FlushHeader) -> Result<CountsRecord, CountsError> {
-    let mut chunk = FlushChunk { header, deltas: Vec::new(), uniques: Vec::new() };
+    let mut chunk = FlushChunk { header, deltas: Vec::new(), uniques: Vec::new(), trending: Vec::new() };
     let mut seen = Vec::new();
     while r.pos < r.bytes.len() {
         let kind = r.take(1)?[0];
@@ -253,6 +290,7 @@ fn read_sections(r: &mut Reader<'_>, header: FlushHeader) -> Result<CountsRecord
         match kind {
             SECTION_COUNTS => chunk.deltas = read_deltas(&mut body)?,
             SECTION_UNIQUES_HOUR => chunk.uniques = read_sketches(&mut body)?,
+            SECTION_TRENDING_MINUTE => chunk.trending = read_minute_sketches(&mut body)?,
             other => return Err(CountsError::UnknownSection(other)),
         }
         if body.pos != body.bytes.len() {
@@ -286,6 +324,24 @@ fn read_sketches(r: &mut Reader<'_>) -> Result<Vec<SketchDelta>, CountsError> {
         // Checked here, so that a damaged sketch is dead-lettered with its record.
         crate::uniques::deserialize(&sketch).map_err(|_| CountsError::Malformed("sketch is not an HLL sketch"))?;
         sketches.push(SketchDelta { video_id, salt, hour, sketch });
+    }
+    Ok(sketches)
+}
+
+fn read_minute_sketches(r: &mut Reader<'_>) -> Result<Vec<MinuteSketch>, CountsError> {
+    let n = r.u32()? as usize;
+    let mut sketches = Vec::with_capacity(n.min(r.bytes.len() / 12));
+    for _ in 0..n {
+        let minute = r.i64()?;
+        if minute.rem_euclid(60_000) != 0 {
+            return Err(CountsError::Malformed("trending minute not on a minute"));
+        }
+        let len = r.u32()? as usize;
+        let sketch = r.take(len)?.to_vec();
+        // Checked here, so that a damaged sketch is dead-lettered with its record.
+        crate::trending::deserialize(&sketch)
+            .map_err(|_| CountsError::Malformed("trending sketch is not a frequent-items sketch"))?;
+        sketches.push(MinuteSketch { minute, sketch });
     }
     Ok(sketches)
 }
@@ -345,151 +401,4 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header() -> FlushHeader {
-        FlushHeader {
-            epoch: 2,
-            source_partition: 3,
-            owner: 0xfeed_beef_0000_0001,
-            start: 100,
-            end: 250,
-            chunk_index: 1,
-            chunk_count: 2,
-            dedup_horizon: 40,
-            max_received_ms: 1_795_341_600_000,
-            stats: FlushStats { read: 150, counted: 140, duplicates: 8, dead_lettered: 2 },
-        }
-    }
-
-    fn chunk_of(record: CountsRecord) -> FlushChunk {
-        match record {
-            CountsRecord::Chunk(chunk) => chunk,
-            CountsRecord::Claim(claim) => panic!("expected a chunk, got {claim:?}"),
-        }
-    }
-
-    #[test]
-    fn chunks_round_trip() {
-        let deltas = [("v1", Salt(0), 1_795_341_600_000, 7u32), ("v2", Salt(9), 1_795_341_660_000, 1)];
-        let bytes = encode(&header(), deltas.iter().copied());
-        let chunk = chunk_of(decode(&bytes).unwrap());
-        assert_eq!(chunk.header, header());
-        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Chunk(header()));
-        assert_eq!(chunk.deltas.len(), 2);
-        assert_eq!(
-            chunk.deltas[1],
-            Delta { video_id: "v2".into(), salt: Salt(9), minute: 1_795_341_660_000, count: 1 }
-        );
-        assert_eq!(bytes.len(), HEADER_LEN + 1 + 4 + 4 + encoded_delta_len("v1") + encoded_delta_len("v2"));
-        assert!(chunk.uniques.is_empty());
-    }
-
-    fn small_sketch(viewers: &[&str]) -> Vec<u8> {
-        let mut sketch = crate::uniques::new_sketch(12).unwrap();
-        for viewer in viewers {
-            sketch.update_with_coupon(crate::uniques::viewer_coupon(viewer));
-        }
-        crate::uniques::serialize(&sketch)
-    }
-
-    #[test]
-    fn chunks_with_sketches_round_trip() {
-        let sketch = small_sketch(&["a", "b"]);
-        let deltas = [("v1", Salt(0), 1_795_341_660_000, 3u32)];
-        let sketches = [("v1", Salt(0), 1_795_341_600_000, sketch.as_slice())];
-        let bytes = encode_chunk(&header(), deltas.iter().copied(), sketches.iter().copied());
-        let chunk = chunk_of(decode(&bytes).unwrap());
-        assert_eq!(chunk.deltas.len(), 1);
-        assert_eq!(
-            chunk.uniques,
-            vec![SketchDelta { video_id: "v1".into(), salt: Salt(0), hour: 1_795_341_600_000, sketch: sketch.clone() }]
-        );
-        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Chunk(header()));
-        let only_sketches = encode_chunk(&header(), std::iter::empty(), sketches.iter().copied());
-        let chunk = chunk_of(decode(&only_sketches).unwrap());
-        assert!(chunk.deltas.is_empty());
-        assert_eq!(chunk.uniques.len(), 1);
-        assert_eq!(only_sketches.len(), HEADER_LEN + 1 + 4 + 4 + encoded_sketch_len("v1", &sketch));
-    }
-
-    #[test]
-    fn version_2_chunks_are_still_read() {
-        // Version 2: the header, then the deltas without section framing.
-        let mut bytes = encode(&header(), std::iter::empty());
-        bytes[0] = 2;
-        bytes.extend_from_slice(&1u32.to_be_bytes());
-        bytes.extend_from_slice(&[2, b'v', b'9', 0, 4]);
-        bytes.extend_from_slice(&60_000i64.to_be_bytes());
-        bytes.extend_from_slice(&5u32.to_be_bytes());
-        let chunk = chunk_of(decode(&bytes).unwrap());
-        assert_eq!(chunk.deltas, vec![Delta { video_id: "v9".into(), salt: Salt(4), minute: 60_000, count: 5 }]);
-        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Chunk(header()));
-    }
-
-    #[test]
-    fn newer_versions_unknown_sections_and_damaged_sketches_are_refused_clearly() {
-        let mut newer = encode(&header(), [("v1", Salt(0), 0, 1u32)].into_iter());
-        newer[0] = 4;
-        let error = decode(&newer).unwrap_err();
-        assert_eq!(error, CountsError::UnsupportedVersion(4));
-        assert!(error.to_string().contains("reads versions 2 to 3"), "{error}");
-        assert_eq!(decode_head(&newer), Err(CountsError::UnsupportedVersion(4)));
-        let mut unknown = encode(&header(), std::iter::empty());
-        unknown.extend_from_slice(&[9, 0, 0, 0, 0]);
-        assert_eq!(decode(&unknown), Err(CountsError::UnknownSection(9)));
-        let garbage = b"not a sketch".as_slice();
-        let bad = encode_chunk(&header(), std::iter::empty(), [("v1", Salt(0), 0, garbage)].into_iter());
-        assert_eq!(decode(&bad), Err(CountsError::Malformed("sketch is not an HLL sketch")));
-        let off_hour = small_sketch(&["a"]);
-        let bad =
-            encode_chunk(&header(), std::iter::empty(), [("v1", Salt(0), 60_000, off_hour.as_slice())].into_iter());
-        assert_eq!(decode(&bad), Err(CountsError::Malformed("sketch hour not on an hour")));
-        let mut repeated = encode(&header(), std::iter::empty());
-        repeated.extend_from_slice(&[1, 0, 0, 0, 4, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 0]);
-        assert_eq!(decode(&repeated), Err(CountsError::Malformed("a section kind repeated")));
-    }
-
-    #[test]
-    fn claims_round_trip_and_long_claimant_names_are_cut() {
-        let claim = Claim {
-            source_partition: 7,
-            owner: u64::MAX - 3,
-            resume_from: 12_345,
-            claimed_at_ms: 1_795_341_600_000,
-            claimant: "host-a/4242".into(),
-        };
-        let bytes = encode_claim(&claim);
-        assert_eq!(decode(&bytes).unwrap(), CountsRecord::Claim(claim.clone()));
-        assert_eq!(decode_head(&bytes).unwrap(), RecordHead::Claim(claim.clone()));
-        let long = Claim { claimant: "é".repeat(200), ..claim };
-        let CountsRecord::Claim(decoded) = decode(&encode_claim(&long)).unwrap() else { panic!("not a claim") };
-        assert_eq!(decoded.claimant, "é".repeat(127));
-    }
-
-    #[test]
-    fn versions_order_by_epoch_then_end_offset() {
-        let a = FlushHeader { epoch: 0, end: 1_000_000, ..header() };
-        let b = FlushHeader { epoch: 0, end: 1_000_001, ..header() };
-        let c = FlushHeader { epoch: 1, end: 5, ..header() };
-        assert!(a.version() < b.version() && b.version() < c.version());
-    }
-
-    #[test]
-    fn damaged_and_unknown_records_are_rejected() {
-        let bytes = encode(&header(), [("v1", Salt(0), 0, 1u32)].into_iter());
-        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
-        let mut versioned = bytes.clone();
-        versioned[0] = 1;
-        assert_eq!(decode(&versioned), Err(CountsError::UnsupportedVersion(1)), "version 1 cannot be fenced");
-        let mut kind = bytes.clone();
-        kind[1] = 9;
-        assert_eq!(decode(&kind), Err(CountsError::UnknownKind(9)));
-        let inverted = FlushHeader { start: 300, ..header() };
-        assert!(decode(&encode(&inverted, std::iter::empty())).is_err());
-        let mut trailing = encode_claim(&Claim::default());
-        trailing.push(0);
-        assert_eq!(decode(&trailing), Err(CountsError::Malformed("trailing bytes")));
-    }
-}
+mod tests;

@@ -4,7 +4,8 @@
 //! A flush covers a contiguous offset range `[start, end)` of one source
 //! partition of `tally.views` and holds one delta per `(video_id, salt,
 //! minute)` counted in that range, and one sketch of the viewers per
-//! `(video_id, salt, hour)` ([`crate::uniques`]). Big flushes are split into
+//! `(video_id, salt, hour)` ([`crate::uniques`]) and, per minute it touched,
+//! one frequent-items sketch of its views per video ([`crate::trending`]). Big flushes are split into
 //! chunks; each chunk carries the whole flush header, so any record says
 //! which range it belongs to. A chunk's aggregates travel in typed sections
 //! ([`codec`]), so a new aggregate needs a new section kind, not a new protocol.
@@ -27,8 +28,8 @@ pub mod codec;
 pub mod fence;
 
 pub use codec::{
-    decode, decode_head, encode, encode_chunk, encode_claim, encoded_delta_len, encoded_sketch_len, CountsError,
-    COUNTS_VERSION, HEADER_LEN, OLDEST_READ_VERSION,
+    decode, decode_head, encode, encode_chunk, encode_claim, encode_sections, encoded_delta_len,
+    encoded_minute_sketch_len, encoded_sketch_len, CountsError, COUNTS_VERSION, HEADER_LEN, OLDEST_READ_VERSION,
 };
 pub use fence::{Admission, Fences, Owner};
 
@@ -110,6 +111,16 @@ pub struct SketchDelta {
     pub sketch: Vec<u8>,
 }
 
+/// The views of one minute per video, as far as one flush counted them
+/// (salts merged), for trending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteSketch {
+    /// Start of the minute, epoch ms.
+    pub minute: i64,
+    /// The sketch (DataSketches frequent-items serialization of strings).
+    pub sketch: Vec<u8>,
+}
+
 /// A decoded chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlushChunk {
@@ -119,6 +130,8 @@ pub struct FlushChunk {
     pub deltas: Vec<Delta>,
     /// Its hourly unique-viewer sketches.
     pub uniques: Vec<SketchDelta>,
+    /// Its per-minute trending sketches.
+    pub trending: Vec<MinuteSketch>,
 }
 
 /// A counter taking a source partition over. Its position in the counts

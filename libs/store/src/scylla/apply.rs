@@ -29,7 +29,12 @@ impl ScyllaStore {
     pub(super) async fn apply_entries(&self, entries: Vec<CountsEntry>) -> Result<ApplyOutcome, StoreError> {
         let admitted = admit(self.read_owners().await?, entries);
         let sketches = crate::uniques::grouped(&admitted.chunks);
-        let outcome = self.apply_chunks(admitted.chunks).await?.plus(self.apply_sketches(sketches).await?);
+        let trending = crate::trending::updates(&admitted.chunks);
+        let outcome = self
+            .apply_chunks(admitted.chunks)
+            .await?
+            .plus(self.apply_sketches(sketches).await?)
+            .plus(self.apply_trending(trending).await?);
         for (partition, owner) in admitted.owners {
             let partition = i32::try_from(partition).unwrap_or(i32::MAX);
             // Adopted owners (claim offset -1) get timestamp 0: any claim beats them.

@@ -50,6 +50,7 @@
 //! - [`plan`]: what an update writes, as pure functions.
 //! - `apply.rs`: the write path; `reads.rs`: totals, series, `as_of`;
 //!   `uniques.rs`: unique-viewer sketch rows (`video_uniques`);
+//!   `trending.rs`: trending sketch rows (`trending_minutes`), window views;
 //!   `batch_layer.rs`: the reconciler's tables.
 
 mod apply;
@@ -59,6 +60,7 @@ pub mod durability;
 pub mod plan;
 mod reads;
 pub mod schema;
+mod trending;
 mod uniques;
 
 use std::sync::Arc;
@@ -90,6 +92,7 @@ struct Inner {
     session: Session,
     statements: Statements,
     uniques: uniques::UniquesStatements,
+    trending: trending::TrendingStatements,
     config: ScyllaConfig,
     /// What the cluster said about durability when the store connected.
     durability: Durability,
@@ -202,6 +205,7 @@ impl ScyllaStore {
         }
         let statements = Statements::prepare(&session, &config.keyspace).await?;
         let uniques = uniques::UniquesStatements::prepare(&session, &config.keyspace).await?;
+        let trending = trending::TrendingStatements::prepare(&session, &config.keyspace).await?;
         let durability = Durability::read(&session, &config.keyspace).await;
         if let Some(risk) = durability.risk(&config.keyspace) {
             tracing::warn!("{risk}");
@@ -211,6 +215,7 @@ impl ScyllaStore {
                 session,
                 statements,
                 uniques,
+                trending,
                 config,
                 durability,
                 indexed: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -392,6 +397,21 @@ impl CountStore for ScyllaStore {
     async fn uniques(&self, video: String, from_ms: i64, to_ms: i64) -> Result<UniquesRead, StoreError> {
         let (from, to) = crate::layers::series_range(from_ms, to_ms, Granularity::Hour)?;
         self.read_uniques(&video, from, to).await
+    }
+
+    async fn trending(&self, from_ms: i64, to_ms: i64) -> Result<tally_model::trending::Merged, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.read_trending(from, to).await
+    }
+
+    async fn window_views(
+        &self,
+        videos: Vec<String>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.read_window_views(videos, from, to).await
     }
 
     async fn periods(&self) -> Result<Vec<PeriodSummary>, StoreError> {

@@ -162,6 +162,7 @@ mod tests {
                 .map(|(v, s, m, c)| Delta { video_id: (*v).into(), salt: Salt(*s), minute: *m, count: *c })
                 .collect(),
             uniques: Vec::new(),
+            trending: Vec::new(),
         }
     }
 

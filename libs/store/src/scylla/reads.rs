@@ -152,6 +152,42 @@ impl ScyllaStore {
             .collect())
     }
 
+    /// Views of each of `videos` in `[from, to)` (on minutes): real-time
+    /// rollups where whole hours and days fit, batch minutes of the
+    /// reconciled periods.
+    pub(super) async fn read_window_views(
+        &self,
+        videos: Vec<String>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let batch = self.batch_state().await?;
+        let segments: Vec<Segment> = batch
+            .reconciled
+            .outside(from, to)
+            .into_iter()
+            .flat_map(|(a, b)| layers::segments(a, b, Granularity::Day))
+            .collect();
+        let periods: Vec<i64> = batch.periods.iter().filter(|(s, e)| *s < to && from < *e).map(|p| p.0).collect();
+        let concurrency = self.inner.config.concurrency.max(1);
+        let (segments, periods) = (&segments, &periods);
+        stream::iter(videos)
+            .map(|video_id| async move {
+                let video = video_id.as_str();
+                let realtime = futures::future::try_join_all(segments.iter().map(|s| self.realtime_rows(video, *s)));
+                let minutes = futures::future::try_join_all(periods.iter().map(|start| {
+                    self.select::<(i64, i64)>(&self.inner.statements.read_batch_minutes, (*start, video))
+                }));
+                let (realtime, minutes) = futures::try_join!(realtime, minutes)?;
+                let views = realtime.iter().flatten().map(|r| r.1).sum::<i64>()
+                    + minutes.iter().flatten().filter(|(m, _)| (from..to).contains(m)).map(|r| r.1).sum::<i64>();
+                Ok::<_, StoreError>((video_id, views))
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await
+    }
+
     pub(super) async fn read_realtime_minutes(
         &self,
         from_ms: i64,

@@ -32,13 +32,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_schema_file_yields_a_keyspace_and_eight_tables_for_any_keyspace() {
+    fn the_schema_file_yields_a_keyspace_and_nine_tables_for_any_keyspace() {
         let statements = statements("tally_test_1", "{'class': 'NetworkTopologyStrategy', 'dc1': 3}");
-        assert_eq!(statements.len(), 9, "{statements:#?}");
+        assert_eq!(statements.len(), 10, "{statements:#?}");
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS tally_test_1 WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3}"));
         for table in [
             "view_counts",
             "video_uniques",
+            "trending_minutes",
             "videos_by_hour",
             "progress",
             "source_owners",

@@ -19,6 +19,7 @@ fn rules() -> Rules {
         max_buffered_rows: 2,
         flush_interval: Duration::from_secs(1),
         uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+        trending_lg_max_map_size: tally_model::trending::DEFAULT_LG_MAX_MAP_SIZE,
     }
 }
 
@@ -51,7 +52,7 @@ fn a_range_counts_dedups_and_dead_letters_then_seals() {
     p.process(at(13, &record("v", "e2", t - 7_200_000, t)), &rules()).unwrap();
     p.process(at(14, &record("v", "e3", t + 60_000, t + 60_000)), &rules()).unwrap();
     p.process(at(12, b"redelivered"), &rules()).unwrap();
-    let job = p.seal(Instant::now());
+    let job = p.seal(Instant::now(), &rules());
     assert_eq!((job.header.start, job.header.end), (10, 15));
     assert_eq!(job.header.stats, FlushStats { read: 5, counted: 2, duplicates: 1, dead_lettered: 2 });
     let rows: Vec<(i64, u32)> = job.rows.iter().map(|r| (r.2, r.3)).collect();
@@ -72,13 +73,13 @@ fn a_forced_boundary_is_sealed_exactly_and_blocks_until_possible() {
     assert!(!p.due(Instant::now() + Duration::from_secs(60), &rules()), "timers do not cut a forced range");
     p.process(at(1, &record("v", "b", t, t)), &rules()).unwrap();
     assert!(p.due(Instant::now(), &rules()));
-    assert_eq!(p.seal(Instant::now()).header.end, 2);
+    assert_eq!(p.seal(Instant::now(), &rules()).header.end, 2);
     p.process(at(2, &record("v", "c", t, t)), &rules()).unwrap();
     p.process(at(3, &record("v", "d", t, t)), &rules()).unwrap();
     assert!(p.blocked(&rules()), "at the next boundary while the first flush is in flight");
     p.complete(2);
     assert!(!p.blocked(&rules()));
-    assert_eq!(p.seal(Instant::now()).header.end, 4);
+    assert_eq!(p.seal(Instant::now(), &rules()).header.end, 4);
 }
 
 /// Seals, with the checks the processing thread makes, the records
@@ -89,6 +90,7 @@ fn sealed<'a>(records: &'a [(i64, Vec<u8>)], forced: Vec<i64>, passes: bool) -> 
         max_buffered_rows: 1_000,
         flush_interval: Duration::from_secs(3_600),
         uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+        trending_lg_max_map_size: tally_model::trending::DEFAULT_LG_MAX_MAP_SIZE,
         ..rules()
     };
     let now = Instant::now();
@@ -96,7 +98,7 @@ fn sealed<'a>(records: &'a [(i64, Vec<u8>)], forced: Vec<i64>, passes: bool) -> 
     let mut jobs = Vec::new();
     let mut seal_if_due = |p: &mut PartitionState| {
         if p.due(now, &rules) {
-            let job = p.seal(now);
+            let job = p.seal(now, &rules);
             p.complete(job.header.end);
             let dead: Vec<(i64, &str)> = job.dead.iter().map(|d| (d.offset, d.reason.as_str())).collect();
             jobs.push(format!("{:?} {:?} {:?}", job.header, job.rows, dead));
@@ -195,7 +197,7 @@ fn a_gateway_clock_running_ahead_does_not_empty_the_dedup_window() {
     p.process(logged(2, t + 2_000, &record("v", "e1", t, t + ahead + 2_000)), &rules()).unwrap();
     // Gateway A two minutes later: e1 resent once more.
     p.process(logged(3, t + 120_000, &record("v", "e1", t, t + 120_000)), &rules()).unwrap();
-    let job = p.seal(Instant::now());
+    let job = p.seal(Instant::now(), &rules());
     assert_eq!(
         job.header.stats,
         FlushStats { read: 4, counted: 2, duplicates: 2, dead_lettered: 0 },
@@ -228,7 +230,7 @@ fn a_forced_end_the_offsets_jump_over_is_sealed_there_and_flushing_goes_on() {
     }
     let mut sealed = Vec::new();
     let mut seal = |p: &mut PartitionState, at: Instant| {
-        let job = p.seal(at);
+        let job = p.seal(at, &rules);
         let views: u32 = job.rows.iter().map(|r| r.3).sum();
         sealed.push((job.header.start, job.header.end, views));
         p.complete(job.header.end);
@@ -248,4 +250,31 @@ fn a_forced_end_the_offsets_jump_over_is_sealed_there_and_flushing_goes_on() {
     assert!(p.due(later, &rules), "the records after the jump flush on the timer (stalled: next {})", p.next_offset());
     seal(&mut p, later);
     assert_eq!(sealed, vec![(10, 20, 2), (20, 30, 0), (30, 37, 2)], "(start, end, views) of each flush");
+}
+
+/// Trending: a flush carries one frequent-items sketch per minute its
+/// deltas touched, of that minute's views over every salt, and a range
+/// sealed again (a re-emission after a takeover) carries the same bytes.
+#[test]
+fn a_flush_carries_one_trending_sketch_per_minute_it_touched() {
+    let t = 1_795_341_600_000;
+    let records: Vec<(i64, Vec<u8>)> =
+        [("v", t), ("w", t + 5_000), ("v", t + 61_000), ("v", t + 180_000), ("v", t + 1)]
+            .iter()
+            .enumerate()
+            .map(|(i, (video, ts))| (i as i64, record(video, &format!("e{i}"), *ts, *ts)))
+            .collect();
+    let seal = || {
+        let mut p = PartitionState::new(0, 0, 1, 0, Dedup::new(600_000, 1_000), vec![]);
+        for (offset, payload) in &records {
+            p.process(at(*offset, payload), &rules()).unwrap();
+        }
+        p.seal(Instant::now(), &rules())
+    };
+    let job = seal();
+    let minutes: Vec<i64> = job.trending.iter().map(|s| s.minute).collect();
+    assert_eq!(minutes, vec![t, t + 60_000, t + 180_000], "minutes without views get no sketch");
+    let first = tally_model::trending::deserialize(&job.trending[0].sketch).unwrap();
+    assert_eq!((first.estimate("v"), first.estimate("w")), (2, 1));
+    assert_eq!(seal().trending, job.trending, "the same range gives byte-identical sketches");
 }

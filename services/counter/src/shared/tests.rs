@@ -35,6 +35,7 @@ fn rules() -> Rules {
         max_buffered_rows: 1_000,
         flush_interval: Duration::from_secs(1),
         uniques_lg_k: tally_model::uniques::DEFAULT_LG_K,
+        trending_lg_max_map_size: tally_model::trending::DEFAULT_LG_MAX_MAP_SIZE,
     }
 }
 
@@ -117,7 +118,7 @@ fn count_and_seal(h: &Harness, range: std::ops::Range<i64>) -> FlushJob {
             .process(Input { offset, log_ms: None, key: b"", payload: &record(&format!("e{offset}")) }, &rules())
             .unwrap();
     }
-    let job = state.seal(Instant::now());
+    let job = state.seal(Instant::now(), &rules());
     drop(inner);
     job
 }
