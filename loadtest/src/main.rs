@@ -13,7 +13,8 @@
 //! up to `--retry-attempts` sends and `--retry-for` seconds (see
 //! `tally_loadgen::retry`).
 //!
-//! At the same time, optionally: query load at a fixed rate (`--query-rate`),
+//! At the same time, optionally: query load at a fixed rate (`--query-rate`;
+//! one video's views each, or the trending list with `--query-trending`),
 //! freshness probes (`--freshness-every-ms`: post one event of a new video,
 //! poll until the query API shows it), and the partition spread of the views
 //! topic (`--broker`: watermarks before and after). Afterwards, with
@@ -98,6 +99,9 @@ struct Args {
     /// Query requests allowed in flight at once.
     #[arg(long, default_value_t = 512)]
     query_concurrency: usize,
+    /// The query load asks `GET /v1/trending?window=1h&limit=100` instead of one video's views.
+    #[arg(long)]
+    query_trending: bool,
     /// Send a freshness probe this often, in milliseconds; 0 = none.
     #[arg(long, default_value_t = 0)]
     freshness_every_ms: u64,
@@ -260,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
     if let (true, Some(query)) = (args.query_rate > 0, &args.query) {
         let (args, http, queries, failures, url) =
             (args.clone(), http.clone(), queries.clone(), query_failures.clone(), format!("http://{query}/v1/videos"));
+        let base = format!("http://{query}");
         workloads.spawn(async move {
             let zipf = Zipf::new(args.videos, args.zipf);
             let mut rng = Rng(0x00dd_ba11_5eed ^ run as u64);
@@ -274,7 +279,11 @@ async fn main() -> anyhow::Result<()> {
                 if intended > Instant::now() {
                     tokio::time::sleep_until(intended.into()).await;
                 }
-                let url = format!("{url}/r{run}-video-{}/views", zipf.sample(rng.uniform()));
+                let url = if args.query_trending {
+                    format!("{base}/v1/trending?window=1h&limit=100")
+                } else {
+                    format!("{url}/r{run}-video-{}/views", zipf.sample(rng.uniform()))
+                };
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 let (http, queries, failures) = (http.clone(), queries.clone(), failures.clone());
                 tasks.spawn(async move {

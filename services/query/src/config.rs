@@ -37,7 +37,7 @@ pub struct QueryConfig {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// A cached trending answer younger than this is served without asking
-    /// the store; at most 15 s (larger values are capped there).
+    /// the store; at most 15 s (a larger value is refused at start).
     #[serde(with = "humantime_serde")]
     pub trending_fresh_for: Duration,
 }

@@ -2,6 +2,12 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
+/// Every `outcome` of `tally_query_cache_lookups_total`.
+pub const CACHE_OUTCOMES: &[&str] = &["hit", "miss", "stale", "bypass", "error"];
+
+/// Every `outcome` of `tally_query_store_loads_total`.
+pub const STORE_LOAD_OUTCOMES: &[&str] = &["ok", "error"];
+
 /// Query metrics.
 #[derive(Clone, Debug)]
 pub struct QueryMetrics {
@@ -14,7 +20,8 @@ pub struct QueryMetrics {
 }
 
 impl QueryMetrics {
-    /// Registers the metrics.
+    /// Registers the metrics; every label value exists at 0 from the start,
+    /// so `rate()` and `increase()` see the first lookup of each outcome.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
             cache: IntCounterVec::new(
@@ -36,6 +43,12 @@ impl QueryMetrics {
         registry.register(Box::new(m.cache.clone()))?;
         registry.register(Box::new(m.cache_breaker_state.clone()))?;
         registry.register(Box::new(m.store_loads.clone()))?;
+        for outcome in CACHE_OUTCOMES {
+            m.cache.with_label_values(&[outcome]);
+        }
+        for outcome in STORE_LOAD_OUTCOMES {
+            m.store_loads.with_label_values(&[outcome]);
+        }
         Ok(m)
     }
 }
@@ -88,5 +101,39 @@ impl TrendingMetrics {
         registry.register(Box::new(m.refreshes.clone()))?;
         registry.register(Box::new(m.refresh_seconds.clone()))?;
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Encoder as _;
+
+    use super::*;
+
+    /// The exported series of `family`: `outcome` label value to count.
+    fn series(registry: &Registry, family: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
+        let prefix = format!("{family}{{outcome=\"");
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.strip_prefix(prefix.as_str()).map(str::to_owned))
+            .map(|rest| {
+                let (outcome, value) = rest.split_once("\"} ").unwrap();
+                (outcome.to_owned(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_cache_and_store_outcome_series_exists_at_zero_before_the_first_lookup() {
+        let registry = Registry::new();
+        let metrics = QueryMetrics::register(&registry).unwrap();
+        let zeros = |outcomes: &[&str]| outcomes.iter().map(|o| ((*o).to_owned(), 0)).collect();
+        assert_eq!(series(&registry, "tally_query_cache_lookups_total"), zeros(CACHE_OUTCOMES));
+        assert_eq!(series(&registry, "tally_query_store_loads_total"), zeros(STORE_LOAD_OUTCOMES));
+        metrics.cache.with_label_values(&["bypass"]).inc();
+        assert_eq!(series(&registry, "tally_query_cache_lookups_total")["bypass"], 1);
     }
 }

@@ -40,6 +40,9 @@ pub enum QueryError {
     /// Metrics could not be registered.
     #[error("cannot register query metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// `query.trending-fresh-for` above [`crate::trending::MAX_FRESH_FOR`].
+    #[error("query.trending-fresh-for is {0:?}; trending answers must be refreshed at least every {max:?}", max = crate::trending::MAX_FRESH_FOR)]
+    TrendingFreshFor(std::time::Duration),
 }
 
 /// Checks that the store answers (for `/readyz`).
@@ -63,6 +66,9 @@ impl QueryService {
         registry: &Registry,
         readiness: &Readiness,
     ) -> Result<Self, QueryError> {
+        if config.trending_fresh_for > crate::trending::MAX_FRESH_FOR {
+            return Err(QueryError::TrendingFreshFor(config.trending_fresh_for));
+        }
         let metrics = QueryMetrics::register(registry)?;
         let http = HttpMetrics::register(registry, "query")?;
         let breaker = Breaker::new(config.cache_breaker_failures, config.cache_breaker_cool_down);

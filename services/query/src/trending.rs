@@ -53,7 +53,7 @@ struct Answered {
 
 impl<S: CountStore + Clone> TrendingLookup<S> {
     /// Reads over `store` and the optional `cache`; answers younger than
-    /// `fresh_for` (capped at [`MAX_FRESH_FOR`]) are served from the cache.
+    /// `fresh_for` (at most [`MAX_FRESH_FOR`], checked by the service) are served from the cache.
     pub fn new(
         store: S,
         cache: Option<CacheBackend>,

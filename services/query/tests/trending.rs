@@ -206,3 +206,16 @@ async fn bad_trending_parameters_get_400_problems() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_trending_freshness_above_15_seconds_is_refused_at_start() {
+    let store = SqliteStore::in_memory().unwrap();
+    let config = QueryConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        trending_fresh_for: Duration::from_secs(16),
+        ..QueryConfig::default()
+    };
+    let built = QueryService::build(&config, store, None, &Registry::new(), &Readiness::default()).await;
+    let error = built.err().expect("16 s refused").to_string();
+    assert!(error.contains("trending-fresh-for") && error.contains("15s"), "{error}");
+}
