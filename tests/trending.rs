@@ -14,12 +14,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{group_id, process_sections, write_config, TallyProcess};
+use common::{process_sections, rewind_writer_group, write_config, TallyProcess};
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use tally_kafka::KafkaConfig;
 use tally_testkit::{bounded, Broker, RedisServer};
 
 const VIDEOS: usize = 100_000;
@@ -48,21 +45,6 @@ fn listed(answer: &Value) -> Vec<(String, i64)> {
             videos.iter().filter_map(|v| Some((v["video_id"].as_str()?.to_owned(), v["views"].as_i64()?))).collect()
         })
         .unwrap_or_default()
-}
-
-/// Moves the stopped writer group's committed offsets of the counts topic back to 0.
-fn rewind_writer_group(kafka: &KafkaConfig, partitions: i32) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", group_id("writer", kafka))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for partition in 0..partitions {
-        list.add_partition_offset(&kafka.topics.counts, partition, Offset::Offset(0)).unwrap();
-    }
-    consumer.commit(&list, CommitMode::Sync).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{group_id, process_sections, write_config, TallyProcess};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use common::{process_sections, rewind_writer_group, write_config, TallyProcess};
 use serde_json::{json, Value};
-use tally_kafka::KafkaConfig;
 use tally_testkit::{bounded, Broker, RedisServer};
 
 const AUDIENCES: [u32; 12] = [1, 2, 5, 30, 99, 100, 150, 700, 1_600, 2_500, 4_000, 6_000];
@@ -45,21 +42,6 @@ fn within_bounds(answers: &BTreeMap<String, Value>) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Moves the stopped writer group's committed offsets of the counts topic back to 0.
-fn rewind_writer_group(kafka: &KafkaConfig, partitions: i32) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", group_id("writer", kafka))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for partition in 0..partitions {
-        list.add_partition_offset(&kafka.topics.counts, partition, Offset::Offset(0)).unwrap();
-    }
-    consumer.commit(&list, CommitMode::Sync).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

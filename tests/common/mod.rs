@@ -102,6 +102,24 @@ counts-partitions = {cp}
     path
 }
 
+/// Moves the stopped writer group's committed offsets of the counts topic
+/// back to 0, so a restarted writer replays `tally.counts` from the start.
+pub fn rewind_writer_group(kafka: &KafkaConfig, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", group_id("writer", kafka))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition_offset(&kafka.topics.counts, partition, Offset::Offset(0)).unwrap();
+    }
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
 /// Configuration sections for a counter (flushing every 200 ms) and a writer
 /// over the embedded store at `db`; `writer_extra` adds lines to `[writer]`.
 pub fn counter_writer_sections(db: &Path, writer_extra: &str) -> String {
