@@ -294,3 +294,130 @@ async fn a_clean_run_with_resends_and_late_events_reconciles_with_zero_drift() {
     })
     .await;
 }
+
+/// Batch truth for unique viewers: a whole closed day of viewers, some
+/// watching in two hours, resends, and one late view (dead-lettered by the
+/// counter, so the real-time sketches miss its viewer). The reconciler's
+/// exact distinct viewers per hour and per day equal what the test itself
+/// sent (an oracle apart from both paths), reads of a reconciled hour or day
+/// say `exact` with that count, the metric compares every audience with its
+/// sketch, and reconciling again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciled_hours_and_days_answer_unique_viewers_exactly_with_the_batch_count() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use tally_model::uniques::UniquesEstimate;
+    use tally_reconciler::reconcile::ReconcileMetrics;
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    const AUDIENCES: [usize; 6] = [1, 40, 99, 300, 2_000, 5_000];
+    bounded(Duration::from_secs(240), async {
+        let (_broker, kafka, dir) = broker_with_topics().await;
+        let archive_dir = dir.path().join("archive");
+        let store = SqliteStore::open(&dir.path().join("counts.db")).unwrap();
+        let stop = CancellationToken::new();
+        start_pipeline(&kafka, &store, &archive_dir, &stop).await;
+
+        // The day before yesterday: every hour of it is closed.
+        let day = (tally_model::timestamp::now_ms() / DAY - 2) * DAY;
+        let mut events = Vec::new();
+        let mut viewers: Vec<Option<String>> = Vec::new();
+        let mut exact_hours: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
+        let mut exact_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut watch = |video: &str, event: String, ts: i64, received: i64, viewer: String, counted: bool| {
+            if counted {
+                exact_hours.entry((video.to_owned(), ts / HOUR * HOUR)).or_default().insert(viewer.clone());
+                exact_days.entry(video.to_owned()).or_default().insert(viewer.clone());
+            }
+            events.push((video.to_owned(), event, ts, received, counted));
+            viewers.push(Some(viewer));
+        };
+        for (k, audience) in AUDIENCES.iter().enumerate() {
+            let video = format!("clip-{k}");
+            for v in 0..*audience {
+                let viewer = format!("{:032x}", (k as u128) << 64 | v as u128);
+                let ts = day + (v as i64 % 24) * HOUR + (v as i64 * 7_919) % HOUR;
+                watch(&video, format!("{k}-{v}-a"), ts, ts + 100, viewer.clone(), true);
+                if v % 3 == 0 {
+                    // The same viewer again five hours later, the day's last hours wrapping to its first.
+                    let again = day + (ts - day + 5 * HOUR) % DAY;
+                    watch(&video, format!("{k}-{v}-b"), again, again + 100, viewer.clone(), true);
+                    // And a resend of the first view inside the dedup window: not a new view.
+                    watch(&video, format!("{k}-{v}-a"), ts, ts + 10_000, viewer, false);
+                }
+            }
+        }
+        // A view received two hours after its event time: late for the
+        // counter (allowed lateness 1 hour), a view for the batch layer.
+        let late_ts = day + 3 * HOUR + 600_000;
+        watch("clip-1", "late-1".into(), late_ts, late_ts + 2 * HOUR, "late-viewer".into(), true);
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by_key(|i| events[*i].3);
+        let events: Vec<_> = order.iter().map(|i| events[*i].clone()).collect();
+        let viewers: Vec<_> = order.iter().map(|i| viewers[*i].clone()).collect();
+        let mut producer = ViewsProducer::new(&kafka, &[]);
+        producer.send_with_viewers(&events, |i| viewers[i].clone()).await;
+
+        let videos: Vec<String> = (0..AUDIENCES.len()).map(|k| format!("clip-{k}")).collect();
+        let on_time = producer.expected.values().sum::<i64>() - 1;
+        let realtime = || async { store.totals(videos.clone()).await.unwrap().iter().map(|t| t.views).sum::<i64>() };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while realtime().await != on_time || archived(&archive_dir) != events.len() as i64 {
+            assert!(
+                Instant::now() < deadline,
+                "not settled: realtime {}, archived {}",
+                realtime().await,
+                archived(&archive_dir)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(common::pipeline_quiet(&kafka, Duration::from_secs(60)).await, "the pipeline did not go quiet");
+        stop.cancel();
+
+        // Before: the sketches alone. The late viewer is missing from them.
+        let clip1_day = store.uniques("clip-1".into(), day, day + DAY).await.unwrap();
+        assert_eq!((clip1_day.answer(), clip1_day.counted_parts.clone()), (UniquesEstimate::counted(40), None));
+
+        let metrics = ReconcileMetrics::register(&Registry::new()).unwrap();
+        let options = options(&kafka, &archive_dir);
+        let reports = reconcile(&store, &options, day, day + DAY, Some(&metrics), |_, _| {}).await.unwrap().reports;
+        assert_eq!(reports.len(), 24);
+        assert!(reports[..23].iter().all(|r| r.day_uniques.is_none()), "only the last hour completes the day");
+        let day_check = reports[23].day_uniques.clone().expect("the day's check");
+        assert_eq!((day_check.videos, day_check.compared), (6, 6));
+        assert!(day_check.outside_bounds >= 1, "clip-1's sketch says exactly 40, the truth is 41: {day_check:?}");
+
+        let answers_match = |when: &str| {
+            let (store, exact_hours, exact_days) = (&store, &exact_hours, &exact_days);
+            let when = when.to_owned();
+            async move {
+                for ((video, hour), expected) in exact_hours {
+                    let read = store.uniques(video.clone(), *hour, hour + HOUR).await.unwrap();
+                    let want = UniquesEstimate::counted(expected.len() as u64);
+                    assert_eq!(read.answer(), want, "{when}: {video} at {hour}");
+                    assert_eq!(read.exact_through_ms, Some(day + DAY));
+                }
+                for (video, expected) in exact_days {
+                    let read = store.uniques(video.clone(), day, day + DAY).await.unwrap();
+                    assert_eq!(read.answer(), UniquesEstimate::counted(expected.len() as u64), "{when}: {video}'s day");
+                }
+            }
+        };
+        answers_match("reconciled").await;
+        assert_eq!(exact_days["clip-1"].len(), 41);
+        let big = store.uniques("clip-5".into(), day, day + DAY).await.unwrap();
+        assert!(!big.estimate.exact, "5,000 viewers are past the sketch's exact range: {:?}", big.estimate);
+
+        let compared =
+            |granularity: &str| metrics.uniques_relative_error.with_label_values(&[granularity]).get_sample_count();
+        assert_eq!(compared("hour"), exact_hours.len() as u64, "every (video, hour) compared");
+        assert_eq!(compared("day"), 6);
+        assert!(metrics.uniques_outside_bounds.with_label_values(&["day"]).get() >= 1);
+
+        // Reconciling the day again changes no answer.
+        let again = reconcile(&store, &options, day, day + DAY, None, |_, _| {}).await.unwrap().reports;
+        assert_eq!(again.len(), 24);
+        answers_match("reconciled again").await;
+    })
+    .await;
+}

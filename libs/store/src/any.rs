@@ -3,7 +3,7 @@
 
 use tally_model::counts::Owner;
 
-use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, PeriodUniques, Point, Total, UniquesRead};
 use crate::{CountStore, ScyllaStore, SqliteStore, StoreError};
 
 /// The embedded store or the ScyllaDB store. Cheap to clone.
@@ -61,8 +61,13 @@ impl CountStore for AnyStore {
         dispatch!(self, s => s.realtime_minutes(from_ms, to_ms))
     }
 
-    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
-        dispatch!(self, s => s.replace_batch(period, minutes))
+    async fn replace_batch(
+        &self,
+        period: PeriodSummary,
+        minutes: Vec<(String, i64, i64)>,
+        uniques: Option<PeriodUniques>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.replace_batch(period, minutes, uniques))
     }
 
     async fn uniques(&self, video: String, from_ms: i64, to_ms: i64) -> Result<UniquesRead, StoreError> {

@@ -43,7 +43,9 @@ pub mod uniques;
 use std::future::Future;
 
 pub use any::AnyStore;
-pub use model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
+pub use model::{
+    ApplyOutcome, CountsEntry, DayUniques, Granularity, PeriodSummary, PeriodUniques, Point, Total, UniquesRead,
+};
 pub use scylla::{ScyllaConfig, ScyllaStore};
 pub use sqlite::{SqliteStore, Synchronous};
 use tally_model::counts::Owner;
@@ -114,10 +116,14 @@ pub trait CountStore: Send + Sync + 'static {
     /// minute must lie in the period, and the period must be new and overlap
     /// no reconciled one, or be exactly one (a rerun): [`StoreError::Invalid`]
     /// otherwise. Moves the batch generation ([`Total::batch_generation`]).
+    /// With `uniques` (the period must then be one whole UTC hour), also
+    /// replaces the exact distinct viewers of the hour, and of its day when
+    /// given, and marks them counted ([`UniquesRead::counted_parts`]).
     fn replace_batch(
         &self,
         period: PeriodSummary,
         minutes: Vec<(String, i64, i64)>,
+        uniques: Option<PeriodUniques>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Unique viewers of `video` in the hours from the one holding `from_ms`

@@ -87,16 +87,53 @@ pub struct Point {
 }
 
 /// Unique viewers of a video over whole hours.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UniquesRead {
     /// First hour read, epoch ms.
     pub from_ms: i64,
     /// End of the last hour read (exclusive), epoch ms.
     pub to_ms: i64,
-    /// The union's estimate and bounds.
+    /// The estimate and bounds of the union of the real-time sketches.
     pub estimate: tally_model::uniques::UniquesEstimate,
     /// Stored sketches merged.
     pub sketches: usize,
+    /// When the batch recount has counted every part of the range (the
+    /// whole days and edge hours of [`crate::uniques::read_plan`]): the
+    /// video's exact distinct viewers in each part, in order.
+    pub counted_parts: Option<Vec<u64>>,
+    /// End of the latest reconciled period, as for totals.
+    pub exact_through_ms: Option<i64>,
+}
+
+impl UniquesRead {
+    /// The answer: the sketches' estimate narrowed by the batch counts of
+    /// the parts when there are some (the count itself for one part).
+    pub fn answer(&self) -> tally_model::uniques::UniquesEstimate {
+        match &self.counted_parts {
+            Some(parts) => self.estimate.within_parts(parts),
+            None => self.estimate,
+        }
+    }
+}
+
+/// The batch recount's exact distinct viewers, recorded with one reconciled
+/// period (one whole UTC hour).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeriodUniques {
+    /// Distinct viewers in the hour, per video that had any.
+    pub hour: Vec<(String, u64)>,
+    /// When every hour of the period's UTC day is reconciled with this one:
+    /// the day's distinct viewers.
+    pub day: Option<DayUniques>,
+}
+
+/// Exact distinct viewers of one UTC day.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DayUniques {
+    /// Start of the day, epoch ms.
+    pub day_ms: i64,
+    /// Distinct viewers in the day, per video that had any.
+    pub viewers: Vec<(String, u64)>,
 }
 
 /// The effect of one apply.

@@ -17,7 +17,7 @@ use tally_model::counts::{FlushChunk, Owner};
 
 use crate::fence::{admit, token_from_db, token_to_db};
 use crate::layers::{self, Reconciled, Segment, FAR_FUTURE, FAR_PAST};
-use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, PeriodUniques, Point, Total, UniquesRead};
 use crate::{CountStore, StoreError};
 
 const SCHEMA: &str = "
@@ -421,7 +421,12 @@ impl CountStore for SqliteStore {
         .await
     }
 
-    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
+    async fn replace_batch(
+        &self,
+        period: PeriodSummary,
+        minutes: Vec<(String, i64, i64)>,
+        counted: Option<PeriodUniques>,
+    ) -> Result<(), StoreError> {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
             {
@@ -464,6 +469,9 @@ impl CountStore for SqliteStore {
                 for (video, minute, views) in &minutes {
                     insert.execute(params![video, minute, views]).map_err(unavailable)?;
                     adjust.execute(params![video, views]).map_err(unavailable)?;
+                }
+                if let Some(counted) = &counted {
+                    uniques::replace_batch(&tx, &period, counted)?;
                 }
                 tx.execute(
                     "INSERT INTO batch_periods (start_ms, end_ms, batch_views, realtime_views) VALUES (?1, ?2, ?3, ?4)

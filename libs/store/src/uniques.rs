@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use tally_model::counts::FlushChunk;
 use tally_model::uniques::{self, UniquesError};
 
-use crate::model::Granularity;
+use crate::model::{Granularity, PeriodSummary, PeriodUniques};
 use crate::StoreError;
 
 /// One sketch of one flush for one hour row.
@@ -156,6 +156,53 @@ pub fn read_plan(from_ms: i64, to_ms: i64) -> Vec<crate::layers::Segment> {
     crate::layers::segments(from_ms, to_ms, Granularity::Day)
 }
 
+/// The parts of a read of `[from_ms, to_ms)` (on hours) that the batch
+/// recount counts separately, in order: each whole UTC day and each edge
+/// hour of [`read_plan`]. Their exact counts bound the union's.
+pub fn counted_parts(from_ms: i64, to_ms: i64) -> Vec<(Granularity, i64)> {
+    let mut parts = Vec::new();
+    for segment in read_plan(from_ms, to_ms) {
+        let step = segment.granularity.millis();
+        let mut bucket = segment.from;
+        while bucket < segment.to {
+            parts.push((segment.granularity, bucket));
+            bucket += step;
+        }
+    }
+    parts
+}
+
+/// The code of an hour or day in the batch uniques tables (as in the
+/// count tables: 1 hour, 2 day).
+pub(crate) fn granularity_code(granularity: Granularity) -> i8 {
+    if granularity == Granularity::Day {
+        2
+    } else {
+        1
+    }
+}
+
+/// Checks the batch uniques given with a period: the period is one whole
+/// UTC hour, and a day, when given, is the one holding it.
+pub(crate) fn check_period_uniques(period: &PeriodSummary, uniques: &PeriodUniques) -> Result<(), StoreError> {
+    let hour = Granularity::Hour.millis();
+    if period.start_ms.rem_euclid(hour) != 0 || period.end_ms - period.start_ms != hour {
+        return Err(StoreError::Invalid(format!(
+            "unique viewers are counted per whole hour; the period {}..{} is not one",
+            period.start_ms, period.end_ms
+        )));
+    }
+    if let Some(day) = &uniques.day {
+        if day.day_ms != Granularity::Day.bucket(period.start_ms) {
+            return Err(StoreError::Invalid(format!(
+                "the day {} of batch unique viewers does not hold the period {}",
+                day.day_ms, period.start_ms
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +252,37 @@ mod tests {
         let mut current = CurrentSketches::default();
         current.hours.insert((HOUR, 0), (b"junk".to_vec(), 1));
         assert!(matches!(plan(&[update(2, HOUR, 0..1)], current), Err(StoreError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_read_counts_as_whole_days_and_edge_hours_in_order() {
+        const DAY: i64 = 24 * HOUR;
+        assert_eq!(
+            counted_parts(DAY + 22 * HOUR, 3 * DAY + HOUR),
+            vec![
+                (Granularity::Hour, DAY + 22 * HOUR),
+                (Granularity::Hour, DAY + 23 * HOUR),
+                (Granularity::Day, 2 * DAY),
+                (Granularity::Hour, 3 * DAY),
+            ]
+        );
+        assert_eq!(counted_parts(DAY, 2 * DAY), vec![(Granularity::Day, DAY)]);
+        assert_eq!(counted_parts(DAY + HOUR, DAY + 2 * HOUR), vec![(Granularity::Hour, DAY + HOUR)]);
+    }
+
+    #[test]
+    fn batch_uniques_need_a_whole_hour_and_its_own_day() {
+        let period =
+            |start: i64, end: i64| PeriodSummary { start_ms: start, end_ms: end, batch_views: 0, realtime_views: 0 };
+        let none = PeriodUniques::default();
+        assert!(check_period_uniques(&period(25 * HOUR, 26 * HOUR), &none).is_ok());
+        assert!(check_period_uniques(&period(25 * HOUR, 27 * HOUR), &none).is_err());
+        assert!(check_period_uniques(&period(25 * HOUR + 1, 26 * HOUR + 1), &none).is_err());
+        let day = |day_ms| PeriodUniques {
+            hour: Vec::new(),
+            day: Some(crate::model::DayUniques { day_ms, viewers: Vec::new() }),
+        };
+        assert!(check_period_uniques(&period(25 * HOUR, 26 * HOUR), &day(24 * HOUR)).is_ok());
+        assert!(check_period_uniques(&period(25 * HOUR, 26 * HOUR), &day(0)).is_err());
     }
 }

@@ -183,7 +183,7 @@ async fn batch_counts_replace_closed_periods_and_reconciling_again_changes_nothi
     // The batch recount found one view more for "a" in 10:00 than the real-time path.
     let batch = vec![("a".to_owned(), T0, 6), ("a".to_owned(), T0 + MINUTE, 2), ("b".to_owned(), T0, 1)];
     for _ in 0..2 {
-        store.replace_batch(period.clone(), batch.clone()).await.unwrap();
+        store.replace_batch(period.clone(), batch.clone(), None).await.unwrap();
         let totals = store.totals(vec!["a".into(), "b".into()]).await.unwrap();
         // a: batch 8 for 10:00-11:00, plus real time after the boundary (5 + 1).
         assert_eq!((totals[0].views, totals[0].batch_views), (14, 8));
@@ -249,7 +249,10 @@ async fn real_time_counts_outside_reconciled_periods_stay_in_every_read(store: i
     // The first reconcile, long after counting began, recounts 11:00-12:00
     // only: the batch layer dedups 11:30 and finds a view at 11:15.
     let eleven = PeriodSummary { start_ms: T0 + HOUR, end_ms: T0 + 2 * HOUR, batch_views: 4, realtime_views: 4 };
-    store.replace_batch(eleven, vec![("a".into(), T0 + HOUR, 3), ("a".into(), T0 + 75 * MINUTE, 1)]).await.unwrap();
+    store
+        .replace_batch(eleven, vec![("a".into(), T0 + HOUR, 3), ("a".into(), T0 + 75 * MINUTE, 1)], None)
+        .await
+        .unwrap();
     let after_first = [
         (T0 - 24 * HOUR, 5),
         (T0, 4),
@@ -269,7 +272,7 @@ async fn real_time_counts_outside_reconciled_periods_stay_in_every_read(store: i
     // the next day's 12:00 unreconciled: its real-time count stays.
     let next_day =
         PeriodSummary { start_ms: T0 + 26 * HOUR, end_ms: T0 + 27 * HOUR, batch_views: 2, realtime_views: 1 };
-    store.replace_batch(next_day, vec![("a".into(), T0 + 26 * HOUR + MINUTE, 2)]).await.unwrap();
+    store.replace_batch(next_day, vec![("a".into(), T0 + 26 * HOUR + MINUTE, 2)], None).await.unwrap();
     let after_later = [
         (T0 - 24 * HOUR, 5),
         (T0, 4),
@@ -288,7 +291,7 @@ async fn real_time_counts_outside_reconciled_periods_stay_in_every_read(store: i
     // Filling the gap hour next to a reconciled one, and real time arriving
     // for an hour nobody reconciled, both land exactly once.
     let twelve = PeriodSummary { start_ms: T0 + 2 * HOUR, end_ms: T0 + 3 * HOUR, batch_views: 6, realtime_views: 7 };
-    store.replace_batch(twelve, vec![("a".into(), T0 + 2 * HOUR, 6)]).await.unwrap();
+    store.replace_batch(twelve, vec![("a".into(), T0 + 2 * HOUR, 6)], None).await.unwrap();
     store.apply(entries(vec![chunk(0, 20, 30, 0, 1, &[("a", 0, T0 + 5 * HOUR, 8)])])).await.unwrap();
     let filled = [
         (T0 - 24 * HOUR, 5),

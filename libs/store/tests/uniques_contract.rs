@@ -1,11 +1,13 @@
 //! The store contract for unique viewers: both stores (the embedded one, and
 //! the ScyllaDB/Cassandra one against a real Apache Cassandra 5.0 node)
-//! merge a flush's sketches once per owner, whatever is replayed.
+//! merge a flush's sketches once per owner, whatever is replayed, and answer
+//! with the batch recount's exact counts where every part of a range has one.
 
 use tally_model::counts::{FlushChunk, FlushHeader, SketchDelta};
 use tally_model::uniques;
+use tally_model::uniques::UniquesEstimate;
 use tally_model::Salt;
-use tally_store::{CountStore, CountsEntry, SqliteStore, StoreError};
+use tally_store::{CountStore, CountsEntry, DayUniques, PeriodSummary, PeriodUniques, SqliteStore, StoreError};
 
 mod support;
 use support::in_cassandra;
@@ -104,6 +106,72 @@ async fn a_video_nobody_watched_has_no_viewers_and_an_empty_range_is_refused(sto
     assert!(matches!(store.uniques("a".into(), T0, T0).await, Err(StoreError::Invalid(_))));
 }
 
+fn period(start_ms: i64) -> PeriodSummary {
+    PeriodSummary { start_ms, end_ms: start_ms + HOUR, batch_views: 0, realtime_views: 0 }
+}
+
+fn hour_counts(hour: &[(&str, u64)]) -> Option<PeriodUniques> {
+    Some(PeriodUniques { hour: hour.iter().map(|(v, n)| ((*v).to_owned(), *n)).collect(), day: None })
+}
+
+async fn answer(store: &impl CountStore, video: &str, from: i64, to: i64) -> UniquesEstimate {
+    store.uniques(video.into(), from, to).await.unwrap().answer()
+}
+
+async fn batch_counts_of_unique_viewers_answer_exactly_where_every_part_is_counted(store: impl CountStore) {
+    for entry in history() {
+        store.apply(vec![entry]).await.unwrap();
+    }
+    let before = store.uniques("big".into(), T0, T0 + HOUR).await.unwrap();
+    assert_eq!((before.counted_parts.clone(), before.exact_through_ms), (None, None));
+    assert_eq!(before.answer(), before.estimate, "nothing counted: the sketches alone");
+
+    // The reconciler counts 10:00; big had one viewer more than its sketches saw.
+    store.replace_batch(period(T0), Vec::new(), hour_counts(&[("a", 90), ("big", 6_001)])).await.unwrap();
+    let hour = store.uniques("big".into(), T0, T0 + HOUR).await.unwrap();
+    assert_eq!((hour.counted_parts.clone(), hour.exact_through_ms), (Some(vec![6_001]), Some(T0 + HOUR)));
+    assert_eq!(hour.answer(), UniquesEstimate::counted(6_001));
+    assert!(!hour.estimate.exact, "the sketches' own estimate is still reported apart: {:?}", hour.estimate);
+    assert_eq!(answer(&store, "nobody", T0, T0 + HOUR).await, UniquesEstimate::counted(0), "no row: nobody");
+    let two_hours = store.uniques("big".into(), T0, T0 + 2 * HOUR).await.unwrap();
+    assert_eq!(two_hours.counted_parts, None, "11:00 is not counted");
+
+    // Every other hour of the day, the last one with the day's counts.
+    for h in 0..24 {
+        let start = DAY0 + h * HOUR;
+        let hour: &[(&str, u64)] = if start == T0 + HOUR { &[("big", 5_000)] } else { &[] };
+        let day =
+            (h == 23).then(|| DayUniques { day_ms: DAY0, viewers: vec![("a".into(), 95), ("big".into(), 9_000)] });
+        if start != T0 {
+            let counted = PeriodUniques { day, ..hour_counts(hour).unwrap() };
+            store.replace_batch(period(start), Vec::new(), Some(counted)).await.unwrap();
+        }
+    }
+    assert_eq!(answer(&store, "big", DAY0, DAY0 + DAY).await, UniquesEstimate::counted(9_000));
+    assert_eq!(answer(&store, "a", DAY0, DAY0 + DAY).await, UniquesEstimate::counted(95));
+    let both = store.uniques("big".into(), T0, T0 + 2 * HOUR).await.unwrap();
+    assert_eq!(both.counted_parts, Some(vec![6_001, 5_000]));
+    let narrowed = both.answer();
+    assert!(narrowed.lower_bound >= 6_001 && narrowed.upper_bound <= 11_001, "{narrowed:?}");
+    let into_next_day = store.uniques("big".into(), DAY0, DAY0 + DAY + HOUR).await.unwrap();
+    assert_eq!(into_next_day.counted_parts, None, "the next day's first hour is not counted");
+
+    // Counting an hour again replaces its counts: a video gone from it had nobody.
+    store.replace_batch(period(T0), Vec::new(), hour_counts(&[("big", 6_000)])).await.unwrap();
+    assert_eq!(answer(&store, "big", T0, T0 + HOUR).await, UniquesEstimate::counted(6_000));
+    assert_eq!(answer(&store, "a", T0, T0 + HOUR).await, UniquesEstimate::counted(0));
+    assert_eq!(answer(&store, "big", DAY0, DAY0 + DAY).await, UniquesEstimate::counted(9_000), "the day stays");
+
+    // Refused: a period that is not one whole hour, a day that does not hold the period.
+    let long = PeriodSummary { end_ms: T0 + 102 * HOUR, ..period(T0 + 100 * HOUR) };
+    let refused = store.replace_batch(long, Vec::new(), Some(PeriodUniques::default())).await;
+    assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    let wrong_day = PeriodUniques { hour: Vec::new(), day: Some(DayUniques { day_ms: DAY0, viewers: Vec::new() }) };
+    let refused = store.replace_batch(period(T0 + 100 * HOUR), Vec::new(), Some(wrong_day)).await;
+    assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    assert_eq!(store.periods().await.unwrap().len(), 24, "nothing of a refused period is kept");
+}
+
 macro_rules! contract {
     ($name:ident, $run:ident) => {
         mod $name {
@@ -117,6 +185,11 @@ macro_rules! contract {
             #[tokio::test]
             async fn a_video_nobody_watched_has_no_viewers_and_an_empty_range_is_refused() {
                 $run(super::a_video_nobody_watched_has_no_viewers_and_an_empty_range_is_refused).await;
+            }
+
+            #[tokio::test]
+            async fn batch_counts_of_unique_viewers_answer_exactly_where_every_part_is_counted() {
+                $run(super::batch_counts_of_unique_viewers_answer_exactly_where_every_part_is_counted).await;
             }
         }
     };

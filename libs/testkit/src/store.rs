@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tally_model::counts::Owner;
 use tally_store::{
-    ApplyOutcome, CountStore, CountsEntry, Granularity, PeriodSummary, Point, StoreError, Total, UniquesRead,
+    ApplyOutcome, CountStore, CountsEntry, Granularity, PeriodSummary, PeriodUniques, Point, StoreError, Total,
+    UniquesRead,
 };
 
 /// Wraps a store; while `down` is set every call fails as unavailable, and
@@ -67,9 +68,14 @@ impl<S: CountStore> CountStore for SwitchableStore<S> {
         self.check()?;
         self.inner.realtime_minutes(from, to).await
     }
-    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
+    async fn replace_batch(
+        &self,
+        period: PeriodSummary,
+        minutes: Vec<(String, i64, i64)>,
+        uniques: Option<PeriodUniques>,
+    ) -> Result<(), StoreError> {
         self.check()?;
-        self.inner.replace_batch(period, minutes).await
+        self.inner.replace_batch(period, minutes, uniques).await
     }
     async fn uniques(&self, video: String, from: i64, to: i64) -> Result<UniquesRead, StoreError> {
         self.check()?;

@@ -43,13 +43,23 @@ impl ViewsProducer {
     /// every acknowledgement. `new_view` says which ones are new views (the
     /// others are resends within the dedup window).
     pub async fn send(&mut self, events: &[(String, String, i64, i64, bool)]) {
+        self.send_with_viewers(events, |_| None).await;
+    }
+
+    /// As [`ViewsProducer::send`], the `i`-th event with the viewer
+    /// (pseudonym, as the gateway writes it) `viewer(i)`.
+    pub async fn send_with_viewers(
+        &mut self,
+        events: &[(String, String, i64, i64, bool)],
+        viewer: impl Fn(usize) -> Option<String>,
+    ) {
         let mut deliveries = Vec::with_capacity(events.len());
-        for (video, id, ts_ms, received_ms, new_view) in events {
+        for (i, (video, id, ts_ms, received_ms, new_view)) in events.iter().enumerate() {
             let event = ViewEvent {
                 video_id: VideoId::parse(video).expect("video id"),
                 ts_ms: *ts_ms,
                 event_id: EventId::parse(id).expect("event id"),
-                viewer_id: None,
+                viewer_id: viewer(i).map(std::sync::Arc::from),
                 attributes: None,
                 received_ms: *received_ms,
             };

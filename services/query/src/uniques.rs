@@ -103,7 +103,7 @@ impl<S: CountStore + Clone> UniquesLookup<S> {
 /// The answer's JSON, from the store.
 async fn read<S: CountStore>(store: &S, video: String, from: i64, to: i64) -> Result<String, StoreError> {
     let read = store.uniques(video.clone(), from, to).await?;
-    let e = read.estimate;
+    let e = read.answer();
     Ok(json!({
         "video_id": video,
         "from": format_rfc3339_ms(read.from_ms),
@@ -112,8 +112,7 @@ async fn read<S: CountStore>(store: &S, video: String, from: i64, to: i64) -> Re
         "lower_bound": e.lower_bound,
         "upper_bound": e.upper_bound,
         "exact": e.exact,
-        // No batch recount of unique viewers yet: nothing is batch-verified.
-        "exact_through": Value::Null,
+        "exact_through": read.exact_through_ms.map_or(Value::Null, |ms| Value::String(format_rfc3339_ms(ms))),
     })
     .to_string())
 }

@@ -10,18 +10,28 @@
 //! other minute (`tally_store::layers`), so history before the first
 //! reconciled period, or a gap a manual reconcile left, keeps its real-time
 //! count; the scheduled loop fills gaps before it goes on ([`pending`]).
+//!
+//! Unique viewers: each reconciled hour records its exact distinct viewers
+//! per video, and the period that completes a UTC day (every hour of it
+//! reconciled) records the day's, its run recounting the whole day for that
+//! ([`completed_days`]). Before writing, the largest audiences' sketch
+//! estimates are compared with the exact counts
+//! (`tally_reconciler_uniques_relative_error_ratio`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntGauge, Registry};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
-use tally_store::{CountStore, PeriodSummary, StoreError};
+use tally_store::layers::Reconciled as ReconciledRuns;
+use tally_store::{CountStore, DayUniques, PeriodSummary, PeriodUniques, StoreError};
 
 use crate::archive::layout::HOUR_MS;
 use crate::archive::parquet_io::ArchiveError;
 use crate::archive::storage::ArchiveStorage;
 use crate::coverage::{self, Coverage, ViewsLog};
+use crate::distinct::DAY_MS;
 use crate::recount::{self, Scope};
 use tally_model::counting::CountingRule;
 
@@ -71,7 +81,7 @@ pub enum ReconcileError {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reconciled {
     /// The periods recounted, oldest first.
     pub reports: Vec<PeriodReport>,
@@ -93,8 +103,29 @@ pub struct VideoDrift {
     pub realtime: i64,
 }
 
+/// How the real-time sketches did against the exact distinct viewers of
+/// one hour or day.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UniquesCheck {
+    /// Videos with viewers.
+    pub videos: u64,
+    /// Videos compared: the largest audiences, at most [`UNIQUES_COMPARED`].
+    pub compared: u64,
+    /// Largest `|estimate - exact| / exact` among them.
+    pub worst_relative_error: f64,
+    /// Compared videos whose exact count lay outside the sketch's bounds
+    /// (two standard deviations: expect about 1 in 20 above some 1,500
+    /// viewers per hour and partition, none below).
+    pub outside_bounds: u64,
+}
+
+/// How many videos per hour or day the reconciler compares with their
+/// sketch estimates: the largest audiences, where the sketches estimate
+/// (small ones are held exactly). Each costs one store read.
+pub const UNIQUES_COMPARED: usize = 1_000;
+
 /// The outcome of one period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeriodReport {
     /// Period start, epoch ms.
     pub start_ms: i64,
@@ -110,6 +141,10 @@ pub struct PeriodReport {
     pub drifting_videos: Vec<VideoDrift>,
     /// Archive rows read for this run (whole run, on the first period).
     pub rows_read: u64,
+    /// Unique viewers of the hour: the sketches against the exact count.
+    pub uniques: UniquesCheck,
+    /// When this period completed its UTC day: the day's check.
+    pub day_uniques: Option<UniquesCheck>,
 }
 
 /// Reconciliation metrics.
@@ -127,6 +162,10 @@ pub struct ReconcileMetrics {
     pub archive_complete_through: IntGauge,
     /// Closed periods waiting for the archive.
     pub waiting_periods: IntGauge,
+    /// `|estimate - exact| / exact` of compared unique-viewer sketches, by granularity.
+    pub uniques_relative_error: HistogramVec,
+    /// Compared sketches whose bounds missed the exact count, by granularity.
+    pub uniques_outside_bounds: IntCounterVec,
 }
 
 impl ReconcileMetrics {
@@ -154,7 +193,29 @@ impl ReconcileMetrics {
                 "tally_reconciler_periods_waiting_for_archive",
                 "Closed periods not recounted yet because the archive does not reach past them",
             )?,
+            uniques_relative_error: HistogramVec::new(
+                HistogramOpts::new(
+                    "tally_reconciler_uniques_relative_error_ratio",
+                    "Relative error of the unique-viewer sketches against the batch's exact count, per compared video and hour or day",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.016, 0.024, 0.032, 0.05, 0.1, 0.25, 1.0]),
+                &["granularity"],
+            )?,
+            uniques_outside_bounds: IntCounterVec::new(
+                Opts::new(
+                    "tally_reconciler_uniques_outside_bounds_total",
+                    "Compared unique-viewer sketches whose two-standard-deviation bounds missed the exact count",
+                ),
+                &["granularity"],
+            )?,
         };
+        // Every series exists from the start, so rate() sees the first one.
+        for granularity in ["hour", "day"] {
+            m.uniques_relative_error.with_label_values(&[granularity]);
+            m.uniques_outside_bounds.with_label_values(&[granularity]);
+        }
+        registry.register(Box::new(m.uniques_relative_error.clone()))?;
+        registry.register(Box::new(m.uniques_outside_bounds.clone()))?;
         registry.register(Box::new(m.drift.clone()))?;
         registry.register(Box::new(m.drift_total.clone()))?;
         registry.register(Box::new(m.periods.clone()))?;
@@ -243,6 +304,16 @@ pub async fn reconcile<S: CountStore>(
     Ok(Reconciled { reports, waiting_for_archive, archive })
 }
 
+/// The UTC days that reconciling `run` completes: days holding a period of
+/// `run` every hour of which is reconciled once `run` is (with `stored`).
+pub fn completed_days(stored: &[PeriodSummary], run: &[(i64, i64)]) -> BTreeSet<i64> {
+    let runs = ReconciledRuns::new(stored.iter().map(|p| (p.start_ms, p.end_ms)).chain(run.iter().copied()));
+    run.iter()
+        .map(|(start, _)| start.div_euclid(DAY_MS) * DAY_MS)
+        .filter(|day| runs.outside(*day, day + DAY_MS).is_empty())
+        .collect()
+}
+
 async fn recount_periods<S: CountStore>(
     store: &S,
     options: &ReconcileOptions,
@@ -251,10 +322,12 @@ async fn recount_periods<S: CountStore>(
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<Vec<PeriodReport>, ReconcileError> {
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else { return Ok(Vec::new()) };
+    let days = completed_days(&store.periods().await?, periods);
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    // A day's distinct viewers need all of its hours recounted.
     let scope = Scope {
-        from_ms: first.0,
-        to_ms: last.1,
+        from_ms: days.first().map_or(first.0, |day| first.0.min(*day)),
+        to_ms: days.last().map_or(last.1, |day| last.1.max(day + DAY_MS)),
         lookback_ms: millis(options.lookback),
         lookahead_ms: millis(options.late_lookahead),
     };
@@ -284,8 +357,23 @@ async fn recount_periods<S: CountStore>(
             .collect();
         drifting.sort_by_key(|d| std::cmp::Reverse((d.batch - d.realtime).abs()));
         drifting.truncate(20);
+        let day = start.div_euclid(DAY_MS) * DAY_MS;
+        let completes_day = days.contains(&day) && periods[index + 1..].iter().all(|(next, _)| *next >= day + DAY_MS);
+        let uniques = PeriodUniques {
+            hour: counted.viewers.hour(start),
+            day: completes_day.then(|| DayUniques { day_ms: day, viewers: counted.viewers.day(day) }),
+        };
+        let hour_check = check_uniques(store, &uniques.hour, (start, end), metrics.map(|m| (m, "hour"))).await?;
+        let day_check = match &uniques.day {
+            Some(d) => Some(check_uniques(store, &d.viewers, (day, day + DAY_MS), metrics.map(|m| (m, "day"))).await?),
+            None => None,
+        };
         store
-            .replace_batch(PeriodSummary { start_ms: start, end_ms: end, batch_views, realtime_views }, batch_minutes)
+            .replace_batch(
+                PeriodSummary { start_ms: start, end_ms: end, batch_views, realtime_views },
+                batch_minutes,
+                Some(uniques),
+            )
             .await?;
         let drift = batch_views - realtime_views;
         if let Some(m) = metrics {
@@ -303,10 +391,49 @@ async fn recount_periods<S: CountStore>(
             drift,
             drifting_videos: drifting,
             rows_read: if index == 0 { counted.rows_read } else { 0 },
+            uniques: hour_check,
+            day_uniques: day_check,
         });
         progress(index + 1, periods.len());
     }
     Ok(reports)
+}
+
+/// Compares the sketch estimates of the [`UNIQUES_COMPARED`] largest of
+/// `exact` (distinct viewers per video over `range`) with the exact counts.
+async fn check_uniques<S: CountStore>(
+    store: &S,
+    exact: &[(String, u64)],
+    (from, to): (i64, i64),
+    metrics: Option<(&ReconcileMetrics, &str)>,
+) -> Result<UniquesCheck, ReconcileError> {
+    // Owned: a future borrowing from `exact` is not `Send` for every lifetime.
+    let mut largest: Vec<(String, u64)> = exact.iter().filter(|(_, viewers)| *viewers > 0).cloned().collect();
+    largest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    largest.truncate(UNIQUES_COMPARED);
+    let estimates: Vec<(u64, tally_model::uniques::UniquesEstimate)> = stream::iter(largest)
+        .map(|(video, viewers)| async move {
+            let read = store.uniques(video, from, to).await?;
+            Ok::<_, StoreError>((viewers, read.estimate))
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let mut check =
+        UniquesCheck { videos: exact.len() as u64, compared: estimates.len() as u64, ..UniquesCheck::default() };
+    for (viewers, estimate) in estimates {
+        let error = (estimate.uniques as f64 - viewers as f64).abs() / viewers as f64;
+        check.worst_relative_error = check.worst_relative_error.max(error);
+        let outside = viewers < estimate.lower_bound || viewers > estimate.upper_bound;
+        check.outside_bounds += u64::from(outside);
+        if let Some((m, granularity)) = metrics {
+            m.uniques_relative_error.with_label_values(&[granularity]).observe(error);
+            if outside {
+                m.uniques_outside_bounds.with_label_values(&[granularity]).inc();
+            }
+        }
+    }
+    Ok(check)
 }
 
 #[cfg(test)]
@@ -335,5 +462,19 @@ mod tests {
         let now = t0 + 3 * HOUR_MS + 30 * 60_000; // 13:30
         let closed = closed_periods(t0 + 5, t0 + 4 * HOUR_MS, now, Duration::from_secs(3600));
         assert_eq!(closed, vec![(t0, t0 + HOUR_MS), (t0 + HOUR_MS, t0 + 2 * HOUR_MS)]);
+    }
+
+    #[test]
+    fn a_day_is_completed_by_the_run_that_reconciles_its_last_missing_hour() {
+        let day = 20_000 * DAY_MS;
+        let period =
+            |start: i64| PeriodSummary { start_ms: start, end_ms: start + HOUR_MS, batch_views: 0, realtime_views: 0 };
+        let hour = |h: i64| (day + h * HOUR_MS, day + (h + 1) * HOUR_MS);
+        let stored: Vec<PeriodSummary> = (0..23).filter(|h| *h != 5).map(|h| period(day + h * HOUR_MS)).collect();
+        assert!(completed_days(&stored, &[hour(23)]).is_empty(), "05:00 is still missing");
+        assert_eq!(completed_days(&stored, &[hour(5), hour(23)]), BTreeSet::from([day]));
+        assert_eq!(completed_days(&stored, &[hour(23), hour(24)]), BTreeSet::new(), "the next day has one hour");
+        let all: Vec<PeriodSummary> = (0..24).map(|h| period(day + h * HOUR_MS)).collect();
+        assert_eq!(completed_days(&all, &[hour(7)]), BTreeSet::from([day]), "a rerun recounts its day again");
     }
 }

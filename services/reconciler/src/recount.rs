@@ -25,15 +25,21 @@
 //!   event was already counted in the period: a late copy of a view counted
 //!   on time is no second view. Late records met in the window phase are
 //!   judged the same way, after it.
+//!
+//! The viewers of the counted views (late ones included) are kept per video,
+//! hour and day ([`crate::distinct`]): the exact distinct viewers the
+//! real-time sketches estimate.
 
 use std::collections::{BTreeMap, HashSet};
 
 use tally_model::counting::{dedup_key, CountingRule, Decision, Observed, PartitionFold};
 use tally_model::timestamp::minute_bucket;
+use tally_model::uniques::viewer_key;
 
 use crate::archive::layout::{self, FileRange};
 use crate::archive::parquet_io::{self, ArchiveError, RowRef};
 use crate::archive::storage::ArchiveStorage;
+use crate::distinct::DistinctViewers;
 
 /// What a recount covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +67,8 @@ pub struct Recount {
     pub duplicates: u64,
     /// Late views counted (the real-time path dead-letters them).
     pub late: u64,
+    /// The viewers of the views counted, per video, hour and day.
+    pub viewers: DistinctViewers,
 }
 
 /// Recounts `scope` from `archive` by `rule`. Files are fetched one at a
@@ -140,13 +148,24 @@ impl Plan {
     }
 }
 
+/// A late record of the period, judged once the window phase is done.
+struct LateView {
+    /// Its dedup key.
+    key: u64,
+    video_id: String,
+    /// Its minute of event time.
+    minute: i64,
+    /// Its viewer's key, if it had a viewer.
+    viewer: Option<u64>,
+}
+
 /// What the recount has found so far.
 struct Tally {
     scope: Scope,
     /// Dedup keys of the period's views counted in the window phase.
     counted: HashSet<u64>,
-    /// Late records of the period, in the order read: `(key, video, minute)`.
-    late: Vec<(u64, String, i64)>,
+    /// Late records of the period, in the order read.
+    late: Vec<LateView>,
     out: Recount,
 }
 
@@ -172,6 +191,9 @@ impl Tally {
             Decision::Counted => {
                 self.counted.insert(dedup_key(row.video_id, row.event_id));
                 *self.out.minutes.entry((row.video_id.to_owned(), minute_bucket(row.ts_ms))).or_default() += 1;
+                if let Some(viewer) = row.viewer_id {
+                    self.out.viewers.add(row.video_id, row.ts_ms, viewer_key(viewer));
+                }
             }
             Decision::Duplicate => self.out.duplicates += 1,
             Decision::Late => self.push_late(row),
@@ -186,13 +208,21 @@ impl Tally {
     }
 
     fn push_late(&mut self, row: &RowRef<'_>) {
-        self.late.push((dedup_key(row.video_id, row.event_id), row.video_id.to_owned(), minute_bucket(row.ts_ms)));
+        self.late.push(LateView {
+            key: dedup_key(row.video_id, row.event_id),
+            video_id: row.video_id.to_owned(),
+            minute: minute_bucket(row.ts_ms),
+            viewer: row.viewer_id.map(viewer_key),
+        });
     }
 
     fn finish(mut self) -> Recount {
-        for (key, video, minute) in std::mem::take(&mut self.late) {
+        for LateView { key, video_id, minute, viewer } in std::mem::take(&mut self.late) {
             if self.counted.insert(key) {
-                *self.out.minutes.entry((video, minute)).or_default() += 1;
+                if let Some(viewer) = viewer {
+                    self.out.viewers.add(&video_id, minute, viewer);
+                }
+                *self.out.minutes.entry((video_id, minute)).or_default() += 1;
                 self.out.late += 1;
             } else {
                 self.out.duplicates += 1;
@@ -236,7 +266,7 @@ mod tests {
             received_ms: received,
             log_ms: Some(received),
             event_id: event.into(),
-            viewer_id: None,
+            viewer_id: Some(format!("viewer-of-{event}")),
             attributes: None,
         }
     }
@@ -265,7 +295,10 @@ mod tests {
         assert_eq!(counted.minutes.get(&("a".to_owned(), T0)), Some(&2));
         assert_eq!(counted.minutes.get(&("a".to_owned(), T0 + MIN)), Some(&1));
         assert_eq!(counted.minutes.get(&("b".to_owned(), T0)), Some(&1));
+        // a: viewers of e1, e2 and the late e9 (a's late copy of e2 is no second view).
+        assert_eq!(counted.viewers.hour(T0), vec![("a".to_owned(), 3), ("b".to_owned(), 1)]);
         let without_late = recount(&archive, &scope(0), &rule()).await.unwrap();
+        assert_eq!(without_late.viewers.hour(T0), vec![("a".to_owned(), 2), ("b".to_owned(), 1)]);
         assert_eq!(without_late.minutes.get(&("a".to_owned(), T0)), Some(&1));
     }
 

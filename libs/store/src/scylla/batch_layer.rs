@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::ScyllaStore;
-use crate::model::PeriodSummary;
+use crate::model::{PeriodSummary, PeriodUniques};
 use crate::StoreError;
 
 /// A generation timestamp (microseconds) after every one handed out before.
@@ -30,6 +30,7 @@ impl ScyllaStore {
         &self,
         period: PeriodSummary,
         minutes: Vec<(String, i64, i64)>,
+        uniques: Option<PeriodUniques>,
     ) -> Result<(), StoreError> {
         let statements = &self.inner.statements;
         let concurrency = self.inner.config.concurrency.max(1);
@@ -38,6 +39,9 @@ impl ScyllaStore {
         let start = period.start_ms;
         let stored: Vec<(i64, i64)> = self.batch_state().await?.periods;
         crate::layers::check_period(start, period.end_ms, &minutes, &stored)?;
+        if let Some(uniques) = &uniques {
+            crate::uniques::check_period_uniques(&period, uniques)?;
+        }
         let previous: BTreeSet<String> = self
             .select::<(String, i64)>(&statements.read_period_videos, (start,))
             .await?
@@ -72,6 +76,9 @@ impl ScyllaStore {
             .buffer_unordered(concurrency)
             .try_collect::<Vec<()>>()
             .await?;
+        if let Some(uniques) = &uniques {
+            self.write_batch_uniques(&period, uniques, generation).await?;
+        }
         // Last: the period counts as reconciled only once its rows are in.
         self.run(&statements.write_period, (start, period.end_ms, period.batch_views, period.realtime_views, written))
             .await

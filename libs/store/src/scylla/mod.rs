@@ -79,7 +79,7 @@ use tally_model::counts::Owner;
 
 pub use self::config::{ConsistencyLevel, ScyllaConfig};
 pub use self::durability::Durability;
-use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, Point, Total, UniquesRead};
+use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, PeriodUniques, Point, Total, UniquesRead};
 use crate::{CountStore, StoreError};
 
 /// The ScyllaDB store. Cheap to clone.
@@ -390,8 +390,13 @@ impl CountStore for ScyllaStore {
         self.read_realtime_minutes(from_ms, to_ms).await
     }
 
-    async fn replace_batch(&self, period: PeriodSummary, minutes: Vec<(String, i64, i64)>) -> Result<(), StoreError> {
-        self.write_batch(period, minutes).await
+    async fn replace_batch(
+        &self,
+        period: PeriodSummary,
+        minutes: Vec<(String, i64, i64)>,
+        uniques: Option<PeriodUniques>,
+    ) -> Result<(), StoreError> {
+        self.write_batch(period, minutes, uniques).await
     }
 
     async fn uniques(&self, video: String, from_ms: i64, to_ms: i64) -> Result<UniquesRead, StoreError> {

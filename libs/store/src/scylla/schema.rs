@@ -32,9 +32,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_schema_file_yields_a_keyspace_and_nine_tables_for_any_keyspace() {
+    fn the_schema_file_yields_a_keyspace_and_eleven_tables_for_any_keyspace() {
         let statements = statements("tally_test_1", "{'class': 'NetworkTopologyStrategy', 'dc1': 3}");
-        assert_eq!(statements.len(), 10, "{statements:#?}");
+        assert_eq!(statements.len(), 12, "{statements:#?}");
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS tally_test_1 WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3}"));
         for table in [
             "view_counts",
@@ -46,6 +46,8 @@ mod tests {
             "batch_minutes",
             "batch_by_video",
             "batch_periods",
+            "batch_uniques",
+            "batch_uniques_counted",
         ] {
             let wanted = format!("CREATE TABLE IF NOT EXISTS tally_test_1.{table} (");
             assert!(statements.iter().any(|s| s.starts_with(&wanted)), "{table} missing");

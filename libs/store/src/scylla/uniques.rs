@@ -4,8 +4,12 @@
 //! rows the updates touch, lets [`crate::uniques::plan`] decide, and writes
 //! the changed rows in one single-partition batch whose cell timestamps are
 //! the flush versions, so a stale writer's sketch loses to a newer one.
+//!
+//! The batch recount's exact counts go to `batch_uniques` (one partition per
+//! hour or day, replaced at the batch generation like `batch_minutes`) and
+//! `batch_uniques_counted`, which says which hours and days are complete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
@@ -14,7 +18,7 @@ use scylla::statement::prepared::PreparedStatement;
 use tally_model::uniques::Merged;
 
 use super::{from_execution, unavailable, ScyllaStore};
-use crate::model::{ApplyOutcome, Granularity, UniquesRead};
+use crate::model::{ApplyOutcome, Granularity, PeriodSummary, PeriodUniques, UniquesRead};
 use crate::uniques::{self, CurrentSketches, SketchUpdate};
 use crate::StoreError;
 
@@ -23,11 +27,16 @@ const HOUR: i8 = 1;
 /// `granularity` of day rows.
 const DAY: i8 = 2;
 
-/// The statements of `video_uniques`, prepared once.
+/// The statements of `video_uniques` and the batch uniques tables, prepared once.
 pub(super) struct UniquesStatements {
     read_rows: PreparedStatement,
     write_row: PreparedStatement,
     read_range: PreparedStatement,
+    delete_batch_bucket: PreparedStatement,
+    write_batch_viewers: PreparedStatement,
+    mark_counted: PreparedStatement,
+    read_counted: PreparedStatement,
+    read_batch_viewers: PreparedStatement,
 }
 
 impl UniquesStatements {
@@ -51,6 +60,29 @@ impl UniquesStatements {
             read_range: prepare(format!(
                 "SELECT sketch FROM {ks}.video_uniques WHERE video_id = ? AND granularity = ? \
                  AND bucket >= ? AND bucket < ?"
+            ))
+            .await?,
+            delete_batch_bucket: prepare(format!(
+                "DELETE FROM {ks}.batch_uniques USING TIMESTAMP ? WHERE granularity = ? AND bucket = ?"
+            ))
+            .await?,
+            write_batch_viewers: prepare(format!(
+                "INSERT INTO {ks}.batch_uniques (granularity, bucket, video_id, viewers) VALUES (?, ?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            mark_counted: prepare(format!(
+                "INSERT INTO {ks}.batch_uniques_counted (scope, granularity, bucket) VALUES ('all', ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            read_counted: prepare(format!(
+                "SELECT bucket FROM {ks}.batch_uniques_counted WHERE scope = 'all' AND granularity = ? \
+                 AND bucket >= ? AND bucket < ?"
+            ))
+            .await?,
+            read_batch_viewers: prepare(format!(
+                "SELECT viewers FROM {ks}.batch_uniques WHERE granularity = ? AND bucket = ? AND video_id = ?"
             ))
             .await?,
         })
@@ -133,6 +165,85 @@ impl ScyllaStore {
                 merged.add(&sketch).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))?;
             }
         }
-        Ok(UniquesRead { from_ms: from, to_ms: to, estimate: merged.estimate(), sketches: merged.inputs() })
+        let (counted_parts, batch) = futures::try_join!(self.read_counted_parts(video, from, to), self.batch_state())?;
+        Ok(UniquesRead {
+            from_ms: from,
+            to_ms: to,
+            estimate: merged.estimate(),
+            sketches: merged.inputs(),
+            counted_parts,
+            exact_through_ms: batch.reconciled.exact_through(),
+        })
+    }
+
+    /// The batch counts of `video` in every part of `[from, to)`, if every part is counted.
+    async fn read_counted_parts(&self, video: &str, from: i64, to: i64) -> Result<Option<Vec<u64>>, StoreError> {
+        let statements = &self.inner.uniques;
+        let parts = uniques::counted_parts(from, to);
+        let mut marked = HashSet::new();
+        for segment in uniques::read_plan(from, to) {
+            let code = uniques::granularity_code(segment.granularity);
+            let rows = self.select::<(i64,)>(&statements.read_counted, (code, segment.from, segment.to)).await?;
+            marked.extend(rows.into_iter().map(|(bucket,)| (code, bucket)));
+        }
+        if parts
+            .iter()
+            .any(|(granularity, bucket)| !marked.contains(&(uniques::granularity_code(*granularity), *bucket)))
+        {
+            return Ok(None);
+        }
+        let concurrency = self.inner.config.concurrency.max(1);
+        let counts: Vec<u64> = stream::iter(parts)
+            .map(|(granularity, bucket)| async move {
+                let code = uniques::granularity_code(granularity);
+                let rows = self.select::<(i64,)>(&statements.read_batch_viewers, (code, bucket, video)).await?;
+                let viewers = rows.first().map_or(0, |row| row.0);
+                u64::try_from(viewers).map_err(|_| StoreError::Invalid(format!("{viewers} viewers stored")))
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
+        Ok(Some(counts))
+    }
+
+    /// Replaces the batch counts of the period's hour (and day, when given)
+    /// at `generation` (deletes) and `generation + 1` (writes), marking each
+    /// counted after its rows.
+    pub(super) async fn write_batch_uniques(
+        &self,
+        period: &PeriodSummary,
+        counted: &PeriodUniques,
+        generation: i64,
+    ) -> Result<(), StoreError> {
+        uniques::check_period_uniques(period, counted)?;
+        self.replace_batch_bucket(Granularity::Hour, period.start_ms, &counted.hour, generation).await?;
+        if let Some(day) = &counted.day {
+            self.replace_batch_bucket(Granularity::Day, day.day_ms, &day.viewers, generation).await?;
+        }
+        Ok(())
+    }
+
+    async fn replace_batch_bucket(
+        &self,
+        granularity: Granularity,
+        bucket: i64,
+        viewers: &[(String, u64)],
+        generation: i64,
+    ) -> Result<(), StoreError> {
+        let statements = &self.inner.uniques;
+        let code = uniques::granularity_code(granularity);
+        self.run(&statements.delete_batch_bucket, (generation, code, bucket)).await?;
+        let written = generation + 1;
+        let concurrency = self.inner.config.concurrency.max(1);
+        // Owned rows: a future borrowing from the slice is not `Send` for every lifetime.
+        stream::iter(viewers.to_vec())
+            .map(|(video, count)| async move {
+                let count = i64::try_from(count).map_err(|_| StoreError::Invalid(format!("{count} viewers")))?;
+                self.run(&statements.write_batch_viewers, (code, bucket, video.as_str(), count, written)).await
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.run(&statements.mark_counted, (code, bucket, written)).await
     }
 }

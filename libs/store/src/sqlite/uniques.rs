@@ -1,13 +1,13 @@
 //! Unique-viewer sketch rows in the embedded store: applied in the batch's
 //! transaction ([`crate::uniques`] decides what to write), read in one read
-//! transaction.
+//! transaction with the batch recount's exact counts of the read's parts.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tally_model::counts::FlushChunk;
 use tally_model::uniques::Merged;
 
 use super::unavailable;
-use crate::model::{ApplyOutcome, Granularity, UniquesRead};
+use crate::model::{ApplyOutcome, Granularity, PeriodSummary, PeriodUniques, UniquesRead};
 use crate::uniques::{self, CurrentSketches};
 use crate::StoreError;
 
@@ -28,6 +28,18 @@ CREATE TABLE IF NOT EXISTS uniques_days (
     source_partition INTEGER NOT NULL,
     sketch BLOB NOT NULL,
     PRIMARY KEY (video_id, day, source_partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_uniques (
+    granularity INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    video_id TEXT NOT NULL,
+    viewers INTEGER NOT NULL,
+    PRIMARY KEY (granularity, bucket, video_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_uniques_counted (
+    granularity INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    PRIMARY KEY (granularity, bucket)
 ) WITHOUT ROWID;
 ";
 
@@ -111,5 +123,78 @@ pub(super) fn read(connection: &mut Connection, video: &str, from: i64, to: i64)
             merged.add(&row.map_err(unavailable)?).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))?;
         }
     }
-    Ok(UniquesRead { from_ms: from, to_ms: to, estimate: merged.estimate(), sketches: merged.inputs() })
+    let (reconciled, _) = super::reconciled(&tx)?;
+    let counted_parts = counted_parts(&tx, video, from, to)?;
+    Ok(UniquesRead {
+        from_ms: from,
+        to_ms: to,
+        estimate: merged.estimate(),
+        sketches: merged.inputs(),
+        counted_parts,
+        exact_through_ms: reconciled.exact_through(),
+    })
+}
+
+/// The batch counts of `video` in every part of `[from, to)`, if every part is counted.
+fn counted_parts(connection: &Connection, video: &str, from: i64, to: i64) -> Result<Option<Vec<u64>>, StoreError> {
+    let parts = uniques::counted_parts(from, to);
+    let mut marked = connection
+        .prepare_cached("SELECT 1 FROM batch_uniques_counted WHERE granularity = ?1 AND bucket = ?2")
+        .map_err(unavailable)?;
+    for (granularity, bucket) in &parts {
+        let code = uniques::granularity_code(*granularity);
+        if marked.query_row(params![code, bucket], |_| Ok(())).optional().map_err(unavailable)?.is_none() {
+            return Ok(None);
+        }
+    }
+    let mut viewers = connection
+        .prepare_cached("SELECT viewers FROM batch_uniques WHERE granularity = ?1 AND bucket = ?2 AND video_id = ?3")
+        .map_err(unavailable)?;
+    let mut counts = Vec::with_capacity(parts.len());
+    for (granularity, bucket) in parts {
+        let code = uniques::granularity_code(granularity);
+        let count: Option<i64> =
+            viewers.query_row(params![code, bucket, video], |r| r.get(0)).optional().map_err(unavailable)?;
+        counts.push(u64::try_from(count.unwrap_or(0)).map_err(|_| StoreError::Invalid("negative viewers".into()))?);
+    }
+    Ok(Some(counts))
+}
+
+/// Replaces the batch counts of the period's hour (and day, when given)
+/// and marks them counted, in the period's transaction.
+pub(super) fn replace_batch(
+    tx: &Transaction<'_>,
+    period: &PeriodSummary,
+    counted: &PeriodUniques,
+) -> Result<(), StoreError> {
+    uniques::check_period_uniques(period, counted)?;
+    replace_bucket(tx, Granularity::Hour, period.start_ms, &counted.hour)?;
+    if let Some(day) = &counted.day {
+        replace_bucket(tx, Granularity::Day, day.day_ms, &day.viewers)?;
+    }
+    Ok(())
+}
+
+fn replace_bucket(
+    tx: &Transaction<'_>,
+    granularity: Granularity,
+    bucket: i64,
+    viewers: &[(String, u64)],
+) -> Result<(), StoreError> {
+    let code = uniques::granularity_code(granularity);
+    tx.execute("DELETE FROM batch_uniques WHERE granularity = ?1 AND bucket = ?2", params![code, bucket])
+        .map_err(unavailable)?;
+    let mut insert = tx
+        .prepare_cached("INSERT INTO batch_uniques (granularity, bucket, video_id, viewers) VALUES (?1, ?2, ?3, ?4)")
+        .map_err(unavailable)?;
+    for (video, count) in viewers {
+        let count = i64::try_from(*count).map_err(|_| StoreError::Invalid(format!("{count} viewers")))?;
+        insert.execute(params![code, bucket, video, count]).map_err(unavailable)?;
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO batch_uniques_counted (granularity, bucket) VALUES (?1, ?2)",
+        params![code, bucket],
+    )
+    .map_err(unavailable)?;
+    Ok(())
 }

@@ -155,6 +155,8 @@ pub struct RowRef<'a> {
     /// The broker's timestamp, when known (files written before it was
     /// archived have no `log_ms` column).
     pub log_ms: Option<i64>,
+    /// The viewer's pseudonym, when the event had a viewer id.
+    pub viewer_id: Option<&'a str>,
 }
 
 /// Reads a file's bytes, calling `visit` per row in file (offset) order.
@@ -173,6 +175,7 @@ pub fn read_views(bytes: Bytes, shown: &str, mut visit: impl FnMut(&RowRef<'_>))
         let ts = column::<Int64Array>(&batch, "ts_ms").ok_or_else(|| missing("ts_ms"))?;
         let received = column::<Int64Array>(&batch, "received_ms").ok_or_else(|| missing("received_ms"))?;
         let log = column::<Int64Array>(&batch, "log_ms");
+        let viewer = column::<StringArray>(&batch, "viewer_id");
         for i in 0..batch.num_rows() {
             visit(&RowRef {
                 partition: partition.value(i),
@@ -182,6 +185,7 @@ pub fn read_views(bytes: Bytes, shown: &str, mut visit: impl FnMut(&RowRef<'_>))
                 ts_ms: ts.value(i),
                 received_ms: received.value(i),
                 log_ms: log.filter(|log| log.is_valid(i)).map(|log| log.value(i)),
+                viewer_id: viewer.filter(|viewer| viewer.is_valid(i)).map(|viewer| viewer.value(i)),
             });
         }
         rows += batch.num_rows();
@@ -219,13 +223,16 @@ mod tests {
         let second = encode(&rows, "two").unwrap();
         assert_eq!(first, second);
         let mut seen = Vec::new();
+        let mut viewers = Vec::new();
         let read = read_views(Bytes::from(first), "one", |r| {
-            seen.push((r.partition, r.offset, r.video_id.to_owned(), r.event_id.to_owned(), r.ts_ms, r.log_ms))
+            seen.push((r.partition, r.offset, r.video_id.to_owned(), r.event_id.to_owned(), r.ts_ms, r.log_ms));
+            viewers.push(r.viewer_id.map(str::to_owned));
         })
         .unwrap();
         assert_eq!(read, 100);
         assert_eq!(seen[3], (1, 3, "a".to_owned(), "e3".to_owned(), 1_795_341_600_003, None));
         assert_eq!(seen[4].5, Some(1_795_341_600_011));
+        assert_eq!((viewers[4].as_deref(), viewers[5].as_deref()), (Some("u"), None));
     }
 
     #[test]
