@@ -18,13 +18,18 @@
 //! be counted exactly once: checked against what the gateways acknowledged,
 //! and again once the counter and the writer have committed everything.
 //!
+//! Every event carries a viewer id (a function of the event, so a retry
+//! repeats it): at the end each video's unique viewers, through the query
+//! API, must be the distinct viewers the clients were acknowledged for,
+//! exactly below 100 and within 3.2 % above, as without faults.
+//!
 //! Shortened in CI; `TALLY_CHAOS_FAULTS=20` for the full run;
 //! `TALLY_CHAOS_KINDS=kill,broker,redis,rebalance,store` (the default: all)
 //! narrows the faults drawn, to isolate one kind.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,8 @@ use tally_testkit::{bounded, Broker, RedisServer};
 #[derive(Default, Debug)]
 struct Tally {
     acknowledged: BTreeMap<String, i64>,
+    /// The distinct viewers of each video's acknowledged views.
+    viewers: BTreeMap<String, BTreeSet<String>>,
     batches: u64,
     hot_batches: u64,
     retries: u64,
@@ -85,6 +92,14 @@ const HOT_VIDEO: &str = "hot-launch";
 /// Events per batch of the hot client.
 const HOT_BATCH: u64 = 20;
 
+/// The viewer of an event: one of 60, a function of the event id.
+fn viewer_of(event_id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    event_id.hash(&mut hasher);
+    format!("viewer-{}", hasher.finish() % 60)
+}
+
 /// The hot client: batches of [`HOT_VIDEO`] without `ts`, each sent until a
 /// gateway acknowledges it (a failed send is retried through the other
 /// gateway), then resent, same event ids, through the other gateway until
@@ -95,7 +110,7 @@ async fn hot_client(gateways: [String; 2], stop: Arc<std::sync::atomic::AtomicBo
     let mut round = 0usize;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let body: Vec<Value> = (first..first + HOT_BATCH)
-            .map(|i| json!({"video_id": HOT_VIDEO, "event_id": format!("hot-{i}")}))
+            .map(|i| json!({"video_id": HOT_VIDEO, "event_id": format!("hot-{i}"), "viewer_id": format!("hot-viewer-{}", i % 300)}))
             .collect();
         first += HOT_BATCH;
         let at = send_until_acknowledged(&http, &gateways, round % 2, &body, &tally).await;
@@ -104,6 +119,8 @@ async fn hot_client(gateways: [String; 2], stop: Arc<std::sync::atomic::AtomicBo
             let mut t = tally.lock().unwrap();
             t.hot_batches += 1;
             *t.acknowledged.entry(HOT_VIDEO.to_owned()).or_default() += HOT_BATCH as i64;
+            let viewers = t.viewers.entry(HOT_VIDEO.to_owned()).or_default();
+            viewers.extend((first - HOT_BATCH..first).map(|i| format!("hot-viewer-{}", i % 300)));
         }
         send_until_acknowledged(&http, &gateways, 1 - at, &body, &tally).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -136,7 +153,10 @@ async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally
     let mut load = Load::new(seed);
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let batch = load.batch(50, tally_model::timestamp::now_ms(), 0);
-        let body: Vec<Value> = batch.iter().map(|(v, id, _, _, _)| json!({"video_id": v, "event_id": id})).collect();
+        let body: Vec<Value> = batch
+            .iter()
+            .map(|(v, id, _, _, _)| json!({"video_id": v, "event_id": id, "viewer_id": viewer_of(id)}))
+            .collect();
         // Same ids until acknowledged: a 503, a reset connection or a dead gateway is retried.
         loop {
             let outcome = http.post(format!("http://{gateway}/v1/events")).json(&body).send().await;
@@ -149,8 +169,9 @@ async fn client(gateway: String, stop: Arc<std::sync::atomic::AtomicBool>, tally
         {
             let mut t = tally.lock().unwrap();
             t.batches += 1;
-            for (video, ..) in &batch {
+            for (video, id, ..) in &batch {
                 *t.acknowledged.entry(video.clone()).or_default() += 1;
+                t.viewers.entry(video.clone()).or_default().insert(viewer_of(id));
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -186,7 +207,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         let (ingest_port, second_ingest_port, query_port) = (free_port(), free_port(), free_port());
         // Every gateway salts the hot video alike (a configured list).
         let ingest_extra = format!(
-            "ack-timeout = \"2s\"\ndelivery-timeout = \"10s\"\nsalting = {{ hot-videos = [\"{HOT_VIDEO}\"] }}"
+            "ack-timeout = \"2s\"\ndelivery-timeout = \"10s\"\nsalting = {{ hot-videos = [\"{HOT_VIDEO}\"] }}\nviewer-id-key = \"chaos-secret\""
         );
         let sections = process_sections(dir.path(), &redis.url(), ingest_port, query_port, &ingest_extra);
         let config = write_config(dir.path(), &kafka, &sections);
@@ -230,6 +251,7 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
             .collect();
         assert!(!drawn.is_empty(), "TALLY_CHAOS_KINDS={kinds:?} selects no fault");
         let started = Instant::now();
+        let run_started_ms = tally_model::timestamp::now_ms();
         for round in 0..faults {
             restart_exited(&mut services, &mut injected);
             tokio::time::sleep(Duration::from_millis(1_000 + rng.rand() % 2_000)).await;
@@ -329,9 +351,9 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         load.await.unwrap();
         hot_load.await.unwrap();
-        let (expected, batches, hot_batches, retries) = {
+        let (expected, viewers, batches, hot_batches, retries) = {
             let t = tally.lock().unwrap();
-            (t.acknowledged.clone(), t.batches, t.hot_batches, t.retries)
+            (t.acknowledged.clone(), t.viewers.clone(), t.batches, t.hot_batches, t.retries)
         };
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
@@ -387,6 +409,31 @@ async fn faults_at_random_moments_lose_and_duplicate_no_acknowledged_view() {
         assert_eq!(after_quiet.as_ref(), Some(&expected), "still exact once the pipeline went quiet");
         assert!(acknowledged > 0);
         assert!(expected.get(HOT_VIDEO).is_some_and(|n| *n > 0), "the hot client was acknowledged");
+        // Unique viewers: every hour the run touched.
+        let (from, to) = (run_started_ms - 3_600_000, tally_model::timestamp::now_ms() + 3_600_000);
+        let mut off = Vec::new();
+        for (video, sent) in &viewers {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let answer = loop {
+                match common::query::uniques(&http, &api, video, from, to).await {
+                    Ok(answer) => break answer,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("chaos: uniques of {video}: {e}; again");
+                        restart_exited(&mut services, &mut injected);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => panic!("uniques of {video}: {e}"),
+                }
+            };
+            let (got, exact) = (answer["uniques"].as_u64().unwrap_or(u64::MAX), answer["exact"] == true);
+            let want = sent.len() as u64;
+            let error = (got as f64 - want as f64).abs() / want as f64;
+            if (want < 100 && (got, exact) != (want, true)) || error > 0.032 {
+                off.push(format!("{video}: {want} viewers, answered {answer}"));
+            }
+        }
+        assert!(off.is_empty(), "unique viewers off after the faults: {off:?}");
+        assert!(viewers.get(HOT_VIDEO).is_some_and(|v| !v.is_empty()));
         for service in services {
             service.process.kill9();
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{process_sections, write_config, TallyProcess};
 use serde_json::{json, Value};
 use tally_loadgen::deliver::{deliver, Answer, Delivery, Request};
-use tally_loadgen::ingest::{body, Generator, IngestTally};
+use tally_loadgen::ingest::{body, BodyShape, Generator, IngestTally};
 use tally_loadgen::retry::{RetryAfter, RetryPolicy};
 use tally_loadgen::Rng;
 use tally_testkit::{bounded, Broker, RedisServer};
@@ -98,7 +98,11 @@ async fn a_burst_of_retrying_clients_is_shed_then_served_and_counted_exactly_onc
         for n in 0..REQUESTS {
             tokio::time::sleep_until((started + interval * n).into()).await;
             let events = generator.batch(BATCH);
-            let request = Request { url: url.clone(), content_type: "application/json", body: body(run, &events) };
+            let request = Request {
+                url: url.clone(),
+                content_type: "application/json",
+                body: body(BodyShape { run, viewers: 0 }, &events),
+            };
             let (http, tally, deliveries) = (http.clone(), tally.clone(), deliveries.clone());
             clients.spawn(async move {
                 let mut rng = Rng(u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);

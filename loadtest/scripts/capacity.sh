@@ -22,6 +22,11 @@
 # spans exported over OTLP/HTTP to loadtest/otlp_sink.py (on
 # LOADTEST_BASE_PORT + 10), which counts the exports and their bytes.
 #
+# With VIEWERS=N (e.g. 1000000), the embedded-store configuration runs again
+# with a `viewer_id` on every event, drawn from N viewers ("sqlite-viewers"):
+# what the unique-viewer sketches cost each process (the gateway
+# pseudonymises, the counter sketches, the writer merges).
+#
 # With CASSANDRA=HOST:PORT (a running Cassandra node, e.g. the one
 # `tally-test-servers` starts for scripts/test), everything is started again
 # fresh with the writer and the query service on that node instead (keyspace
@@ -47,12 +52,14 @@ source "$ROOT/loadtest/procstat.sh"
 RATE=${RATE:-20} BATCH=${BATCH:-1000} DURATION=${DURATION:-60} QUERY_RATE=${QUERY_RATE:-2000}
 VIDEOS=${VIDEOS:-10000} ZIPF=${ZIPF:-1.2} DUPLICATES=${DUPLICATES:-0.05} WARMUP=${WARMUP:-5}
 WARMUP_LOAD=${WARMUP_LOAD:-15} IDLE=${IDLE:-20} CASSANDRA=${CASSANDRA:-} CASSANDRA_DURATION=${CASSANDRA_DURATION:-20} PERF_SECONDS=${PERF_SECONDS:-0}
-TRACES=${TRACES:-} OTLP_SINK=127.0.0.1:$((BASE_PORT + 10))
+TRACES=${TRACES:-} OTLP_SINK=127.0.0.1:$((BASE_PORT + 10)) VIEWERS=${VIEWERS:-}
+# Viewer ids per event in the configuration being run (0: none).
+RUN_VIEWERS=0
 REDIS_PORT=$((BASE_PORT + 3))
 INGEST_ADMIN=127.0.0.1:$((BASE_PORT + 5)) COUNTER_ADMIN=127.0.0.1:$((BASE_PORT + 6))
 WRITER_ADMIN=127.0.0.1:$((BASE_PORT + 7)) QUERY_ADMIN=127.0.0.1:$((BASE_PORT + 8))
 COMMAND="RATE=$RATE BATCH=$BATCH DURATION=$DURATION QUERY_RATE=$QUERY_RATE VIDEOS=$VIDEOS ZIPF=$ZIPF DUPLICATES=$DUPLICATES"
-COMMAND+=" WARMUP_LOAD=$WARMUP_LOAD IDLE=$IDLE CASSANDRA=$CASSANDRA CASSANDRA_DURATION=$CASSANDRA_DURATION PERF_SECONDS=$PERF_SECONDS TRACES=$TRACES loadtest/scripts/capacity.sh"
+COMMAND+=" WARMUP_LOAD=$WARMUP_LOAD IDLE=$IDLE CASSANDRA=$CASSANDRA CASSANDRA_DURATION=$CASSANDRA_DURATION PERF_SECONDS=$PERF_SECONDS TRACES=$TRACES VIEWERS=$VIEWERS loadtest/scripts/capacity.sh"
 build
 DIR=$(results_dir capacity)
 
@@ -138,6 +145,8 @@ brokers = "$BROKER"
 [ingest]
 listen = "$INGEST"
 admin-listen = "$INGEST_ADMIN"
+# Used only by events that carry a viewer id (VIEWERS).
+viewer-id-key = "00112233445566778899aabbccddeeff"
 
 [counter]
 admin-listen = "$COUNTER_ADMIN"
@@ -179,7 +188,7 @@ EOF
         log "warm-up load, $WARMUP_LOAD s"
         "$LOADGEN" --ingest "$INGEST" --query "$QUERY" --rate "$RATE" --batch "$BATCH" --duration "$WARMUP_LOAD" \
             --max-requests $((RATE * WARMUP_LOAD)) --videos "$VIDEOS" --zipf "$ZIPF" --duplicates "$DUPLICATES" \
-            --query-rate "$QUERY_RATE" --no-exactness --out "$RUN/warmup.json" >/dev/null 2>"$RUN/warmup.log"
+            --viewers "$RUN_VIEWERS" --query-rate "$QUERY_RATE" --no-exactness --out "$RUN/warmup.json" >/dev/null 2>"$RUN/warmup.log"
         sleep 3
     fi
     # Idle: what each process costs per second with no load (polls, heartbeats,
@@ -203,7 +212,7 @@ EOF
     /usr/bin/time -o "$RUN/loadgen.time" -f '{"wall_s":%e,"user_s":%U,"sys_s":%S,"max_rss_kib":%M}' \
         "$LOADGEN" --ingest "$INGEST" --query "$QUERY" --rate "$RATE" --batch "$BATCH" --duration "$duration" \
         --warmup "$WARMUP" --max-requests $((RATE * duration)) --videos "$VIDEOS" --zipf "$ZIPF" --duplicates "$DUPLICATES" \
-        --query-rate "$QUERY_RATE" --out "$RUN/loadgen.json" --plot "$RUN/loadgen.svg" \
+        --viewers "$RUN_VIEWERS" --query-rate "$QUERY_RATE" --out "$RUN/loadgen.json" --plot "$RUN/loadgen.svg" \
         >/dev/null 2>"$RUN/loadgen.log" &
     local loadgen=$!
     PIDS+=("$loadgen")
@@ -290,6 +299,12 @@ otlp-endpoint = \"http://$OTLP_SINK/v1/traces\"
 sample-ratio = $TRACES"
     stop_sink
     log "OTLP sink: $(cat "$DIR/sqlite-traced/otlp-sink.json")"
+fi
+if [[ -n $VIEWERS ]]; then
+    RUN_VIEWERS=$VIEWERS
+    run_configuration sqlite-viewers "$DURATION" "[store]
+sqlite-path = \"$DIR/sqlite-viewers/counts.db\""
+    RUN_VIEWERS=0
 fi
 if [[ -n $CASSANDRA ]]; then
     keyspace=capacity_$(date -u +%Y%m%d%H%M%S)

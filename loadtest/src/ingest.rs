@@ -132,10 +132,37 @@ impl IngestTally {
     }
 }
 
-/// The JSON body of `events`, with event ids tagged by `run`.
-pub fn body(run: u128, events: &[View]) -> Bytes {
-    let body: Vec<Value> =
-        events.iter().map(|(v, id)| json!({"video_id": v, "event_id": format!("r{run}-{id}")})).collect();
+/// What the events of a run look like on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyShape {
+    /// The run's tag in event ids.
+    pub run: u128,
+    /// Distinct viewers the events' `viewer_id`s are drawn from; 0: no viewer ids.
+    pub viewers: u64,
+}
+
+impl BodyShape {
+    /// The viewer of event `id` (a function of the id: a resend is the same
+    /// viewer), as a 32-character id like a client's opaque user id.
+    fn viewer(&self, id: u64) -> Option<String> {
+        (self.viewers > 0).then(|| {
+            let viewer = Rng(id.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1).next_u64() % self.viewers;
+            format!("user-{viewer:027}")
+        })
+    }
+}
+
+/// The JSON body of `events`, with event ids tagged by the run and, when
+/// the shape has viewers, a viewer id on every event.
+pub fn body(shape: BodyShape, events: &[View]) -> Bytes {
+    let run = shape.run;
+    let body: Vec<Value> = events
+        .iter()
+        .map(|(v, id)| match shape.viewer(*id) {
+            Some(viewer) => json!({"video_id": v, "event_id": format!("r{run}-{id}"), "viewer_id": viewer}),
+            None => json!({"video_id": v, "event_id": format!("r{run}-{id}")}),
+        })
+        .collect();
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
@@ -145,15 +172,15 @@ pub fn body(run: u128, events: &[View]) -> Bytes {
 pub async fn post_batch(
     http: &reqwest::Client,
     url: &str,
-    run: u128,
+    shape: BodyShape,
     events: &[View],
     policy: &RetryPolicy,
     (sent, max): (&AtomicU64, u64),
     tally: &Mutex<IngestTally>,
 ) -> bool {
-    let request = Request { url: url.to_owned(), content_type: "application/json", body: body(run, events) };
+    let request = Request { url: url.to_owned(), content_type: "application/json", body: body(shape, events) };
     // Jitter seeded per batch: clients refused together draw different waits.
-    let seed = events.first().map_or(0, |(_, id)| *id) ^ (run as u64).rotate_left(17);
+    let seed = events.first().map_or(0, |(_, id)| *id) ^ (shape.run as u64).rotate_left(17);
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let delivery = deliver(http, &request, policy, &mut rng, || sent.fetch_add(1, Ordering::Relaxed) < max).await;
     tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(events, &delivery);
@@ -208,5 +235,18 @@ mod tests {
             assert_eq!(video_of.entry(*id).or_insert(video), &video, "id {id}");
         }
         assert!(video_of.len() < events.len(), "some ids were resent");
+    }
+
+    #[test]
+    fn viewer_ids_are_a_function_of_the_event_and_absent_without_viewers() {
+        let events: Vec<View> = (0..2_000).map(|id| ("v".to_owned(), id)).collect();
+        let parsed = |shape| -> Vec<Value> { serde_json::from_slice(&body(shape, &events)).unwrap() };
+        let with = parsed(BodyShape { run: 3, viewers: 100 });
+        let again = parsed(BodyShape { run: 3, viewers: 100 });
+        assert_eq!(with, again, "a resend carries the same viewer");
+        let viewers: HashSet<&str> = with.iter().map(|e| e["viewer_id"].as_str().unwrap()).collect();
+        assert_eq!(viewers.len(), 100, "drawn from 100 viewers");
+        assert!(viewers.iter().all(|v| v.len() == 32));
+        assert!(parsed(BodyShape { run: 3, viewers: 0 }).iter().all(|e| e.get("viewer_id").is_none()));
     }
 }

@@ -36,7 +36,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::{json, Value};
 use tally_loadgen::deliver::{deliver, Request};
 use tally_loadgen::exactness::{Discrepancy, Expected};
-use tally_loadgen::ingest::{post_batch, Generator, IngestTally};
+use tally_loadgen::ingest::{post_batch, BodyShape, Generator, IngestTally};
 use tally_loadgen::record::Recorder;
 use tally_loadgen::retry::RetryPolicy;
 use tally_loadgen::{closed, imbalance, loopback, plot, prometheus_value, Rng, Zipf};
@@ -90,6 +90,10 @@ struct Args {
     /// Share of events that resend an earlier event id (0..1).
     #[arg(long, default_value_t = 0.05)]
     duplicates: f64,
+    /// Distinct viewers: every event carries a `viewer_id` drawn from this
+    /// many (the same for a resend); 0 = no viewer ids.
+    #[arg(long, default_value_t = 0)]
+    viewers: u64,
     /// Ingest requests allowed in flight at once (open loop).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -206,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
     // confused by counts of earlier runs against the same pipeline.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 1_000_000_000;
     let generator = Arc::new(Mutex::new(Generator::new(run, args.videos, args.zipf, args.duplicates)));
+    let shape = BodyShape { run, viewers: args.viewers };
     let policy = args.retry_policy();
     let before_partitions = match &args.broker {
         Some(broker) => Some(watermarks(broker, &args.topic)?),
@@ -250,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
                             (http.clone(), generator.clone(), shared.clone(), sent.clone(), url.clone());
                         async move {
                             let events = lock(&generator).batch(batch);
-                            post_batch(&http, &url, run, &events, &policy, (&sent, max), &shared)
+                            post_batch(&http, &url, shape, &events, &policy, (&sent, max), &shared)
                                 .await
                                 .then_some(events.len() as u64)
                         }
@@ -506,7 +511,7 @@ async fn open_ingest(
     started: Instant,
     end: Instant,
 ) {
-    let run = lock(&generator).run;
+    let shape = BodyShape { run: lock(&generator).run, viewers: args.viewers };
     let policy = args.retry_policy();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
@@ -526,7 +531,7 @@ async fn open_ingest(
         let max = args.max_requests;
         tasks.spawn(async move {
             let _permit = permit;
-            if post_batch(&http, &url, run, &events, &policy, (&sent, max), &shared).await {
+            if post_batch(&http, &url, shape, &events, &policy, (&sent, max), &shared).await {
                 lock(&ingest).record(started.elapsed().as_secs_f64(), micros_since(intended), events.len() as u64);
             }
         });

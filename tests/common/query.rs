@@ -41,6 +41,24 @@ pub async fn views(
     Ok(got)
 }
 
+/// The answer of `GET /v1/videos/{video}/uniques` over `[from_ms, to_ms)` on `api`.
+pub async fn uniques(
+    http: &reqwest::Client,
+    api: &str,
+    video: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Value, String> {
+    let url = format!("http://{api}/v1/videos/{video}/uniques?from={from_ms}&to={to_ms}");
+    let response = http.get(url).send().await.map_err(|e| format!("uniques: {e}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| format!("uniques answer ({status}): {e}"))?;
+    if status != 200 {
+        return Err(format!("uniques answered {status}: {body}"));
+    }
+    Ok(body)
+}
+
 /// Waits until the store at `db` holds exactly `expected`; fails the test
 /// saying `when` after `limit` (at once with a zero limit).
 pub async fn store_totals_become(db: &Path, expected: &BTreeMap<String, i64>, limit: Duration, when: &str) {
