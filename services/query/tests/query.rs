@@ -87,6 +87,40 @@ fn viewers(range: std::ops::Range<u32>) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciled_hour_answers_its_batch_count_of_unique_viewers_as_exact() {
+    bounded(Duration::from_secs(60), async {
+        let store = seeded_store().await;
+        // The batch recount found 61 viewers at 10:00 (one the sketches missed); 11:00 is not reconciled.
+        let period =
+            tally_store::PeriodSummary { start_ms: T0, end_ms: T0 + 3_600_000, batch_views: 42, realtime_views: 42 };
+        let counted = tally_store::PeriodUniques { hour: vec![("popular".into(), 61)], day: None };
+        store.replace_batch(period, vec![("popular".into(), T0, 42)], Some(counted)).await.unwrap();
+        let query = start(store, None).await;
+        let hour: Value = query
+            .get(&format!("/v1/videos/popular/uniques?from={T0}&to={}", T0 + 3_600_000))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (hour["uniques"].clone(), hour["lower_bound"].clone(), hour["upper_bound"].clone(), hour["exact"].clone()),
+            (json!(61), json!(61), json!(61), json!(true))
+        );
+        assert_eq!(hour["exact_through"], "2026-11-22T11:00:00Z");
+        // Two hours, one of them not counted: the sketches' union, not exact by the batch.
+        let two: Value = query
+            .get(&format!("/v1/videos/popular/uniques?from={T0}&to={}", T0 + 7_200_000))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!((two["uniques"].clone(), two["exact_through"].clone()), (json!(70), json!("2026-11-22T11:00:00Z")));
+        query.shutdown.cancel();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_viewers_merge_salts_and_hours_are_cached_and_served_stale_while_the_store_is_down() {
     bounded(Duration::from_secs(60), async {
         let redis = RedisServer::start();
