@@ -4,10 +4,46 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the child).
+/// The lowest port servers are given.
+const LOWEST_SERVER_PORT: u16 = 10_000;
+
+/// A free TCP port on 127.0.0.1 for a server (bound, then released for the
+/// child), below the kernel's ephemeral range: a port from that range can be
+/// taken as the source port of any client connection while the server is
+/// down, and a server restarted on it (Kafka, Cassandra in the fault tests)
+/// then fails with "Address already in use" (seen: Cassandra exiting at a
+/// restart in `cassandra_chaos`).
 pub fn free_port() -> u16 {
+    let below = ephemeral_range_start();
+    if below > LOWEST_SERVER_PORT + 1_000 {
+        let span = u64::from(below - LOWEST_SERVER_PORT);
+        for _ in 0..1_000 {
+            let port = LOWEST_SERVER_PORT + u16::try_from(random() % span).unwrap_or(0);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
     listener.local_addr().expect("local address of an ephemeral listener").port()
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().and_then(|low| low.parse().ok()))
+        .unwrap_or(32_768)
+}
+
+/// A random number: std's randomly keyed hasher over a process-wide counter.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// Finds `name`: the `env_var` override, then `PATH`, then Tally's tool cache
@@ -40,4 +76,21 @@ pub fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ports_are_free_and_below_the_ephemeral_range() {
+        let below = ephemeral_range_start();
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        for port in &ports {
+            assert!((LOWEST_SERVER_PORT..below).contains(port), "{port} is not below {below}");
+            TcpListener::bind(("127.0.0.1", *port)).expect("still free");
+        }
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert!(distinct.len() > 45, "spread over the range: {ports:?}");
+    }
 }
