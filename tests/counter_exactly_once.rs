@@ -195,12 +195,20 @@ async fn a_cooperative_rebalance_drains_only_the_revoked_partitions() {
         let first = TallyProcess::spawn(&config, "counter");
         assert!(first.wait_for_metric("tally_counter_owned_partitions", 4.0, Duration::from_secs(30)));
         producer.send(&load.batch(2_000, tally_model::timestamp::now_ms(), 10)).await;
+        // Caught up: no lag, and the buffered rows no longer moving. A lag of
+        // 0 alone is not enough: the lag monitor's last reading can predate
+        // the batch (every 200 ms) while the first records are buffered.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(first.metric("tally_counter_owned_lag_records") == Some(0.0)
-            && first.metric("tally_counter_buffered_rows").is_some_and(|rows| rows > 0.0))
-        {
-            assert!(Instant::now() < deadline, "the first counter never caught up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut last_buffered = -1.0;
+        loop {
+            let buffered = first.metric("tally_counter_buffered_rows").unwrap_or(0.0);
+            let lag = first.metric("tally_counter_owned_lag_records");
+            if lag == Some(0.0) && buffered > 0.0 && buffered == last_buffered {
+                break;
+            }
+            last_buffered = buffered;
+            assert!(Instant::now() < deadline, "the first counter never caught up: lag {lag:?}, {buffered} rows");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let buffered_alone = first.metric("tally_counter_buffered_rows").expect("buffered rows");
         let second = TallyProcess::spawn(&config, "counter");
