@@ -24,6 +24,16 @@ impl Granularity {
         }
     }
 
+    /// Its code in both stores' tables (`granularity` columns): 0 minute,
+    /// 1 hour, 2 day (the all-time rollup is 3).
+    pub const fn code(self) -> i8 {
+        match self {
+            Self::Minute => 0,
+            Self::Hour => 1,
+            Self::Day => 2,
+        }
+    }
+
     /// Start of the bucket holding `ts_ms`.
     pub fn bucket(self, ts_ms: i64) -> i64 {
         ts_ms.div_euclid(self.millis()) * self.millis()

@@ -71,8 +71,8 @@ CREATE TABLE IF NOT EXISTS source_owners (
 ";
 
 /// Rollup granularities as stored; `TOTAL` has one bucket, 0.
-const HOUR: i64 = 1;
-const DAY: i64 = 2;
+const HOUR: i64 = Granularity::Hour.code() as i64;
+const DAY: i64 = Granularity::Day.code() as i64;
 const TOTAL: i64 = 3;
 
 /// How the embedded store's commits reach the disk (SQLite's `synchronous`

@@ -172,16 +172,6 @@ pub fn counted_parts(from_ms: i64, to_ms: i64) -> Vec<(Granularity, i64)> {
     parts
 }
 
-/// The code of an hour or day in the batch uniques tables (as in the
-/// count tables: 1 hour, 2 day).
-pub(crate) fn granularity_code(granularity: Granularity) -> i8 {
-    if granularity == Granularity::Day {
-        2
-    } else {
-        1
-    }
-}
-
 /// Checks the batch uniques given with a period: the period is one whole
 /// UTC hour, and a day, when given, is the one holding it.
 pub(crate) fn check_period_uniques(period: &PeriodSummary, uniques: &PeriodUniques) -> Result<(), StoreError> {

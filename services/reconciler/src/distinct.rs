@@ -9,10 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// One hour, in epoch ms.
-const HOUR_MS: i64 = 3_600_000;
-/// One UTC day, in epoch ms.
-pub const DAY_MS: i64 = 24 * HOUR_MS;
+use tally_store::Granularity;
 
 /// The viewers of the views a recount counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -33,8 +30,8 @@ impl DistinctViewers {
             Some(viewers) => viewers,
             None => self.per_video.entry(video.to_owned()).or_default(),
         };
-        viewers.hours.entry(ts_ms.div_euclid(HOUR_MS) * HOUR_MS).or_default().insert(viewer);
-        viewers.days.entry(ts_ms.div_euclid(DAY_MS) * DAY_MS).or_default().insert(viewer);
+        viewers.hours.entry(Granularity::Hour.bucket(ts_ms)).or_default().insert(viewer);
+        viewers.days.entry(Granularity::Day.bucket(ts_ms)).or_default().insert(viewer);
     }
 
     /// Distinct viewers per video in the hour starting at `hour_ms`, for
@@ -62,6 +59,9 @@ impl DistinctViewers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR_MS: i64 = 3_600_000;
+    const DAY_MS: i64 = 24 * HOUR_MS;
 
     #[test]
     fn a_viewer_counts_once_per_hour_and_once_per_day() {

@@ -25,13 +25,12 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
 use tally_store::layers::Reconciled as ReconciledRuns;
-use tally_store::{CountStore, DayUniques, PeriodSummary, PeriodUniques, StoreError};
+use tally_store::{CountStore, DayUniques, Granularity, PeriodSummary, PeriodUniques, StoreError};
 
 use crate::archive::layout::HOUR_MS;
 use crate::archive::parquet_io::ArchiveError;
 use crate::archive::storage::ArchiveStorage;
 use crate::coverage::{self, Coverage, ViewsLog};
-use crate::distinct::DAY_MS;
 use crate::recount::{self, Scope};
 use tally_model::counting::CountingRule;
 
@@ -308,9 +307,10 @@ pub async fn reconcile<S: CountStore>(
 /// `run` every hour of which is reconciled once `run` is (with `stored`).
 pub fn completed_days(stored: &[PeriodSummary], run: &[(i64, i64)]) -> BTreeSet<i64> {
     let runs = ReconciledRuns::new(stored.iter().map(|p| (p.start_ms, p.end_ms)).chain(run.iter().copied()));
+    let day_ms = Granularity::Day.millis();
     run.iter()
-        .map(|(start, _)| start.div_euclid(DAY_MS) * DAY_MS)
-        .filter(|day| runs.outside(*day, day + DAY_MS).is_empty())
+        .map(|(start, _)| Granularity::Day.bucket(*start))
+        .filter(|day| runs.outside(*day, day + day_ms).is_empty())
         .collect()
 }
 
@@ -323,11 +323,12 @@ async fn recount_periods<S: CountStore>(
 ) -> Result<Vec<PeriodReport>, ReconcileError> {
     let (Some(first), Some(last)) = (periods.first().copied(), periods.last().copied()) else { return Ok(Vec::new()) };
     let days = completed_days(&store.periods().await?, periods);
+    let day_ms = Granularity::Day.millis();
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     // A day's distinct viewers need all of its hours recounted.
     let scope = Scope {
         from_ms: days.first().map_or(first.0, |day| first.0.min(*day)),
-        to_ms: days.last().map_or(last.1, |day| last.1.max(day + DAY_MS)),
+        to_ms: days.last().map_or(last.1, |day| last.1.max(day + day_ms)),
         lookback_ms: millis(options.lookback),
         lookahead_ms: millis(options.late_lookahead),
     };
@@ -357,15 +358,15 @@ async fn recount_periods<S: CountStore>(
             .collect();
         drifting.sort_by_key(|d| std::cmp::Reverse((d.batch - d.realtime).abs()));
         drifting.truncate(20);
-        let day = start.div_euclid(DAY_MS) * DAY_MS;
-        let completes_day = days.contains(&day) && periods[index + 1..].iter().all(|(next, _)| *next >= day + DAY_MS);
+        let day = Granularity::Day.bucket(start);
+        let completes_day = days.contains(&day) && periods[index + 1..].iter().all(|(next, _)| *next >= day + day_ms);
         let uniques = PeriodUniques {
             hour: counted.viewers.hour(start),
             day: completes_day.then(|| DayUniques { day_ms: day, viewers: counted.viewers.day(day) }),
         };
         let hour_check = check_uniques(store, &uniques.hour, (start, end), metrics.map(|m| (m, "hour"))).await?;
         let day_check = match &uniques.day {
-            Some(d) => Some(check_uniques(store, &d.viewers, (day, day + DAY_MS), metrics.map(|m| (m, "day"))).await?),
+            Some(d) => Some(check_uniques(store, &d.viewers, (day, day + day_ms), metrics.map(|m| (m, "day"))).await?),
             None => None,
         };
         store
@@ -466,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_day_is_completed_by_the_run_that_reconciles_its_last_missing_hour() {
-        let day = 20_000 * DAY_MS;
+        let day = 20_000 * 24 * HOUR_MS;
         let period =
             |start: i64| PeriodSummary { start_ms: start, end_ms: start + HOUR_MS, batch_views: 0, realtime_views: 0 };
         let hour = |h: i64| (day + h * HOUR_MS, day + (h + 1) * HOUR_MS);

@@ -19,11 +19,11 @@ use crate::model::Granularity;
 use crate::StoreError;
 
 /// Stored granularity codes (`view_counts.granularity`).
-pub const MINUTE: i8 = 0;
+pub const MINUTE: i8 = Granularity::Minute.code();
 /// Hour rollup.
-pub const HOUR: i8 = 1;
+pub const HOUR: i8 = Granularity::Hour.code();
 /// Day rollup (UTC).
-pub const DAY: i8 = 2;
+pub const DAY: i8 = Granularity::Day.code();
 /// All-time rollup, bucket 0.
 pub const TOTAL: i8 = 3;
 

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use super::plan::{DAY, HOUR, MINUTE};
 use super::{ScyllaStore, INDEX_SHARDS};
 use crate::layers::{self, Reconciled, Segment, FAR_FUTURE, FAR_PAST};
 use crate::model::{Granularity, Point, Total};
@@ -39,14 +38,6 @@ impl BatchState {
     }
 }
 
-fn granularity_code(granularity: Granularity) -> i8 {
-    match granularity {
-        Granularity::Minute => MINUTE,
-        Granularity::Hour => HOUR,
-        Granularity::Day => DAY,
-    }
-}
-
 impl ScyllaStore {
     pub(super) async fn batch_state(&self) -> Result<BatchState, StoreError> {
         let rows = self.select::<(i64, i64, Option<i64>)>(&self.inner.statements.read_reconciled, ()).await?;
@@ -55,7 +46,7 @@ impl ScyllaStore {
 
     /// Real-time `(bucket, views)` rows of `video` in one segment, every salt and source partition.
     async fn realtime_rows(&self, video: &str, segment: Segment) -> Result<Vec<(i64, i64)>, StoreError> {
-        let code = granularity_code(segment.granularity);
+        let code = segment.granularity.code();
         self.select::<(i64, i64)>(&self.inner.statements.read_series, (video, code, segment.from, segment.to)).await
     }
 

@@ -22,11 +22,6 @@ use crate::model::{ApplyOutcome, Granularity, PeriodSummary, PeriodUniques, Uniq
 use crate::uniques::{self, CurrentSketches, SketchUpdate};
 use crate::StoreError;
 
-/// `granularity` of hour rows (as in `view_counts`).
-const HOUR: i8 = 1;
-/// `granularity` of day rows.
-const DAY: i8 = 2;
-
 /// The statements of `video_uniques` and the batch uniques tables, prepared once.
 pub(super) struct UniquesStatements {
     read_rows: PreparedStatement,
@@ -116,8 +111,8 @@ impl ScyllaStore {
         let statements = &self.inner.uniques;
         let (hours, days) = uniques::keys(&updates);
         let (hour_rows, day_rows) = futures::try_join!(
-            self.select::<Row>(&statements.read_rows, (video.as_str(), HOUR, hours)),
-            self.select::<Row>(&statements.read_rows, (video.as_str(), DAY, days)),
+            self.select::<Row>(&statements.read_rows, (video.as_str(), Granularity::Hour.code(), hours)),
+            self.select::<Row>(&statements.read_rows, (video.as_str(), Granularity::Day.code(), days)),
         )?;
         let mut current = CurrentSketches::default();
         for (bucket, salt, source, sketch, version) in hour_rows {
@@ -136,10 +131,9 @@ impl ScyllaStore {
             let mut values = Vec::with_capacity(plan.writes.len());
             for write in &plan.writes {
                 batch.append_statement(statements.write_row.clone());
-                let granularity = if write.granularity == Granularity::Hour { HOUR } else { DAY };
                 values.push((
                     video.as_str(),
-                    granularity,
+                    write.granularity.code(),
                     write.bucket,
                     write.salt,
                     partition,
@@ -157,9 +151,11 @@ impl ScyllaStore {
     pub(super) async fn read_uniques(&self, video: &str, from: i64, to: i64) -> Result<UniquesRead, StoreError> {
         let mut merged = Merged::default();
         for segment in uniques::read_plan(from, to) {
-            let granularity = if segment.granularity == Granularity::Day { DAY } else { HOUR };
             let rows = self
-                .select::<(Vec<u8>,)>(&self.inner.uniques.read_range, (video, granularity, segment.from, segment.to))
+                .select::<(Vec<u8>,)>(
+                    &self.inner.uniques.read_range,
+                    (video, segment.granularity.code(), segment.from, segment.to),
+                )
                 .await?;
             for (sketch,) in rows {
                 merged.add(&sketch).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))?;
@@ -182,21 +178,18 @@ impl ScyllaStore {
         let parts = uniques::counted_parts(from, to);
         let mut marked = HashSet::new();
         for segment in uniques::read_plan(from, to) {
-            let code = uniques::granularity_code(segment.granularity);
+            let code = segment.granularity.code();
             let rows = self.select::<(i64,)>(&statements.read_counted, (code, segment.from, segment.to)).await?;
             marked.extend(rows.into_iter().map(|(bucket,)| (code, bucket)));
         }
-        if parts
-            .iter()
-            .any(|(granularity, bucket)| !marked.contains(&(uniques::granularity_code(*granularity), *bucket)))
-        {
+        if parts.iter().any(|(granularity, bucket)| !marked.contains(&(granularity.code(), *bucket))) {
             return Ok(None);
         }
         let concurrency = self.inner.config.concurrency.max(1);
         let counts: Vec<u64> = stream::iter(parts)
             .map(|(granularity, bucket)| async move {
-                let code = uniques::granularity_code(granularity);
-                let rows = self.select::<(i64,)>(&statements.read_batch_viewers, (code, bucket, video)).await?;
+                let rows =
+                    self.select::<(i64,)>(&statements.read_batch_viewers, (granularity.code(), bucket, video)).await?;
                 let viewers = rows.first().map_or(0, |row| row.0);
                 u64::try_from(viewers).map_err(|_| StoreError::Invalid(format!("{viewers} viewers stored")))
             })
@@ -206,16 +199,15 @@ impl ScyllaStore {
         Ok(Some(counts))
     }
 
-    /// Replaces the batch counts of the period's hour (and day, when given)
-    /// at `generation` (deletes) and `generation + 1` (writes), marking each
-    /// counted after its rows.
+    /// Replaces the batch counts of the period's hour (and day, when given,
+    /// checked by the caller before any write) at `generation` (deletes) and
+    /// `generation + 1` (writes), marking each counted after its rows.
     pub(super) async fn write_batch_uniques(
         &self,
         period: &PeriodSummary,
         counted: &PeriodUniques,
         generation: i64,
     ) -> Result<(), StoreError> {
-        uniques::check_period_uniques(period, counted)?;
         self.replace_batch_bucket(Granularity::Hour, period.start_ms, &counted.hour, generation).await?;
         if let Some(day) = &counted.day {
             self.replace_batch_bucket(Granularity::Day, day.day_ms, &day.viewers, generation).await?;
@@ -231,7 +223,7 @@ impl ScyllaStore {
         generation: i64,
     ) -> Result<(), StoreError> {
         let statements = &self.inner.uniques;
-        let code = uniques::granularity_code(granularity);
+        let code = granularity.code();
         self.run(&statements.delete_batch_bucket, (generation, code, bucket)).await?;
         let written = generation + 1;
         let concurrency = self.inner.config.concurrency.max(1);

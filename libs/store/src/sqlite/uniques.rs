@@ -142,8 +142,8 @@ fn counted_parts(connection: &Connection, video: &str, from: i64, to: i64) -> Re
         .prepare_cached("SELECT 1 FROM batch_uniques_counted WHERE granularity = ?1 AND bucket = ?2")
         .map_err(unavailable)?;
     for (granularity, bucket) in &parts {
-        let code = uniques::granularity_code(*granularity);
-        if marked.query_row(params![code, bucket], |_| Ok(())).optional().map_err(unavailable)?.is_none() {
+        if marked.query_row(params![granularity.code(), bucket], |_| Ok(())).optional().map_err(unavailable)?.is_none()
+        {
             return Ok(None);
         }
     }
@@ -152,9 +152,10 @@ fn counted_parts(connection: &Connection, video: &str, from: i64, to: i64) -> Re
         .map_err(unavailable)?;
     let mut counts = Vec::with_capacity(parts.len());
     for (granularity, bucket) in parts {
-        let code = uniques::granularity_code(granularity);
-        let count: Option<i64> =
-            viewers.query_row(params![code, bucket, video], |r| r.get(0)).optional().map_err(unavailable)?;
+        let count: Option<i64> = viewers
+            .query_row(params![granularity.code(), bucket, video], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
         counts.push(u64::try_from(count.unwrap_or(0)).map_err(|_| StoreError::Invalid("negative viewers".into()))?);
     }
     Ok(Some(counts))
@@ -181,7 +182,7 @@ fn replace_bucket(
     bucket: i64,
     viewers: &[(String, u64)],
 ) -> Result<(), StoreError> {
-    let code = uniques::granularity_code(granularity);
+    let code = granularity.code();
     tx.execute("DELETE FROM batch_uniques WHERE granularity = ?1 AND bucket = ?2", params![code, bucket])
         .map_err(unavailable)?;
     let mut insert = tx
