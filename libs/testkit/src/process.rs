@@ -16,9 +16,8 @@ const LOWEST_SERVER_PORT: u16 = 10_000;
 pub fn free_port() -> u16 {
     let below = ephemeral_range_start();
     if below > LOWEST_SERVER_PORT + 1_000 {
-        let span = u64::from(below - LOWEST_SERVER_PORT);
         for _ in 0..1_000 {
-            let port = LOWEST_SERVER_PORT + u16::try_from(random() % span).unwrap_or(0);
+            let port = rand::Rng::gen_range(&mut rand::thread_rng(), LOWEST_SERVER_PORT..below);
             if TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return port;
             }
@@ -34,16 +33,6 @@ fn ephemeral_range_start() -> u16 {
         .ok()
         .and_then(|text| text.split_whitespace().next().and_then(|low| low.parse().ok()))
         .unwrap_or(32_768)
-}
-
-/// A random number: std's randomly keyed hasher over a process-wide counter.
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 /// Finds `name`: the `env_var` override, then `PATH`, then Tally's tool cache
