@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientContext;
 
@@ -77,13 +77,19 @@ pub fn idempotent_producer(
     idempotent_producer_with_context(config, client_id, settings, DefaultClientContext)
 }
 
-/// [`idempotent_producer`] with a custom client context (statistics, logging).
-pub fn idempotent_producer_with_context<C: ClientContext + 'static>(
+/// [`idempotent_producer`] as any producer type (a `ThreadedProducer` with
+/// its own delivery callback, a `FutureProducer` with statistics or logging)
+/// and its context.
+pub fn idempotent_producer_with_context<P, C>(
     config: &KafkaConfig,
     client_id: &str,
     settings: &ProducerSettings,
     context: C,
-) -> Result<FutureProducer<C>, KafkaSetupError> {
+) -> Result<P, KafkaSetupError>
+where
+    P: FromClientConfigAndContext<C>,
+    C: ClientContext,
+{
     let mut client = base_config(config, client_id);
     client
         .set("enable.idempotence", "true")

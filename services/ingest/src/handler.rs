@@ -187,7 +187,7 @@ fn encode(state: &AppState, events: &[tally_model::ViewEvent], now_ms: i64) -> V
                     wire::encode(&ViewEvent { viewer_id, ..event.clone() }, salt, &mut payload);
                 }
             }
-            (PartitionKey::new(video, salt).as_bytes().to_vec(), payload)
+            Record { key: PartitionKey::new(video, salt).as_bytes().to_vec(), payload }
         })
         .collect();
     state.metrics.hot_videos.set(detector.hot_count(now_ms) as i64);

@@ -14,10 +14,12 @@
 //! - [`service`]: [`IngestService::build`] and [`IngestService::run`].
 //! - [`handler`]: the request pipeline of `POST /v1/events`.
 //! - [`publish`]: admission, produce, await acknowledgements.
+//! - [`acks`]: the producer context that counts a request's acknowledgements.
 //! - API keys: `tally_service::api_keys` (shared with the admin actions).
 //! - [`rate_limit`]: per-key token buckets.
 //! - [`metrics`]: the gateway's Prometheus metrics.
 
+pub mod acks;
 pub mod config;
 pub mod handler;
 pub mod metrics;

@@ -10,16 +10,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use tokio::sync::Semaphore;
 
+use crate::acks::{Admission, GatewayProducer, PendingRequest};
 use crate::metrics::IngestMetrics;
 
-/// One record: partition key and encoded payload.
-pub type Record = (Vec<u8>, Vec<u8>);
+/// One event's record, as the gateway produces it.
+pub struct Record {
+    /// The partition key (the video, salted when the video is configured hot).
+    pub key: Vec<u8>,
+    /// The event in the wire format.
+    pub payload: Vec<u8>,
+}
 
 /// Why a request's events were not (all) acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +44,7 @@ pub enum PublishError {
 /// Produces records to one topic under an in-flight bound.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<GatewayProducer>,
     topic: Arc<str>,
     admission: Arc<Semaphore>,
     capacity: usize,
@@ -50,14 +55,14 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher admitting at most `capacity` unacknowledged events.
     pub fn new(
-        producer: FutureProducer,
+        producer: GatewayProducer,
         topic: &str,
         capacity: usize,
         ack_timeout: Duration,
         metrics: IngestMetrics,
     ) -> Self {
         Self {
-            producer,
+            producer: Arc::new(producer),
             topic: Arc::from(topic),
             admission: Arc::new(Semaphore::new(capacity)),
             capacity,
@@ -74,7 +79,7 @@ impl Publisher {
     }
 
     /// The producer, for readiness checks and the final flush.
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &Arc<GatewayProducer> {
         &self.producer
     }
 
@@ -87,60 +92,44 @@ impl Publisher {
             .filter(|n| (*n as usize) <= self.capacity)
             .and_then(|n| self.admission.clone().try_acquire_many_owned(n).ok())
             .ok_or(PublishError::Overloaded)?;
-        self.metrics.in_flight_events.add(count as i64);
+        // The admission travels with the records: it is released when the
+        // broker has answered for every enqueued one, even after this request
+        // has stopped waiting, so the bound holds while the broker is down.
+        let (request, outcome) =
+            PendingRequest::new(Admission::new(permits, self.metrics.in_flight_events.clone(), count));
         let started = Instant::now();
-        let mut deliveries = FuturesUnordered::new();
-        let mut enqueue_error = None;
         let headers = traceparent.map(|value| {
             OwnedHeaders::new().insert(Header { key: tally_service::traces::TRACEPARENT, value: Some(value) })
         });
-        for (key, payload) in &records {
-            let mut record = FutureRecord::to(&self.topic).key(key.as_slice()).payload(payload.as_slice());
+        let mut enqueue_error = None;
+        for record in &records {
+            request.enqueuing();
+            let mut produced = BaseRecord::with_opaque_to(&self.topic, Arc::clone(&request))
+                .key(record.key.as_slice())
+                .payload(record.payload.as_slice());
             if let Some(headers) = &headers {
-                record = record.headers(headers.clone());
+                produced = produced.headers(headers.clone());
             }
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((e, _)) => {
-                    enqueue_error = Some(e);
-                    break;
-                }
+            if let Err((e, _)) = self.producer.send(produced) {
+                request.not_enqueued();
+                enqueue_error = Some(e);
+                break;
             }
         }
+        request.all_enqueued();
+        drop(request);
         drop(records);
-        // Waiting happens in its own task so that permits stay held until the
-        // broker has answered for every enqueued record, even after this
-        // request has stopped waiting.
-        let metrics = self.metrics.clone();
-        let waiter = tokio::spawn(async move {
-            let mut first_error = None;
-            while let Some(outcome) = deliveries.next().await {
-                let error = match outcome {
-                    Ok(Ok(_)) => None,
-                    Ok(Err((e, _))) => Some(e),
-                    Err(_canceled) => Some(KafkaError::Canceled),
-                };
-                if first_error.is_none() {
-                    first_error = error;
-                }
-            }
-            metrics.in_flight_events.sub(count as i64);
-            drop(permits);
-            first_error
-        });
         if let Some(e) = enqueue_error {
             return Err(match e {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => PublishError::Overloaded,
                 other => PublishError::Broker(other),
             });
         }
-        match tokio::time::timeout(self.ack_timeout, waiter).await {
+        match tokio::time::timeout(self.ack_timeout, outcome).await {
             Err(_elapsed) => Err(PublishError::Timeout(self.ack_timeout)),
-            Ok(Err(join_error)) => Err(PublishError::Broker(KafkaError::Canceled)).inspect_err(|_| {
-                tracing::error!(error = %join_error, "delivery waiter failed");
-            }),
-            Ok(Ok(Some(e))) => Err(PublishError::Broker(e)),
-            Ok(Ok(None)) => {
+            Ok(Err(_dropped_unanswered)) => Err(PublishError::Broker(KafkaError::Canceled)),
+            Ok(Ok(Err(e))) => Err(PublishError::Broker(e)),
+            Ok(Ok(Ok(()))) => {
                 self.metrics.produce_duration.observe(started.elapsed().as_secs_f64());
                 Ok(())
             }

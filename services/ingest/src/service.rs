@@ -11,7 +11,7 @@ use axum::{middleware, Router};
 use prometheus::Registry;
 use rdkafka::producer::Producer;
 use rdkafka::util::Timeout;
-use tally_kafka::clients::{idempotent_producer, ProducerSettings};
+use tally_kafka::clients::{idempotent_producer_with_context, ProducerSettings};
 use tally_kafka::topics::{ensure_topics, tally_topics};
 use tally_kafka::{KafkaConfig, KafkaSetupError};
 use tally_model::hot::HotKeyDetector;
@@ -22,6 +22,7 @@ use tally_service::Readiness;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::RequestAcks;
 use crate::config::IngestConfig;
 use crate::handler::{self, AppState};
 use crate::metrics::IngestMetrics;
@@ -93,7 +94,7 @@ impl IngestService {
             // librdkafka must never be the one to refuse: admission does it first.
             queue_capacity: config.max_in_flight_events + 1024,
         };
-        let producer = idempotent_producer(kafka, "tally-ingest", &settings)?;
+        let producer = idempotent_producer_with_context(kafka, "tally-ingest", &settings, RequestAcks)?;
         let publisher = Publisher::new(
             producer,
             &kafka.topics.views,

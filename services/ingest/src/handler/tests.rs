@@ -7,13 +7,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::Registry;
-use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tally_model::hot::HotKeyDetector;
 use tally_model::{parse_events, BodyFormat, Limits, SaltPolicy, SaltingConfig};
 use tally_service::api_keys::ApiKeys;
 
 use super::*;
+use crate::acks::{GatewayProducer, RequestAcks};
 use crate::metrics::IngestMetrics;
 use crate::publish::Publisher;
 use crate::rate_limit::RateLimiter;
@@ -24,7 +24,8 @@ const T: i64 = 1_795_341_659_500;
 /// A gateway's state (its producer never connects: nothing is published)
 /// with `salting` and a detector that salts videos above `threshold` events a second.
 fn gateway(salting: &SaltingConfig) -> AppState {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create().unwrap();
+    let producer: GatewayProducer =
+        ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create_with_context(RequestAcks).unwrap();
     let metrics = IngestMetrics::register(&Registry::new()).unwrap();
     AppState {
         publisher: Publisher::new(producer, "views", 1_000, Duration::from_secs(1), metrics.clone()),
@@ -48,7 +49,7 @@ fn gateway(salting: &SaltingConfig) -> AppState {
 /// The partition keys `gateway` gives the events of `body` received at `now_ms`.
 fn keys(gateway: &AppState, body: &str, now_ms: i64) -> Vec<String> {
     let events = parse_events(body.as_bytes(), BodyFormat::Ndjson, &gateway.limits, now_ms).unwrap();
-    encode(gateway, &events, now_ms).into_iter().map(|(key, _)| String::from_utf8(key).unwrap()).collect()
+    encode(gateway, &events, now_ms).into_iter().map(|record| String::from_utf8(record.key).unwrap()).collect()
 }
 
 /// Events without `ts`, with the client's own ids (so that a retry is one).
@@ -101,7 +102,7 @@ fn viewer_ids_leave_the_gateway_only_as_keyed_pseudonyms() {
         let events = parse_events(body.as_bytes(), BodyFormat::Ndjson, &gateway.limits, T).unwrap();
         encode(gateway, &events, T)
             .iter()
-            .map(|(_, payload)| {
+            .map(|Record { payload, .. }| {
                 assert!(!String::from_utf8_lossy(payload).contains("alice"), "raw viewer id on the wire");
                 tally_model::wire::decode(payload).unwrap().viewer_id.map(str::to_owned)
             })
