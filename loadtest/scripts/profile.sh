@@ -6,6 +6,7 @@
 # profile (cpu-clock, by process, thread group, shared object and symbol).
 #
 #   loadtest/scripts/profile.sh   # RATE=100 BATCH=1000 DURATION=30 WARMUP_LOAD=10 PERF_SECONDS=20
+#   QUERY_RATE=10000 RATE=10 loadtest/scripts/profile.sh   # also 10,000 queries/s (GET /v1/videos/{id}/views)
 #
 # An unmeasured warm-up load of WARMUP_LOAD seconds first (the broker's JIT
 # compiles under it), then RATE requests/s of BATCH events for DURATION
@@ -16,7 +17,8 @@ source "$(dirname "$0")/../lib.sh"
 source "$ROOT/loadtest/procstat.sh"
 RATE=${RATE:-100} BATCH=${BATCH:-1000} DURATION=${DURATION:-30} WARMUP_LOAD=${WARMUP_LOAD:-10} WARMUP=${WARMUP:-5}
 VIDEOS=${VIDEOS:-1000} ZIPF=${ZIPF:-1.2} DUPLICATES=${DUPLICATES:-0.05} PERF_SECONDS=${PERF_SECONDS:-20}
-COMMAND="RATE=$RATE BATCH=$BATCH DURATION=$DURATION WARMUP_LOAD=$WARMUP_LOAD VIDEOS=$VIDEOS ZIPF=$ZIPF DUPLICATES=$DUPLICATES PERF_SECONDS=$PERF_SECONDS loadtest/scripts/profile.sh"
+QUERY_RATE=${QUERY_RATE:-0}
+COMMAND="QUERY_RATE=$QUERY_RATE RATE=$RATE BATCH=$BATCH DURATION=$DURATION WARMUP_LOAD=$WARMUP_LOAD VIDEOS=$VIDEOS ZIPF=$ZIPF DUPLICATES=$DUPLICATES PERF_SECONDS=$PERF_SECONDS loadtest/scripts/profile.sh"
 build
 DIR=$(results_dir profile)
 start_standalone "$DIR"
@@ -34,7 +36,7 @@ started=$(date +%s.%N)
 log "measured load: $((RATE * BATCH)) events/s for $DURATION s"
 /usr/bin/time -o "$DIR/loadgen.time" -f '{"wall_s":%e,"user_s":%U,"sys_s":%S,"max_rss_kib":%M}' \
     "$LOADGEN" "${LOAD[@]}" --duration "$DURATION" --warmup "$WARMUP" --max-requests $((RATE * DURATION)) \
-    --out "$DIR/loadgen.json" --plot "$DIR/loadgen.svg" >/dev/null 2>"$DIR/loadgen.log" &
+    --query-rate "$QUERY_RATE" --out "$DIR/loadgen.json" --plot "$DIR/loadgen.svg" >/dev/null 2>"$DIR/loadgen.log" &
 LOADGEN_PID=$!
 if ((PERF_SECONDS > 0)) && perf_works; then
     sleep "$WARMUP"
@@ -55,4 +57,5 @@ jq -n --argjson machine "$(machine_json)" --arg command "$COMMAND" --argjson ela
       processes: ($cpu | with_entries(.value += {peak_rss_kib: $rss[.key]})
         + {loadgen: {cpu_s: ($time[0].user_s + $time[0].sys_s), peak_rss_kib: $time[0].max_rss_kib}}),
       ingest: ($loadgen[0].ingest | {events_per_s, steady: .steady | {events_per_s, latency_ms}, statuses: .answers.statuses}),
+      query: $loadgen[0].query,
       exactness: $loadgen[0].exactness}' | tee "$DIR/run.json"
