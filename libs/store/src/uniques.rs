@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use tally_model::counts::FlushChunk;
 use tally_model::uniques::{self, UniquesError};
 
-use crate::model::{Granularity, PeriodSummary, PeriodUniques};
+use crate::model::{ApplyOutcome, Granularity, PeriodSummary, PeriodUniques};
 use crate::StoreError;
 
 /// One sketch of one flush for one hour row.
@@ -99,6 +99,20 @@ pub struct SketchPlan {
     pub applied: u64,
     /// Sketches whose hour row already had their version or a newer one.
     pub stale: u64,
+}
+
+impl SketchPlan {
+    /// What applying the plan counts: sketches merged or stale, rows written.
+    pub fn outcome(&self) -> ApplyOutcome {
+        let rows = |granularity| self.writes.iter().filter(|w| w.granularity == granularity).count() as u64;
+        ApplyOutcome {
+            sketches_applied: self.applied,
+            sketches_stale: self.stale,
+            sketch_hour_rows_written: rows(Granularity::Hour),
+            sketch_day_rows_written: rows(Granularity::Day),
+            ..ApplyOutcome::default()
+        }
+    }
 }
 
 /// Hours and days an update group reads.

@@ -145,7 +145,7 @@ impl ScyllaStore {
             batch.set_is_idempotent(true);
             self.inner.session.batch(&batch, values).await.map_err(from_execution)?;
         }
-        Ok(ApplyOutcome { sketches_applied: plan.applied, sketches_stale: plan.stale, ..ApplyOutcome::default() })
+        Ok(plan.outcome())
     }
 
     pub(super) async fn read_uniques(&self, video: &str, from: i64, to: i64) -> Result<UniquesRead, StoreError> {

@@ -92,8 +92,7 @@ pub(super) fn apply(tx: &Transaction<'_>, chunks: &[FlushChunk]) -> Result<Apply
             }
         }
         let plan = uniques::plan(&updates, current)?;
-        outcome.sketches_applied += plan.applied;
-        outcome.sketches_stale += plan.stale;
+        outcome = outcome.plus(plan.outcome());
         for write in plan.writes {
             match write.granularity {
                 Granularity::Hour => write_hour
