@@ -32,11 +32,11 @@ use crate::StoreError;
 
 /// The statements of `video_uniques` and the batch uniques tables, prepared once.
 pub(super) struct UniquesStatements {
-    read_rows: PreparedStatement,
+    read_hour_rows: PreparedStatement,
     read_day_states: PreparedStatement,
     read_day_rows: PreparedStatement,
     read_hour_versions: PreparedStatement,
-    read_hour: PreparedStatement,
+    read_row_by_key: PreparedStatement,
     write_row: PreparedStatement,
     write_day: PreparedStatement,
     read_range: PreparedStatement,
@@ -55,7 +55,7 @@ impl UniquesStatements {
             Ok::<_, StoreError>(statement)
         };
         Ok(Self {
-            read_rows: prepare(format!(
+            read_hour_rows: prepare(format!(
                 "SELECT bucket, salt, source_partition, sketch, version FROM {ks}.video_uniques \
                  WHERE video_id = ? AND granularity = ? AND bucket IN ?"
             ))
@@ -75,7 +75,7 @@ impl UniquesStatements {
                  WHERE video_id = ? AND granularity = ? AND bucket >= ? AND bucket < ?"
             ))
             .await?,
-            read_hour: prepare(format!(
+            read_row_by_key: prepare(format!(
                 "SELECT sketch, version FROM {ks}.video_uniques \
                  WHERE video_id = ? AND granularity = ? AND bucket = ? AND salt = ? AND source_partition = ?"
             ))
@@ -153,7 +153,7 @@ impl ScyllaStore {
         let statements = &self.inner.uniques;
         let (hours, days) = uniques::keys(&updates);
         let (hour_rows, day_states) = futures::try_join!(
-            self.select::<Row>(&statements.read_rows, (video.as_str(), Granularity::Hour.code(), hours)),
+            self.select::<Row>(&statements.read_hour_rows, (video.as_str(), Granularity::Hour.code(), hours)),
             self.select::<(i64, i32, i64, i64)>(
                 &statements.read_day_states,
                 (video.as_str(), Granularity::Day.code(), days)
@@ -222,14 +222,14 @@ impl ScyllaStore {
     ) -> Result<DayWrite, StoreError> {
         let statements = &self.inner.uniques;
         let (start, end) = pending.hours();
-        let (day_rows, versions) = futures::try_join!(
-            self.select::<(i64, i32, i64, i64, Vec<u8>)>(
-                &statements.read_day_rows,
-                (video, Granularity::Day.code(), pending.day, pending.day + 1)
+        let (day_row, versions) = futures::try_join!(
+            self.select::<(Vec<u8>, i64)>(
+                &statements.read_row_by_key,
+                (video, Granularity::Day.code(), pending.day, 0_i16, partition)
             ),
             self.select::<HourVersion>(&statements.read_hour_versions, (video, Granularity::Hour.code(), start, end)),
         )?;
-        let day_sketch = day_rows.into_iter().find(|row| row.1 == partition).map(|row| row.4);
+        let day_sketch = day_row.into_iter().next().map(|(sketch, _)| sketch);
         let rewritten: HashSet<(i64, i16)> = written.iter().map(|w| (w.hour, w.salt)).collect();
         let unheld = versions.into_iter().filter(|&(hour, salt, source, version)| {
             source == partition && pending.needs(version) && !rewritten.contains(&(hour, salt))
@@ -245,7 +245,7 @@ impl ScyllaStore {
         rows: impl Iterator<Item = HourVersion>,
     ) -> Result<Vec<StoredHour>, StoreError> {
         let concurrency = self.inner.config.concurrency.max(1);
-        let read = &self.inner.uniques.read_hour;
+        let read = &self.inner.uniques.read_row_by_key;
         let found: Vec<Option<StoredHour>> = stream::iter(rows)
             .map(|(hour, salt, source, _)| async move {
                 let rows =
