@@ -17,8 +17,8 @@ use crate::StoreError;
 /// are read without it: SQLite reads a record's overflow pages, where most
 /// of an 8 KiB blob lives, only for a column stored in them, so the writer
 /// reads a day row's `version` and `newest_hour` at the cost of one page.
-/// (`uniques_days` took those two columns with the lazy fold; there is no
-/// database of an earlier layout to migrate.)
+/// A database whose `uniques_days` lacks those columns is not migrated: no
+/// deployed store has one.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS uniques_hours (
     video_id TEXT NOT NULL,
