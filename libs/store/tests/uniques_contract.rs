@@ -230,6 +230,11 @@ async fn the_day_row_is_written_once_per_new_hour_not_once_per_batch(store: impl
     assert_eq!(written, (60, 3), "(hour rows, day rows) written over 60 batches of 3 hours");
     assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 240);
     assert_eq!(exact(&store, "a", T0 + 2 * HOUR, T0 + 3 * HOUR).await, 80);
+    // The next day's first batch creates its row and folds the day before's last hour.
+    let next_day = store.apply(vec![flush(0, 1_000, &[("a", 0, DAY0 + DAY, 0..1)])]).await.unwrap();
+    assert_eq!((next_day.sketch_hour_rows_written, next_day.sketch_day_rows_written), (1, 2));
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 240);
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + 2 * DAY).await, 240, "viewer 0 came back the next day");
 }
 
 /// A day of flushes over three hours and two source partitions, with late

@@ -10,9 +10,11 @@
 //! hour rows it does not hold yet. The open hour is unioned at read time
 //! until the next hour opens; late updates to earlier hours (the counter
 //! accepts views up to its allowed lateness old) likewise, until the next
-//! fold. That is one day row write per hour with viewers instead of one per
-//! batch, and a whole day's read unions the day row and about one hour's
-//! rows per source partition. Folding on a lateness deadline instead would
+//! fold. The day's last hour has no later hour to fold it: the first batch
+//! of the next day (which creates that day's row) folds it, with the late
+//! updates so far. That is one day row write per hour with viewers instead
+//! of one per batch, and a whole day's read unions the day row and about one
+//! hour's rows per source partition (none but late updates for a past day). Folding on a lateness deadline instead would
 //! need the counter's allowance in the store and gain nothing a read needs.
 //!
 //! What a day row says: its `version` V promises that every hour row of its
@@ -110,9 +112,11 @@ pub fn needs_hour(day: Option<&DayState>, version: i64) -> bool {
 }
 
 /// The days whose row the batch's hour `writes` make fold, given the stored
-/// state of their rows (`days`): a day with no row, a day getting a later
-/// hour than its row has seen, and a day getting a flush at or below its
-/// row's version (see the module docs).
+/// state of their rows (`days`, which should hold the day before each day
+/// written too): a day with no row, a day getting a later hour than its row
+/// has seen, a day getting a flush at or below its row's version (see the
+/// module docs), and the day before a day whose row is created, which no
+/// later hour of its own would fold (its last hour, and late updates).
 pub fn pending(writes: &[SketchWrite], days: &HashMap<i64, DayState>) -> Vec<PendingFold> {
     // Per day: the newest hour and the oldest version the batch writes.
     let mut touched: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
@@ -122,18 +126,22 @@ pub fn pending(writes: &[SketchWrite], days: &HashMap<i64, DayState>) -> Vec<Pen
         *newest = (*newest).max(write.hour);
         *oldest = (*oldest).min(write.version);
     }
-    touched
-        .into_iter()
-        .filter_map(|(day, (newest, oldest))| {
-            let previous = days.get(&day).copied();
-            let fold = previous.is_none_or(|row| newest > row.newest_hour || oldest <= row.version);
-            fold.then(|| PendingFold {
-                day,
-                previous,
-                newest_hour: previous.map_or(newest, |row| row.newest_hour.max(newest)),
-            })
-        })
-        .collect()
+    let mut folds: BTreeMap<i64, PendingFold> = BTreeMap::new();
+    for (&day, &(newest, oldest)) in &touched {
+        let previous = days.get(&day).copied();
+        if previous.is_none_or(|row| newest > row.newest_hour || oldest <= row.version) {
+            let newest_hour = previous.map_or(newest, |row| row.newest_hour.max(newest));
+            folds.insert(day, PendingFold { day, previous, newest_hour });
+        }
+    }
+    let created: Vec<i64> = folds.values().filter(|fold| fold.previous.is_none()).map(|fold| fold.day).collect();
+    for day in created {
+        let before = day - Granularity::Day.millis();
+        if let (Some(&row), false) = (days.get(&before), folds.contains_key(&before)) {
+            folds.insert(before, PendingFold { day: before, previous: Some(row), newest_hour: row.newest_hour });
+        }
+    }
+    folds.into_values().collect()
 }
 
 /// Folds a day: its row's stored sketch (`None` when it has no row), the
@@ -193,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn a_day_folds_when_new_when_a_later_hour_comes_and_when_a_flush_is_not_newer_than_it() {
+    fn a_day_folds_when_new_when_a_later_hour_comes_when_a_flush_is_not_newer_and_when_the_next_day_opens() {
         let row = DayState { version: 50, newest_hour: DAY + 2 * HOUR };
         let days = HashMap::from([(DAY, row)]);
         let days_folding =
@@ -202,7 +210,11 @@ mod tests {
         assert_eq!(days_folding(&[write(DAY + HOUR, 60, 0..1)]), Vec::<i64>::new(), "a late update");
         assert_eq!(days_folding(&[write(DAY + 3 * HOUR, 60, 0..1)]), vec![DAY], "a later hour");
         assert_eq!(days_folding(&[write(DAY + HOUR, 50, 0..1)]), vec![DAY], "a flush the row claims to hold");
-        assert_eq!(days_folding(&[write(2 * DAY, 60, 0..1)]), vec![2 * DAY], "a day without a row");
+        assert_eq!(days_folding(&[write(3 * DAY, 60, 0..1)]), vec![3 * DAY], "a day without a row");
+        let next_day = pending(&[write(2 * DAY, 60, 0..1)], &days);
+        let closing = PendingFold { day: DAY, previous: Some(row), newest_hour: DAY + 2 * HOUR };
+        let opening = PendingFold { day: 2 * DAY, previous: None, newest_hour: 2 * DAY };
+        assert_eq!(next_day, vec![closing, opening], "a new day's first batch folds the day before");
         let later = pending(&[write(DAY + 5 * HOUR, 60, 0..1), write(DAY, 61, 0..1)], &days);
         assert_eq!(later, vec![PendingFold { day: DAY, previous: Some(row), newest_hour: DAY + 5 * HOUR }]);
     }

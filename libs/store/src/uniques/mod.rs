@@ -12,7 +12,8 @@
 //! - a day row per UTC day (salts merged): the union of the day's hour rows
 //!   as of its last fold, with a `version` saying which hour rows it holds
 //!   and the newest hour it has seen ([`fold`]). It is written when a batch
-//!   brings a later hour of its day, not on every batch: each row is an
+//!   brings a later hour of its day (or the next day's first hour), not on
+//!   every batch: each row is an
 //!   ~8 KiB sketch, and rewriting it per batch was half the writer's sketch
 //!   work for a row that only a read of a whole day needs.
 //!
@@ -126,10 +127,13 @@ impl SketchPlan {
     }
 }
 
-/// Hours and days an update group reads.
+/// Hours an update group reads, and days whose row state it reads: each
+/// day of an update and the day before ([`fold::pending`] may close it).
 pub fn keys(updates: &[SketchUpdate]) -> (Vec<i64>, Vec<i64>) {
     let mut hours: Vec<i64> = updates.iter().map(|u| u.hour).collect();
-    let mut days: Vec<i64> = updates.iter().map(|u| Granularity::Day.bucket(u.hour)).collect();
+    let day = Granularity::Day;
+    let mut days: Vec<i64> =
+        updates.iter().flat_map(|u| [day.bucket(u.hour), day.bucket(u.hour) - day.millis()]).collect();
     for keys in [&mut hours, &mut days] {
         keys.sort_unstable();
         keys.dedup();
