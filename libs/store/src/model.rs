@@ -164,6 +164,10 @@ pub struct ApplyOutcome {
     pub sketches_applied: u64,
     /// Sketches ignored because their hour row already had their version or newer.
     pub sketches_stale: u64,
+    /// Unique-viewer hour rows written (each row once per batch).
+    pub sketch_hour_rows_written: u64,
+    /// Unique-viewer day rows written (each row once per batch).
+    pub sketch_day_rows_written: u64,
     /// Trending sketches added to their minute rows.
     pub trending_applied: u64,
     /// Trending sketches ignored because their minute row already had their version or newer.
@@ -181,6 +185,8 @@ impl ApplyOutcome {
             fenced_chunks: self.fenced_chunks + other.fenced_chunks,
             sketches_applied: self.sketches_applied + other.sketches_applied,
             sketches_stale: self.sketches_stale + other.sketches_stale,
+            sketch_hour_rows_written: self.sketch_hour_rows_written + other.sketch_hour_rows_written,
+            sketch_day_rows_written: self.sketch_day_rows_written + other.sketch_day_rows_written,
             trending_applied: self.trending_applied + other.trending_applied,
             trending_stale: self.trending_stale + other.trending_stale,
         }

@@ -172,6 +172,118 @@ async fn batch_counts_of_unique_viewers_answer_exactly_where_every_part_is_count
     assert_eq!(store.periods().await.unwrap().len(), 24, "nothing of a refused period is kept");
 }
 
+/// An hour's viewers as far as `read` of the store says, exactly (small audiences).
+async fn exact(store: &impl CountStore, video: &str, from: i64, to: i64) -> u64 {
+    let estimate = uniques_of(store, video, from, to).await;
+    assert!(estimate.exact, "{video} {from}..{to}: {estimate:?}");
+    estimate.uniques
+}
+
+async fn a_day_read_includes_the_open_hour_and_late_updates_to_folded_hours(store: impl CountStore) {
+    store.apply(vec![flush(0, 10, &[("a", 0, T0, 0..10)])]).await.unwrap();
+    store.apply(vec![flush(0, 20, &[("a", 0, T0, 10..20)])]).await.unwrap();
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 20, "the open hour's every flush");
+    // 11:00 opens (10:00 is folded into the day), then a late flush to 10:00.
+    store.apply(vec![flush(0, 30, &[("a", 0, T0 + HOUR, 100..110)])]).await.unwrap();
+    store.apply(vec![flush(0, 40, &[("a", 0, T0, 200..205)])]).await.unwrap();
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 35, "a late update to a folded hour");
+    assert_eq!(exact(&store, "a", T0, T0 + HOUR).await, 25);
+    // Another salt of the open hour, and another source partition's own hours.
+    store.apply(vec![flush(0, 50, &[("a", 2, T0 + HOUR, 300..303)])]).await.unwrap();
+    store
+        .apply(vec![flush(1, 5, &[("a", 1, T0 - HOUR, 0..50)]), flush(1, 6, &[("a", 1, T0, 400..401)])])
+        .await
+        .unwrap();
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 69);
+    // 12:00 opens: 11:00 and the late 10:00 viewers are folded; nothing is lost or counted twice.
+    store.apply(vec![flush(0, 60, &[("a", 0, T0 + 2 * HOUR, 0..2)])]).await.unwrap();
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 69);
+    // A re-emitted range: a version below the day's last fold, for an hour with no row yet.
+    store.apply(vec![flush(0, 55, &[("a", 0, T0 + 3 * HOUR, 500..507)])]).await.unwrap();
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 76, "an update older than the fold still counts");
+    // The next day's first hour: its own day; two days together; every hour apart.
+    store.apply(vec![flush(0, 70, &[("a", 0, DAY0 + DAY, 600..601)])]).await.unwrap();
+    assert_eq!(exact(&store, "a", DAY0 + DAY, DAY0 + 2 * DAY).await, 1);
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + 2 * DAY).await, 77);
+    let mut hours = Vec::new();
+    for hour in [T0 - HOUR, T0, T0 + HOUR, T0 + 2 * HOUR, T0 + 3 * HOUR] {
+        hours.push(exact(&store, "a", hour, hour + HOUR).await);
+    }
+    assert_eq!(hours, vec![50, 26, 13, 2, 7]);
+    assert_eq!(exact(&store, "a", DAY0, T0 + 2 * HOUR).await, 69, "edge hours and no whole day");
+}
+
+async fn the_day_row_is_written_once_per_new_hour_not_once_per_batch(store: impl CountStore) {
+    // Three hours of one video's viewers, twenty batches an hour, two salts
+    // (few enough viewers to count exactly).
+    let mut written = (0, 0);
+    for batch in 0..60_i64 {
+        let hour = T0 + (batch / 20) * HOUR;
+        let viewers = u32::try_from(batch).unwrap() * 4;
+        let salt = u16::try_from(batch % 2).unwrap();
+        let outcome =
+            store.apply(vec![flush(0, 10 * (batch + 1), &[("a", salt, hour, viewers..viewers + 4)])]).await.unwrap();
+        assert_eq!(outcome.sketches_applied, 1);
+        written.0 += outcome.sketch_hour_rows_written;
+        written.1 += outcome.sketch_day_rows_written;
+    }
+    assert_eq!(written, (60, 3), "(hour rows, day rows) written over 60 batches of 3 hours");
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 240);
+    assert_eq!(exact(&store, "a", T0 + 2 * HOUR, T0 + 3 * HOUR).await, 80);
+    // The next day's first batch creates its row and folds the day before's last hour.
+    let next_day = store.apply(vec![flush(0, 1_000, &[("a", 0, DAY0 + DAY, 0..1)])]).await.unwrap();
+    assert_eq!((next_day.sketch_hour_rows_written, next_day.sketch_day_rows_written), (1, 2));
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + DAY).await, 240);
+    assert_eq!(exact(&store, "a", DAY0, DAY0 + 2 * DAY).await, 240, "viewer 0 came back the next day");
+}
+
+/// A day of flushes over three hours and two source partitions, with late
+/// updates to hours already folded.
+fn folded_history() -> Vec<CountsEntry> {
+    vec![
+        flush(0, 10, &[("a", 0, T0, 0..40), ("big", 0, T0, 0..3_000)]),
+        flush(1, 3, &[("a", 1, T0, 20..60)]),
+        flush(0, 20, &[("a", 0, T0 + HOUR, 50..80), ("big", 0, T0 + HOUR, 2_000..6_000)]),
+        flush(0, 30, &[("a", 0, T0, 100..110), ("big", 0, T0, 9_000..9_500)]),
+        flush(1, 7, &[("a", 1, T0 + 2 * HOUR, 0..5)]),
+        flush(0, 40, &[("a", 0, T0 + 2 * HOUR, 200..210), ("big", 1, T0 + HOUR, 6_000..6_100)]),
+        flush(0, 50, &[("a", 0, DAY0 + DAY + HOUR, 0..3)]),
+    ]
+}
+
+async fn every_hour_and_day(store: &impl CountStore) -> Vec<UniquesEstimate> {
+    let mut reads = Vec::new();
+    for video in ["a", "big"] {
+        for day in [DAY0, DAY0 + DAY] {
+            reads.push(uniques_of(store, video, day, day + DAY).await);
+            for hour in (day..day + DAY).step_by(usize::try_from(HOUR).unwrap()) {
+                reads.push(uniques_of(store, video, hour, hour + HOUR).await);
+            }
+        }
+        reads.push(uniques_of(store, video, DAY0, DAY0 + 2 * DAY).await);
+    }
+    reads
+}
+
+async fn replaying_the_same_chunks_leaves_every_day_and_hour_estimate_unchanged(store: impl CountStore) {
+    for entry in folded_history() {
+        store.apply(vec![entry]).await.unwrap();
+    }
+    let reads = every_hour_and_day(&store).await;
+    // a's day: 0..80, 100..110 and 200..210; big's: 0..6,100 and 9,000..9,500.
+    assert_eq!((reads[0].uniques, reads[0].exact), (100, true), "a's day");
+    let big_day = reads[2 * 25 + 1];
+    assert!((big_day.uniques as f64 - 6_600.0).abs() / 6_600.0 < 0.032, "{big_day:?}");
+
+    let replay = store.apply(folded_history()).await.unwrap();
+    assert_eq!((replay.sketches_applied, replay.sketches_stale), (0, 11));
+    assert_eq!((replay.sketch_hour_rows_written, replay.sketch_day_rows_written), (0, 0), "a replay writes nothing");
+    for entry in folded_history().into_iter().rev() {
+        store.apply(vec![entry.clone(), entry]).await.unwrap();
+    }
+    assert_eq!(every_hour_and_day(&store).await, reads, "replays changed an estimate");
+}
+
 macro_rules! contract {
     ($name:ident, $run:ident) => {
         mod $name {
@@ -190,6 +302,21 @@ macro_rules! contract {
             #[tokio::test]
             async fn batch_counts_of_unique_viewers_answer_exactly_where_every_part_is_counted() {
                 $run(super::batch_counts_of_unique_viewers_answer_exactly_where_every_part_is_counted).await;
+            }
+
+            #[tokio::test]
+            async fn a_day_read_includes_the_open_hour_and_late_updates_to_folded_hours() {
+                $run(super::a_day_read_includes_the_open_hour_and_late_updates_to_folded_hours).await;
+            }
+
+            #[tokio::test]
+            async fn the_day_row_is_written_once_per_new_hour_not_once_per_batch() {
+                $run(super::the_day_row_is_written_once_per_new_hour_not_once_per_batch).await;
+            }
+
+            #[tokio::test]
+            async fn replaying_the_same_chunks_leaves_every_day_and_hour_estimate_unchanged() {
+                $run(super::replaying_the_same_chunks_leaves_every_day_and_hour_estimate_unchanged).await;
             }
         }
     };

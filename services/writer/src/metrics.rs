@@ -15,6 +15,8 @@ pub struct WriterMetrics {
     pub fenced_chunks: IntCounter,
     /// Unique-viewer sketches by outcome (applied, stale).
     pub sketches: IntCounterVec,
+    /// Unique-viewer sketch rows written, by granularity (hour, day).
+    pub sketch_rows_written: IntCounterVec,
     /// Store retries after retryable errors.
     pub retries: IntCounter,
     /// Store circuit: 0 closed, 2 open (retrying with backoff).
@@ -61,6 +63,13 @@ impl WriterMetrics {
                 ),
                 &["outcome"],
             )?,
+            sketch_rows_written: IntCounterVec::new(
+                Opts::new(
+                    "tally_writer_sketch_rows_written_total",
+                    "Unique-viewer sketch rows (about 8 KiB each) written to the store, by granularity: hour or day",
+                ),
+                &["granularity"],
+            )?,
             retries: IntCounter::new("tally_writer_retries_total", "Store retries after retryable errors")?,
             breaker_state: IntGauge::new(
                 "tally_writer_breaker_state",
@@ -105,11 +114,15 @@ impl WriterMetrics {
         for outcome in ["applied", "stale"] {
             m.sketches.with_label_values(&[outcome]);
         }
+        for granularity in ["hour", "day"] {
+            m.sketch_rows_written.with_label_values(&[granularity]);
+        }
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_duration.clone()))?;
         registry.register(Box::new(m.deltas.clone()))?;
         registry.register(Box::new(m.fenced_chunks.clone()))?;
         registry.register(Box::new(m.sketches.clone()))?;
+        registry.register(Box::new(m.sketch_rows_written.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;

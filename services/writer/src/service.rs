@@ -278,6 +278,9 @@ impl<S: CountStore> WriterService<S> {
                     self.metrics.fenced_chunks.inc_by(outcome.fenced_chunks);
                     self.metrics.sketches.with_label_values(&["applied"]).inc_by(outcome.sketches_applied);
                     self.metrics.sketches.with_label_values(&["stale"]).inc_by(outcome.sketches_stale);
+                    let rows = &self.metrics.sketch_rows_written;
+                    rows.with_label_values(&["hour"]).inc_by(outcome.sketch_hour_rows_written);
+                    rows.with_label_values(&["day"]).inc_by(outcome.sketch_day_rows_written);
                     self.metrics.breaker_state.set(0);
                     self.readiness.set(STORE_CHECK, Ok(()));
                     break;

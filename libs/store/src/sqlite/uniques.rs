@@ -1,6 +1,7 @@
 //! Unique-viewer sketch rows in the embedded store: applied in the batch's
-//! transaction ([`crate::uniques`] decides what to write), read in one read
-//! transaction with the batch recount's exact counts of the read's parts.
+//! transaction ([`crate::uniques`] decides what to write, and when a day row
+//! folds its hours: [`crate::uniques::fold`]), read in one read transaction
+//! with the batch recount's exact counts of the read's parts.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tally_model::counts::FlushChunk;
@@ -8,10 +9,16 @@ use tally_model::uniques::Merged;
 
 use super::unavailable;
 use crate::model::{ApplyOutcome, Granularity, PeriodSummary, PeriodUniques, UniquesRead};
-use crate::uniques::{self, CurrentSketches};
+use crate::uniques::{self, CurrentSketches, DayState, PendingFold, SketchWrite, StoredHour};
 use crate::StoreError;
 
-/// The sketch tables: hour rows per salt with their version, day rows.
+/// The sketch tables: hour rows per salt with their version, day rows with
+/// what they hold ([`crate::uniques::DayState`]). Columns before the sketch
+/// are read without it: SQLite reads a record's overflow pages, where most
+/// of an 8 KiB blob lives, only for a column stored in them, so the writer
+/// reads a day row's `version` and `newest_hour` at the cost of one page.
+/// A database whose `uniques_days` lacks those columns is not migrated: no
+/// deployed store has one.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS uniques_hours (
     video_id TEXT NOT NULL,
@@ -26,6 +33,8 @@ CREATE TABLE IF NOT EXISTS uniques_days (
     video_id TEXT NOT NULL,
     day INTEGER NOT NULL,
     source_partition INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    newest_hour INTEGER NOT NULL,
     sketch BLOB NOT NULL,
     PRIMARY KEY (video_id, day, source_partition)
 ) WITHOUT ROWID;
@@ -52,8 +61,10 @@ pub(super) fn apply(tx: &Transaction<'_>, chunks: &[FlushChunk]) -> Result<Apply
              WHERE video_id = ?1 AND hour = ?2 AND salt = ?3 AND source_partition = ?4",
         )
         .map_err(unavailable)?;
-    let mut read_day = tx
-        .prepare_cached("SELECT sketch FROM uniques_days WHERE video_id = ?1 AND day = ?2 AND source_partition = ?3")
+    let mut read_day_state = tx
+        .prepare_cached(
+            "SELECT version, newest_hour FROM uniques_days WHERE video_id = ?1 AND day = ?2 AND source_partition = ?3",
+        )
         .map_err(unavailable)?;
     let mut write_hour = tx
         .prepare_cached(
@@ -61,12 +72,6 @@ pub(super) fn apply(tx: &Transaction<'_>, chunks: &[FlushChunk]) -> Result<Apply
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (video_id, hour, salt, source_partition) DO UPDATE
              SET sketch = excluded.sketch, version = excluded.version",
-        )
-        .map_err(unavailable)?;
-    let mut write_day = tx
-        .prepare_cached(
-            "INSERT INTO uniques_days (video_id, day, source_partition, sketch) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (video_id, day, source_partition) DO UPDATE SET sketch = excluded.sketch",
         )
         .map_err(unavailable)?;
     for ((video, partition), updates) in uniques::grouped(chunks) {
@@ -85,42 +90,114 @@ pub(super) fn apply(tx: &Transaction<'_>, chunks: &[FlushChunk]) -> Result<Apply
             }
         }
         for day in days {
-            let row: Option<Vec<u8>> =
-                read_day.query_row(params![video, day, partition], |r| r.get(0)).optional().map_err(unavailable)?;
-            if let Some(row) = row {
-                current.days.insert(day, row);
+            let state = read_day_state
+                .query_row(params![video, day, partition], |r| {
+                    Ok(DayState { version: r.get(0)?, newest_hour: r.get(1)? })
+                })
+                .optional()
+                .map_err(unavailable)?;
+            if let Some(state) = state {
+                current.days.insert(day, state);
             }
         }
         let plan = uniques::plan(&updates, current)?;
-        outcome.sketches_applied += plan.applied;
-        outcome.sketches_stale += plan.stale;
-        for write in plan.writes {
-            match write.granularity {
-                Granularity::Hour => write_hour
-                    .execute(params![video, write.bucket, write.salt, partition, write.sketch, write.version])
-                    .map_err(unavailable)?,
-                _ => write_day.execute(params![video, write.bucket, partition, write.sketch]).map_err(unavailable)?,
-            };
+        outcome = outcome.plus(plan.outcome());
+        // Folds read the hour rows as they were before the batch: `fold` takes the batch's own.
+        for pending in &plan.folds {
+            fold_day(tx, &video, partition, pending, &plan.writes)?;
+        }
+        for write in &plan.writes {
+            write_hour
+                .execute(params![video, write.hour, write.salt, partition, write.sketch, write.version])
+                .map_err(unavailable)?;
         }
     }
     Ok(outcome)
 }
 
-/// The union of `video`'s sketches over `[from, to)` (on hours).
+/// Reads what folding `pending` needs and writes the day row.
+fn fold_day(
+    tx: &Transaction<'_>,
+    video: &str,
+    partition: i32,
+    pending: &PendingFold,
+    written: &[SketchWrite],
+) -> Result<(), StoreError> {
+    let day_sketch: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT sketch FROM uniques_days WHERE video_id = ?1 AND day = ?2 AND source_partition = ?3")
+        .map_err(unavailable)?
+        .query_row(params![video, pending.day, partition], |r| r.get(0))
+        .optional()
+        .map_err(unavailable)?;
+    let held_through = pending.previous.map_or(i64::MIN, |row| row.version);
+    let (start, end) = pending.hours();
+    let mut unheld = tx
+        .prepare_cached(
+            "SELECT hour, salt, version, sketch FROM uniques_hours
+             WHERE video_id = ?1 AND hour >= ?2 AND hour < ?3 AND source_partition = ?4 AND version > ?5",
+        )
+        .map_err(unavailable)?;
+    let stored = unheld
+        .query_map(params![video, start, end, partition, held_through], |r| {
+            Ok(StoredHour { hour: r.get(0)?, salt: r.get(1)?, version: r.get(2)?, sketch: r.get(3)? })
+        })
+        .map_err(unavailable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    let day = uniques::fold::fold(pending, day_sketch.as_deref(), &stored, written)?;
+    tx.prepare_cached(
+        "INSERT INTO uniques_days (video_id, day, source_partition, version, newest_hour, sketch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (video_id, day, source_partition) DO UPDATE
+         SET version = excluded.version, newest_hour = excluded.newest_hour, sketch = excluded.sketch",
+    )
+    .map_err(unavailable)?
+    .execute(params![video, day.day, partition, day.state.version, day.state.newest_hour, day.sketch])
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// The union of `video`'s sketches over `[from, to)` (on hours): the day
+/// rows of whole days with the hour rows they do not hold
+/// ([`crate::uniques::fold::needs_hour`], here in SQL), the edge hours' rows.
 pub(super) fn read(connection: &mut Connection, video: &str, from: i64, to: i64) -> Result<UniquesRead, StoreError> {
     let tx = connection.transaction().map_err(unavailable)?;
     let mut merged = Merged::default();
+    let mut add = |sketch: rusqlite::Result<Vec<u8>>| -> Result<(), StoreError> {
+        merged.add(&sketch.map_err(unavailable)?).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))
+    };
     for segment in uniques::read_plan(from, to) {
-        let sql = match segment.granularity {
-            Granularity::Day => "SELECT sketch FROM uniques_days WHERE video_id = ?1 AND day >= ?2 AND day < ?3",
-            _ => "SELECT sketch FROM uniques_hours WHERE video_id = ?1 AND hour >= ?2 AND hour < ?3",
-        };
-        let mut query = tx.prepare_cached(sql).map_err(unavailable)?;
-        let rows = query
-            .query_map(params![video, segment.from, segment.to], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(unavailable)?;
-        for row in rows {
-            merged.add(&row.map_err(unavailable)?).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))?;
+        let bounds = params![video, segment.from, segment.to];
+        if segment.granularity == Granularity::Day {
+            let mut days = tx
+                .prepare_cached("SELECT sketch FROM uniques_days WHERE video_id = ?1 AND day >= ?2 AND day < ?3")
+                .map_err(unavailable)?;
+            for sketch in days.query_map(bounds, |r| r.get(0)).map_err(unavailable)? {
+                add(sketch)?;
+            }
+            // The day row of an hour row: the one whose day starts less than a day before it.
+            let mut unheld = tx
+                .prepare_cached(
+                    "SELECT h.sketch FROM uniques_hours h
+                     LEFT JOIN uniques_days d ON d.video_id = h.video_id AND d.source_partition = h.source_partition
+                         AND d.day <= h.hour AND d.day > h.hour - ?4
+                     WHERE h.video_id = ?1 AND h.hour >= ?2 AND h.hour < ?3
+                         AND (d.version IS NULL OR h.version > d.version)",
+                )
+                .map_err(unavailable)?;
+            let rows = unheld
+                .query_map(params![video, segment.from, segment.to, Granularity::Day.millis()], |r| r.get(0))
+                .map_err(unavailable)?;
+            for sketch in rows {
+                add(sketch)?;
+            }
+        } else {
+            let mut hours = tx
+                .prepare_cached("SELECT sketch FROM uniques_hours WHERE video_id = ?1 AND hour >= ?2 AND hour < ?3")
+                .map_err(unavailable)?;
+            for sketch in hours.query_map(bounds, |r| r.get(0)).map_err(unavailable)? {
+                add(sketch)?;
+            }
         }
     }
     let (reconciled, _) = super::reconciled(&tx)?;

@@ -1,5 +1,5 @@
-//! Unique-viewer sketches: what applying the sketches of a batch writes, as
-//! pure functions both stores share.
+//! Unique-viewer sketches: what applying the sketches of a batch writes, and
+//! which rows a read unions, as pure functions both stores share.
 //!
 //! Rows, per video and source partition of `tally.views` (the owner, as
 //! for count rows):
@@ -9,20 +9,32 @@
 //!   merged only when its flush's version is newer than the row's, so a
 //!   replayed or re-emitted range changes nothing, not even the estimator's
 //!   state;
-//! - a day row per UTC day (salts merged): the union of the sketches its hour
-//!   rows took. It moves only when an hour row does; merging is idempotent
-//!   besides, so it cannot inflate either.
+//! - a day row per UTC day (salts merged): the union of the day's hour rows
+//!   as of its last fold, with a `version` saying which hour rows it holds
+//!   and the newest hour it has seen ([`fold`]). It is written when a batch
+//!   brings a later hour of its day (or the next day's first hour), not on
+//!   every batch: each row is an
+//!   ~8 KiB sketch, and rewriting it per batch was half the writer's sketch
+//!   work for a row that only a read of a whole day needs.
 //!
-//! Reads union the day rows of the whole days of a range and the hour rows
-//! of the hours at its edges, over every salt and source partition.
+//! Reads union, for the whole days of a range, each day row with the hour
+//! rows it does not hold yet ([`fold::needs_hour`]: the open hour, late
+//! updates), and the hour rows of the hours at its edges, over every salt
+//! and source partition.
+//!
+//! Layout: this file has the updates, the hour rows' plan and the read plan;
+//! [`fold`] the day rows.
+
+pub mod fold;
 
 use std::collections::{BTreeMap, HashMap};
 
 use tally_model::counts::FlushChunk;
 use tally_model::uniques::{self, UniquesError};
 
-use crate::model::{Granularity, PeriodSummary, PeriodUniques};
+use crate::model::{ApplyOutcome, Granularity, PeriodSummary, PeriodUniques};
 use crate::StoreError;
+pub use fold::{DayState, DayWrite, PendingFold, StoredHour};
 
 /// One sketch of one flush for one hour row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,41 +82,58 @@ pub fn grouped(chunks: &[FlushChunk]) -> BTreeMap<(String, i32), Vec<SketchUpdat
 pub struct CurrentSketches {
     /// Hour rows: `(hour, salt)` → (sketch, version).
     pub hours: HashMap<(i64, i16), (Vec<u8>, i64)>,
-    /// Day rows: day → sketch.
-    pub days: HashMap<i64, Vec<u8>>,
+    /// Day rows' fold state (not their sketches, which only a fold reads): day → state.
+    pub days: HashMap<i64, DayState>,
 }
 
-/// A row to write.
+/// An hour row to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SketchWrite {
-    /// [`Granularity::Hour`] or [`Granularity::Day`].
-    pub granularity: Granularity,
-    /// Start of the hour or day, epoch ms.
-    pub bucket: i64,
-    /// The salt (0 for days).
+    /// Start of the hour, epoch ms.
+    pub hour: i64,
+    /// The salt.
     pub salt: i16,
     /// The new sketch.
     pub sketch: Vec<u8>,
-    /// Version of the last flush merged in (hour rows: the row's version;
-    /// both: the cell timestamp of the ScyllaDB store).
+    /// Version of the last flush merged in (also the cell timestamp of the
+    /// ScyllaDB store).
     pub version: i64,
 }
 
 /// What one group comes to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SketchPlan {
-    /// Rows to write, hours then days, each once with its final value.
+    /// Hour rows to write, each once with its final value.
     pub writes: Vec<SketchWrite>,
+    /// Day rows to fold (each written once, after the store has read what
+    /// the fold needs: [`fold::fold`]).
+    pub folds: Vec<PendingFold>,
     /// Sketches merged.
     pub applied: u64,
     /// Sketches whose hour row already had their version or a newer one.
     pub stale: u64,
 }
 
-/// Hours and days an update group reads.
+impl SketchPlan {
+    /// What applying the plan counts: sketches merged or stale, rows written.
+    pub fn outcome(&self) -> ApplyOutcome {
+        ApplyOutcome {
+            sketches_applied: self.applied,
+            sketches_stale: self.stale,
+            sketch_hour_rows_written: self.writes.len() as u64,
+            sketch_day_rows_written: self.folds.len() as u64,
+            ..ApplyOutcome::default()
+        }
+    }
+}
+
+/// Hours an update group reads, and days whose row state it reads: each
+/// day of an update and the day before ([`fold::pending`] may close it).
 pub fn keys(updates: &[SketchUpdate]) -> (Vec<i64>, Vec<i64>) {
     let mut hours: Vec<i64> = updates.iter().map(|u| u.hour).collect();
-    let mut days: Vec<i64> = updates.iter().map(|u| Granularity::Day.bucket(u.hour)).collect();
+    let day = Granularity::Day;
+    let mut days: Vec<i64> =
+        updates.iter().flat_map(|u| [day.bucket(u.hour), day.bucket(u.hour) - day.millis()]).collect();
     for keys in [&mut hours, &mut days] {
         keys.sort_unstable();
         keys.dedup();
@@ -112,46 +141,39 @@ pub fn keys(updates: &[SketchUpdate]) -> (Vec<i64>, Vec<i64>) {
     (hours, days)
 }
 
-/// Applies `updates` (one group, in log order) over `current`.
-pub fn plan(updates: &[SketchUpdate], mut current: CurrentSketches) -> Result<SketchPlan, StoreError> {
+/// Applies `updates` (one group, in log order) over `current`: the hour
+/// rows to write, and the days whose row must fold them ([`fold::pending`]).
+pub fn plan(updates: &[SketchUpdate], current: CurrentSketches) -> Result<SketchPlan, StoreError> {
     let mut plan = SketchPlan::default();
-    let mut hours_written: BTreeMap<(i64, i16), i64> = BTreeMap::new();
-    let mut days_written: BTreeMap<i64, i64> = BTreeMap::new();
+    // The rows this group has merged so far: later updates build on them.
+    let mut written: BTreeMap<(i64, i16), (Vec<u8>, i64)> = BTreeMap::new();
     for update in updates {
         let key = (update.hour, update.salt);
-        let stored = current.hours.get(&key);
+        let stored = written.get(&key).or_else(|| current.hours.get(&key));
         if stored.is_some_and(|(_, version)| *version >= update.version) {
             plan.stale += 1;
             continue;
         }
         let hour =
             uniques::merge_bytes(stored.map(|(bytes, _)| bytes.as_slice()), &[&update.sketch]).map_err(invalid)?;
-        current.hours.insert(key, (hour, update.version));
-        let day = Granularity::Day.bucket(update.hour);
-        let merged =
-            uniques::merge_bytes(current.days.get(&day).map(Vec::as_slice), &[&update.sketch]).map_err(invalid)?;
-        current.days.insert(day, merged);
-        hours_written.insert(key, update.version);
-        days_written.insert(day, update.version);
+        written.insert(key, (hour, update.version));
         plan.applied += 1;
     }
-    for ((hour, salt), version) in hours_written {
-        let (sketch, _) = current.hours.remove(&(hour, salt)).unwrap_or_default();
-        plan.writes.push(SketchWrite { granularity: Granularity::Hour, bucket: hour, salt, sketch, version });
-    }
-    for (day, version) in days_written {
-        let sketch = current.days.remove(&day).unwrap_or_default();
-        plan.writes.push(SketchWrite { granularity: Granularity::Day, bucket: day, salt: 0, sketch, version });
-    }
+    plan.writes = written
+        .into_iter()
+        .map(|((hour, salt), (sketch, version))| SketchWrite { hour, salt, sketch, version })
+        .collect();
+    plan.folds = fold::pending(&plan.writes, &current.days);
     Ok(plan)
 }
 
-fn invalid(e: UniquesError) -> StoreError {
+pub(crate) fn invalid(e: UniquesError) -> StoreError {
     StoreError::Invalid(format!("unique-viewer sketch: {e}"))
 }
 
-/// The rows a uniques read takes: whole UTC days as day rows, the hours
-/// at the edges as hour rows. `from_ms` and `to_ms` are on hours.
+/// The rows a uniques read takes: whole UTC days as day rows (with the
+/// hour rows they do not hold yet: [`fold::needs_hour`]), the hours at the
+/// edges as hour rows. `from_ms` and `to_ms` are on hours.
 pub fn read_plan(from_ms: i64, to_ms: i64) -> Vec<crate::layers::Segment> {
     crate::layers::segments(from_ms, to_ms, Granularity::Day)
 }
@@ -218,23 +240,21 @@ mod tests {
     #[test]
     fn newer_flushes_merge_and_replays_are_stale() {
         let first = plan(&[update(10, HOUR, 0..5), update(10, 2 * HOUR, 3..8)], CurrentSketches::default()).unwrap();
-        assert_eq!((first.applied, first.stale, first.writes.len()), (2, 0, 3));
-        let day = &first.writes[2];
-        assert_eq!((day.granularity, day.bucket, count(&day.sketch)), (Granularity::Day, 0, 8));
+        assert_eq!((first.applied, first.stale, first.writes.len()), (2, 0, 2));
+        let fold = PendingFold { day: 0, previous: None, newest_hour: 2 * HOUR };
+        assert_eq!(first.folds, vec![fold], "a new day is folded at once");
         let mut current = CurrentSketches::default();
         for w in &first.writes {
-            match w.granularity {
-                Granularity::Hour => drop(current.hours.insert((w.bucket, w.salt), (w.sketch.clone(), w.version))),
-                _ => drop(current.days.insert(w.bucket, w.sketch.clone())),
-            }
+            current.hours.insert((w.hour, w.salt), (w.sketch.clone(), w.version));
         }
+        current.days.insert(0, DayState { version: 10, newest_hour: 2 * HOUR });
         let replay = plan(&[update(10, HOUR, 0..5), update(9, 2 * HOUR, 100..200)], current.clone()).unwrap();
         assert_eq!((replay.applied, replay.stale), (0, 2));
-        assert!(replay.writes.is_empty(), "a replay writes nothing");
-        let next = plan(&[update(20, HOUR, 4..6)], current).unwrap();
-        let counts: Vec<(Granularity, u64, i64)> =
-            next.writes.iter().map(|w| (w.granularity, count(&w.sketch), w.version)).collect();
-        assert_eq!(counts, vec![(Granularity::Hour, 6, 20), (Granularity::Day, 8, 20)]);
+        assert!(replay.writes.is_empty() && replay.folds.is_empty(), "a replay writes nothing");
+        let next = plan(&[update(20, HOUR, 4..6), update(21, HOUR, 6..7)], current).unwrap();
+        let counts: Vec<(i64, u64, i64)> = next.writes.iter().map(|w| (w.hour, count(&w.sketch), w.version)).collect();
+        assert_eq!(counts, vec![(HOUR, 7, 21)], "one write per row, the group's updates merged in order");
+        assert!(next.folds.is_empty(), "a late update to a held hour leaves the day row alone");
     }
 
     #[test]
