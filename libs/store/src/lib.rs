@@ -145,6 +145,25 @@ pub trait CountStore: Send + Sync + 'static {
         to_ms: i64,
     ) -> impl Future<Output = Result<tally_model::trending::Merged, StoreError>> + Send;
 
+    /// The key and version of every trending sketch row over the same
+    /// minutes as [`CountStore::trending`], without their sketches: what the
+    /// query service compares to know which cached hour sums are still
+    /// current ([`trending::hours`]). Ordered by minute, then source partition.
+    fn trending_versions(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<Vec<trending::RowVersion>, StoreError>> + Send;
+
+    /// Every trending sketch row over the same minutes as
+    /// [`CountStore::trending`], with its key and version, so that a sum of
+    /// them carries the versions it was built from. Ordered as [`CountStore::trending_versions`].
+    fn trending_rows(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<Vec<trending::TrendingRow>, StoreError>> + Send;
+
     /// Views of each of `videos` over the same minutes as [`CountStore::trending`],
     /// by the rule of totals and series (batch counts for the reconciled
     /// periods, real-time counts for every other minute): what a minute
