@@ -25,7 +25,8 @@
 //! - [`fence`]: admitting the chunks of a batch in log order (both stores).
 //! - [`layers`]: which minutes reads take from the batch layer, which from real time (both stores).
 //! - [`uniques`]: unique-viewer sketch rows: what an apply writes, which rows a read merges (both stores).
-//! - [`trending`]: trending sketch rows per (minute, source partition): what an apply writes (both stores).
+//! - [`trending`]: trending sketch rows per (minute, source partition): what an apply writes (both stores);
+//!   [`trending::hours`]: the query side's sums of closed hours, reused while their rows are unchanged.
 //! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
 //! - [`scylla`]: the ScyllaDB / Cassandra store (`infra/scylla/schema.cql`).
 //! - [`any`]: [`AnyStore`], the configured one of the two.

@@ -159,7 +159,7 @@ pub struct Trending {
     pub complete: bool,
     /// Candidates whose exact views were read.
     pub candidates: usize,
-    /// Stored sketches summed.
+    /// Stored minute sketches the window's sum holds (those inside cached hour sums included).
     pub sketches: usize,
 }
 

@@ -99,16 +99,9 @@ impl ScyllaStore {
 
     /// The sum of every row in `[from, to)` (on minutes).
     pub(super) async fn read_trending(&self, from: i64, to: i64) -> Result<Merged, StoreError> {
-        let statements = &self.inner.trending;
-        let hours: Vec<i64> = (Granularity::Hour.bucket(from)..to).step_by(3_600_000).collect();
-        let concurrency = self.inner.config.concurrency.max(1);
-        let parts: Vec<Vec<(Vec<u8>,)>> = stream::iter(hours)
-            .map(|hour| self.select::<(Vec<u8>,)>(&statements.read_range, (hour, from, to)))
-            .buffered(concurrency)
-            .try_collect()
-            .await?;
+        let rows = self.select_hours::<(Vec<u8>,)>(&self.inner.trending.read_range, from, to).await?;
         let mut merged = Merged::default();
-        for (sketch,) in parts.iter().flatten() {
+        for (sketch,) in &rows {
             merged.add(sketch).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))?;
         }
         Ok(merged)
