@@ -21,9 +21,9 @@
 //!
 //! Why a fingerprint finds every change: a row is rewritten only with a
 //! newer flush version ([`super::plan`]), so any rewrite raises the hour's
-//! sum of versions; a new row raises its row count; rows leave only when
-//! retention drops them, which lowers the count. A late flush to a minute of
-//! a cached hour is therefore in the next read's answer.
+//! sum of versions; a new row raises its row count; rows are never deleted
+//! (a retention that dropped some would lower the count). A late flush to a
+//! minute of a cached hour is therefore in the next read's answer.
 //!
 //! Why sums are rebuilt, never patched: frequent-items sums are not
 //! idempotent (adding a sketch twice counts its views twice), and a row's
@@ -32,12 +32,16 @@
 //! maximum errors of the hour sums add up in it as the minutes' would in a
 //! flat sum ([`tally_model::trending`]), so [`Candidates::error_bound`]
 //! stays a true bound, and the candidates' views are still read exactly.
+//! When the window's sum overflows its slots, it purges at other points than
+//! a flat sum of the minutes would, so the candidates and the bound may
+//! differ slightly from the uncached read's; both bounds are true, and a
+//! `complete` answer is the same exact top either way.
 //!
 //! Why in the query process and not a rollup the writer keeps: a stored hour
 //! sum would be rewritten (read, merged, written: a blob of up to 16,384
-//! slots) by every batch touching the hour, the write cost the unique-viewer
-//! rows are moving away from; here a closed hour is summed once per query
-//! process, and a late minute costs one hour's re-read. The price is memory:
+//! slots) by every batch touching the hour, a hot row on the write path;
+//! here a closed hour is summed once per query process, and a late minute
+//! costs one hour's re-read. The price is memory:
 //! one sum of up to 16,384 videos (about 1 MiB) per cached hour, 24 of them
 //! for a day's window.
 //!
