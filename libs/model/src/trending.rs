@@ -15,6 +15,10 @@
 //! (at most `3.5 / 2^lg` of the views it saw, usually far less). Merged
 //! sketches add their maximum errors, so the candidates of a window carry
 //! one bound that holds for every video ([`Candidates::error_bound`]).
+//! That holds for any tree of merges, not only one flat pass: a window may
+//! be summed from per-hour sums of its minutes ([`Merged::absorb`]), whose
+//! maximum errors (each the sum of its minutes' plus its own purges) add
+//! up in the window's sum exactly as the minutes' would.
 
 use datasketches::frequencies::{ErrorType, FrequentItemsSketch};
 
@@ -110,7 +114,15 @@ impl Merged {
         Ok(())
     }
 
-    /// How many sketches were added.
+    /// Adds another sum: its views, its maximum error and its inputs (the
+    /// stored sketches it was built from). Adding the same sum twice counts
+    /// its views twice, as for [`Merged::add`].
+    pub fn absorb(&mut self, other: &Merged) {
+        self.sketch.merge(&other.sketch);
+        self.inputs += other.inputs;
+    }
+
+    /// How many stored sketches were added, directly or through [`Merged::absorb`].
     pub fn inputs(&self) -> usize {
         self.inputs
     }
@@ -177,6 +189,38 @@ mod tests {
         assert!(candidates.error_bound < 2_900, "{candidates:?}");
         assert_eq!(candidates.total_views, 20_700);
         assert_eq!(merged.inputs(), 3);
+    }
+
+    #[test]
+    fn a_window_summed_from_hour_sums_keeps_a_true_error_bound() {
+        // Minutes of 3,000 videos in sketches of 64 slots: every minute
+        // purges, and so do the hour sums once enough distinct videos reach them.
+        let minute_views = |minute: u64| -> Vec<(String, u64)> {
+            (0..3_000u64).map(|i| (format!("v{}", (i * 7 + minute * 131) % 20_000), 1 + (i % 5) * (i % 3))).collect()
+        };
+        let mut truth: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut by_hours = Merged::default();
+        for hour in 0..6u64 {
+            let mut hour_sum = Merged::default();
+            for minute in hour * 60..hour * 60 + 60 {
+                let views = minute_views(minute);
+                for (video, n) in &views {
+                    *truth.entry(video.clone()).or_default() += n;
+                }
+                let bytes = sketch_of(6, views.iter().map(|(v, n)| (v.as_str(), *n))).unwrap();
+                hour_sum.add(&bytes).unwrap();
+            }
+            by_hours.absorb(&hour_sum);
+        }
+        assert_eq!(by_hours.inputs(), 360);
+        let candidates = by_hours.candidates(10, 50);
+        assert!(candidates.error_bound > 0, "the sketches purged: the bound is not trivially exact");
+        for (video, views) in &truth {
+            if !candidates.videos.contains(video) {
+                assert!(*views <= candidates.error_bound, "{video}: {views} views above the bound {candidates:?}");
+            }
+        }
+        assert_eq!(candidates.total_views, truth.values().sum::<u64>());
     }
 
     #[test]

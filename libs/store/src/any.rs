@@ -4,6 +4,7 @@
 use tally_model::counts::Owner;
 
 use crate::model::{ApplyOutcome, CountsEntry, Granularity, PeriodSummary, PeriodUniques, Point, Total, UniquesRead};
+use crate::trending::{RowVersion, TrendingRow};
 use crate::{CountStore, ScyllaStore, SqliteStore, StoreError};
 
 /// The embedded store or the ScyllaDB store. Cheap to clone.
@@ -76,6 +77,14 @@ impl CountStore for AnyStore {
 
     async fn trending(&self, from_ms: i64, to_ms: i64) -> Result<tally_model::trending::Merged, StoreError> {
         dispatch!(self, s => s.trending(from_ms, to_ms))
+    }
+
+    async fn trending_versions(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RowVersion>, StoreError> {
+        dispatch!(self, s => s.trending_versions(from_ms, to_ms))
+    }
+
+    async fn trending_rows(&self, from_ms: i64, to_ms: i64) -> Result<Vec<TrendingRow>, StoreError> {
+        dispatch!(self, s => s.trending_rows(from_ms, to_ms))
     }
 
     async fn window_views(

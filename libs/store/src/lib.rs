@@ -25,7 +25,8 @@
 //! - [`fence`]: admitting the chunks of a batch in log order (both stores).
 //! - [`layers`]: which minutes reads take from the batch layer, which from real time (both stores).
 //! - [`uniques`]: unique-viewer sketch rows: what an apply writes, which rows a read merges (both stores).
-//! - [`trending`]: trending sketch rows per (minute, source partition): what an apply writes (both stores).
+//! - [`trending`]: trending sketch rows per (minute, source partition): what an apply writes (both stores);
+//!   [`trending::hours`]: the query side's sums of closed hours, reused while their rows are unchanged.
 //! - [`sqlite`]: the embedded store (rusqlite, bundled SQLite, WAL).
 //! - [`scylla`]: the ScyllaDB / Cassandra store (`infra/scylla/schema.cql`).
 //! - [`any`]: [`AnyStore`], the configured one of the two.
@@ -144,6 +145,25 @@ pub trait CountStore: Send + Sync + 'static {
         from_ms: i64,
         to_ms: i64,
     ) -> impl Future<Output = Result<tally_model::trending::Merged, StoreError>> + Send;
+
+    /// The key and version of every trending sketch row over the same
+    /// minutes as [`CountStore::trending`], without their sketches: what the
+    /// query service compares to know which cached hour sums are still
+    /// current ([`trending::hours`]). Ordered by minute, then source partition.
+    fn trending_versions(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<Vec<trending::RowVersion>, StoreError>> + Send;
+
+    /// Every trending sketch row over the same minutes as
+    /// [`CountStore::trending`], with its key and version, so that a sum of
+    /// them carries the versions it was built from. Ordered as [`CountStore::trending_versions`].
+    fn trending_rows(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = Result<Vec<trending::TrendingRow>, StoreError>> + Send;
 
     /// Views of each of `videos` over the same minutes as [`CountStore::trending`],
     /// by the rule of totals and series (batch counts for the reconciled

@@ -502,6 +502,20 @@ impl CountStore for SqliteStore {
         self.with(move |c| trending::read(c, from, to)).await
     }
 
+    async fn trending_versions(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<crate::trending::RowVersion>, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.with(move |c| trending::read_versions(c, from, to)).await
+    }
+
+    async fn trending_rows(&self, from_ms: i64, to_ms: i64) -> Result<Vec<crate::trending::TrendingRow>, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.with(move |c| trending::read_rows(c, from, to)).await
+    }
+
     async fn window_views(
         &self,
         videos: Vec<String>,

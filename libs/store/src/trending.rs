@@ -10,7 +10,10 @@
 //!
 //! Reads sum the rows of every source partition over the minutes of a
 //! window; the query service then reads the candidates' exact counts
-//! ([`crate::CountStore::window_views`]).
+//! ([`crate::CountStore::window_views`]). [`hours`] keeps sums of closed
+//! hours between reads, so a day's window stops re-reading them.
+
+pub mod hours;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -46,6 +49,30 @@ pub fn updates(chunks: &[FlushChunk]) -> Vec<TrendingUpdate> {
             })
         })
         .collect()
+}
+
+/// The key and version of a stored row (its sketch left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowVersion {
+    /// Start of the minute, epoch ms.
+    pub minute: i64,
+    /// The row's source partition.
+    pub source_partition: i32,
+    /// Version of the last flush added to the row.
+    pub version: i64,
+}
+
+/// A stored row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrendingRow {
+    /// Start of the minute, epoch ms.
+    pub minute: i64,
+    /// The row's source partition.
+    pub source_partition: i32,
+    /// Version of the last flush added to the row.
+    pub version: i64,
+    /// The sum of the sketches added (DataSketches frequent-items serialization).
+    pub sketch: Vec<u8>,
 }
 
 /// A row to write.
@@ -132,7 +159,7 @@ pub struct Trending {
     pub complete: bool,
     /// Candidates whose exact views were read.
     pub candidates: usize,
-    /// Stored sketches summed.
+    /// Stored minute sketches the window's sum holds (those inside cached hour sums included).
     pub sketches: usize,
 }
 
@@ -148,6 +175,18 @@ pub async fn top<S: crate::CountStore>(
 ) -> Result<Trending, StoreError> {
     let (from, to) = window(from_ms, to_ms)?;
     let merged = store.trending(from, to).await?;
+    rank(store, &merged, (from, to), limit, max_candidates).await
+}
+
+/// The top of the minute-aligned `window` whose sketches sum to `merged`:
+/// its candidates ranked by their exact views.
+pub(crate) async fn rank<S: crate::CountStore>(
+    store: &S,
+    merged: &trending::Merged,
+    (from, to): (i64, i64),
+    limit: usize,
+    max_candidates: usize,
+) -> Result<Trending, StoreError> {
     let candidates = merged.candidates(limit, max_candidates);
     let read = candidates.videos.len();
     let mut videos = store.window_views(candidates.videos, from, to).await?;

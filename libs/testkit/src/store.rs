@@ -86,6 +86,20 @@ impl<S: CountStore> CountStore for SwitchableStore<S> {
         self.inner.trending(from, to).await
     }
 
+    async fn trending_versions(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<tally_store::trending::RowVersion>, StoreError> {
+        self.check()?;
+        self.inner.trending_versions(from, to).await
+    }
+
+    async fn trending_rows(&self, from: i64, to: i64) -> Result<Vec<tally_store::trending::TrendingRow>, StoreError> {
+        self.check()?;
+        self.inner.trending_rows(from, to).await
+    }
+
     async fn window_views(&self, videos: Vec<String>, from: i64, to: i64) -> Result<Vec<(String, i64)>, StoreError> {
         self.check()?;
         self.inner.window_views(videos, from, to).await

@@ -8,6 +8,9 @@ pub const CACHE_OUTCOMES: &[&str] = &["hit", "miss", "stale", "bypass", "error"]
 /// Every `outcome` of `tally_query_store_loads_total`.
 pub const STORE_LOAD_OUTCOMES: &[&str] = &["ok", "error"];
 
+/// Every `outcome` of `tally_query_trending_hours_total`.
+pub const TRENDING_HOUR_OUTCOMES: &[&str] = &["reused", "rebuilt"];
+
 /// Query metrics.
 #[derive(Clone, Debug)]
 pub struct QueryMetrics {
@@ -62,6 +65,9 @@ pub struct TrendingMetrics {
     pub refreshes: IntCounterVec,
     /// How long one store read of a trending answer took.
     pub refresh_seconds: Histogram,
+    /// Closed hours of refreshed windows by outcome: reused (cached sum
+    /// current) or rebuilt (summed again from its minute rows).
+    pub hours: IntCounterVec,
 }
 
 impl TrendingMetrics {
@@ -90,6 +96,13 @@ impl TrendingMetrics {
                 )
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )?,
+            hours: IntCounterVec::new(
+                Opts::new(
+                    "tally_query_trending_hours_total",
+                    "Closed hours of refreshed trending windows by outcome (reused, rebuilt)",
+                ),
+                &["outcome"],
+            )?,
         };
         for source in ["hit", "miss", "stale", "bypass"] {
             m.answers.with_label_values(&[source]);
@@ -97,9 +110,13 @@ impl TrendingMetrics {
         for outcome in ["ok", "error"] {
             m.refreshes.with_label_values(&[outcome]);
         }
+        for outcome in TRENDING_HOUR_OUTCOMES {
+            m.hours.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.answers.clone()))?;
         registry.register(Box::new(m.refreshes.clone()))?;
         registry.register(Box::new(m.refresh_seconds.clone()))?;
+        registry.register(Box::new(m.hours.clone()))?;
         Ok(m)
     }
 }
@@ -135,5 +152,13 @@ mod tests {
         assert_eq!(series(&registry, "tally_query_store_loads_total"), zeros(STORE_LOAD_OUTCOMES));
         metrics.cache.with_label_values(&["bypass"]).inc();
         assert_eq!(series(&registry, "tally_query_cache_lookups_total")["bypass"], 1);
+    }
+
+    #[test]
+    fn both_trending_hour_outcome_series_exist_at_zero_before_the_first_refresh() {
+        let registry = Registry::new();
+        TrendingMetrics::register(&registry).unwrap();
+        let zeros = TRENDING_HOUR_OUTCOMES.iter().map(|o| ((*o).to_owned(), 0)).collect();
+        assert_eq!(series(&registry, "tally_query_trending_hours_total"), zeros);
     }
 }

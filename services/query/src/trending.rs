@@ -2,7 +2,9 @@
 //! with the most views in the last hour or day, with their exact views.
 //!
 //! Candidates come from the per-minute frequent-items sketches the counters
-//! emit (summed per window by the store); their exact views come from the
+//! emit (summed per window; the sums of closed hours are kept in process
+//! between refreshes while their rows stay unchanged,
+//! [`tally_store::trending::hours`]); their exact views come from the
 //! minute counts ([`read`]). Answers are cached per (window, limit, order)
 //! for `trending-fresh-for` (at most 15 s); concurrent misses of one key
 //! share one store read; when the store fails, a cached answer of any age
@@ -23,6 +25,7 @@ use serde_json::Value;
 use tally_cache::{CacheBackend, CachedRange};
 use tally_service::breaker::Breaker;
 use tally_service::Problem;
+use tally_store::trending::hours::HourCache;
 use tally_store::CountStore;
 
 use crate::api::{bad_request, unavailable, ApiState};
@@ -41,6 +44,7 @@ pub struct TrendingLookup<S> {
     cache: AnswerCache,
     fresh_for_ms: i64,
     inflight: Flights<String>,
+    hours: Arc<HourCache>,
     metrics: TrendingMetrics,
 }
 
@@ -67,6 +71,7 @@ impl<S: CountStore + Clone> TrendingLookup<S> {
             cache: AnswerCache::new(cache, breaker, retention),
             fresh_for_ms: i64::try_from(fresh_for.min(MAX_FRESH_FOR).as_millis()).unwrap_or(0),
             inflight: Flights::default(),
+            hours: Arc::new(HourCache::new(params::Window::Day.millis())),
             metrics,
         }
     }
@@ -91,15 +96,18 @@ impl<S: CountStore + Clone> TrendingLookup<S> {
     }
 
     async fn load(self: &Arc<Self>, key: String, request: TrendingRequest, now: i64) -> Result<String, String> {
-        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        let (store, hours, metrics) = (self.store.clone(), Arc::clone(&self.hours), self.metrics.clone());
         self.inflight
             .run(&key, move || {
                 async move {
                     let started = Instant::now();
-                    let read = read::read(&store, request, now).await;
+                    let read = read::read(&store, &hours, request, now).await;
                     metrics.refresh_seconds.observe(started.elapsed().as_secs_f64());
                     metrics.refreshes.with_label_values(&[if read.is_ok() { "ok" } else { "error" }]).inc();
-                    read.map_err(|e| e.to_string())
+                    let (json, stats) = read.map_err(|e| e.to_string())?;
+                    metrics.hours.with_label_values(&["reused"]).inc_by(stats.reused);
+                    metrics.hours.with_label_values(&["rebuilt"]).inc_by(stats.rebuilt);
+                    Ok(json)
                 }
                 .boxed()
             })

@@ -181,6 +181,32 @@ async fn trending_answers_past_their_freshness_are_served_stale_while_the_store_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_flush_to_a_closed_hour_is_in_the_next_day_refresh_and_unchanged_hours_are_reused() {
+    bounded(Duration::from_secs(60), async {
+        let now = now_ms();
+        let store = seeded(now).await;
+        let query = start(store.clone(), Duration::from_millis(1)).await;
+        let hours =
+            |outcome| tally_testkit::metrics::value(&query.registry, "tally_query_trending_hours_total", Some(outcome));
+        let day: Value = query.get("/v1/trending?window=24h&limit=2").await.json().await.unwrap();
+        assert_eq!(day["videos"], json!([{"video_id": "old", "views": 500}, {"video_id": "steady", "views": 280}]));
+        // A day's window: a partial first hour, 23 closed hours, the open hour.
+        assert_eq!((hours("reused"), hours("rebuilt")), (0.0, 23.0), "the first refresh sums every closed hour");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A newer flush to a minute of a closed hour, already summed and cached.
+        let late_minute = minute_bucket(now) - 4 * HOUR;
+        apply(&store, 30, &[("late", 0, late_minute, 1_000)]).await;
+        let next: Value = query.get("/v1/trending?window=24h&limit=2").await.json().await.unwrap();
+        assert_eq!(next["videos"], json!([{"video_id": "late", "views": 1000}, {"video_id": "old", "views": 500}]));
+        // 22 reused and 1 rebuilt, or one more rebuilt if an hour began between the two refreshes.
+        assert!(hours("reused") >= 21.0 && hours("rebuilt") >= 24.0, "{} {}", hours("reused"), hours("rebuilt"));
+        assert_eq!(hours("reused") + hours("rebuilt"), 46.0, "23 closed hours per day refresh");
+        query.shutdown.cancel();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_trending_parameters_get_400_problems() {
     bounded(Duration::from_secs(60), async {
         let query = start(SqliteStore::in_memory().unwrap(), Duration::from_secs(15)).await;

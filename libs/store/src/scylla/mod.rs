@@ -409,6 +409,20 @@ impl CountStore for ScyllaStore {
         self.read_trending(from, to).await
     }
 
+    async fn trending_versions(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<crate::trending::RowVersion>, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.read_trending_versions(from, to).await
+    }
+
+    async fn trending_rows(&self, from_ms: i64, to_ms: i64) -> Result<Vec<crate::trending::TrendingRow>, StoreError> {
+        let (from, to) = crate::trending::window(from_ms, to_ms)?;
+        self.read_trending_rows(from, to).await
+    }
+
     async fn window_views(
         &self,
         videos: Vec<String>,

@@ -2,7 +2,9 @@
 //! per (minute, source partition). The store reads the rows a batch's
 //! updates touch, lets [`crate::trending::plan`] decide, and writes each
 //! changed row with the flush version as its cell timestamp, so a stale
-//! writer's sum loses to a newer one.
+//! writer's sum loses to a newer one. Window reads go hour partition by
+//! hour partition: sums of the sketches, or the rows with their versions
+//! (versions only, for the query service's hour sums).
 
 use std::collections::HashMap;
 
@@ -13,7 +15,7 @@ use tally_model::trending::Merged;
 
 use super::{unavailable, ScyllaStore};
 use crate::model::{ApplyOutcome, Granularity};
-use crate::trending::{self, TrendingUpdate};
+use crate::trending::{self, RowVersion, TrendingRow, TrendingUpdate};
 use crate::StoreError;
 
 /// A stored row: its sketch and version.
@@ -24,6 +26,8 @@ pub(super) struct TrendingStatements {
     read_row: PreparedStatement,
     write_row: PreparedStatement,
     read_range: PreparedStatement,
+    read_range_versions: PreparedStatement,
+    read_range_rows: PreparedStatement,
 }
 
 impl TrendingStatements {
@@ -45,6 +49,16 @@ impl TrendingStatements {
             .await?,
             read_range: prepare(format!(
                 "SELECT sketch FROM {ks}.trending_minutes WHERE hour = ? AND minute >= ? AND minute < ?"
+            ))
+            .await?,
+            read_range_versions: prepare(format!(
+                "SELECT minute, source_partition, version FROM {ks}.trending_minutes \
+                 WHERE hour = ? AND minute >= ? AND minute < ?"
+            ))
+            .await?,
+            read_range_rows: prepare(format!(
+                "SELECT minute, source_partition, version, sketch FROM {ks}.trending_minutes \
+                 WHERE hour = ? AND minute >= ? AND minute < ?"
             ))
             .await?,
         })
@@ -85,18 +99,54 @@ impl ScyllaStore {
 
     /// The sum of every row in `[from, to)` (on minutes).
     pub(super) async fn read_trending(&self, from: i64, to: i64) -> Result<Merged, StoreError> {
-        let statements = &self.inner.trending;
-        let hours: Vec<i64> = (Granularity::Hour.bucket(from)..to).step_by(3_600_000).collect();
-        let concurrency = self.inner.config.concurrency.max(1);
-        let parts: Vec<Vec<(Vec<u8>,)>> = stream::iter(hours)
-            .map(|hour| self.select::<(Vec<u8>,)>(&statements.read_range, (hour, from, to)))
-            .buffered(concurrency)
-            .try_collect()
-            .await?;
+        let rows = self.select_hours::<(Vec<u8>,)>(&self.inner.trending.read_range, from, to).await?;
         let mut merged = Merged::default();
-        for (sketch,) in parts.iter().flatten() {
+        for (sketch,) in &rows {
             merged.add(sketch).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))?;
         }
         Ok(merged)
+    }
+
+    /// The key and version of every row in `[from, to)` (on minutes), without
+    /// sketches: the blobs stay on the nodes.
+    pub(super) async fn read_trending_versions(&self, from: i64, to: i64) -> Result<Vec<RowVersion>, StoreError> {
+        let statement = &self.inner.trending.read_range_versions;
+        let rows = self.select_hours::<(i64, i32, i64)>(statement, from, to).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(minute, source_partition, version)| RowVersion { minute, source_partition, version })
+            .collect())
+    }
+
+    /// Every row in `[from, to)` (on minutes), sketch and version.
+    pub(super) async fn read_trending_rows(&self, from: i64, to: i64) -> Result<Vec<TrendingRow>, StoreError> {
+        let statement = &self.inner.trending.read_range_rows;
+        let rows = self.select_hours::<(i64, i32, i64, Vec<u8>)>(statement, from, to).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(minute, source_partition, version, sketch)| TrendingRow {
+                minute,
+                source_partition,
+                version,
+                sketch,
+            })
+            .collect())
+    }
+
+    /// `statement` (bound to `hour, from, to`) run on every hour partition
+    /// `[from, to)` touches; rows in hour order, each hour in clustering order
+    /// (minute, then source partition).
+    async fn select_hours<R>(&self, statement: &PreparedStatement, from: i64, to: i64) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata> + Send + 'static,
+    {
+        let hours: Vec<i64> = (Granularity::Hour.bucket(from)..to).step_by(3_600_000).collect();
+        let concurrency = self.inner.config.concurrency.max(1);
+        let parts: Vec<Vec<R>> = stream::iter(hours)
+            .map(|hour| self.select::<R>(statement, (hour, from, to)))
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
+        Ok(parts.into_iter().flatten().collect())
     }
 }

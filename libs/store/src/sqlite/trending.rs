@@ -1,6 +1,7 @@
 //! Trending sketch rows in the embedded store: applied in the batch's
 //! transaction ([`crate::trending`] decides what to write), summed over a
-//! window in one read transaction; and the exact views of a window.
+//! window in one read transaction, or read with their versions for the
+//! query service's hour sums; and the exact views of a window.
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use tally_model::trending::Merged;
 use super::{batch_rows, realtime_rows, reconciled, unavailable};
 use crate::layers;
 use crate::model::{ApplyOutcome, Granularity};
-use crate::trending;
+use crate::trending::{self, RowVersion, TrendingRow};
 use crate::StoreError;
 
 /// One row per `(minute, source partition)` with its version.
@@ -69,6 +70,40 @@ pub(super) fn read(connection: &mut Connection, from: i64, to: i64) -> Result<Me
         merged.add(&row.map_err(unavailable)?).map_err(|e| StoreError::Invalid(format!("stored sketch: {e}")))?;
     }
     Ok(merged)
+}
+
+/// The key and version of every row in `[from, to)` (on minutes), without sketches.
+pub(super) fn read_versions(connection: &mut Connection, from: i64, to: i64) -> Result<Vec<RowVersion>, StoreError> {
+    let tx = connection.transaction().map_err(unavailable)?;
+    let mut query = tx
+        .prepare_cached(
+            "SELECT minute, source_partition, version FROM trending_minutes
+             WHERE minute >= ?1 AND minute < ?2 ORDER BY minute, source_partition",
+        )
+        .map_err(unavailable)?;
+    let rows = query
+        .query_map(params![from, to], |r| {
+            Ok(RowVersion { minute: r.get(0)?, source_partition: r.get(1)?, version: r.get(2)? })
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Every row in `[from, to)` (on minutes), sketch and version.
+pub(super) fn read_rows(connection: &mut Connection, from: i64, to: i64) -> Result<Vec<TrendingRow>, StoreError> {
+    let tx = connection.transaction().map_err(unavailable)?;
+    let mut query = tx
+        .prepare_cached(
+            "SELECT minute, source_partition, version, sketch FROM trending_minutes
+             WHERE minute >= ?1 AND minute < ?2 ORDER BY minute, source_partition",
+        )
+        .map_err(unavailable)?;
+    let rows = query
+        .query_map(params![from, to], |r| {
+            Ok(TrendingRow { minute: r.get(0)?, source_partition: r.get(1)?, version: r.get(2)?, sketch: r.get(3)? })
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
 }
 
 /// Views of each of `videos` in `[from, to)` (on minutes) by the rule of

@@ -1,10 +1,12 @@
 //! One trending answer, read from the store: candidates from the summed
 //! sketches of the window, ranked by their exact views
-//! ([`tally_store::trending::top`]), and for `order=velocity` re-ranked by
+//! ([`tally_store::trending::hours::top_cached`]: closed hours from the
+//! process's hour cache), and for `order=velocity` re-ranked by
 //! growth against the 24 hours before the window.
 
 use serde_json::{json, Value};
 use tally_model::timestamp::{format_rfc3339_ms, minute_bucket};
+use tally_store::trending::hours::{top_cached, HourCache, HourStats};
 use tally_store::{CountStore, StoreError};
 
 use super::params::{Order, TrendingRequest, BASELINE_MS};
@@ -45,11 +47,17 @@ pub fn window_at(request: &TrendingRequest, now_ms: i64) -> (i64, i64) {
     (to - request.window.millis(), to)
 }
 
-/// The answer's JSON (without `stale`), read from `store` at `now_ms`.
-pub async fn read<S: CountStore>(store: &S, request: TrendingRequest, now_ms: i64) -> Result<String, StoreError> {
+/// The answer's JSON (without `stale`), read from `store` at `now_ms`,
+/// and what the read did with the cached hours.
+pub async fn read<S: CountStore>(
+    store: &S,
+    hours: &HourCache,
+    request: TrendingRequest,
+    now_ms: i64,
+) -> Result<(String, HourStats), StoreError> {
     let (from, to) = window_at(&request, now_ms);
     let max_candidates = (2 * request.limit).max(MIN_CANDIDATES);
-    let top = tally_store::trending::top(store, from, to, request.limit, max_candidates).await?;
+    let (top, stats) = top_cached(store, hours, from, to, request.limit, max_candidates).await?;
     let mut listed: Vec<Listed> = top
         .videos
         .into_iter()
@@ -67,7 +75,7 @@ pub async fn read<S: CountStore>(store: &S, request: TrendingRequest, now_ms: i6
         rank_by_velocity(&mut listed);
     }
     let videos: Vec<Value> = listed.iter().map(render).collect();
-    Ok(json!({
+    let json = json!({
         "window": request.window.name(),
         "order": request.order.name(),
         "from": format_rfc3339_ms(top.from_ms),
@@ -76,7 +84,8 @@ pub async fn read<S: CountStore>(store: &S, request: TrendingRequest, now_ms: i6
         "error_bound": top.error_bound,
         "complete": top.complete,
     })
-    .to_string())
+    .to_string();
+    Ok((json, stats))
 }
 
 /// Fastest first; ties by views, then video id (answers are stable).
