@@ -8,7 +8,7 @@ pub const CACHE_OUTCOMES: &[&str] = &["hit", "miss", "stale", "bypass", "error"]
 /// Every `outcome` of `tally_query_store_loads_total`.
 pub const STORE_LOAD_OUTCOMES: &[&str] = &["ok", "error"];
 
-/// Every `outcome` of `tally_query_trending_hours_total`.
+/// Every `outcome` of `tally_query_trending_hour_sums_total`.
 pub const TRENDING_HOUR_OUTCOMES: &[&str] = &["reused", "rebuilt"];
 
 /// Query metrics.
@@ -98,7 +98,7 @@ impl TrendingMetrics {
             )?,
             hours: IntCounterVec::new(
                 Opts::new(
-                    "tally_query_trending_hours_total",
+                    "tally_query_trending_hour_sums_total",
                     "Closed hours of refreshed trending windows by outcome (reused, rebuilt)",
                 ),
                 &["outcome"],
@@ -159,6 +159,6 @@ mod tests {
         let registry = Registry::new();
         TrendingMetrics::register(&registry).unwrap();
         let zeros = TRENDING_HOUR_OUTCOMES.iter().map(|o| ((*o).to_owned(), 0)).collect();
-        assert_eq!(series(&registry, "tally_query_trending_hours_total"), zeros);
+        assert_eq!(series(&registry, "tally_query_trending_hour_sums_total"), zeros);
     }
 }
