@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, HashSet};
 /// One view: a video and an event id (resends of an id are the same view).
 pub type View = (String, u64);
 
+/// A set of views, hashed with foldhash: a run inserts millions.
+pub type Views = HashSet<View, foldhash::fast::RandomState>;
+
 /// Per video, the fewest and the most views a correct pipeline counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expected {
@@ -23,7 +26,7 @@ pub struct Expected {
 
 impl Expected {
     /// From the views acknowledged and those sent but never acknowledged.
-    pub fn new(acknowledged: &HashSet<View>, unacknowledged: &HashSet<View>) -> Self {
+    pub fn new(acknowledged: &Views, unacknowledged: &Views) -> Self {
         let mut expected = Self::default();
         for (video, _) in acknowledged {
             *expected.at_least.entry(video.clone()).or_default() += 1;
@@ -76,7 +79,7 @@ impl Discrepancy {
 mod tests {
     use super::*;
 
-    fn views(list: &[(&str, u64)]) -> HashSet<View> {
+    fn views(list: &[(&str, u64)]) -> Views {
         list.iter().map(|(v, id)| ((*v).to_owned(), *id)).collect()
     }
 

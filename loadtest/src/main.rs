@@ -144,6 +144,10 @@ struct Args {
     retry_for: u64,
 }
 
+/// The most views the tally reserves room for up front (about 0.5 GB of
+/// address space; pages are touched only as views arrive).
+const MAX_RESERVED_EVENTS: usize = 16 << 20;
+
 impl Args {
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
@@ -152,6 +156,17 @@ impl Args {
             max_attempts: self.retry_attempts.max(1),
             give_up_after: Duration::from_secs(self.retry_for),
         }
+    }
+
+    /// The events an open-loop run offers (its requests, bounded by
+    /// `max_requests`, times `batch`), at most [`MAX_RESERVED_EVENTS`]; a
+    /// closed-loop run's are not known in advance (0: the tally grows as it goes).
+    fn expected_events(&self) -> usize {
+        let requests = match self.mode {
+            Mode::Open => self.rate.saturating_mul(self.duration).min(self.max_requests),
+            Mode::Closed => 0,
+        };
+        usize::try_from(requests).map_or(MAX_RESERVED_EVENTS, |r| r.saturating_mul(self.batch).min(MAX_RESERVED_EVENTS))
     }
 }
 
@@ -220,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
         Some(m) => scrape(&http, m, "tally_ingest_events_salted_total").await,
         None => None,
     };
-    let shared = Arc::new(Mutex::new(IngestTally::default()));
+    let shared = Arc::new(Mutex::new(IngestTally::with_capacity(args.expected_events())));
     let ingest = Arc::new(Mutex::new(Recorder::new()));
     let queries = Arc::new(Mutex::new(Recorder::new()));
     let freshness = Arc::new(Mutex::new(Recorder::new()));

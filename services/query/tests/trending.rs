@@ -186,8 +186,9 @@ async fn a_late_flush_to_a_closed_hour_is_in_the_next_day_refresh_and_unchanged_
         let now = now_ms();
         let store = seeded(now).await;
         let query = start(store.clone(), Duration::from_millis(1)).await;
-        let hours =
-            |outcome| tally_testkit::metrics::value(&query.registry, "tally_query_trending_hour_sums_total", Some(outcome));
+        let hours = |outcome| {
+            tally_testkit::metrics::value(&query.registry, "tally_query_trending_hour_sums_total", Some(outcome))
+        };
         let day: Value = query.get("/v1/trending?window=24h&limit=2").await.json().await.unwrap();
         assert_eq!(day["videos"], json!([{"video_id": "old", "views": 500}, {"video_id": "steady", "views": 280}]));
         // A day's window: a partial first hour, 23 closed hours, the open hour.
