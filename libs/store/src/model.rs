@@ -16,7 +16,7 @@ pub enum Granularity {
 
 impl Granularity {
     /// Bucket length in milliseconds.
-    pub fn millis(self) -> i64 {
+    pub const fn millis(self) -> i64 {
         match self {
             Self::Minute => 60_000,
             Self::Hour => 3_600_000,

@@ -67,7 +67,7 @@ pub struct TrendingMetrics {
     pub refresh_seconds: Histogram,
     /// Closed hours of refreshed windows by outcome: reused (cached sum
     /// current) or rebuilt (summed again from its minute rows).
-    pub hours: IntCounterVec,
+    pub hour_sums: IntCounterVec,
 }
 
 impl TrendingMetrics {
@@ -96,7 +96,7 @@ impl TrendingMetrics {
                 )
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )?,
-            hours: IntCounterVec::new(
+            hour_sums: IntCounterVec::new(
                 Opts::new(
                     "tally_query_trending_hour_sums_total",
                     "Closed hours of refreshed trending windows by outcome (reused, rebuilt)",
@@ -111,12 +111,12 @@ impl TrendingMetrics {
             m.refreshes.with_label_values(&[outcome]);
         }
         for outcome in TRENDING_HOUR_OUTCOMES {
-            m.hours.with_label_values(&[outcome]);
+            m.hour_sums.with_label_values(&[outcome]);
         }
         registry.register(Box::new(m.answers.clone()))?;
         registry.register(Box::new(m.refreshes.clone()))?;
         registry.register(Box::new(m.refresh_seconds.clone()))?;
-        registry.register(Box::new(m.hours.clone()))?;
+        registry.register(Box::new(m.hour_sums.clone()))?;
         Ok(m)
     }
 }

@@ -105,8 +105,8 @@ impl<S: CountStore + Clone> TrendingLookup<S> {
                     metrics.refresh_seconds.observe(started.elapsed().as_secs_f64());
                     metrics.refreshes.with_label_values(&[if read.is_ok() { "ok" } else { "error" }]).inc();
                     let (json, stats) = read.map_err(|e| e.to_string())?;
-                    metrics.hours.with_label_values(&["reused"]).inc_by(stats.reused);
-                    metrics.hours.with_label_values(&["rebuilt"]).inc_by(stats.rebuilt);
+                    metrics.hour_sums.with_label_values(&["reused"]).inc_by(stats.reused);
+                    metrics.hour_sums.with_label_values(&["rebuilt"]).inc_by(stats.rebuilt);
                     Ok(json)
                 }
                 .boxed()

@@ -140,7 +140,8 @@ impl ScyllaStore {
     where
         R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata> + Send + 'static,
     {
-        let hours: Vec<i64> = (Granularity::Hour.bucket(from)..to).step_by(3_600_000).collect();
+        let hours: Vec<i64> =
+            (Granularity::Hour.bucket(from)..to).step_by(Granularity::Hour.millis() as usize).collect();
         let concurrency = self.inner.config.concurrency.max(1);
         let parts: Vec<Vec<R>> = stream::iter(hours)
             .map(|hour| self.select::<R>(statement, (hour, from, to)))

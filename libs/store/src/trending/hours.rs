@@ -53,9 +53,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tally_model::trending::Merged;
 
 use super::{rank, window, RowVersion, Trending};
+use crate::model::Granularity;
 use crate::{CountStore, StoreError};
 
-const HOUR_MS: i64 = 3_600_000;
+const HOUR_MS: i64 = Granularity::Hour.millis();
 
 /// What the rows of one hour were when its sum was built: a row rewritten,
 /// added or dropped changes it (see the module documentation).
@@ -193,7 +194,7 @@ pub async fn top_cached<S: CountStore>(
 }
 
 fn floor_hour(ms: i64) -> i64 {
-    ms.div_euclid(HOUR_MS) * HOUR_MS
+    Granularity::Hour.bucket(ms)
 }
 
 fn ceil_hour(ms: i64) -> i64 {
