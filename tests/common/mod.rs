@@ -316,6 +316,11 @@ impl TallyProcess {
 
     /// SIGKILL, and reap.
     pub fn kill9(mut self) {
+        self.kill9_in_place();
+    }
+
+    /// SIGKILL, and reap, keeping the exited process (its [`Self::exited`] is then true).
+    pub fn kill9_in_place(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -49,12 +49,17 @@ impl Supervised {
         }
     }
 
-    /// `kill -9` of `name`, then a new start (which must succeed).
+    /// `kill -9` of `name`, then a new start as its supervisor makes it: a
+    /// start that fails (the store it connects to at start is still coming
+    /// back from a fault of its own) leaves the service exited, and
+    /// [`Self::restart_exited`] tries again on its next round.
     pub fn kill_and_restart(&mut self, name: &str) {
-        let index = self.running.iter().position(|(n, _)| *n == name).expect("a supervised service");
-        let (name, process) = self.running.remove(index);
-        process.kill9();
-        self.running.insert(index, (name, TallyProcess::spawn(&self.config, name)));
+        let (name, process) = self.running.iter_mut().find(|(n, _)| *n == name).expect("a supervised service");
+        process.kill9_in_place();
+        match TallyProcess::try_spawn(&self.config, name) {
+            Ok(started) => *process = started,
+            Err(e) => eprintln!("supervisor: {name} killed and did not start again ({e}); trying again"),
+        }
     }
 
     /// The process of `name`.
